@@ -1,0 +1,75 @@
+"""Client side of a device's control socket (see :mod:`procdevices.control.protocol`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from typing import Any
+
+import zmq
+
+from procdevices.control.protocol import OK, Command, decode, encode
+from procdevices.errors import ControlTimeout, RemoteError, UnsupportedOperation
+
+_ERRORS: dict[str, type[Exception]] = {
+    "UnsupportedOperation": UnsupportedOperation,
+    "ControlTimeout": ControlTimeout,
+}
+
+_context_lock = threading.Lock()
+_context: tuple[int, zmq.Context[zmq.Socket[bytes]]] | None = None
+
+
+def private_context() -> zmq.Context[zmq.Socket[bytes]]:
+    """A context for control clients that is never the user's ``Context.instance()`` and is
+    never inherited across a fork (a context must not be used in a forked child)."""
+    global _context
+    with _context_lock:
+        if _context is None or _context[0] != os.getpid():
+            _context = (os.getpid(), zmq.Context())
+        return _context[1]
+
+
+class ControlClient:
+    """Sends one request at a time to a device's control socket. Thread-safe."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, endpoint: str, ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        self.endpoint = endpoint
+        self._ctx = ctx
+        self._socket: zmq.Socket[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def request(self, command: Command, timeout: float, payload: Any = None) -> Any:
+        with self._lock:
+            socket = self._connect()
+            request_id = next(self._ids).to_bytes(8, "big")
+            socket.send_multipart([request_id, command.value, encode(payload)])
+            deadline_ms = max(1, int(timeout * 1000))
+            while socket.poll(deadline_ms):
+                frames = socket.recv_multipart()
+                if frames[0] != request_id:
+                    continue  # a late answer to a request that already timed out
+                status, body = frames[1], decode(frames[2])
+                if status == OK:
+                    return body
+                raise _ERRORS.get(body.get("type", ""), RemoteError)(body.get("error", body))
+            raise ControlTimeout(
+                f"no answer to {command.name} from {self.endpoint} within {timeout:.3g}s"
+            )
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        if self._socket is None:
+            ctx = self._ctx if self._ctx is not None else private_context()
+            self._socket = ctx.socket(zmq.DEALER)
+            self._socket.linger = 0
+            self._socket.connect(self.endpoint)
+        return self._socket
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close(linger=0)
+                self._socket = None

@@ -1,0 +1,353 @@
+"""What runs inside a device's worker (its thread, or its spawned process).
+
+The parent records the socket setup (binds, connects, sockopts); the worker builds the
+sockets, starts the control loop, reports readiness, then runs the forwarding loop:
+
+    parent: start() ──spawn──► process_main(pickled device)
+                                  │ _setup_sockets()   (errors name role, address, reason)
+                                  │ DeviceRuntime.sockets_built(): control thread up
+    parent: start() returns ◄─────┤ ready report (pid, bound endpoints) over a pipe
+                                  │ zmq.proxy_steerable(in, out, mon, inproc REP)
+    parent: stop() ──control──►   │ TERMINATE → loop returns → sockets closed with LINGER
+                                  ▼ context terminated, control ipc file removed, exit 0
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import socket as pysocket
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing import parent_process
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, Protocol
+
+import zmq
+
+from procdevices.control.server import ControlServer, ControlTarget
+from procdevices.control.steering import ProxySteering
+from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
+
+if TYPE_CHECKING:
+    from procdevices.devices.base import Device
+
+Socket = zmq.Socket[bytes]
+Context = zmq.Context[Socket]
+
+
+@dataclass(frozen=True)
+class ReadyInfo:
+    """What a device reports once its sockets are bound and connected."""
+
+    pid: int
+    control_endpoint: str
+    endpoints: dict[str, list[str]] = field(default_factory=dict)  # role -> bound endpoints
+
+
+class Reporter(Protocol):
+    def ready(self, info: ReadyInfo) -> None: ...
+    def failed(self, error: DeviceError) -> None: ...
+
+
+class NullReporter:
+    """A foreground device has nobody waiting for its readiness."""
+
+    def ready(self, info: ReadyInfo) -> None:
+        pass
+
+    def failed(self, error: DeviceError) -> None:
+        pass
+
+
+class PipeReporter:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def ready(self, info: ReadyInfo) -> None:
+        self.conn.send(("ready", info))
+
+    def failed(self, error: DeviceError) -> None:
+        self.conn.send(("error", error))
+
+
+class EventReporter:
+    """Readiness of a thread device: the starting thread waits on ``event``."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.info: ReadyInfo | None = None
+        self.error: DeviceError | None = None
+
+    def ready(self, info: ReadyInfo) -> None:
+        self.info = info
+        self.event.set()
+
+    def failed(self, error: DeviceError) -> None:
+        self.error = error
+        self.event.set()
+
+
+# -- building sockets, with errors that say which socket, what and why ----------------------
+
+def _setup_error(role: str, action: str, target: str, e: zmq.ZMQError) -> DeviceSetupError:
+    return DeviceSetupError(role, action, target, e.strerror, e.errno)
+
+
+def make_socket(ctx: Context, role: str, socket_type: int) -> Socket:
+    try:
+        return ctx.socket(socket_type)
+    except zmq.ZMQError as e:
+        raise _setup_error(role, "socket", f"type {socket_type}", e) from None
+
+
+def apply_sockopts(role: str, sock: Socket, options: Iterable[tuple[int, Any]]) -> None:
+    for option, value in options:
+        try:
+            sock.setsockopt(option, value)
+        except zmq.ZMQError as e:
+            name = _option_name(option)
+            raise _setup_error(role, "setsockopt", f"{name}={value!r}", e) from None
+
+
+def bind_all(role: str, sock: Socket, addresses: Iterable[str], bound: list[str]) -> None:
+    for address in addresses:
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as e:
+            raise _setup_error(role, "bind to", address, e) from None
+        bound.append(_endpoint_text(sock.last_endpoint))
+
+
+def connect_all(role: str, sock: Socket, addresses: Iterable[str]) -> None:
+    for address in addresses:
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as e:
+            raise _setup_error(role, "connect to", address, e) from None
+
+
+def _endpoint_text(endpoint: bytes | str) -> str:
+    return endpoint.decode() if isinstance(endpoint, bytes) else endpoint
+
+
+def _option_name(option: int) -> str:
+    try:
+        return zmq.SocketOption(option).name
+    except ValueError:
+        return str(option)
+
+
+# -- the per-run state of a device in its worker ------------------------------------------
+
+class DeviceRuntime:
+    """Owns a running device's control loop and the steps around its forwarding loop."""
+
+    def __init__(
+        self,
+        control_endpoint: str,
+        reporter: Reporter,
+        *,
+        owns_context: bool,
+        parent_sentinel: int | None = None,
+        signal_fd: int | None = None,
+        cleanup_dir: str | None = None,
+    ) -> None:
+        self.control_endpoint = control_endpoint
+        self.reporter = reporter
+        self.owns_context = owns_context
+        self.parent_sentinel = parent_sentinel
+        self.signal_fd = signal_fd
+        self.cleanup_dir = cleanup_dir
+        self.endpoints: dict[str, list[str]] = {}
+        self.ctx: Context | None = None
+        self.control_ctx: Context | None = None
+        # In a thread device the caller's control client shares control_ctx (inproc), so the
+        # caller terminates it after closing that client; in a process nobody else uses it.
+        self.owns_control_clients_context = owns_context and parent_sentinel is not None
+        self.proxy_control: Socket | None = None  # the REP end handed to zmq_proxy_steerable
+        self.user_ctrl: Socket | None = None
+        self.reported = False
+        self._wake: Socket | None = None
+        self._control_thread: threading.Thread | None = None
+        self._private_sockets: list[Socket] = []
+        self._terminator: threading.Thread | None = None
+
+    def bound(self, role: str) -> list[str]:
+        return self.endpoints.setdefault(role, [])
+
+    def report_failure(self, error: DeviceError) -> None:
+        if not self.reported:
+            self.reported = True
+            self.reporter.failed(error)
+
+    def sockets_built(self, ctx: Context, steerable: bool, info: Callable[[], dict[str, Any]]) -> None:
+        """Start the control loop, then tell the parent the device is ready."""
+        self.ctx = ctx
+        steering = None
+        if steerable:
+            address = f"inproc://procdevices-proxy-ctrl-{uuid.uuid4().hex}"
+            self.proxy_control = self._private(ctx, zmq.REP)
+            self.proxy_control.bind(address)
+            steering = ProxySteering(ctx, address)
+        # The control loop lives in a context of its own, so that terminating the device's
+        # context (the only way to stop a loop without a control socket) leaves it working.
+        self.control_ctx = zmq.Context()
+        control = self._private(self.control_ctx, zmq.ROUTER)
+        try:
+            control.bind(self.control_endpoint)
+        except zmq.ZMQError as e:
+            if steering is not None:
+                steering.close()
+            raise _setup_error("control", "bind to", self.control_endpoint, e) from None
+        wake_address = f"inproc://procdevices-wake-{uuid.uuid4().hex}"
+        wake_rx = self._private(self.control_ctx, zmq.PAIR)
+        wake_rx.bind(wake_address)
+        self._wake = self._private(self.control_ctx, zmq.PAIR)
+        self._wake.connect(wake_address)
+        target = ControlTarget(
+            ctx=ctx,
+            steering=steering,
+            info=info,
+            shutdown=self._shutdown_context if self.owns_context else None,
+            user_ctrl=self.user_ctrl,
+        )
+        server = ControlServer(target, control, wake_rx, self.parent_sentinel, self.signal_fd)
+
+        def serve() -> None:
+            try:
+                server.serve()
+            finally:
+                if steering is not None:
+                    steering.close()
+                # A short linger lets the answer to STOP leave before the socket goes.
+                control.close(linger=200)
+                wake_rx.close(linger=0)
+
+        self._control_thread = threading.Thread(
+            target=serve, name="procdevices-control", daemon=True
+        )
+        self._control_thread.start()
+        self.reported = True
+        self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints))
+
+    def _shutdown_context(self) -> None:
+        """Break a forwarding loop that has no control socket: terminating the context makes
+        every blocking call in it fail with ETERM. pyzmq has no zmq_ctx_shutdown, and term()
+        blocks until every socket is closed, so it runs in its own thread."""
+        assert self.ctx is not None
+        self._terminator = threading.Thread(target=self.ctx.term, name="procdevices-term", daemon=True)
+        self._terminator.start()
+
+    def _private(self, ctx: Context, socket_type: int) -> Socket:
+        sock: Socket = ctx.socket(socket_type)
+        sock.linger = 0
+        self._private_sockets.append(sock)
+        return sock
+
+    def finish(self) -> None:
+        """After the forwarding loop: stop the control loop and release what we own."""
+        if self._wake is not None:
+            self._wake.send(b"", zmq.NOBLOCK)
+        if self._control_thread is not None:
+            self._control_thread.join(5.0)
+        for sock in self._private_sockets:
+            if not sock.closed:
+                sock.close(linger=0)
+
+    def terminate_context(self) -> None:
+        if self._terminator is not None:
+            self._terminator.join()
+        elif self.owns_context and self.ctx is not None:
+            self.ctx.term()
+        if self.control_ctx is not None and self.owns_control_clients_context:
+            self.control_ctx.term()
+        for path in _ipc_paths(self.endpoints):
+            _remove(path)
+        if self.control_endpoint.startswith("ipc://"):
+            _remove(self.control_endpoint[len("ipc://"):])
+        if self.cleanup_dir:
+            shutil.rmtree(self.cleanup_dir, ignore_errors=True)
+
+
+def _ipc_paths(endpoints: dict[str, list[str]]) -> list[str]:
+    # libzmq leaves the socket file of a bound ipc endpoint behind; a stopped device should not.
+    return [e[len("ipc://"):] for bound in endpoints.values() for e in bound if e.startswith("ipc://")]
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- worker entry points ------------------------------------------------------------------
+
+def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
+    """Run ``device`` with ``runtime``; returns the exit code a process would use."""
+    device._runtime = runtime
+    try:
+        device.run()
+    except DeviceError as e:
+        if runtime.reported:  # nobody is waiting for this error: leave it in the log
+            print(f"procdevices: {type(device).__name__}: {e}", file=sys.stderr, flush=True)
+        runtime.report_failure(e)
+        return 1
+    except Exception as e:
+        error = DeviceStartError(f"{type(device).__name__} failed: {type(e).__name__}: {e}")
+        if runtime.reported:
+            raise
+        runtime.report_failure(error)
+        return 1
+    finally:
+        runtime.terminate_context()
+    return 0
+
+
+def process_main(
+    pickled_device: bytes, conn: Connection, control_endpoint: str, cleanup_dir: str | None
+) -> None:
+    """Entry point of a spawned device process."""
+    # Ctrl-C reaches the whole foreground process group; the parent decides how its devices
+    # stop, through their control sockets.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wake_r, wake_w = pysocket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    # A handler (not SIG_DFL) so SIGTERM only wakes the control loop: a stop like any other.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    runtime = DeviceRuntime(
+        control_endpoint,
+        PipeReporter(conn),
+        owns_context=True,
+        parent_sentinel=_parent_sentinel(),
+        signal_fd=wake_r.fileno(),
+        cleanup_dir=cleanup_dir,
+    )
+    try:
+        device = pickle.loads(pickled_device)
+    except Exception as e:
+        runtime.report_failure(
+            DeviceStartError(
+                f"the device process cannot load the device object: {type(e).__name__}: {e} "
+                "(a device class must be importable by a fresh interpreter: define it in a "
+                "module, or in a script guarded by `if __name__ == '__main__':`)"
+            )
+        )
+        raise SystemExit(1) from None
+    code = run_in_worker(device, runtime)
+    conn.close()
+    if code:
+        raise SystemExit(code)
+
+
+def _parent_sentinel() -> int | None:
+    parent = parent_process()
+    return parent.sentinel if parent is not None else None
