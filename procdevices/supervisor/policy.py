@@ -1,0 +1,341 @@
+"""Restart, backoff, intensity, stop-escalation and health decisions.
+
+Everything here is a pure function of its arguments: no processes, no I/O and
+no clock reads. Time is always passed in as ``now`` (monotonic seconds), so the
+supervisor owns the clock and tests can use plain floats.
+
+``RestartPolicy``, ``Backoff`` and ``Intensity`` are defined here (not in
+``config.py``) so there is a single copy; ``config.py`` imports them. This
+module therefore must not import ``config.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "REAP_MARGIN",
+    "Backoff",
+    "ExitDecision",
+    "ExitEventName",
+    "Intensity",
+    "ProbeState",
+    "RestartHistory",
+    "RestartPolicy",
+    "StopAction",
+    "after_probe",
+    "backoff_delay",
+    "consecutive_failures_after_exit",
+    "decide_after_exit",
+    "memory_exceeded",
+    "next_stop_deadline",
+    "record_restart",
+    "should_restart",
+    "stop_action",
+    "worst_case_stop_seconds",
+]
+
+
+class RestartPolicy(enum.Enum):
+    """What to do when a child exits without being asked to."""
+
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential delay between restarts: initial, initial*factor, ... capped at max."""
+
+    initial: float = 0.05
+    max: float = 5.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad config fails at load time, not at the first crash.
+        if self.initial < 0 or self.max < 0:
+            raise ValueError(f"backoff delays must be >= 0, got initial={self.initial} max={self.max}")
+        if self.factor < 1:
+            raise ValueError(f"backoff factor must be >= 1, got {self.factor}")
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Give up when more than ``max_restarts`` restarts happen within ``within`` seconds."""
+
+    max_restarts: int = 5
+    within: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.within <= 0:
+            raise ValueError(f"intensity window must be > 0 seconds, got {self.within}")
+
+
+# --------------------------------------------------------------------------
+# Restart decisions
+
+
+def should_restart(policy: RestartPolicy, exit_code: int | None, *, requested_stop: bool) -> bool:
+    """Whether the policy wants a child restarted after it exited.
+
+    ``exit_code`` is the process return code: 0 is a clean exit, > 0 an error
+    exit, < 0 death by signal, and ``None`` means the supervisor killed it as
+    unhealthy (hung, over its memory limit). Only 0 counts as success.
+    """
+    if requested_stop:
+        # The operator asked for it to go down; restarting would undo that.
+        return False
+    if policy is RestartPolicy.ALWAYS:
+        return True
+    if policy is RestartPolicy.NEVER:
+        return False
+    return exit_code != 0
+
+
+def backoff_delay(backoff: Backoff, consecutive_failures: int) -> float:
+    """Seconds to wait before the next start.
+
+    0 failures -> 0.0 (the first start is immediate); n >= 1 failures ->
+    ``min(max, initial * factor ** (n - 1))``.
+    """
+    if consecutive_failures < 0:
+        raise ValueError(f"consecutive_failures must be >= 0, got {consecutive_failures}")
+    if consecutive_failures == 0:
+        return 0.0
+    try:
+        delay = backoff.initial * backoff.factor ** (consecutive_failures - 1)
+    except OverflowError:
+        # A very long crash loop (with intensity effectively disabled) would
+        # overflow the float power; it is far past the cap anyway.
+        return backoff.max
+    return min(backoff.max, delay)
+
+
+@dataclass(frozen=True)
+class RestartHistory:
+    """Monotonic times of recent restarts, oldest first, trimmed to the intensity window."""
+
+    times: tuple[float, ...] = ()
+
+
+def record_restart(history: RestartHistory, now: float, intensity: Intensity) -> tuple[RestartHistory, bool]:
+    """Add a restart at ``now`` and report whether the intensity limit is exceeded.
+
+    Entries older than ``now - within`` are dropped (an entry exactly at the
+    edge still counts). Exceeded means *more than* ``max_restarts`` restarts in
+    the window, as in Erlang/OTP supervisors: ``max_restarts`` is allowed,
+    one more is not.
+    """
+    cutoff = now - intensity.within
+    kept = tuple(t for t in history.times if t >= cutoff)
+    new = RestartHistory(kept + (now,))
+    return new, len(new.times) > intensity.max_restarts
+
+
+def consecutive_failures_after_exit(previous: int, run_seconds: float, stable_after: float) -> int:
+    """Update the consecutive-failure count after an exit.
+
+    A run that lasted at least ``stable_after`` seconds shows the device can
+    work, so the streak starts over and the next delay is the short one again.
+    """
+    if run_seconds >= stable_after:
+        return 1
+    return previous + 1
+
+
+ExitEventName = Literal["EXIT_RESTART", "EXIT_FINAL", "FAIL"]
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    """What to do after an exit; ``event_name`` is a ``states.Event`` member name.
+
+    ``history`` and ``failures`` are the values the supervisor should keep for
+    the next exit. ``delay`` is only non-zero for ``EXIT_RESTART``.
+    """
+
+    event_name: ExitEventName
+    delay: float
+    history: RestartHistory
+    failures: int
+    reason: str
+
+
+def _describe_exit(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "was killed as unhealthy"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            return f"was killed by signal {-exit_code}"
+        return f"was killed by signal {-exit_code} ({name})"
+    if exit_code == 0:
+        return "exited cleanly (code 0)"
+    return f"exited with code {exit_code}"
+
+
+def decide_after_exit(
+    *,
+    policy: RestartPolicy,
+    exit_code: int | None,
+    requested_stop: bool,
+    run_seconds: float,
+    now: float,
+    backoff: Backoff,
+    intensity: Intensity,
+    stable_after: float,
+    history: RestartHistory,
+    failures: int,
+) -> ExitDecision:
+    """Combine policy, failure streak, intensity and backoff into one decision.
+
+    When the device stays down (a requested stop or the policy says no) the
+    failure streak ends, so ``failures`` goes back to 0 and the restart
+    history is left untouched: neither was a restart.
+    """
+    what = _describe_exit(exit_code)
+    if requested_stop:
+        return ExitDecision("EXIT_FINAL", 0.0, history, 0, f"{what}; stopped on request")
+    if not should_restart(policy, exit_code, requested_stop=False):
+        return ExitDecision("EXIT_FINAL", 0.0, history, 0, f"{what}; restart={policy.value}")
+
+    new_failures = consecutive_failures_after_exit(failures, run_seconds, stable_after)
+    new_history, exceeded = record_restart(history, now, intensity)
+    count = len(new_history.times)
+    window = f"{intensity.within:g}s"
+    if exceeded:
+        return ExitDecision(
+            "FAIL",
+            0.0,
+            new_history,
+            new_failures,
+            f"gave up: {count} restarts within {window} (limit {intensity.max_restarts})",
+        )
+    delay = backoff_delay(backoff, new_failures)
+    return ExitDecision(
+        "EXIT_RESTART",
+        delay,
+        new_history,
+        new_failures,
+        f"{what}; restarting in {delay:.2f}s "
+        f"(restart {count} of {intensity.max_restarts} allowed in {window})",
+    )
+
+
+# --------------------------------------------------------------------------
+# Stop escalation
+
+
+class StopAction(enum.Enum):
+    """What the supervisor should do to a child it is stopping, right now."""
+
+    WAIT = "wait"
+    SIGTERM = "sigterm"
+    SIGKILL = "sigkill"
+
+
+# Allowance after SIGKILL for the kernel to tear the process down and for the
+# supervisor's next poll to reap it. SIGKILL cannot be ignored, so this only
+# covers scheduling latency, not the child's behaviour.
+REAP_MARGIN = 1.0
+
+
+def _check_timeouts(stop_timeout: float, kill_timeout: float) -> None:
+    if stop_timeout < 0 or kill_timeout < 0:
+        raise ValueError(f"stop timeouts must be >= 0, got stop={stop_timeout} kill={kill_timeout}")
+
+
+def stop_action(
+    *,
+    requested_at: float,
+    now: float,
+    stop_timeout: float,
+    kill_timeout: float,
+    term_sent: bool,
+    kill_sent: bool,
+) -> StopAction:
+    """The escalation step due at ``now`` for a stop sent over the control socket at ``requested_at``.
+
+    Timeline: WAIT until ``requested_at + stop_timeout``; then SIGTERM (once);
+    from ``requested_at + stop_timeout + kill_timeout`` SIGKILL (once); then
+    WAIT for the exit. Deadlines are absolute from ``requested_at``, so a late
+    SIGTERM does not push SIGKILL back. SIGTERM is never skipped: if the
+    supervisor wakes up after both deadlines it sends SIGTERM now and SIGKILL
+    on its next look, which is immediately due.
+    """
+    _check_timeouts(stop_timeout, kill_timeout)
+    if kill_sent:
+        return StopAction.WAIT  # nothing stronger exists; wait to reap
+    term_at = requested_at + stop_timeout
+    if now < term_at:
+        return StopAction.WAIT
+    if not term_sent:
+        return StopAction.SIGTERM
+    if now >= term_at + kill_timeout:
+        return StopAction.SIGKILL
+    return StopAction.WAIT
+
+
+def next_stop_deadline(
+    *,
+    requested_at: float,
+    stop_timeout: float,
+    kill_timeout: float,
+    term_sent: bool,
+    kill_sent: bool,
+) -> float | None:
+    """When ``stop_action`` will next return something other than WAIT.
+
+    ``None`` once SIGKILL was sent: only the exit itself is left to wait for.
+    The result may be in the past, meaning "act now".
+    """
+    _check_timeouts(stop_timeout, kill_timeout)
+    if kill_sent:
+        return None
+    term_at = requested_at + stop_timeout
+    if not term_sent:
+        return term_at
+    return term_at + kill_timeout
+
+
+def worst_case_stop_seconds(stop_timeout: float, kill_timeout: float) -> float:
+    """Upper bound on how long a stop can take: both timeouts plus ``REAP_MARGIN``."""
+    _check_timeouts(stop_timeout, kill_timeout)
+    return stop_timeout + kill_timeout + REAP_MARGIN
+
+
+# --------------------------------------------------------------------------
+# Health
+
+
+def memory_exceeded(rss_bytes: int, limit: int | None) -> bool:
+    """Whether resident memory is over the limit (``None`` = no limit; equal is fine)."""
+    return limit is not None and rss_bytes > limit
+
+
+@dataclass(frozen=True)
+class ProbeState:
+    """Consecutive failed liveness probes of one child."""
+
+    consecutive_failures: int = 0
+
+
+def after_probe(state: ProbeState, ok: bool, failures_allowed: int) -> tuple[ProbeState, bool]:
+    """Update the probe streak; returns ``(new state, hung)``.
+
+    One answered probe proves the child is alive, so it resets the streak; the
+    child is declared hung once ``failures_allowed`` probes in a row failed.
+    """
+    if failures_allowed < 1:
+        raise ValueError(f"failures_allowed must be >= 1, got {failures_allowed}")
+    if ok:
+        return ProbeState(), False
+    failed = state.consecutive_failures + 1
+    return ProbeState(failed), failed >= failures_allowed
