@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import shutil
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command, DeviceStats
+from procdevices.devices import launch
 from procdevices.devices import runtime as rt
 from procdevices.errors import (
     ControlTimeout,
@@ -150,7 +150,7 @@ class Device:
         return port
 
     # -- in the worker ----------------------------------------------------------------------
-    def _setup_sockets(self) -> tuple[Socket, ...]:
+    def _setup_sockets(self) -> tuple[Any, ...]:
         ctx: Context = self.context_factory()
         self._context = ctx
         bound = self._bound
@@ -206,7 +206,7 @@ class Device:
         steerable = getattr(type(self).run_device, "_procdevices_steerable", False)
         setup = self._setup_sockets
 
-        def setup_then_report() -> tuple[Socket, ...]:
+        def setup_then_report() -> tuple[Any, ...]:
             sockets = setup()
             self._attach_user_ctrl(runtime)
             runtime.sockets_built(self._context, steerable, self._describe)
@@ -394,47 +394,30 @@ class ProcessDevice(BackgroundDevice):
             cleanup_dir = tempfile.mkdtemp(prefix="pd-")
             self.control_endpoint = f"ipc://{cleanup_dir}/ctl"
         self._cleanup_dir = cleanup_dir
-        try:
-            pickled = pickle.dumps(self)
-        except Exception as e:
-            raise DeviceStartError(f"{type(self).__name__} cannot be sent to a spawned process: {e}") from e
-        spawn = multiprocessing.get_context("spawn")
-        receiver, sender = spawn.Pipe(duplex=False)
         self.done = False
-        self.launcher = self._launch_class(
-            target=rt.process_main,
-            args=(pickled, sender, self.control_endpoint, cleanup_dir),
-            name=f"procdevices-{type(self).__name__}",
+        pending = launch.spawn_device(
+            launch.pickle_device(self),
+            self.control_endpoint,
+            label=type(self).__name__,
+            daemon=self.daemon,
+            cleanup_dir=cleanup_dir,
+            process_class=self._launch_class,
         )
-        self.launcher.daemon = self.daemon
-        self.launcher.start()
-        sender.close()
+        self.launcher = pending.process
         try:
-            self._ready = self._wait_ready(receiver)
+            if not wait_for(pending.waitables(), self.start_timeout):
+                self._kill()
+                raise DeviceStartError(
+                    f"{type(self).__name__} was not ready within {self.start_timeout}s; killed it"
+                )
+            try:
+                self._ready = pending.result()
+            except DeviceError:
+                self.launcher.join(5.0)
+                self._cleanup()
+                raise
         finally:
-            receiver.close()
-
-    def _wait_ready(self, receiver: Any) -> rt.ReadyInfo:
-        name = type(self).__name__
-        if not wait_for([receiver, self.launcher.sentinel], self.start_timeout):
-            self._kill()
-            raise DeviceStartError(f"{name} was not ready within {self.start_timeout}s; killed it")
-        try:
-            kind, payload = receiver.recv()
-        except EOFError:
-            self.launcher.join(1.0)
-            raise DeviceStartError(
-                f"{name} process exited with code {self.launcher.exitcode} before it was ready "
-                f"(is {type(self).__module__}.{name} importable by a fresh interpreter? "
-                "its stderr has the traceback)"
-            ) from None
-        if kind == "ready":
-            info: rt.ReadyInfo = payload
-            return info
-        self.launcher.join(5.0)
-        self._cleanup()
-        error: DeviceError = payload
-        raise error
+            pending.conn.close()
 
     def _client_context(self) -> Context | None:
         return None
@@ -473,8 +456,9 @@ class ProcessDevice(BackgroundDevice):
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if getattr(self, "_cleanup_dir", None):
-            shutil.rmtree(self._cleanup_dir, ignore_errors=True)
+        cleanup_dir: str | None = getattr(self, "_cleanup_dir", None)
+        if cleanup_dir:
+            shutil.rmtree(cleanup_dir, ignore_errors=True)
 
 
 __all__ = ["Device", "ThreadDevice", "ProcessDevice"]

@@ -42,7 +42,7 @@ class ProxyBase:
         """Enqueue setsockopt(opt, value) for mon_socket."""
         self._mon_sockopts.append((opt, value))
 
-    def _setup_sockets(self) -> tuple[Socket, ...]:
+    def _setup_sockets(self) -> tuple[Any, ...]:
         device: Device = self  # type: ignore[assignment]
         ins, outs = Device._setup_sockets(device)
         mons = device._new_socket(device._context, "mon", self.mon_type)

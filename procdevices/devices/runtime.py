@@ -132,8 +132,8 @@ def connect_all(role: str, sock: Socket, addresses: Iterable[str]) -> None:
             raise _setup_error(role, "connect to", address, e) from None
 
 
-def _endpoint_text(endpoint: bytes | str) -> str:
-    return endpoint.decode() if isinstance(endpoint, bytes) else endpoint
+def _endpoint_text(endpoint: object) -> str:
+    return endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
 
 
 def _option_name(option: int) -> str:
@@ -310,13 +310,27 @@ def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
     return 0
 
 
-def process_main(
-    pickled_device: bytes, conn: Connection, control_endpoint: str, cleanup_dir: str | None
-) -> None:
-    """Entry point of a spawned device process."""
+@dataclass(frozen=True)
+class Job:
+    """A device for a process to run: what a spawned or pooled worker receives."""
+
+    pickled_device: bytes
+    control_endpoint: str
+    cleanup_dir: str | None = None
+
+
+def process_main(conn: Connection, job: Job | None) -> None:
+    """Entry point of a device process. A pooled worker is started with ``job=None`` and
+    waits on ``conn`` for its device; it exits quietly if the pipe closes first."""
     # Ctrl-C reaches the whole foreground process group; the parent decides how its devices
     # stop, through their control sockets.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if job is None:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        assert isinstance(job, Job)
     wake_r, wake_w = pysocket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
@@ -324,15 +338,15 @@ def process_main(
     # A handler (not SIG_DFL) so SIGTERM only wakes the control loop: a stop like any other.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     runtime = DeviceRuntime(
-        control_endpoint,
+        job.control_endpoint,
         PipeReporter(conn),
         owns_context=True,
         parent_sentinel=_parent_sentinel(),
         signal_fd=wake_r.fileno(),
-        cleanup_dir=cleanup_dir,
+        cleanup_dir=job.cleanup_dir,
     )
     try:
-        device = pickle.loads(pickled_device)
+        device = pickle.loads(job.pickled_device)
     except Exception as e:
         runtime.report_failure(
             DeviceStartError(

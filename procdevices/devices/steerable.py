@@ -50,7 +50,7 @@ class ProxySteerableBase:
         """Enqueue setsockopt(opt, value) for ctrl_socket."""
         self._ctrl_sockopts.append((opt, value))
 
-    def _setup_sockets(self) -> tuple[Socket, ...]:
+    def _setup_sockets(self) -> tuple[Any, ...]:
         ins, outs, mons = super()._setup_sockets()  # type: ignore[misc]
         device: Device = self  # type: ignore[assignment]
         self._user_ctrl: Socket | None = None
