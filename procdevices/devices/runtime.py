@@ -177,6 +177,12 @@ class DeviceRuntime:
         self._control_thread: threading.Thread | None = None
         self._private_sockets: list[Socket] = []
         self._terminator: threading.Thread | None = None
+        self._target: ControlTarget | None = None
+
+    @property
+    def stop_reason(self) -> str:
+        """Who asked the device to stop ("control socket", "signal", "parent process died")."""
+        return self._target.stop_reason if self._target is not None else ""
 
     def bound(self, role: str) -> list[str]:
         return self.endpoints.setdefault(role, [])
@@ -217,6 +223,7 @@ class DeviceRuntime:
             shutdown=self._shutdown_context if self.owns_context else None,
             user_ctrl=self.user_ctrl,
         )
+        self._target = target
         server = ControlServer(target, control, wake_rx, self.parent_sentinel, self.signal_fd)
 
         def serve() -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from procdevices.cli import main
+
+sys.exit(main())
