@@ -87,17 +87,17 @@ def test_should_restart(policy: RestartPolicy, exit_code: int | None, requested_
 def test_backoff_sequence_and_cap() -> None:
     b = Backoff()
     delays = [backoff_delay(b, n) for n in range(10)]
-    assert delays == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])
+    assert delays == pytest.approx([0.0, 0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0])
 
 
 def test_backoff_custom() -> None:
     b = Backoff(initial=1.0, max=10.0, factor=3.0)
-    assert [backoff_delay(b, n) for n in range(1, 5)] == [1.0, 3.0, 9.0, 10.0]
+    assert [backoff_delay(b, n) for n in range(2, 6)] == [1.0, 3.0, 9.0, 10.0]
 
 
 def test_backoff_constant_when_factor_is_one() -> None:
     b = Backoff(initial=0.5, max=5.0, factor=1.0)
-    assert {backoff_delay(b, n) for n in range(1, 20)} == {0.5}
+    assert {backoff_delay(b, n) for n in range(2, 20)} == {0.5}
 
 
 def test_backoff_huge_failure_count_is_capped_not_an_overflow() -> None:
@@ -234,10 +234,11 @@ def test_crash_loop_reaches_fail() -> None:
         state = next_state(state, Event.READY)
 
     assert [d.event_name for d in decisions] == ["EXIT_RESTART"] * 5 + ["FAIL"]
-    assert [d.delay for d in decisions] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 0.0])
+    assert [d.delay for d in decisions] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.4, 0.0])
     assert [d.failures for d in decisions] == [1, 2, 3, 4, 5, 6]
     assert state is State.FATAL
-    assert decisions[1].reason == "exited with code 1; restarting in 0.10s (restart 2 of 5 allowed in 30s)"
+    assert decisions[0].reason == "exited with code 1; restarting at once (restart 1 of 5 allowed in 30s)"
+    assert decisions[2].reason == "exited with code 1; restarting in 0.10s (restart 3 of 5 allowed in 30s)"
     assert decisions[-1].reason == "gave up: 6 restarts within 30s (limit 5)"
 
 
@@ -269,7 +270,7 @@ def test_requested_stop_is_final_whatever_the_policy() -> None:
 def test_clean_exit_under_always_restarts() -> None:
     d = decide(policy=RestartPolicy.ALWAYS, exit_code=0)
     assert d.event_name == "EXIT_RESTART"
-    assert d.reason.startswith("exited cleanly (code 0); restarting in 0.05s")
+    assert d.reason.startswith("exited cleanly (code 0); restarting at once")
 
 
 def test_unhealthy_kill_reason() -> None:
@@ -281,12 +282,12 @@ def test_unhealthy_kill_reason() -> None:
 def test_stable_run_then_crash_gets_short_delay_again() -> None:
     # Four quick crashes in a row built up a long delay...
     crashing = decide(now=3.0, failures=3, history=RestartHistory((0.5, 1.0, 2.0)))
-    assert crashing.delay == pytest.approx(0.4)
+    assert crashing.delay == pytest.approx(0.2)
     # ...then the device ran for an hour before crashing: back to the short delay.
     d = decide(now=3603.0, run_seconds=3600.0, failures=crashing.failures, history=crashing.history)
     assert d.event_name == "EXIT_RESTART"
     assert d.failures == 1
-    assert d.delay == pytest.approx(0.05)
+    assert d.delay == 0.0
     assert d.history.times == (3603.0,)  # old restarts fell out of the window
     assert "restart 1 of 5" in d.reason
 

@@ -101,15 +101,17 @@ def should_restart(policy: RestartPolicy, exit_code: int | None, *, requested_st
 def backoff_delay(backoff: Backoff, consecutive_failures: int) -> float:
     """Seconds to wait before the next start.
 
-    0 failures -> 0.0 (the first start is immediate); n >= 1 failures ->
-    ``min(max, initial * factor ** (n - 1))``.
+    0 or 1 failures -> 0.0: the first start, and the first restart after a stable run, are
+    immediate (a warm worker makes that restart cost milliseconds; waiting would only add
+    downtime). n >= 2 consecutive failures -> ``min(max, initial * factor ** (n - 2))``:
+    only a crash loop backs off.
     """
     if consecutive_failures < 0:
         raise ValueError(f"consecutive_failures must be >= 0, got {consecutive_failures}")
-    if consecutive_failures == 0:
+    if consecutive_failures <= 1:
         return 0.0
     try:
-        delay = backoff.initial * backoff.factor ** (consecutive_failures - 1)
+        delay = backoff.initial * backoff.factor ** (consecutive_failures - 2)
     except OverflowError:
         # A very long crash loop (with intensity effectively disabled) would
         # overflow the float power; it is far past the cap anyway.
@@ -219,13 +221,13 @@ def decide_after_exit(
             f"gave up: {count} restarts within {window} (limit {intensity.max_restarts})",
         )
     delay = backoff_delay(backoff, new_failures)
+    when = f"restarting in {delay:.2f}s" if delay > 0 else "restarting at once"
     return ExitDecision(
         "EXIT_RESTART",
         delay,
         new_history,
         new_failures,
-        f"{what}; restarting in {delay:.2f}s "
-        f"(restart {count} of {intensity.max_restarts} allowed in {window})",
+        f"{what}; {when} (restart {count} of {intensity.max_restarts} allowed in {window})",
     )
 
 
