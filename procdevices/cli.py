@@ -205,6 +205,8 @@ _SETTLED = {"start": {"RUNNING", "FATAL", "EXITED"}, "restart": {"RUNNING", "FAT
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
+    before = _call(args, "status", {"name": args.name})
+    old_pids = {d["pid"] for d in before["result"]["devices"] if d["pid"]} if before and before["ok"] else set()
     reply = _call(args, args.command, {"name": args.name})
     if reply is None:
         return exitcodes.EXIT_NOT_RUNNING
@@ -215,16 +217,14 @@ def _lifecycle(args: argparse.Namespace) -> int:
         return exitcodes.EXIT_OK
     # Wait until the supervisor reports the outcome; the supervisor itself never blocks.
     deadline = time.monotonic() + 60.0
-    before = time.monotonic()
     while time.monotonic() < deadline:
         status = _call(args, "status", {"name": args.name})
         if status is None or not status["ok"]:
             return exitcodes.EXIT_FAILED
         devices = status["result"]["devices"]
         states = {d["state"] for d in devices}
-        if args.command == "restart" and time.monotonic() - before < 0.05:
-            pass
-        elif states <= _SETTLED[args.command]:
+        replaced = all(d["pid"] not in old_pids for d in devices)
+        if states <= _SETTLED[args.command] and (args.command != "restart" or replaced):
             for d in devices:
                 print(f"{d['name']}: {d['state']}" + (f" ({d['last_exit']})" if d["state"] != "RUNNING" and d["last_exit"] else ""))
             if "FATAL" in states or (args.command != "stop" and "EXITED" in states):

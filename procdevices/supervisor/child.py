@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import zmq
 
-from procdevices.control.protocol import ERROR, OK, Command, decode, encode
+from procdevices.control.protocol import OK, Command, decode, encode
 from procdevices.devices.launch import PendingStart
 from procdevices.supervisor.config import DeviceConfig
 from procdevices.supervisor.policy import ProbeState, RestartHistory
@@ -37,8 +37,13 @@ class AsyncControl:
 
     def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None:
         request_id = next(self._ids).to_bytes(8, "big")
+        try:
+            self.socket.send_multipart([request_id, command.value, encode(None)], zmq.NOBLOCK)
+        except zmq.Again:
+            # Its queue is full: the device has not read a request for a long while.
+            callback(False, {"error": "the device's control queue is full", "type": "ControlTimeout"})
+            return
         self._pending[request_id] = (now + timeout, callback)
-        self.socket.send_multipart([request_id, command.value, encode(None)], zmq.NOBLOCK)
 
     def on_readable(self) -> None:
         while self.socket.poll(0):

@@ -21,6 +21,7 @@ import signal
 import socket as pysocket
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -98,15 +99,8 @@ class Supervisor:
                 if self.rpc in events:
                     self._on_request()
                 for item in events:
-                    if isinstance(item, int) and item in self._fd_owner:
-                        child, what = self._fd_owner[item]
-                        if what == "ready":
-                            self._on_ready_report(child, now)
-                        else:
-                            self._on_exit(child, now)
-                    elif isinstance(item, zmq.Socket) and item is not self.rpc:
-                        self._control_owner(item).on_readable()
-                self._tick(self.clock())
+                    self._guarded(self._dispatch, item, now)
+                self._guarded(self._tick, self.clock())
         finally:
             self._close()
             signal.set_wakeup_fd(-1)
@@ -114,6 +108,24 @@ class Supervisor:
         fatal = [c.name for c in self.children if c.state is State.FATAL]
         self.log("stopped" + (f"; FATAL: {', '.join(fatal)}" if fatal else ""))
         return EXIT_FATAL if fatal else EXIT_OK
+
+    def _dispatch(self, item: Any, now: float) -> None:
+        if isinstance(item, int) and item in self._fd_owner:
+            child, what = self._fd_owner[item]
+            if what == "ready":
+                self._on_ready_report(child, now)
+            else:
+                self._on_exit(child, now)
+        elif isinstance(item, zmq.Socket) and item is not self.rpc:
+            self._control_owner(item).on_readable()
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """A bug met while handling one event must not take every device down with the
+        supervisor: log it loudly and keep supervising."""
+        try:
+            step(*args)
+        except Exception:
+            self.log("internal error (please report):\n" + traceback.format_exc())
 
     def _finished(self) -> bool:
         return self.shutting_down and not any(c.state in RUNNING_STATES or c.process is not None for c in self.children)
@@ -176,9 +188,15 @@ class Supervisor:
         child.stop = None
         child.paused = False
         child.probe = policy.ProbeState()
-        pending = self.pool.take(child.pickled, child.control_endpoint, label=child.name)
-        if pending is None:
-            pending = spawn_device(child.pickled, child.control_endpoint, label=child.name)
+        try:
+            pending = self.pool.take(child.pickled, child.control_endpoint, label=child.name)
+            if pending is None:
+                pending = spawn_device(child.pickled, child.control_endpoint, label=child.name)
+        except OSError as e:  # out of processes or file descriptors: retrying cannot help now
+            child.last_exit = f"could not spawn a process: {e}"
+            child.fire(Event.FAIL)
+            self.log(f"{child.name}: FATAL ({child.last_exit})")
+            return
         child.pending = pending
         child.process = pending.process
         child.spawned_at = now
