@@ -199,7 +199,8 @@ class Device:
             self._runtime = rt.DeviceRuntime(
                 self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
                 rt.NullReporter(),
-                owns_context=False,
+                whole_process=False,
+                private_context=False,
             )
         runtime = self._runtime
         self.control_endpoint = runtime.control_endpoint
@@ -354,7 +355,8 @@ class ThreadDevice(BackgroundDevice):
         runtime = rt.DeviceRuntime(
             self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
             reporter,
-            owns_context=self._owns_context(),
+            whole_process=False,
+            private_context=self._owns_context(),
         )
         self.control_endpoint = runtime.control_endpoint
         self.done = False

@@ -153,23 +153,25 @@ class DeviceRuntime:
         control_endpoint: str,
         reporter: Reporter,
         *,
-        owns_context: bool,
+        whole_process: bool,
+        private_context: bool | None = None,
         parent_sentinel: int | None = None,
         signal_fd: int | None = None,
         cleanup_dir: str | None = None,
     ) -> None:
         self.control_endpoint = control_endpoint
         self.reporter = reporter
-        self.owns_context = owns_context
+        # whole_process: the device is the process (spawned child, `procdevices run`): it
+        # terminates its contexts on exit. private_context: nobody else uses the device's
+        # context, so a loop without a control socket may be broken by terminating it.
+        self.whole_process = whole_process
+        self.private_context = whole_process if private_context is None else private_context
         self.parent_sentinel = parent_sentinel
         self.signal_fd = signal_fd
         self.cleanup_dir = cleanup_dir
         self.endpoints: dict[str, list[str]] = {}
         self.ctx: Context | None = None
         self.control_ctx: Context | None = None
-        # In a thread device the caller's control client shares control_ctx (inproc), so the
-        # caller terminates it after closing that client; in a process nobody else uses it.
-        self.owns_control_clients_context = owns_context and parent_sentinel is not None
         self.proxy_control: Socket | None = None  # the REP end handed to zmq_proxy_steerable
         self.user_ctrl: Socket | None = None
         self.reported = False
@@ -220,7 +222,7 @@ class DeviceRuntime:
             ctx=ctx,
             steering=steering,
             info=info,
-            shutdown=self._shutdown_context if self.owns_context else None,
+            shutdown=self._shutdown_context if self.private_context else None,
             user_ctrl=self.user_ctrl,
         )
         self._target = target
@@ -268,12 +270,16 @@ class DeviceRuntime:
                 sock.close(linger=0)
 
     def terminate_context(self) -> None:
+        """Last step of a run, after every socket is closed."""
         if self._terminator is not None:
             self._terminator.join()
-        elif self.owns_context and self.ctx is not None:
-            self.ctx.term()
-        if self.control_ctx is not None and self.owns_control_clients_context:
-            self.control_ctx.term()
+        # In a thread the caller's control client shares control_ctx (inproc) and closes it,
+        # and the device's context belongs to whoever made it (pyzmq never terms it).
+        if self.whole_process:
+            if self._terminator is None and self.ctx is not None:
+                self.ctx.term()
+            if self.control_ctx is not None:
+                self.control_ctx.term()
         for path in _ipc_paths(self.endpoints):
             _remove(path)
         if self.control_endpoint.startswith("ipc://"):
@@ -347,7 +353,7 @@ def process_main(conn: Connection, job: Job | None) -> None:
     runtime = DeviceRuntime(
         job.control_endpoint,
         PipeReporter(conn),
-        owns_context=True,
+        whole_process=True,
         parent_sentinel=_parent_sentinel(),
         signal_fd=wake_r.fileno(),
         cleanup_dir=job.cleanup_dir,

@@ -51,8 +51,7 @@ def run_one(topology: Topology, name: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Only wake the control loop: the stop then goes through the control socket.
         signal.signal(signum, lambda s, f: None)
-    runtime = rt.DeviceRuntime(endpoint, _AnnounceReady(name), owns_context=True, signal_fd=wake_r.fileno())
-    runtime.owns_control_clients_context = True
+    runtime = rt.DeviceRuntime(endpoint, _AnnounceReady(name), whole_process=True, signal_fd=wake_r.fileno())
     code = rt.run_in_worker(device, runtime)
     if code == 0:
         sd_notify("STOPPING=1")
