@@ -259,7 +259,11 @@ def _supervisord_conf(args: argparse.Namespace) -> int:
     from procdevices.supervisor.supervisord import render_group
 
     path = find_config(args.config, Path.cwd())
-    text = render_group(_topology(args), config_path=path, python=sys.executable, cwd=Path.cwd())
+    try:
+        text = render_group(_topology(args), config_path=path, python=sys.executable, cwd=Path.cwd())
+    except ValueError as e:
+        print(f"procdevices: supervisord-conf: {e}", file=sys.stderr)
+        return exitcodes.EXIT_FAILED
     if args.output:
         Path(args.output).write_text(text)
     else:

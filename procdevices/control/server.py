@@ -199,7 +199,13 @@ class ControlServer:
         steering = self.target.steering
         if steering is None:
             return
-        reply = steering.request(command, PROXY_ANSWER_TIMEOUT)
+        try:
+            reply = steering.request(command, PROXY_ANSWER_TIMEOUT)
+        except DeviceError as e:
+            # libzmq would not answer a stuck loop either; the control loop must live on so
+            # the device can still be stopped.
+            print(f"procdevices: ctrl command {command!r} not answered: {e}", file=sys.stderr, flush=True)
+            return
         if command == steer.TERMINATE:
             self.target.stopping = True
             self.target.stop_reason = "user ctrl socket"

@@ -35,7 +35,7 @@ from procdevices.control.steering import ProxySteering
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
 
 if TYPE_CHECKING:
-    from procdevices.devices.base import Device
+    from procdevices.devices.basedevice import Device
 
 Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
@@ -262,7 +262,10 @@ class DeviceRuntime:
     def finish(self) -> None:
         """After the forwarding loop: stop the control loop and release what we own."""
         if self._wake is not None:
-            self._wake.send(b"", zmq.NOBLOCK)
+            try:
+                self._wake.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the control loop has ended already (its context or ctrl socket went)
         if self._control_thread is not None:
             self._control_thread.join(5.0)
         for sock in self._private_sockets:

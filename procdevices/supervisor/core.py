@@ -320,7 +320,8 @@ class Supervisor:
     # -- stopping -----------------------------------------------------------------------------
     def _stop(self, child: Child, now: float, why: str) -> None:
         if child.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
-            if child.process is None:
+            if child.process is None and not (self.shutting_down and child.state is State.FATAL):
+                # An operator's stop clears FATAL; a shutdown keeps it, for the exit code.
                 child.fire(Event.STOP)
                 child.retry_at = None
             return

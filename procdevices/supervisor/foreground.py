@@ -48,12 +48,18 @@ def run_one(topology: Topology, name: str) -> int:
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    def on_signal(signum: int, frame: object) -> None:
+        # The wake-up fd already told the control loop, which stops the device through its
+        # control socket; here we only tell a service manager that the stop has begun.
+        if not stopping:
+            stopping.append(signum)
+            sd_notify("STOPPING=1")
+
+    stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        # Only wake the control loop: the stop then goes through the control socket.
-        signal.signal(signum, lambda s, f: None)
+        signal.signal(signum, on_signal)
     runtime = rt.DeviceRuntime(endpoint, _AnnounceReady(name), whole_process=True, signal_fd=wake_r.fileno())
     code = rt.run_in_worker(device, runtime)
     if code == 0:
-        sd_notify("STOPPING=1")
         print(f"procdevices: {name} stopped ({runtime.stop_reason or 'forwarding loop ended'})", flush=True)
     return exitcodes.EXIT_OK if code == 0 else exitcodes.EXIT_FAILED

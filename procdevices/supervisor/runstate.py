@@ -94,7 +94,8 @@ def identify(pid: int, create_time: float) -> psutil.Process | None:
     """The process with this pid, only if it is the very process recorded (same create time)."""
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) < 0.01:
+        # A zombie has already exited: it only waits for its (new) parent to reap it.
+        if abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
             return proc
     except psutil.Error:
         pass
@@ -114,15 +115,17 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
             client.request(Command.STOP, timeout=1.0)
             done.append(f"stopped leftover device {name} (pid {proc.pid}) through its control socket")
         except DeviceError:
-            proc.terminate()
-            done.append(f"sent SIGTERM to leftover device {name} (pid {proc.pid})")
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+                done.append(f"sent SIGTERM to leftover device {name} (pid {proc.pid})")
         finally:
             client.close()
         leftovers.append(proc)
     _, alive = psutil.wait_procs(leftovers, timeout=stop_timeout)
     for proc in alive:
-        proc.kill()
-        done.append(f"killed leftover device pid {proc.pid}")
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+            done.append(f"killed leftover device pid {proc.pid}")
     psutil.wait_procs(alive, timeout=stop_timeout)
     run_dir.clear_state()
     return done
@@ -142,9 +145,14 @@ def remove_stale_sockets(paths: list[Path]) -> list[str]:
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a zombie has: only its parent has yet to reap it)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid):
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.02)
-    return not psutil.pid_exists(pid)

@@ -7,7 +7,7 @@ from typing import Any
 import zmq
 
 from procdevices.devices import runtime as rt
-from procdevices.devices.base import Device, ProcessDevice, ThreadDevice, _uses_proxy_control
+from procdevices.devices.basedevice import Device, ProcessDevice, ThreadDevice, _uses_proxy_control
 
 Socket = zmq.Socket[bytes]
 

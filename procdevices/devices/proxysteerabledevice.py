@@ -14,8 +14,8 @@ from typing import Any
 import zmq
 
 from procdevices.devices import runtime as rt
-from procdevices.devices.base import Device
-from procdevices.devices.proxy import ProcessProxy, Proxy, ThreadProxy
+from procdevices.devices.basedevice import Device
+from procdevices.devices.proxydevice import ProcessProxy, Proxy, ThreadProxy
 
 Socket = zmq.Socket[bytes]
 

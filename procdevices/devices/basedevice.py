@@ -390,15 +390,17 @@ class ProcessDevice(BackgroundDevice):
     context_factory = zmq.Context
 
     def start(self) -> None:
+        pickled = launch.pickle_device(self)
         cleanup_dir = None
-        if self.control_endpoint is None:
-            # A private directory: only this user reaches the control socket.
+        if self.control_endpoint is None or getattr(self, "_cleanup_dir", None):
+            # A private directory, new for every run: only this user reaches the control
+            # socket, and the directory goes with the run.
             cleanup_dir = tempfile.mkdtemp(prefix="pd-")
             self.control_endpoint = f"ipc://{cleanup_dir}/ctl"
         self._cleanup_dir = cleanup_dir
         self.done = False
         pending = launch.spawn_device(
-            launch.pickle_device(self),
+            pickled,
             self.control_endpoint,
             label=type(self).__name__,
             daemon=self.daemon,

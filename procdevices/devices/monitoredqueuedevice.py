@@ -11,7 +11,7 @@ from __future__ import annotations
 import zmq
 from zmq.devices.monitoredqueue import monitored_queue
 
-from procdevices.devices.proxy import ProcessProxy, Proxy, ProxyBase, ThreadProxy
+from procdevices.devices.proxydevice import ProcessProxy, Proxy, ProxyBase, ThreadProxy
 
 
 class MonitoredQueueBase(ProxyBase):
