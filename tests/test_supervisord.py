@@ -397,9 +397,7 @@ def test_sigkill_of_up_is_restarted_and_forwards_again(short_tmp: Path, supervis
     offset = logfile.stat().st_size
 
     os.kill(first["pid"], signal.SIGKILL)
-    # allow_backoff: the first restart can fail on a race in stop_leftovers (see the xfail below);
-    # supervisord then retries, which is what this test is about.
-    second = sd.running("procdevices", not_pid=first["pid"], allow_backoff=True)
+    second = sd.running("procdevices", not_pid=first["pid"])
     new = wait_for(lambda: device_pids(topo), 30, "devices RUNNING again")
     sd.seen |= {identity(pid) for pid in new.values()}
     # The orphaned devices noticed their parent's death and stopped by themselves.
@@ -420,15 +418,9 @@ def set_child_subreaper(on: bool) -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
-        pytest.skip(f"prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}")
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in procdevices/supervisor/runstate.py stop_leftovers: a device that already exited but is not "
-    "yet reaped (a zombie: its new parent, init or a container's PID 1, reaps late or never) is taken "
-    "for a live leftover: STOP (1 s timeout), SIGTERM, 3 s wait, SIGKILL, 3 s wait, so `up` starts ~7 s "
-    "late; and when the zombie is reaped between identify() and terminate()/kill(), psutil.NoSuchProcess "
-    "escapes and `up` crashes with a traceback (exit 1, supervisord BACKOFF)"))
 @pytest.mark.timeout(90)
 def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves(
         short_tmp: Path, supervisord: Callable[..., Supervisord]) -> None:
