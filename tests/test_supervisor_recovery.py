@@ -1,0 +1,114 @@
+"""The supervisor restarts a device over its memory limit, and the next `up` cleans up what
+an unclean end left behind: a device still running from a recorded run, stale socket files."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from cli_support import CLI, RUN_DIR, Up, identify, push_pull, wait_for, write_topology
+
+PIPELINE = """
+[devices.pipe]
+kind = "streamer"
+in = { bind = ["ipc://pipe-in"] }
+out = { bind = ["ipc://pipe-out"] }
+"""
+
+
+@pytest.mark.timeout(60)
+def test_memory_limit_restarts_the_device_and_records_why(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+    # Any Python process is far above 1 MiB: every probe finds the device over its limit.
+    config = write_topology(short_tmp, PIPELINE + """
+[devices.hog]
+kind = "queue"
+in = { bind = ["ipc://hog-in"] }
+out = { bind = ["ipc://hog-out"] }
+memory_limit = "1MiB"
+intensity = { max_restarts = 2, within = 60.0 }
+""", pool_size=0)
+    with Up(config) as up:
+        devices = up.wait_states({"pipe": "RUNNING", "hog": "FATAL"})
+        hog = devices["hog"]
+        assert hog["restarts"] == 2, hog
+        assert hog["pid"] is None
+        assert "memory limit exceeded" in up.log(), up.log_tail()
+        assert "gave up" in hog["last_exit"], hog
+        # The neighbour was never touched.
+        assert devices["pipe"]["restarts"] == 0
+        push_pull(zmq_ctx, f"ipc://{short_tmp}/pipe-in", f"ipc://{short_tmp}/pipe-out", [b"a", b"b"])
+        assert up.cli("status").returncode == 3
+
+
+@pytest.mark.timeout(60)
+def test_next_up_stops_a_recorded_leftover_and_removes_stale_sockets(
+    short_tmp: Path, zmq_ctx: zmq.Context[Any]
+) -> None:
+    config = write_topology(short_tmp, PIPELINE, pool_size=0)
+    run_dir = short_tmp / RUN_DIR
+    # A leftover: the same device, still running from an earlier run (as `run` in the
+    # foreground here), recorded in the run state the way a supervisor records its devices.
+    leftover = subprocess.Popen([*CLI, "run", "pipe", "-c", str(config)], cwd=short_tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert leftover.stdout is not None
+        assert "ready" in leftover.stdout.readline()
+        proc = psutil.Process(leftover.pid)
+        (run_dir / "state.json").write_text(json.dumps({
+            "supervisor": {"pid": 1, "create_time": 0.0},
+            "devices": {"pipe": {"pid": proc.pid, "create_time": proc.create_time(),
+                                 "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock"}},
+        }))
+        # And a socket file nobody listens on any more.
+        stale = run_dir / "ctl" / "gone.sock"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(stale))
+        assert stale.exists()
+
+        with Up(config) as up:
+            devices = up.wait_states({"pipe": "RUNNING"})
+            # The leftover was stopped through its control socket, cleanly.
+            assert leftover.wait(10) == 0
+            log = up.log()
+            assert f"stopped leftover device pipe (pid {proc.pid}) through its control socket" in log, log
+            assert f"removed stale socket file {stale}" in log, log
+            assert not stale.exists()
+            assert devices["pipe"]["pid"] != proc.pid
+            push_pull(zmq_ctx, f"ipc://{short_tmp}/pipe-in", f"ipc://{short_tmp}/pipe-out", [b"x"])
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+        leftover.wait(10)
+        leftover.stdout.close() if leftover.stdout else None
+        leftover.stderr.close() if leftover.stderr else None
+
+
+@pytest.mark.timeout(60)
+def test_a_reused_pid_is_never_touched(short_tmp: Path) -> None:
+    # The run state names a live process of ours, but with another create time: a pid that
+    # was reused after the recorded device died. `up` must leave it alone.
+    config = write_topology(short_tmp, PIPELINE, pool_size=0)
+    run_dir = short_tmp / RUN_DIR
+    run_dir.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        created = psutil.Process(bystander.pid).create_time()
+        (run_dir / "state.json").write_text(json.dumps({
+            "supervisor": {"pid": 1, "create_time": 0.0},
+            "devices": {"pipe": {"pid": bystander.pid, "create_time": created - 100.0}},
+        }))
+        with Up(config) as up:
+            up.wait_states({"pipe": "RUNNING"})
+            assert identify(bystander.pid) is not None
+            assert bystander.poll() is None
+            assert "leftover" not in up.log()
+    finally:
+        bystander.kill()
+        bystander.wait(10)
