@@ -62,10 +62,15 @@ class RunDir:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = self.read_state().get("supervisor", {}).get("pid", "?")
+                owner = _holder_pid(lock)
                 raise RunDirBusy(
                     f"another procdevices supervisor (pid {owner}) is running with run dir {self.path}"
                 ) from None
+            # The holder's pid, for the message above: readable from the moment it holds it.
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
             yield lock
 
     def read_state(self) -> dict[str, Any]:
@@ -88,6 +93,17 @@ class RunDir:
     def clear_state(self) -> None:
         with contextlib.suppress(OSError):
             self.state_file.unlink()
+
+
+def _holder_pid(lock: IO[str]) -> str:
+    # The holder writes its pid just after taking the lock: give it a moment to do so.
+    deadline = time.monotonic() + 0.5
+    while True:
+        lock.seek(0)
+        pid = lock.read().strip()
+        if pid or time.monotonic() > deadline:
+            return pid or "?"
+        time.sleep(0.01)
 
 
 def identify(pid: int, create_time: float) -> psutil.Process | None:
