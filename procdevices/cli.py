@@ -12,6 +12,7 @@ from typing import Any
 
 from procdevices import exitcodes
 from procdevices.supervisor.config import ConfigError, Topology, default_topology, find_config, load_topology
+from procdevices.supervisor.runstate import RunDir
 
 USAGE_EXAMPLES = """\
 examples:
@@ -91,9 +92,7 @@ def _topology(args: argparse.Namespace) -> Topology:
     return topology
 
 
-def _run_dir(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from procdevices.supervisor.runstate import RunDir
-
+def _run_dir(args: argparse.Namespace) -> RunDir:
     return RunDir(_topology(args).supervisor.run_dir)
 
 
@@ -126,8 +125,6 @@ def _check(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from procdevices.supervisor.core import Supervisor
     from procdevices.supervisor.runstate import RunDirBusy, remove_stale_sockets, stop_leftovers
-
-    from procdevices.supervisor.runstate import RunDir
 
     topology = _topology(args)
     run_dir = RunDir(topology.supervisor.run_dir)

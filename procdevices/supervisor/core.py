@@ -66,6 +66,7 @@ class Supervisor:
         self.rpc.linger = 0
         self.poller = zmq.Poller()
         self._fd_owner: dict[int, tuple[Child, str]] = {}
+        self._controls: dict[zmq.Socket[bytes], AsyncControl] = {}
         self._signals: list[int] = []
         self.commands: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "status": self._cmd_status,
@@ -116,8 +117,8 @@ class Supervisor:
                 self._on_ready_report(child, now)
             else:
                 self._on_exit(child, now)
-        elif isinstance(item, zmq.Socket) and item is not self.rpc:
-            self._control_owner(item).on_readable()
+        elif isinstance(item, zmq.Socket) and item in self._controls:
+            self._controls[item].on_readable()
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         """A bug met while handling one event must not take every device down with the
@@ -210,6 +211,7 @@ class Supervisor:
         self._watch(pending.process.sentinel, child, "exit")
         if child.control is None:
             child.control = AsyncControl(self.ctx, child.control_endpoint)
+            self._controls[child.control.socket] = child.control
             self.poller.register(child.control.socket, zmq.POLLIN)
         self._save_state()
 
@@ -280,9 +282,10 @@ class Supervisor:
         if child.state is State.FATAL:
             return  # the setup error was reported already; this is just the reaping
         requested = child.stop is not None
-        if requested:
-            child.stopped_by = "control socket" if child.stop is not None and not child.stop.term_sent else (
-                "SIGKILL" if child.stop is not None and child.stop.kill_sent else "SIGTERM")
+        if child.stop is not None:
+            child.stopped_by = (
+                "SIGKILL" if child.stop.kill_sent else "SIGTERM" if child.stop.term_sent else "control socket"
+            )
         description = child.unhealthy or _exit_text(code)
         decision = policy.decide_after_exit(
             policy=child.config.restart,
@@ -415,11 +418,6 @@ class Supervisor:
                     deadlines.append(d)
         return max(0, int((min(deadlines) - now) * 1000) + 1)
 
-    def _control_owner(self, sock: zmq.Socket[bytes]) -> AsyncControl:
-        for child in self.children:
-            if child.control is not None and child.control.socket is sock:
-                return child.control
-        raise KeyError("unknown socket")
 
     def _save_state(self) -> None:
         devices = {}
