@@ -45,6 +45,11 @@ class DeviceStartError(DeviceError):
     were bound and connected)."""
 
 
+class DeviceExitedEarly(DeviceStartError):
+    """The device process ended before it reported anything: a crash, a kill, or a class its
+    interpreter could not import. Unlike a setup error, trying again may succeed."""
+
+
 class DeviceNotRunning(DeviceError):
     """A control operation was asked of a device that is not running."""
 

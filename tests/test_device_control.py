@@ -580,7 +580,8 @@ def test_class_only_in_unimportable_main_raises_device_start_error(
         )
     assert done.returncode == 0, done.stderr.decode()
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    assert result["error"] == "DeviceStartError", result
+    # DeviceExitedEarly: the DeviceStartError that says the process died without a report.
+    assert result["error"] == "DeviceExitedEarly", result
     assert "importable" in result["message"]
     assert result["exitcode"] == 1
     assert result["control_dir_left"] is False

@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from procdevices.devices import runtime as rt
-from procdevices.errors import DeviceError, DeviceStartError
+from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -39,7 +39,7 @@ class PendingStart:
             kind, payload = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(1.0)
-            raise DeviceStartError(
+            raise DeviceExitedEarly(
                 f"{self.label} process exited with code {self.process.exitcode} before it was "
                 "ready (is its class importable by a fresh interpreter? its stderr has the traceback)"
             ) from None
@@ -85,6 +85,7 @@ class WorkerPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._idle: list[_Worker] = []
+        self._released: list[BaseProcess] = []
 
     def refill(self) -> None:
         self._idle = [w for w in self._idle if w.process.is_alive()]
@@ -112,13 +113,19 @@ class WorkerPool:
     def processes(self) -> Iterator[BaseProcess]:
         return (w.process for w in self._idle)
 
-    def close(self) -> None:
-        """Idle workers exit when their pipe closes."""
+    def release(self) -> None:
+        """Let the idle workers go without waiting: each exits when its pipe closes."""
         for worker in self._idle:
             worker.conn.close()
-        for worker in self._idle:
-            worker.process.join(2.0)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
+        self._released += [w.process for w in self._idle]
         self._idle = []
+
+    def close(self) -> None:
+        """Release the idle workers and reap them."""
+        self.release()
+        for process in self._released:
+            process.join(2.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._released = []

@@ -16,6 +16,7 @@ state table (states.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket as pysocket
@@ -30,7 +31,7 @@ import zmq
 
 from procdevices.control.protocol import Command
 from procdevices.devices.launch import PendingStart, WorkerPool, pickle_device, spawn_device
-from procdevices.errors import DeviceError
+from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.supervisor import policy
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import AsyncControl, Child, StopProgress
@@ -67,6 +68,9 @@ class Supervisor:
         self.poller = zmq.Poller()
         self._fd_owner: dict[int, tuple[Child, str]] = {}
         self._controls: dict[zmq.Socket[bytes], AsyncControl] = {}
+        self._dirty = True  # timers may have changed: recompute the next deadline
+        self._state_dirty = False  # state.json is behind
+        self._pool_wanted = True  # the pool may be short of idle workers
         self._signals: list[int] = []
         self.commands: dict[str, Callable[[dict[str, Any], Reply], None]] = {
             "status": self._cmd_status,
@@ -90,10 +94,14 @@ class Supervisor:
             self._start(child, now)
         self._save_state()
         self.log(f"supervising {len(self.children)} device process(es); control: {self.run_dir.control_endpoint}")
+        earliest = now
         try:
             while not self._finished():
-                timeout = self._next_timeout(self.clock())
-                events = dict(self.poller.poll(timeout))
+                now = self.clock()
+                if self._dirty:
+                    earliest = self._next_deadline(now)
+                    self._dirty = False
+                events = dict(self.poller.poll(max(0, int((earliest - now) * 1000) + 1)))
                 now = self.clock()
                 if wake_r.fileno() in events:
                     self._on_signals(wake_r)
@@ -101,7 +109,15 @@ class Supervisor:
                     self._on_request()
                 for item in events:
                     self._guarded(self._dispatch, item, now)
-                self._guarded(self._tick, self.clock())
+                # A batch of probe answers changes no timer: with many devices, most wake-ups
+                # are just that, and skip the walk over every child.
+                if not all(item in self._controls for item in events):
+                    self._dirty = True
+                if self._dirty or now >= earliest:
+                    self._guarded(self._tick, self.clock())
+                    self._dirty = True
+                if self._state_dirty:
+                    self._save_state()
         finally:
             self._close()
             signal.set_wakeup_fd(-1)
@@ -174,6 +190,7 @@ class Supervisor:
         self.log(f"stopping every device ({why})")
         sd_notify("STOPPING=1")
         self.shutting_down = True
+        self.pool.release()
         now = self.clock()
         for child in self.children:
             self._stop(child, now, "supervisor shutdown")
@@ -191,6 +208,7 @@ class Supervisor:
         child.probe = policy.ProbeState()
         try:
             pending = self.pool.take(child.pickled, child.control_endpoint, label=child.name)
+            self._pool_wanted = self._pool_wanted or pending is not None
             if pending is None:
                 pending = spawn_device(child.pickled, child.control_endpoint, label=child.name)
         except OSError as e:  # out of processes or file descriptors: retrying cannot help now
@@ -200,7 +218,9 @@ class Supervisor:
             return
         child.pending = pending
         child.process = pending.process
-        child.spawned_at = now
+        # Not the loop's `now`: starting many devices takes a while, and start_timeout is
+        # the device's budget, not the time its siblings took to spawn.
+        child.spawned_at = self.clock()
         child.ready_at = None
         try:
             child.ps = psutil.Process(pending.process.pid)
@@ -213,7 +233,7 @@ class Supervisor:
             child.control = AsyncControl(self.ctx, child.control_endpoint)
             self._controls[child.control.socket] = child.control
             self.poller.register(child.control.socket, zmq.POLLIN)
-        self._save_state()
+        self._state_dirty = True
 
     def _watch(self, fd: int, child: Child, what: str) -> None:
         self._fd_owner[fd] = (child, what)
@@ -230,6 +250,9 @@ class Supervisor:
         child.pending = None
         try:
             info = pending.result()
+        except DeviceExitedEarly:
+            pending.conn.close()
+            return  # no report, just an exit: the sentinel path decides what follows
         except DeviceError as e:
             pending.conn.close()
             child.last_exit = f"could not start: {e}"
@@ -245,7 +268,7 @@ class Supervisor:
         child.ready_at = now
         child.ever_ready = True
         child.endpoints = info.endpoints
-        child.probe_due = now + child.config.probe.interval
+        child.probe_due = _next_slot(now, child.config.probe.interval)
         self.log(f"{child.name}: RUNNING (pid {info.pid}) {_endpoint_summary(info.endpoints)}")
         self._maybe_announce_ready()
 
@@ -278,7 +301,7 @@ class Supervisor:
         child.ps = None
         if child.control is not None:
             child.control.fail_all("the device exited")
-        self._save_state()
+        self._state_dirty = True
         if child.state is State.FATAL:
             return  # the setup error was reported already; this is just the reaping
         requested = child.stop is not None
@@ -372,11 +395,13 @@ class Supervisor:
                 self._escalate(child, now)
             elif child.state is State.RUNNING and child.probe_due is not None and now >= child.probe_due:
                 self._probe(child, now)
-        if not any(c.state is State.STARTING for c in self.children) and not self.shutting_down:
+        if self._pool_wanted and not self.shutting_down and not any(c.state is State.STARTING for c in self.children):
+            # Spawning idle workers competes for CPU with starting devices: wait for them.
+            self._pool_wanted = False
             self.pool.refill()
 
     def _probe(self, child: Child, now: float) -> None:
-        child.probe_due = now + child.config.probe.interval
+        child.probe_due = _next_slot(now, child.config.probe.interval)
         if child.ps is not None and child.config.memory_limit is not None:
             try:
                 rss = child.ps.memory_info().rss
@@ -399,7 +424,7 @@ class Supervisor:
 
         child.control.send(Command.PING, now, child.config.probe.timeout, answered)
 
-    def _next_timeout(self, now: float) -> int:
+    def _next_deadline(self, now: float) -> float:
         deadlines: list[float] = [now + 1.0]
         for child in self.children:
             if child.retry_at is not None:
@@ -416,10 +441,11 @@ class Supervisor:
                     kill_timeout=child.config.kill_timeout, term_sent=child.stop.term_sent, kill_sent=child.stop.kill_sent)
                 if d is not None:
                     deadlines.append(d)
-        return max(0, int((min(deadlines) - now) * 1000) + 1)
+        return min(deadlines)
 
 
     def _save_state(self) -> None:
+        self._state_dirty = False
         devices = {}
         for child in self.children:
             if child.process is not None and child.process.pid is not None:
@@ -550,6 +576,12 @@ class Supervisor:
         for child in children:
             assert child.control is not None
             child.control.send(command, now, 2.0, collect(child))
+
+
+def _next_slot(now: float, interval: float) -> float:
+    """The next multiple of ``interval``: devices with the same probe interval are probed in
+    one burst, so an idle supervisor wakes once per interval, not once per device."""
+    return (math.floor(now / interval) + 1) * interval
 
 
 def _exit_text(code: int | None) -> str:
