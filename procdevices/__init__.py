@@ -5,27 +5,12 @@ obey a dedicated control socket, plus a supervisor (``python -m procdevices up``
 """
 
 from procdevices.control.protocol import DeviceStats
-from procdevices.devices import (
-    Device,
-    MonitoredQueue,
-    ProcessDevice,
-    ProcessMonitoredQueue,
-    ProcessProxy,
-    ProcessProxySteerable,
-    Proxy,
-    ProxySteerable,
-    ThreadDevice,
-    ThreadMonitoredQueue,
-    ThreadProxy,
-    ThreadProxySteerable,
-    device,
-    monitored_queue,
-    proxy,
-    proxy_steerable,
-)
+from procdevices import devices
+from procdevices.devices import *  # noqa: F403  (the zmq.devices API, listed in devices.__all__)
 from procdevices.errors import (
     ControlTimeout,
     DeviceError,
+    DeviceExitedEarly,
     DeviceNotRunning,
     DeviceSetupError,
     DeviceStartError,
@@ -36,12 +21,8 @@ from procdevices.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "ThreadDevice", "ProcessDevice",
-    "Proxy", "ThreadProxy", "ProcessProxy",
-    "ProxySteerable", "ThreadProxySteerable", "ProcessProxySteerable",
-    "MonitoredQueue", "ThreadMonitoredQueue", "ProcessMonitoredQueue",
-    "device", "proxy", "proxy_steerable", "monitored_queue",
+    *devices.__all__,
     "DeviceStats",
-    "DeviceError", "DeviceSetupError", "DeviceStartError", "DeviceNotRunning",
+    "DeviceError", "DeviceSetupError", "DeviceStartError", "DeviceExitedEarly", "DeviceNotRunning",
     "ControlTimeout", "UnsupportedOperation", "RemoteError",
 ]

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"procdevices: invalid configuration: {e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
+    except _CommandFailed as e:
+        return e.code
     except KeyboardInterrupt:
         return exitcodes.EXIT_FAILED
 
@@ -110,6 +112,24 @@ def _call(args: argparse.Namespace, command: str, call_args: dict[str, Any] | No
         return None
 
 
+class _CommandFailed(Exception):
+    """Ends a command with an exit code; the reason has been printed already."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _request(args: argparse.Namespace, command: str, call_args: dict[str, Any] | None = None, *, what: str = "") -> Any:
+    """The supervisor's result for ``command``, or _CommandFailed with the right exit code."""
+    reply = _call(args, command, call_args)
+    if reply is None:
+        raise _CommandFailed(exitcodes.EXIT_NOT_RUNNING)
+    if not reply["ok"]:
+        print(f"procdevices: {what}{reply['error']}", file=sys.stderr)
+        raise _CommandFailed(exitcodes.EXIT_FAILED)
+    return reply["result"]
+
+
 # -- commands -------------------------------------------------------------------------------
 
 def _check(args: argparse.Namespace) -> int:
@@ -154,13 +174,7 @@ def _print_default_endpoints(topology: Topology) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    reply = _call(args, "status", {"name": args.name})
-    if reply is None:
-        return exitcodes.EXIT_NOT_RUNNING
-    if not reply["ok"]:
-        print(f"procdevices: {reply['error']}", file=sys.stderr)
-        return exitcodes.EXIT_FAILED
-    result = reply["result"]
+    result = _request(args, "status", {"name": args.name})
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -188,13 +202,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _steer(args: argparse.Namespace) -> int:
-    reply = _call(args, args.command, {"name": args.name})
-    if reply is None:
-        return exitcodes.EXIT_NOT_RUNNING
-    if not reply["ok"]:
-        print(f"procdevices: {args.command} {args.name}: {reply['error']}", file=sys.stderr)
-        return exitcodes.EXIT_FAILED
-    print(f"{args.command}d: {', '.join(sorted(reply['result']))}")
+    result = _request(args, args.command, {"name": args.name}, what=f"{args.command} {args.name}: ")
+    print(f"{args.command}d: {', '.join(sorted(result))}")
     return exitcodes.EXIT_OK
 
 
@@ -204,12 +213,7 @@ _SETTLED = {"start": {"RUNNING", "FATAL", "EXITED"}, "restart": {"RUNNING", "FAT
 def _lifecycle(args: argparse.Namespace) -> int:
     before = _call(args, "status", {"name": args.name})
     old_pids = {d["pid"] for d in before["result"]["devices"] if d["pid"]} if before and before["ok"] else set()
-    reply = _call(args, args.command, {"name": args.name})
-    if reply is None:
-        return exitcodes.EXIT_NOT_RUNNING
-    if not reply["ok"]:
-        print(f"procdevices: {args.command} {args.name}: {reply['error']}", file=sys.stderr)
-        return exitcodes.EXIT_FAILED
+    _request(args, args.command, {"name": args.name}, what=f"{args.command} {args.name}: ")
     if args.no_wait:
         return exitcodes.EXIT_OK
     # Wait until the supervisor reports the outcome; the supervisor itself never blocks.
@@ -235,10 +239,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from procdevices.supervisor.runstate import wait_gone
 
-    reply = _call(args, "down")
-    if reply is None:
-        return exitcodes.EXIT_NOT_RUNNING
-    pid = reply["result"]["pid"]
+    pid = _request(args, "down")["pid"]
     if wait_gone(pid, 120.0):
         print(f"procdevices: supervisor {pid} stopped")
         return exitcodes.EXIT_OK
