@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from procdevices.supervisor.notify import sd_notify
+from cli_support import wait_for
 
 TOPOLOGY = """\
 [supervisor]
@@ -139,10 +140,9 @@ def test_up_interrupted_before_ready_sends_no_ready(short_tmp: Path, notify_sock
     try:
         # Wait until the supervisor has its signal handlers: it has written its first state.json
         # (after installing them, when it spawns the devices).
-        deadline = time.monotonic() + 20
-        while not (short_tmp / "run" / "state.json").exists():
-            assert up.poll() is None and time.monotonic() < deadline, "up did not start"
-            time.sleep(0.01)
+        state = short_tmp / "run" / "state.json"
+        wait_for(lambda: state.exists() or up.poll() is not None, 20, "up to spawn its devices", interval=0.01)
+        assert up.poll() is None, "up exited before it was signalled"
         up.send_signal(signal.SIGINT)
         signalled = True
         received = [notify_socket.receive(timeout=20)[0]]

@@ -38,6 +38,7 @@ from procdevices.supervisor import policy
 from procdevices.supervisor.config import load_topology
 from procdevices.supervisor.rpc import call
 from procdevices.supervisor.supervisord import render_group, supervisord_quote
+from cli_support import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PROCDEVICES_CONF = REPO / "supervisor.d" / "procdevices.conf"
@@ -67,18 +68,6 @@ out = { bind = ["ipc://stage-{replica}-out.sock"] }
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
 
 def endpoints(directory: Path, instance: str) -> tuple[str, str]:
     stem = instance.replace(".", "-")
