@@ -369,13 +369,11 @@ class Up:
             # Devices and pool workers share the supervisor's process group: one SIGKILL.
             os.killpg(self.pid, signal.SIGKILL)
             self.proc.wait(10)
-        survivors: list[psutil.Process] = []
-        deadline = time.monotonic() + 2.0  # devices of a dead supervisor stop by themselves
-        while time.monotonic() < deadline:
+        survivors = self.leftovers()
+        if survivors:
+            # Devices of a dead supervisor stop by themselves: wait for their exits.
+            psutil.wait_procs(survivors, timeout=2.0)
             survivors = self.leftovers()
-            if not survivors:
-                break
-            time.sleep(0.05)
         report = self.describe_leftovers() if survivors else ""
         if survivors:
             kill_and_reap(survivors)

@@ -34,6 +34,7 @@ from procdevices import (
     ThreadProxySteerable,
     UnsupportedOperation,
 )
+from device_support import connect_pipe, recv_within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -54,11 +55,6 @@ class OwnContextThreadMonitoredQueue(ThreadMonitoredQueue):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def recv_within(sock: zmq.Socket[bytes], timeout: float = 5.0) -> list[bytes]:
-    assert sock.poll(int(timeout * 1000)), f"nothing arrived within {timeout}s"
-    return sock.recv_multipart()
-
 
 def assert_quiet(sock: zmq.Socket[bytes]) -> None:
     assert not sock.poll(QUIET_MS), f"got {sock.recv_multipart()!r} while paused"
@@ -88,10 +84,7 @@ def pipeline(
     dev.bind_in(f"ipc://{short_tmp}/in")
     dev.bind_out(f"ipc://{short_tmp}/out")
     with running(dev):
-        push = ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(ctx, dev)
         yield dev, push, pull
 
 
@@ -116,10 +109,7 @@ def test_stop_exits_0_and_removes_ipc_files(cls: type[Any], short_tmp: Path, zmq
         assert len(bound) == (3 if hasattr(dev, "bind_mon") else 2)
         assert os.path.exists(control)
         assert all(os.path.exists(p) for p in bound)
-        push = zmq_ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = zmq_ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(zmq_ctx, dev)
         push.send(b"before stop")
         assert recv_within(pull) == [b"before stop"]
         assert dev.is_alive()
@@ -183,10 +173,7 @@ def test_a_stuck_forwarding_loop_still_stops(zmq_ctx: zmq.Context[Any]) -> None:
         getattr(dev, f"bind_{role}")("tcp://127.0.0.1:*")
     dev.start()
     try:
-        push = zmq_ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = zmq_ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(zmq_ctx, dev)
         push.send(b"stuck on the monitor")
         assert_quiet(pull)
         with pytest.raises(ControlTimeout):
@@ -205,10 +192,7 @@ def test_user_ctrl_command_to_a_stuck_loop_keeps_the_device_stoppable(zmq_ctx: z
         getattr(dev, f"bind_{role}")("tcp://127.0.0.1:*")
     dev.start()
     try:
-        push = zmq_ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = zmq_ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(zmq_ctx, dev)
         ctrl = zmq_ctx.socket(zmq.PAIR)
         ctrl.connect(dev.endpoints["ctrl"][0])
         push.send(b"stuck on the monitor")
@@ -258,10 +242,7 @@ def test_stuck_loop_with_a_user_ctrl_socket_stops_cleanly(zmq_ctx: zmq.Context[A
         getattr(dev, f"bind_{role}")("tcp://127.0.0.1:*")
     dev.start()
     try:
-        push = zmq_ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = zmq_ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(zmq_ctx, dev)
         push.send(b"stuck on the monitor")
         assert_quiet(pull)
     finally:
@@ -394,10 +375,7 @@ def test_user_ctrl_socket_works_as_in_pyzmq(
         getattr(dev, f"bind_{role}")("tcp://127.0.0.1:*")
     dev.start()
     try:
-        push = zmq_ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = zmq_ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(zmq_ctx, dev)
         ctrl = zmq_ctx.socket(peer_type)
         ctrl.connect(dev.endpoints["ctrl"][0])
 

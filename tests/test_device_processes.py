@@ -17,13 +17,9 @@ import pytest
 import zmq
 
 from procdevices import ProcessDevice, ProcessProxy
+from device_support import connect_pipe, recv_within
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def recv_within(sock: zmq.Socket[bytes], timeout: float = 5.0) -> list[bytes]:
-    assert sock.poll(int(timeout * 1000)), f"nothing arrived within {timeout}s"
-    return sock.recv_multipart()
 
 
 def has_exited(proc: psutil.Process) -> bool:
@@ -137,10 +133,7 @@ def test_sigterm_stops_a_device_cleanly(short_tmp: Path, zmq_ctx: zmq.Context[An
     dev.bind_out(f"ipc://{short_tmp}/out")
     dev.start()
     try:
-        push = zmq_ctx.socket(zmq.PUSH)
-        push.connect(dev.endpoints["in"][0])
-        pull = zmq_ctx.socket(zmq.PULL)
-        pull.connect(dev.endpoints["out"][0])
+        push, pull = connect_pipe(zmq_ctx, dev)
         push.send(b"before SIGTERM")
         assert recv_within(pull) == [b"before SIGTERM"]
         assert dev.control_endpoint is not None and dev.pid is not None

@@ -31,6 +31,7 @@ from procdevices import (
     ThreadProxy,
     ThreadProxySteerable,
 )
+from device_support import recv_within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,11 +50,6 @@ ALL_BACKGROUND = DEVICE_CLASSES + PROXY_CLASSES + QUEUE_CLASSES
 
 
 # -- small helpers -----------------------------------------------------------------------------
-
-def recv_within(sock: zmq.Socket[bytes], timeout: float = 5.0) -> list[bytes]:
-    assert sock.poll(int(timeout * 1000)), f"nothing arrived within {timeout}s"
-    return sock.recv_multipart()
-
 
 def new_device(cls: type[Device], in_type: int = zmq.PULL, out_type: int = zmq.PUSH) -> Any:
     if issubclass(cls, (Proxy, ThreadProxy, ProcessProxy)):

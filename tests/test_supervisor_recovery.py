@@ -13,7 +13,7 @@ import psutil
 import pytest
 import zmq
 
-from cli_support import CLI, RUN_DIR, Up, identify, push_pull, wait_for, write_topology
+from cli_support import CLI, RUN_DIR, Up, identify, push_pull, write_topology
 
 PIPELINE = """
 [devices.pipe]

@@ -30,12 +30,12 @@ import psutil
 import zmq
 
 from procdevices.control.protocol import Command
-from procdevices.devices.launch import PendingStart, WorkerPool, pickle_device, spawn_device
+from procdevices.devices.launch import WorkerPool, pickle_device, spawn_device
 from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.supervisor import policy
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import AsyncControl, Child, StopProgress
-from procdevices.supervisor.config import DeviceConfig, Topology
+from procdevices.supervisor.config import Topology
 from procdevices.supervisor.notify import sd_notify
 from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import RUNNING_STATES, Event, State
@@ -448,12 +448,13 @@ class Supervisor:
         self._state_dirty = False
         devices = {}
         for child in self.children:
-            if child.process is not None and child.process.pid is not None:
-                try:
-                    created = psutil.Process(child.process.pid).create_time()
-                except psutil.Error:
-                    continue
-                devices[child.name] = {"pid": child.process.pid, "create_time": created, "control_endpoint": child.control_endpoint}
+            # child.ps was made at spawn: psutil keeps the create time it read then.
+            if child.process is not None and child.ps is not None:
+                devices[child.name] = {
+                    "pid": child.ps.pid,
+                    "create_time": child.ps.create_time(),
+                    "control_endpoint": child.control_endpoint,
+                }
         self.run_dir.write_state(devices)
 
     # -- the control endpoint -----------------------------------------------------------------
