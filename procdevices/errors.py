@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import zmq
 
+from procdevices.control.protocol import ErrorCode
+
 
 class DeviceError(Exception):
     """Base class of the device layer's errors."""
@@ -65,3 +67,26 @@ class UnsupportedOperation(DeviceError):
 
 class RemoteError(DeviceError):
     """The device answered a control request with an error."""
+
+
+# The error code each exception travels as, and back: both protocols carry codes, not names.
+_CODES: dict[type[DeviceError], ErrorCode] = {
+    UnsupportedOperation: ErrorCode.UNSUPPORTED,
+    ControlTimeout: ErrorCode.TIMEOUT,
+    DeviceNotRunning: ErrorCode.NOT_RUNNING,
+}
+
+
+def error_code_of(error: DeviceError) -> ErrorCode:
+    for cls in type(error).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    return ErrorCode.FAILED
+
+
+def exception_for(code: ErrorCode | None) -> type[DeviceError]:
+    """The exception a client raises for an error reply with this code."""
+    for cls, known in _CODES.items():
+        if known is code:
+            return cls
+    return RemoteError

@@ -9,13 +9,8 @@ from typing import Any
 
 import zmq
 
-from procdevices.control.protocol import OK, Command, decode, encode
-from procdevices.errors import ControlTimeout, RemoteError, UnsupportedOperation
-
-_ERRORS: dict[str, type[Exception]] = {
-    "UnsupportedOperation": UnsupportedOperation,
-    "ControlTimeout": ControlTimeout,
-}
+from procdevices.control.protocol import OK, Command, decode, encode, error_code
+from procdevices.errors import ControlTimeout, exception_for
 
 _context_lock = threading.Lock()
 _context: tuple[int, zmq.Context[zmq.Socket[bytes]]] | None = None
@@ -55,7 +50,8 @@ class ControlClient:
                 status, body = frames[1], decode(frames[2])
                 if status == OK:
                     return body
-                raise _ERRORS.get(body.get("type", ""), RemoteError)(body.get("error", body))
+                message = body.get("error", body) if isinstance(body, dict) else body
+                raise exception_for(error_code(body))(message)
             raise ControlTimeout(
                 f"no answer to {command.name} from {self.endpoint} within {timeout:.3g}s"
             )

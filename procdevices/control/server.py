@@ -22,8 +22,18 @@ from typing import Any
 import zmq
 
 from procdevices.control import steering as steer
-from procdevices.control.protocol import ERROR, OK, Command, decode, encode
-from procdevices.errors import ControlTimeout, DeviceError, UnsupportedOperation
+from procdevices.control.protocol import (
+    ERROR,
+    OK,
+    Command,
+    ErrorCode,
+    ProtocolError,
+    device_error,
+    encode,
+    parse_device_request,
+    request_id_of,
+)
+from procdevices.errors import ControlTimeout, DeviceError, UnsupportedOperation, error_code_of
 
 # A probe must never make the control loop itself hang: libzmq answers in microseconds when
 # its loop runs, so a second means the loop is stuck (e.g. blocked on a capture socket).
@@ -100,19 +110,21 @@ class ControlServer:
             return
 
     def _answer(self, frames: list[bytes]) -> None:
-        if len(frames) < 3:
-            return  # not our protocol; a ROUTER cannot answer a peer that sent no id
-        identity, request_id, command = frames[0], frames[1], frames[2]
-        payload = decode(frames[3]) if len(frames) > 3 else None
-        handler = self.handlers.get(command)
-        if handler is None:
-            status, body = ERROR, {"error": f"unknown command {command!r}", "type": "UnknownCommand"}
-        else:
-            try:
-                status, body = OK, handler(payload)
-            except DeviceError as e:
-                status, body = ERROR, {"error": str(e), "type": type(e).__name__}
-        self.socket.send_multipart([identity, request_id, status, encode(body)])
+        identity, request = frames[0], frames[1:]
+        if request_id_of(request) is None:
+            return  # not our protocol: there is no request id to answer to
+        status: bytes
+        try:
+            parsed = parse_device_request(request)
+            status, body = OK, self.handlers[parsed.command.value](parsed.payload)
+        except ProtocolError as e:
+            status, body = ERROR, device_error(e.code, e.message)
+        except DeviceError as e:
+            status, body = ERROR, device_error(error_code_of(e), str(e))
+        except Exception as e:  # a bug in one handler must not end the control loop
+            print(f"procdevices: control command failed (please report): {e!r}", file=sys.stderr, flush=True)
+            status, body = ERROR, device_error(ErrorCode.INTERNAL, f"internal error: {e!r}")
+        self.socket.send_multipart([identity, request[0], status, encode(body)])
 
     # -- commands -------------------------------------------------------------------------
     def _ping(self, _: Any) -> dict[str, Any]:
