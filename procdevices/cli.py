@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from procdevices import exitcodes
+from procdevices.control.protocol import SupervisorCommand
 from procdevices.supervisor.config import ConfigError, Topology, default_topology, find_config, load_topology
 from procdevices.supervisor.runstate import RunDir
 
@@ -97,15 +98,15 @@ def _run_dir(args: argparse.Namespace) -> RunDir:
     return RunDir(_topology(args).supervisor.run_dir)
 
 
-def _call(args: argparse.Namespace, command: str, call_args: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any] | None:
-    from procdevices.supervisor.rpc import SupervisorUnreachable, call
+def _call(args: argparse.Namespace, command: SupervisorCommand, call_args: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any] | None:
+    from procdevices.control.client import SupervisorUnreachable, call_supervisor
 
     run_dir = _run_dir(args)
     if not (run_dir.path / "supervisor.sock").exists():
         print(f"procdevices: no supervisor is running with run dir {run_dir.path}", file=sys.stderr)
         return None
     try:
-        return call(run_dir.control_endpoint, command, call_args, timeout)
+        return call_supervisor(run_dir.control_endpoint, command, call_args, timeout)
     except SupervisorUnreachable as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return None
@@ -118,7 +119,7 @@ class _CommandFailed(Exception):
         self.code = code
 
 
-def _request(args: argparse.Namespace, command: str, call_args: dict[str, Any] | None = None, *, what: str = "") -> Any:
+def _request(args: argparse.Namespace, command: SupervisorCommand, call_args: dict[str, Any] | None = None, *, what: str = "") -> Any:
     """The supervisor's result for ``command``, or _CommandFailed with the right exit code."""
     reply = _call(args, command, call_args)
     if reply is None:
@@ -142,7 +143,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from procdevices.supervisor.core import Supervisor
+    from procdevices.supervisor.service import run_supervisor
     from procdevices.supervisor.runstate import RunDirBusy, remove_stale_sockets, stop_leftovers
 
     topology = _topology(args)
@@ -158,8 +159,7 @@ def _up(args: argparse.Namespace) -> int:
                 print(f"procdevices: removed stale socket file {path}", file=sys.stderr)
             if topology.source == "<default>":
                 _print_default_endpoints(topology)
-            supervisor = Supervisor(topology, run_dir)
-            return supervisor.run()
+            return run_supervisor(topology, run_dir)
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING
@@ -173,7 +173,7 @@ def _print_default_endpoints(topology: Topology) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    result = _request(args, "status", {"name": args.name})
+    result = _request(args, SupervisorCommand.STATUS, {"name": args.name})
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -186,7 +186,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    reply = _call(args, "stats", {"name": args.name})
+    reply = _call(args, SupervisorCommand.STATS, {"name": args.name})
     if reply is None:
         return exitcodes.EXIT_NOT_RUNNING
     if args.json:
@@ -201,7 +201,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _steer(args: argparse.Namespace) -> int:
-    result = _request(args, args.command, {"name": args.name}, what=f"{args.command} {args.name}: ")
+    result = _request(args, SupervisorCommand(args.command), {"name": args.name}, what=f"{args.command} {args.name}: ")
     print(f"{args.command}d: {', '.join(sorted(result))}")
     return exitcodes.EXIT_OK
 
@@ -210,15 +210,15 @@ _SETTLED = {"start": {"RUNNING", "FATAL", "EXITED"}, "restart": {"RUNNING", "FAT
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
-    before = _call(args, "status", {"name": args.name})
+    before = _call(args, SupervisorCommand.STATUS, {"name": args.name})
     old_pids = {d["pid"] for d in before["result"]["devices"] if d["pid"]} if before and before["ok"] else set()
-    _request(args, args.command, {"name": args.name}, what=f"{args.command} {args.name}: ")
+    _request(args, SupervisorCommand(args.command), {"name": args.name}, what=f"{args.command} {args.name}: ")
     if args.no_wait:
         return exitcodes.EXIT_OK
     # Wait until the supervisor reports the outcome; the supervisor itself never blocks.
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
-        status = _call(args, "status", {"name": args.name})
+        status = _call(args, SupervisorCommand.STATUS, {"name": args.name})
         if status is None or not status["ok"]:
             return exitcodes.EXIT_FAILED
         devices = status["result"]["devices"]
@@ -238,7 +238,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from procdevices.supervisor.runstate import wait_gone
 
-    pid = _request(args, "down")["pid"]
+    pid = _request(args, SupervisorCommand.DOWN)["pid"]
     if wait_gone(pid, 120.0):
         print(f"procdevices: supervisor {pid} stopped")
         return exitcodes.EXIT_OK

@@ -65,7 +65,8 @@ if __name__ != "__mp_main__":
     from procdevices.control.client import ControlClient
     from procdevices.control.protocol import Command
     from procdevices.errors import DeviceError
-    from procdevices.supervisor import rpc
+    from procdevices.control.client import SupervisorUnreachable, call_supervisor
+    from procdevices.control.protocol import SupervisorCommand
 
 SPAWN = multiprocessing.get_context("spawn")
 now = time.perf_counter
@@ -511,8 +512,8 @@ class Supervised:
         if not os.path.exists(self.sock):
             raise NotReady("no supervisor socket yet")
         try:
-            reply = rpc.call(self.endpoint, "status", None, timeout)
-        except rpc.SupervisorUnreachable as e:
+            reply = call_supervisor(self.endpoint, SupervisorCommand.STATUS, None, timeout)
+        except SupervisorUnreachable as e:
             raise NotReady(str(e)) from None
         if not reply.get("ok"):
             raise RuntimeError(f"status: {reply}")

@@ -36,7 +36,8 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from procdevices.supervisor import policy
 from procdevices.supervisor.config import load_topology
-from procdevices.supervisor.rpc import call
+from procdevices.control.client import call_supervisor
+from procdevices.control.protocol import SupervisorCommand
 from procdevices.supervisor.supervisord import render_group, supervisord_quote
 from cli_support import wait_for
 
@@ -115,7 +116,7 @@ def device_pids(topo: Path) -> dict[str, int]:
     """Device pids from `procdevices up`'s control endpoint; {} until every device is RUNNING."""
     topology = load_topology(topo)
     try:
-        reply = call(topology.supervisor.control_endpoint, "status", None, timeout=1.0)
+        reply = call_supervisor(topology.supervisor.control_endpoint, SupervisorCommand.STATUS, None, timeout=1.0)
     except Exception:
         return {}
     devices = reply.get("result", {}).get("devices", [])

@@ -1,4 +1,6 @@
-"""Client side of a device's control socket (see :mod:`procdevices.control.protocol`)."""
+"""Blocking clients of both control protocols (see :mod:`procdevices.control.protocol`): a
+device's control socket (:class:`ControlClient`) and the supervisor's endpoint
+(:func:`call_supervisor`). The supervisor's own non-blocking client is in ``aclient``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ from typing import Any
 
 import zmq
 
-from procdevices.control.protocol import OK, Command, decode, encode, error_code
+from procdevices.control.protocol import (
+    OK,
+    Command,
+    SupervisorCommand,
+    decode,
+    encode,
+    error_code,
+    supervisor_request,
+)
 from procdevices.errors import ControlTimeout, exception_for
 
 _context_lock = threading.Lock()
@@ -69,3 +79,27 @@ class ControlClient:
             if self._socket is not None:
                 self._socket.close(linger=0)
                 self._socket = None
+
+
+class SupervisorUnreachable(Exception):
+    """No supervisor answered on the endpoint in time."""
+
+
+def call_supervisor(
+    endpoint: str, command: SupervisorCommand, args: dict[str, Any] | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send one request to a supervisor's control endpoint and return its reply object
+    (``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., "code": ...}``)."""
+    sock: zmq.Socket[bytes] = private_context().socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        sock.send(supervisor_request(command, **(args or {})))
+        if not sock.poll(int(timeout * 1000)):
+            raise SupervisorUnreachable(f"no supervisor answered on {endpoint} within {timeout:.3g}s")
+        reply = decode(sock.recv())
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise SupervisorUnreachable(f"the answer on {endpoint} is not a supervisor's reply")
+        return reply
+    finally:
+        sock.close(linger=0)

@@ -1,74 +1,23 @@
-"""One supervised device instance: its process, state, restart bookkeeping and health.
+"""One supervised device instance: its process, its state and its restart bookkeeping.
 
-The supervisor loop owns every Child; a Child never blocks and never sleeps. Its state only
-changes through :func:`procdevices.supervisor.states.next_state`.
+A Child owns its own transitions: the supervisor tells it what happened (spawned, ready,
+exited, stop begun, failures forgotten) and the Child updates every field that follows from
+it, in one place. Its state only changes through
+:func:`procdevices.supervisor.states.next_state`. A Child never blocks and never sleeps.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
+import signal
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 from typing import Any
 
-import psutil
-import zmq
-
-from procdevices.control.protocol import OK, Command, decode, encode
-from procdevices.devices.launch import PendingStart
+from procdevices.control.aclient import ControlChannel
+from procdevices.devices.runtime import ReadyInfo
+from procdevices.supervisor import policy
 from procdevices.supervisor.config import DeviceConfig
-from procdevices.supervisor.policy import ProbeState, RestartHistory
+from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.states import Event, State, next_state
-
-ReplyCallback = Callable[[bool, Any], None]
-
-
-class AsyncControl:
-    """A non-blocking client of one device's control socket, polled by the supervisor loop."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
-        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-        self.socket.linger = 0
-        self.socket.connect(endpoint)
-        self._pending: dict[bytes, tuple[float, ReplyCallback]] = {}
-
-    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None:
-        request_id = next(self._ids).to_bytes(8, "big")
-        try:
-            self.socket.send_multipart([request_id, command.value, encode(None)], zmq.NOBLOCK)
-        except zmq.Again:
-            # Its queue is full: the device has not read a request for a long while.
-            callback(False, {"error": "the device's control queue is full", "type": "ControlTimeout"})
-            return
-        self._pending[request_id] = (now + timeout, callback)
-
-    def on_readable(self) -> None:
-        while self.socket.poll(0):
-            frames = self.socket.recv_multipart()
-            entry = self._pending.pop(frames[0], None)
-            if entry is not None:
-                entry[1](frames[1] == OK, decode(frames[2]))
-
-    def expire(self, now: float) -> None:
-        for request_id, (deadline, callback) in list(self._pending.items()):
-            if now >= deadline:
-                del self._pending[request_id]
-                callback(False, {"error": "no answer before the deadline", "type": "ControlTimeout"})
-
-    def next_deadline(self) -> float | None:
-        return min((d for d, _ in self._pending.values()), default=None)
-
-    def fail_all(self, reason: str) -> None:
-        pending, self._pending = self._pending, {}
-        for _, callback in pending.values():
-            callback(False, {"error": reason, "type": "DeviceNotRunning"})
-
-    def close(self) -> None:
-        self.fail_all("the device stopped")
-        self.socket.close(linger=0)
 
 
 @dataclass
@@ -76,6 +25,19 @@ class StopProgress:
     requested_at: float
     term_sent: bool = False
     kill_sent: bool = False
+
+    @property
+    def stopped_by(self) -> str:
+        return "SIGKILL" if self.kill_sent else "SIGTERM" if self.term_sent else "control socket"
+
+
+@dataclass
+class Blocked:
+    """The device's forwarding loop waits on a full peer (backpressure), as its last
+    answered probe said."""
+
+    side: str | None
+    seconds: float
 
 
 @dataclass
@@ -85,35 +47,31 @@ class Child:
     control_endpoint: str
     pickled: bytes
     state: State = State.STOPPED
-    pending: PendingStart | None = None
-    process: BaseProcess | None = None
-    ps: psutil.Process | None = None
-    control: AsyncControl | None = None
+    process: DeviceProcess | None = None
+    control: ControlChannel | None = None
     spawned_at: float = 0.0
     ready_at: float | None = None
+    ever_ready: bool = False
+    endpoints: dict[str, list[str]] = field(default_factory=dict)
+    # restart bookkeeping
     restarts: int = 0
     failures: int = 0
-    history: RestartHistory = field(default_factory=RestartHistory)
+    history: policy.RestartHistory = field(default_factory=policy.RestartHistory)
     retry_at: float | None = None
-    stop: StopProgress | None = None
     restart_after_stop: bool = False
-    probe: ProbeState = field(default_factory=ProbeState)
+    last_exit: str = ""
+    # the current run
+    stop: StopProgress | None = None
+    unhealthy: str | None = None  # why we killed it, when we did
+    paused: bool = False
+    blocked: Blocked | None = None
+    probe: policy.ProbeState = field(default_factory=policy.ProbeState)
     probe_due: float | None = None
     probe_in_flight: bool = False
-    unhealthy: str | None = None  # why we killed it, when we did
-    last_exit: str = ""
-    endpoints: dict[str, list[str]] = field(default_factory=dict)
-    stopped_by: str = ""
-    paused: bool = False
-    ever_ready: bool = False
 
     @property
     def name(self) -> str:
         return self.config.name
-
-    def fire(self, event: Event) -> State:
-        self.state = next_state(self.state, event)
-        return self.state
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +79,87 @@ class Child:
             return self.process.pid
         return None
 
+    def fire(self, event: Event) -> State:
+        self.state = next_state(self.state, event)
+        return self.state
+
+    # -- what happened --------------------------------------------------------------------------
+    def forget_failures(self) -> None:
+        """An operator's start or restart: a fresh restart budget."""
+        self.history, self.failures = policy.RestartHistory(), 0
+
+    def spawned(self, process: DeviceProcess, now: float) -> None:
+        """A new process runs for this device: everything about the previous run is reset."""
+        self.process = process
+        self.spawned_at = now
+        self.ready_at = None
+        self.retry_at = None
+        self.stop = None
+        self.unhealthy = None
+        self.paused = False
+        self.blocked = None
+        self.probe = policy.ProbeState()
+        self.probe_due = None
+
+    def ready(self, info: ReadyInfo, now: float) -> None:
+        self.fire(Event.READY)
+        self.ready_at = now
+        self.ever_ready = True
+        self.endpoints = info.endpoints
+        self.probe_due = next_slot(now, self.config.probe.interval)
+
+    def setup_failed(self, reason: str) -> None:
+        """The device reported that it cannot start (a bind error): retrying cannot help."""
+        self.last_exit = f"could not start: {reason}"
+        self.fire(Event.FAIL)
+
+    def spawn_failed(self, error: OSError) -> None:
+        self.last_exit = f"could not spawn a process: {error}"
+        self.fire(Event.FAIL)
+
+    def stop_begun(self, now: float) -> None:
+        self.fire(Event.STOP)
+        self.stop = StopProgress(requested_at=now)
+
+    def exited(self, code: int | None, now: float) -> str:
+        """The process is gone (``code`` from its reaping); returns the line to log, "" when
+        there is nothing to say (a FATAL setup error was reported already)."""
+        self.process = None
+        self.probe_in_flight = False
+        if self.state is State.FATAL:
+            return ""
+        stop = self.stop
+        description = self.unhealthy or exit_text(code)
+        decision = policy.decide_after_exit(
+            policy=self.config.restart,
+            exit_code=None if self.unhealthy else code,
+            requested_stop=stop is not None,
+            run_seconds=now - self.spawned_at,
+            now=now,
+            backoff=self.config.backoff,
+            intensity=self.config.intensity,
+            stable_after=self.config.stable_after,
+            history=self.history,
+            failures=self.failures,
+        )
+        self.history, self.failures = decision.history, decision.failures
+        if stop is not None:
+            self.stop = None
+            self.last_exit = f"stopped through the {stop.stopped_by}" + ("" if code == 0 else f" ({description})")
+            self.fire(Event.STOPPED)
+            return f"{self.name}: STOPPED ({self.last_exit})"
+        self.last_exit = f"{description}; {decision.reason}" if self.unhealthy else decision.reason
+        event = Event[decision.event_name]
+        new_state = self.fire(event)
+        if event is Event.EXIT_RESTART:
+            self.restarts += 1
+            self.retry_at = now + decision.delay
+        return f"{self.name}: {new_state.value} ({self.last_exit})"
+
+    # -- what it looks like ---------------------------------------------------------------------
     def describe(self, now: float) -> dict[str, Any]:
+        """One device of ``status --json`` (a documented, stable shape)."""
+        running = self.state is State.RUNNING
         info: dict[str, Any] = {
             "name": self.name,
             "device": self.device_name,
@@ -129,19 +167,38 @@ class Child:
             "state": self.state.value,
             "pid": self.pid,
             "restarts": self.restarts,
-            "uptime": round(now - self.ready_at, 3) if self.ready_at is not None and self.state is State.RUNNING else None,
+            "uptime": round(now - self.ready_at, 3) if self.ready_at is not None and running else None,
             "last_exit": self.last_exit or None,
             "endpoints": self.endpoints,
             "paused": self.paused,
+            "blocked": (
+                {"side": self.blocked.side, "seconds": round(self.blocked.seconds, 3)}
+                if self.blocked is not None and running
+                else None
+            ),
             "cpu_percent": None,
             "rss": None,
+            "zombie": False,
         }
-        if self.ps is not None and self.pid is not None:
-            try:
-                with self.ps.oneshot():
-                    info["cpu_percent"] = self.ps.cpu_percent(None)
-                    info["rss"] = self.ps.memory_info().rss
-                    info["zombie"] = self.ps.status() == psutil.STATUS_ZOMBIE
-            except psutil.Error:
-                pass
+        if self.process is not None and self.pid is not None:
+            resources = self.process.resources()
+            if resources is not None:
+                info.update(cpu_percent=resources.cpu_percent, rss=resources.rss, zombie=resources.zombie)
         return info
+
+
+def next_slot(now: float, interval: float) -> float:
+    """The next multiple of ``interval``: devices with the same probe interval are probed in
+    one burst, so an idle supervisor wakes once per interval, not once per device."""
+    return (int(now // interval) + 1) * interval
+
+
+def exit_text(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"

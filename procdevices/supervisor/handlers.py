@@ -1,0 +1,152 @@
+"""The supervisor's commands: one method per command, found through one table.
+
+Handlers reach the supervisor only through :class:`Verbs`, a handful of public verbs, so a
+command is readable on its own and testable with a fake. A handler answers exactly once,
+through ``reply``: at once, or later for commands that wait on devices (stats, pause,
+resume). It signals refusal by raising :class:`~procdevices.control.protocol.ProtocolError`;
+the request server turns that into an error reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from procdevices.control.protocol import Command, ErrorCode, ProtocolError, SupervisorCommand, SupervisorRequest
+from procdevices.supervisor.child import Child
+from procdevices.supervisor.states import RUNNING_STATES, State
+
+Reply = Callable[[dict[str, Any]], None]
+Handler = Callable[[SupervisorRequest, Reply], None]
+# (ok, body) per child, as the device answered
+DeviceAnswer = Callable[[Child, bool, Any], None]
+
+# How long a forwarded command (stats, pause, resume) waits for each device.
+FORWARD_TIMEOUT = 2.0
+
+
+class Verbs(Protocol):
+    """What the command handlers may ask of the supervisor."""
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def select(self, name: str | None) -> list[Child]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def start(self, child: Child) -> None: ...
+
+    def stop(self, child: Child) -> None: ...
+
+    def restart(self, child: Child) -> None: ...
+
+    def begin_shutdown(self, why: str) -> None: ...
+
+    def ask(self, child: Child, command: Command, timeout: float, answer: DeviceAnswer) -> None: ...
+
+    def now(self) -> float: ...
+
+
+class CommandHandlers:
+    def __init__(self, supervisor: Verbs) -> None:
+        self.supervisor = supervisor
+        self.table: dict[SupervisorCommand, Handler] = {
+            SupervisorCommand.STATUS: self.status,
+            SupervisorCommand.STATS: self.stats,
+            SupervisorCommand.START: self.start,
+            SupervisorCommand.STOP: self.stop,
+            SupervisorCommand.RESTART: self.restart,
+            SupervisorCommand.PAUSE: self.pause,
+            SupervisorCommand.RESUME: self.resume,
+            SupervisorCommand.DOWN: self.down,
+        }
+
+    def handle(self, request: SupervisorRequest, reply: Reply) -> None:
+        self.table[request.command](request, reply)
+
+    # -- one method per command -----------------------------------------------------------
+    def status(self, request: SupervisorRequest, reply: Reply) -> None:
+        now = self.supervisor.now()
+        children = self.supervisor.select(request.name)
+        reply(_ok({"supervisor": self.supervisor.describe(), "devices": [c.describe(now) for c in children]}))
+
+    def start(self, request: SupervisorRequest, reply: Reply) -> None:
+        self._refuse_while_shutting_down()
+        children = self.supervisor.select(request.name)
+        busy = [c.name for c in children if c.state in RUNNING_STATES]
+        if busy:
+            raise ProtocolError(ErrorCode.REFUSED, f"already running: {', '.join(busy)}")
+        for child in children:
+            self.supervisor.start(child)
+        reply(_ok({"starting": [c.name for c in children]}))
+
+    def stop(self, request: SupervisorRequest, reply: Reply) -> None:
+        children = self.supervisor.select(request.name)
+        for child in children:
+            self.supervisor.stop(child)
+        reply(_ok({"stopping": [c.name for c in children]}))
+
+    def restart(self, request: SupervisorRequest, reply: Reply) -> None:
+        self._refuse_while_shutting_down()
+        children = self.supervisor.select(request.name)
+        for child in children:
+            self.supervisor.restart(child)
+        reply(_ok({"restarting": [c.name for c in children]}))
+
+    def down(self, request: SupervisorRequest, reply: Reply) -> None:
+        describe = self.supervisor.describe()
+        reply(_ok({"pid": describe["pid"], "stopping": [c.name for c in self.supervisor.select(None)]}))
+        self.supervisor.begin_shutdown("down requested")
+
+    def pause(self, request: SupervisorRequest, reply: Reply) -> None:
+        self._forward(Command.PAUSE, request, reply, _set_paused(True))
+
+    def resume(self, request: SupervisorRequest, reply: Reply) -> None:
+        self._forward(Command.RESUME, request, reply, _set_paused(False))
+
+    def stats(self, request: SupervisorRequest, reply: Reply) -> None:
+        self._forward(Command.STATS, request, reply, lambda child, body: None)
+
+    # -- shared -----------------------------------------------------------------------------
+    def _refuse_while_shutting_down(self) -> None:
+        if self.supervisor.shutting_down:
+            raise ProtocolError(ErrorCode.REFUSED, "the supervisor is shutting down")
+
+    def _forward(
+        self, command: Command, request: SupervisorRequest, reply: Reply, on_ok: Callable[[Child, Any], None]
+    ) -> None:
+        """Ask each selected running device; answer once all have answered."""
+        children = [c for c in self.supervisor.select(request.name) if c.state is State.RUNNING]
+        if not children:
+            raise ProtocolError(ErrorCode.NOT_RUNNING, f"no running device matches {request.name or '*'}")
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+
+        def answered(child: Child, ok: bool, body: Any) -> None:
+            if ok:
+                on_ok(child, body)
+                results[child.name] = body
+            else:
+                errors[child.name] = str(body.get("error", body)) if isinstance(body, dict) else str(body)
+            if len(results) + len(errors) < len(children):
+                return
+            answer: dict[str, Any] = {"ok": not errors, "result": results, "errors": errors}
+            if errors:
+                answer["error"] = "; ".join(f"{name}: {why}" for name, why in errors.items())
+                answer["code"] = ErrorCode.FAILED.value
+            reply(answer)
+
+        for child in children:
+            self.supervisor.ask(child, command, FORWARD_TIMEOUT, answered)
+
+
+def _ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def _set_paused(paused: bool) -> Callable[[Child, Any], None]:
+    def record(child: Child, body: Any) -> None:
+        child.paused = paused
+
+    return record

@@ -1,0 +1,76 @@
+"""Is a running device healthy? Liveness probes over its control socket, and its memory.
+
+What counts as hung (see docs/reliability.md): the device does not answer a PING at all
+for ``probe.failures`` probes in a row (a frozen process, a dead control thread), or it
+answers that its forwarding loop is dead. A device whose loop waits on a full peer answers
+``blocked``: that is backpressure, the device is alive and working, and it is shown as
+blocked, never killed for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from procdevices.control.protocol import Command
+from procdevices.supervisor import policy
+from procdevices.supervisor.child import Blocked, Child, next_slot
+from procdevices.supervisor.states import State
+
+KillUnhealthy = Callable[[Child, str], None]
+
+
+class Health:
+    """Runs the periodic checks of each RUNNING child; calls ``kill`` with the reason when
+    one must be replaced."""
+
+    def __init__(self, kill: KillUnhealthy) -> None:
+        self.kill = kill
+
+    def check(self, child: Child, now: float) -> None:
+        """Called when ``child.probe_due`` has come."""
+        child.probe_due = next_slot(now, child.config.probe.interval)
+        if self._over_memory(child):
+            return
+        if child.probe_in_flight or child.control is None:
+            return
+        child.probe_in_flight = True
+        process = child.process
+        child.control.send(
+            Command.PING, now, child.config.probe.timeout, lambda ok, body: self._answered(child, process, ok, body)
+        )
+
+    def _over_memory(self, child: Child) -> bool:
+        limit = child.config.memory_limit
+        if limit is None or child.process is None:
+            return False
+        rss = child.process.rss()
+        if rss is not None and policy.memory_exceeded(rss, limit):
+            self.kill(child, f"memory limit exceeded: rss {rss} > {limit} bytes")
+            return True
+        return False
+
+    def _answered(self, child: Child, process: object, ok: bool, body: Any) -> None:
+        if child.process is not process:
+            return  # an answer about a process that is gone; the new one gets its own probes
+        child.probe_in_flight = False
+        if child.state is not State.RUNNING:
+            return
+        loop = body.get("loop") if ok and isinstance(body, dict) else None
+        if loop == "dead":
+            # The process and its control thread live, but nothing forwards any more.
+            self.kill(child, "hung: its forwarding loop has ended")
+            return
+        child.blocked = _blocked(body) if loop == "blocked" else None
+        child.probe, hung = policy.after_probe(child.probe, ok, child.config.probe.failures)
+        if hung:
+            self.kill(child, f"hung: {child.config.probe.failures} liveness probes unanswered")
+
+
+def _blocked(body: dict[str, Any]) -> Blocked:
+    side = body.get("blocked_side")
+    seconds = body.get("blocked_for")
+    return Blocked(
+        side=side if isinstance(side, str) else None,
+        seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
+    )

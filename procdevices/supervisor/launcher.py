@@ -1,0 +1,232 @@
+"""How the supervisor starts device processes and reaches them: the seam between the
+supervisor's decisions and the operating system.
+
+:class:`Launcher` and :class:`DeviceProcess` are what the supervisor uses; the real ones take
+a warm worker from the pool (or spawn a fresh interpreter), follow the process with psutil
+and connect an :class:`~procdevices.control.aclient.AsyncControl`. Unit tests of the
+supervisor replace all of it with fakes driven by a scripted history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import Protocol
+
+import psutil
+import zmq
+
+from procdevices.control.aclient import AsyncControl, ControlChannel
+from procdevices.devices import runtime as rt
+from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What psutil says about a device process right now."""
+
+    rss: int | None
+    cpu_percent: float | None
+    zombie: bool
+
+
+class DeviceProcess(Protocol):
+    """One started device process, from the supervisor's point of view."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def sentinel(self) -> int:
+        """A file descriptor that becomes readable when the process exits."""
+        ...
+
+    @property
+    def report_fd(self) -> int | None:
+        """A file descriptor that becomes readable when the ready report arrives; None once
+        the report was read or discarded."""
+        ...
+
+    def report_waiting(self) -> bool: ...
+
+    def read_report(self) -> rt.ReadyInfo:
+        """The ready report; raises DeviceExitedEarly (no report, just an exit) or the
+        DeviceError the device reported. Either way the report channel is closed after."""
+        ...
+
+    def discard_report(self) -> None: ...
+
+    def reap(self) -> int | None:
+        """Wait for the (already exited) process; its exit code (negative: a signal)."""
+        ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def create_time(self) -> float | None: ...
+
+    def rss(self) -> int | None: ...
+
+    def resources(self) -> Resources | None: ...
+
+
+class Launcher(Protocol):
+    def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
+        """Start a device; raises OSError when no process can be made."""
+        ...
+
+    def connect(self, control_endpoint: str) -> ControlChannel: ...
+
+    def refill(self) -> None:
+        """Top up the warm pool, if a worker was handed out since the last refill."""
+        ...
+
+    def release(self) -> None:
+        """Let idle workers go (shutdown has begun)."""
+        ...
+
+    def idle_workers(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class SpawnedDevice:
+    """A :class:`DeviceProcess` backed by a multiprocessing process and psutil."""
+
+    def __init__(self, pending: PendingStart) -> None:
+        self._pending: PendingStart | None = pending
+        self._process = pending.process
+        try:
+            self._ps: psutil.Process | None = psutil.Process(pending.process.pid)
+            self._ps.cpu_percent(None)  # the first call only starts the measurement
+            # psutil keeps the create time it reads here: the pid's identity for state.json.
+            self._create_time: float | None = self._ps.create_time()
+        except (psutil.Error, TypeError):
+            self._ps, self._create_time = None, None
+
+    @property
+    def pid(self) -> int:
+        pid = self._process.pid
+        assert pid is not None, "a started process has a pid"
+        return pid
+
+    @property
+    def sentinel(self) -> int:
+        return self._process.sentinel
+
+    @property
+    def report_fd(self) -> int | None:
+        return self._pending.conn.fileno() if self._pending is not None else None
+
+    def report_waiting(self) -> bool:
+        return self._pending is not None and self._pending.conn.poll(0)
+
+    def read_report(self) -> rt.ReadyInfo:
+        pending = self._pending
+        assert pending is not None, "the report is read once"
+        self._pending = None
+        try:
+            return pending.result()
+        finally:
+            pending.conn.close()
+
+    def discard_report(self) -> None:
+        if self._pending is not None:
+            self._pending.conn.close()
+            self._pending = None
+
+    def reap(self) -> int | None:
+        self.discard_report()
+        self._process.join()
+        self._ps = None
+        return self._process.exitcode
+
+    def terminate(self) -> None:
+        self._process.terminate()  # our unreaped child: its pid cannot have been reused
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def create_time(self) -> float | None:
+        return self._create_time
+
+    def rss(self) -> int | None:
+        if self._ps is None:
+            return None
+        try:
+            return int(self._ps.memory_info().rss)
+        except psutil.Error:
+            return None
+
+    def resources(self) -> Resources | None:
+        if self._ps is None:
+            return None
+        try:
+            with self._ps.oneshot():
+                return Resources(
+                    rss=int(self._ps.memory_info().rss),
+                    cpu_percent=float(self._ps.cpu_percent(None)),
+                    zombie=self._ps.status() == psutil.STATUS_ZOMBIE,
+                )
+        except psutil.Error:
+            return None
+
+
+class PoolLike(Protocol):
+    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None: ...
+
+    def refill(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def processes(self) -> Iterator[BaseProcess]: ...
+
+    def close(self) -> None: ...
+
+
+Spawn = Callable[..., PendingStart]
+
+
+class ProcessLauncher:
+    """The real launcher: a warm worker when the pool has one, else a fresh spawn."""
+
+    def __init__(self, pool_size: int, *, pool: PoolLike | None = None, spawn: Spawn = spawn_device) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size)
+        self._spawn = spawn
+        self._pool_short = True  # empty at first; after that, only a hand-out makes it short
+        self._channels: list[AsyncControl] = []
+
+    def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
+        pending = self.pool.take(pickled_device, control_endpoint, label=label)
+        if pending is not None:
+            self._pool_short = True
+        else:
+            pending = self._spawn(pickled_device, control_endpoint, label=label)
+        return SpawnedDevice(pending)
+
+    def connect(self, control_endpoint: str) -> ControlChannel:
+        channel = AsyncControl(self.ctx, control_endpoint)
+        self._channels.append(channel)
+        return channel
+
+    def refill(self) -> None:
+        if self._pool_short:
+            self._pool_short = False
+            self.pool.refill()
+
+    def release(self) -> None:
+        self.pool.release()
+
+    def idle_workers(self) -> int:
+        return sum(1 for _ in self.pool.processes())
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        self.pool.close()
+        with contextlib.suppress(zmq.ZMQError):
+            self.ctx.term()

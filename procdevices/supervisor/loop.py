@@ -1,0 +1,175 @@
+"""The event loop and the request server: the supervisor's only contact with file descriptors.
+
+    device processes ── sentinel / ready pipe ──┐
+    device control sockets (DEALER) ────────────┤
+    supervisor.sock (ROUTER) ◄── CLI requests ──┼──► EventLoop ──► Supervisor (decisions)
+    signal wake-up fd ◄── SIGTERM/SIGINT/SIGHUP ┘        │
+                                                          └── tick() when a timer is due
+
+One zmq.Poller waits on everything; timers only set its timeout (the supervisor says when
+its next deadline is). Every callback is guarded: a bug met while handling one event is
+logged and supervision goes on, because the devices must not pay for it.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket as pysocket
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import zmq
+
+from procdevices.control.protocol import (
+    MAX_REQUEST_BYTES,
+    ErrorCode,
+    ProtocolError,
+    encode,
+    error_reply,
+    parse_supervisor_request,
+)
+from procdevices.supervisor.handlers import CommandHandlers
+
+Clock = Callable[[], float]
+Log = Callable[[str], None]
+OnEvent = Callable[[float], None]
+
+# Requests served per wake-up, so a flood of requests cannot starve the devices' events.
+MAX_REQUESTS_PER_WAKEUP = 64
+
+
+class Supervised(Protocol):
+    def finished(self) -> bool: ...
+
+    def next_deadline(self, now: float) -> float: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class EventLoop:
+    def __init__(self, clock: Clock, log: Log) -> None:
+        self.clock = clock
+        self.log = log
+        self.poller = zmq.Poller()
+        # pollable → (callback, quiet): a quiet event (a probe answer) changes no timer, so
+        # with many devices most wake-ups skip the walk over every child.
+        self._watches: dict[Any, tuple[OnEvent, bool]] = {}
+        self._signals: list[int] = []
+        self._on_signal: Callable[[int], None] | None = None
+        self._wake: tuple[pysocket.socket, pysocket.socket] | None = None
+
+    def watch(self, pollable: Any, on_event: OnEvent, *, quiet: bool = False) -> None:
+        self._watches[pollable] = (on_event, quiet)
+        self.poller.register(pollable, zmq.POLLIN)
+
+    def unwatch(self, pollable: Any) -> None:
+        if self._watches.pop(pollable, None) is not None:
+            self.poller.unregister(pollable)
+
+    def handle_signals(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:
+        """Deliver these signals to ``on_signal`` from the loop, never from the handler."""
+        wake_r, wake_w = pysocket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self._wake = (wake_r, wake_w)
+        self._on_signal = on_signal
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in signums:
+            # Handlers only record the signal; the loop acts on it (gunicorn's rule).
+            signal.signal(signum, lambda s, f: self._signals.append(s))
+        self.watch(wake_r.fileno(), self._deliver_signals)
+
+    def _deliver_signals(self, now: float) -> None:
+        assert self._wake is not None and self._on_signal is not None
+        try:
+            self._wake[0].recv(4096)
+        except BlockingIOError:
+            pass
+        pending, self._signals = self._signals, []
+        for signum in pending:
+            self._on_signal(signum)
+
+    def run(self, supervised: Supervised) -> None:
+        now = self.clock()
+        earliest, dirty = now, True
+        while not supervised.finished():
+            now = self.clock()
+            if dirty:
+                earliest = supervised.next_deadline(now)
+                dirty = False
+            events = self.poller.poll(max(0, int((earliest - now) * 1000) + 1))
+            now = self.clock()
+            for pollable, _ in events:
+                entry = self._watches.get(pollable)
+                if entry is not None:
+                    self.guarded(entry[0], now)
+                    dirty = dirty or not entry[1]
+            if dirty or now >= earliest:
+                self.guarded(supervised.tick, self.clock())
+                dirty = True
+            self.guarded(lambda _: supervised.flush(), now)
+
+    def guarded(self, step: OnEvent, now: float) -> None:
+        """A bug met while handling one event must not take every device down with the
+        supervisor: log it loudly and keep supervising."""
+        try:
+            step(now)
+        except Exception:
+            self.log("internal error (please report):\n" + traceback.format_exc())
+
+    def close(self) -> None:
+        if self._wake is not None:
+            signal.set_wakeup_fd(-1)
+            for end in self._wake:
+                end.close()
+            self._wake = None
+
+
+class RequestServer:
+    """Serves ``supervisor.sock``: every request validated, every request answered once."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, handlers: CommandHandlers, log: Log) -> None:
+        self.handlers = handlers
+        self.log = log
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        # libzmq drops a peer that sends more than this, before we ever see the bytes.
+        self.socket.maxmsgsize = MAX_REQUEST_BYTES
+        self.socket.bind(endpoint)
+
+    def on_readable(self, now: float) -> None:
+        for _ in range(MAX_REQUESTS_PER_WAKEUP):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # REQ clients send [identity, b"", body]; DEALER clients [identity, body].
+            if len(frames) < 2 or len(frames) > 3:
+                continue  # no body, or not a request a reply could reach: nothing to answer
+            self.serve(frames[:-1], frames[-1])
+
+    def serve(self, envelope: list[bytes], body: bytes) -> None:
+        answered: list[bool] = []
+
+        def reply(payload: dict[str, Any]) -> None:
+            if answered:
+                return
+            answered.append(True)
+            try:
+                self.socket.send_multipart([*envelope, encode(payload)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the client is gone or not reading: its loss, not the devices'
+
+        try:
+            self.handlers.handle(parse_supervisor_request(body), reply)
+        except ProtocolError as e:
+            reply(e.as_reply())
+        except Exception:
+            self.log("internal error while serving a request (please report):\n" + traceback.format_exc())
+            reply(error_reply(ErrorCode.INTERNAL, "internal error; the supervisor's log has the details"))
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
