@@ -123,7 +123,7 @@ def test_every_kind_forwards_status_describes_each_process_and_down_stops_all(
         down = up.cli("down", timeout=20)
         assert down.returncode == 0, describe(down)
         assert f"supervisor {up.pid} stopped" in down.stdout, describe(down)
-        assert up.wait_exit() == 0
+        assert up.proc is not None and up.proc.poll() == 0, "`down` returned before the supervisor had exited"
         up.assert_clean_stop(names)
         assert not accepts_connections(ep["broker"]["in"][0]), "the queue still listens after down"
 

@@ -307,7 +307,9 @@ def test_example_conf_includes_procdevices_conf_relative_to_itself(tmp_path: Pat
 def test_render_group_as_supervisord_reads_it(short_tmp: Path) -> None:
     topo = short_tmp / "topo.toml"
     topo.write_text(TOPOLOGY + '\n[devices.edge]\nkind = "queue"\nrestart = "on-failure"\nstop_timeout = 1.5\n'
-                    'kill_timeout = 0.25\nin = { bind = ["ipc://e-in.sock"] }\nout = { bind = ["ipc://e-out.sock"] }\n')
+                    'kill_timeout = 0.25\nin = { bind = ["ipc://e-in.sock"] }\nout = { bind = ["ipc://e-out.sock"] }\n'
+                    '\n[devices.once]\nkind = "queue"\nrestart = "never"\nintensity = { max_restarts = 7, within = 9.0 }\n'
+                    'in = { bind = ["ipc://o-in.sock"] }\nout = { bind = ["ipc://o-out.sock"] }\n')
     topology = load_topology(topo)
     group_conf = short_tmp / "group.conf"
     group_conf.write_text(render_group(topology, config_path=Path("topo.toml"), python="/opt/py/bin/python3", cwd=short_tmp))
@@ -315,7 +317,7 @@ def test_render_group_as_supervisord_reads_it(short_tmp: Path) -> None:
     [group] = section.process_group_configs
     assert group.name == "procdevices"
     programs = {p.name: p for p in group.process_configs}
-    assert sorted(programs) == sorted([*INSTANCES, "edge"])
+    assert sorted(programs) == sorted([*INSTANCES, "edge", "once"])
     for name, program in programs.items():
         assert shlex.split(program.command) == [
             "/opt/py/bin/python3", "-m", "procdevices", "run", name, "-c", str(topo), "--run-dir", str(short_tmp / "run")]
@@ -326,6 +328,8 @@ def test_render_group_as_supervisord_reads_it(short_tmp: Path) -> None:
     assert programs["edge"].stopwaitsecs == math.ceil(policy.worst_case_stop_seconds(1.5, 0.25)) == 3
     assert programs["relay"].autorestart is RestartUnconditionally  # restart = "always" (the default)
     assert programs["edge"].autorestart is RestartWhenExitUnexpected  # restart = "on-failure"
+    assert programs["once"].autorestart is False  # restart = "never"
+    assert programs["once"].startretries == 7 and programs["edge"].startretries == 5  # intensity.max_restarts
 
 
 @pytest.mark.parametrize("path", ["/srv/a b/t.toml", "/srv/100%/t.toml", "/srv/x #y/t.toml", "/srv/x ;y/t.toml",

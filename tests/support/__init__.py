@@ -1,0 +1,1 @@
+"""Helpers shared by the whole test suite (on ``sys.path`` through pytest's ``pythonpath``)."""

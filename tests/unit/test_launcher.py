@@ -1,0 +1,103 @@
+"""The real launcher's choices, with a fake pool and a fake spawn (no process is started)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import pytest
+
+from procdevices.devices.launch import PendingStart
+from procdevices.supervisor.launcher import ProcessLauncher
+
+
+class _Me:
+    """Stands for a started process: this test's own pid, which psutil can read."""
+
+    pid = os.getpid()
+    sentinel = -1
+    name = "me"
+
+
+class _Pool:
+    def __init__(self, idle: int) -> None:
+        self.idle = idle
+        self.taken: list[str] = []
+        self.refills = 0
+        self.ends: list[Connection] = []
+
+    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None:
+        if not self.idle:
+            return None
+        self.idle -= 1
+        self.taken.append(label)
+        return _pending(self.ends, label)
+
+    def refill(self) -> None:
+        self.refills += 1
+
+    def release(self) -> None:
+        pass
+
+    def processes(self) -> Iterator[BaseProcess]:
+        return iter([])
+
+    def close(self) -> None:
+        pass
+
+
+def _pending(ends: list[Connection], label: str) -> PendingStart:
+    parent, child = multiprocessing.Pipe()
+    ends += [parent, child]
+    process: Any = _Me()
+    return PendingStart(process, parent, label)
+
+
+@pytest.fixture
+def ends() -> Iterator[list[Connection]]:
+    opened: list[Connection] = []
+    yield opened
+    for end in opened:
+        end.close()
+
+
+def test_a_warm_worker_is_used_when_the_pool_has_one(ends: list[Connection]) -> None:
+    pool = _Pool(idle=1)
+    pool.ends = ends
+    spawned: list[str] = []
+
+    def spawn(pickled: bytes, endpoint: str, *, label: str) -> PendingStart:
+        spawned.append(label)
+        return _pending(ends, label)
+
+    launcher = ProcessLauncher(1, pool=pool, spawn=spawn)
+    try:
+        first = launcher.launch(b"", "ipc://x", "a")
+        assert pool.taken == ["a"] and spawned == []
+        assert first.pid == os.getpid() and first.create_time() is not None
+        launcher.launch(b"", "ipc://y", "b")  # the pool is empty now: a fresh spawn
+        assert spawned == ["b"]
+    finally:
+        launcher.close()
+
+
+def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Connection]) -> None:
+    pool = _Pool(idle=0)
+    launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label: _pending(ends, label))
+    try:
+        launcher.refill()  # at first the pool is empty: fill it
+        launcher.refill()
+        assert pool.refills == 1
+        launcher.launch(b"", "ipc://x", "a")  # spawned: the pool is not short
+        launcher.refill()
+        assert pool.refills == 1
+        pool.idle = 1
+        launcher.launch(b"", "ipc://y", "b")  # handed out: refill
+        launcher.refill()
+        assert pool.refills == 2
+    finally:
+        launcher.close()
