@@ -4,8 +4,8 @@ A drop-in replacement for :mod:`zmq.devices` whose background devices report rea
 obey a dedicated control socket, plus a supervisor (``python -m procdevices up``).
 """
 
-from procdevices.control.protocol import DeviceStats
 from procdevices import devices
+from procdevices.control.protocol import DeviceStats
 from procdevices.devices import *  # noqa: F403  (the zmq.devices API, listed in devices.__all__)
 from procdevices.errors import (
     ControlTimeout,

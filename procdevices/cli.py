@@ -143,8 +143,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from procdevices.supervisor.service import run_supervisor
     from procdevices.supervisor.runstate import RunDirBusy, remove_stale_sockets, stop_leftovers
+    from procdevices.supervisor.service import run_supervisor
 
     topology = _topology(args)
     run_dir = RunDir(topology.supervisor.run_dir)

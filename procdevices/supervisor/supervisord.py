@@ -109,7 +109,7 @@ def render_group(topology: Topology, *, config_path: Path | None, python: str, c
         f"[group:{GROUP}]",
         f"programs = {','.join(sections)}",
     ]
-    for instance, section in zip(instances, sections):
+    for instance, section in zip(instances, sections, strict=True):
         lines.append("")
         lines.extend(_program(instance, section, config=config, python=python, cwd=cwd, run_dir=run_dir))
     return "\n".join(lines) + "\n"

@@ -17,7 +17,6 @@ from support.fakes import Harness, topology
 
 from procdevices.control.protocol import Command, ErrorCode
 from procdevices.errors import DeviceSetupError
-from procdevices.supervisor.states import State
 
 
 @pytest.fixture
