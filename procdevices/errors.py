@@ -23,9 +23,7 @@ class DeviceSetupError(DeviceError):
     involved, and libzmq's reason, so the caller can act without reading a child's stderr.
     """
 
-    def __init__(
-        self, role: str, action: str, target: str, reason: str, errno: int | None = None
-    ) -> None:
+    def __init__(self, role: str, action: str, target: str, reason: str, errno: int | None = None) -> None:
         self.role = role
         self.action = action
         self.target = target

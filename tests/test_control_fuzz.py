@@ -51,8 +51,19 @@ HARMLESS_DEVICE = [b"PING", b"INFO", b"STATS", b"ping", b"", b"\x00" * 3, b"X" *
 
 def _junk(rng: random.Random) -> Any:
     choices: list[Any] = [
-        None, True, 1, -1, 2**70, 1.5, float("inf"), "", "x" * rng.randint(0, 400), [], {},
-        [rng.random()], {"name": rng.choice([1, None, [], "x", "pipe" * 100])},
+        None,
+        True,
+        1,
+        -1,
+        2**70,
+        1.5,
+        float("inf"),
+        "",
+        "x" * rng.randint(0, 400),
+        [],
+        {},
+        [rng.random()],
+        {"name": rng.choice([1, None, [], "x", "pipe" * 100])},
     ]
     return rng.choice(choices)
 

@@ -62,9 +62,7 @@ class ControlClient:
                     return body
                 message = body.get("error", body) if isinstance(body, dict) else body
                 raise exception_for(error_code(body))(message)
-            raise ControlTimeout(
-                f"no answer to {command.name} from {self.endpoint} within {timeout:.3g}s"
-            )
+            raise ControlTimeout(f"no answer to {command.name} from {self.endpoint} within {timeout:.3g}s")
 
     def _connect(self) -> zmq.Socket[bytes]:
         if self._socket is None:

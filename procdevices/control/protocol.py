@@ -197,9 +197,7 @@ def parse_device_request(frames: list[bytes]) -> DeviceRequest:
     if request_id_of(frames) is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a request starts with a request id of 1 to 64 bytes")
     if len(frames) not in (2, 3):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"a request has 3 frames (id, command, payload), got {len(frames)}"
-        )
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a request has 3 frames (id, command, payload), got {len(frames)}")
     try:
         command = Command(frames[1])
     except ValueError:

@@ -156,6 +156,30 @@ class Child:
             self.retry_at = now + decision.delay
         return f"{self.name}: {new_state.value} ({self.last_exit})"
 
+    def next_deadline(self) -> float | None:
+        """The earliest moment something is due for this device (a retry, a probe, a
+        control request's deadline, the start timeout, the next stop escalation)."""
+        deadlines = []
+        if self.retry_at is not None:
+            deadlines.append(self.retry_at)
+        if self.probe_due is not None and self.state is State.RUNNING:
+            deadlines.append(self.probe_due)
+        if self.control is not None and (d := self.control.next_deadline()) is not None:
+            deadlines.append(d)
+        if self.state is State.STARTING:
+            deadlines.append(self.spawned_at + self.config.start_timeout)
+        if self.stop is not None:
+            d = policy.next_stop_deadline(
+                requested_at=self.stop.requested_at,
+                stop_timeout=self.config.stop_timeout,
+                kill_timeout=self.config.kill_timeout,
+                term_sent=self.stop.term_sent,
+                kill_sent=self.stop.kill_sent,
+            )
+            if d is not None:
+                deadlines.append(d)
+        return min(deadlines, default=None)
+
     # -- what it looks like ---------------------------------------------------------------------
     def describe(self, now: float) -> dict[str, Any]:
         """One device of ``status --json`` (a documented, stable shape)."""

@@ -21,19 +21,12 @@ from procdevices.supervisor.config import Topology
 from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess, Launcher
+from procdevices.supervisor.loop import Watcher
 from procdevices.supervisor.states import RUNNING_STATES, Event, State
 
 Clock = Callable[[], float]
 Log = Callable[[str], None]
 Notify = Callable[[str], object]
-
-
-class Watcher(Protocol):
-    """The part of the event loop the supervisor uses: call back when a pollable is ready."""
-
-    def watch(self, pollable: Any, on_event: Callable[[float], None], *, quiet: bool = False) -> None: ...
-
-    def unwatch(self, pollable: Any) -> None: ...
 
 
 class StateStore(Protocol):
@@ -74,19 +67,7 @@ class Supervisor:
         return self.shutting_down and not any(c.state in RUNNING_STATES or c.process is not None for c in self.children)
 
     def next_deadline(self, now: float) -> float:
-        deadlines: list[float] = [now + 1.0]
-        for child in self.children:
-            if child.retry_at is not None:
-                deadlines.append(child.retry_at)
-            if child.probe_due is not None and child.state is State.RUNNING:
-                deadlines.append(child.probe_due)
-            if child.control is not None and (d := child.control.next_deadline()) is not None:
-                deadlines.append(d)
-            if child.state is State.STARTING:
-                deadlines.append(child.spawned_at + child.config.start_timeout)
-            if child.stop is not None and (d := _stop_deadline(child)) is not None:
-                deadlines.append(d)
-        return min(deadlines)
+        return min([now + 1.0, *(d for c in self.children if (d := c.next_deadline()) is not None)])
 
     def tick(self, now: float) -> None:
         for child in self.children:
@@ -319,14 +300,3 @@ class Supervisor:
 def _read(child: Child) -> None:
     if child.control is not None:
         child.control.on_readable()
-
-
-def _stop_deadline(child: Child) -> float | None:
-    assert child.stop is not None
-    return policy.next_stop_deadline(
-        requested_at=child.stop.requested_at,
-        stop_timeout=child.config.stop_timeout,
-        kill_timeout=child.config.kill_timeout,
-        term_sent=child.stop.term_sent,
-        kill_sent=child.stop.kill_sent,
-    )

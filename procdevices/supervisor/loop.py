@@ -39,6 +39,14 @@ OnEvent = Callable[[float], None]
 MAX_REQUESTS_PER_WAKEUP = 64
 
 
+class Watcher(Protocol):
+    """What the supervisor uses of the loop: call back when a pollable is ready."""
+
+    def watch(self, pollable: Any, on_event: OnEvent, *, quiet: bool = False) -> None: ...
+
+    def unwatch(self, pollable: Any) -> None: ...
+
+
 class Supervised(Protocol):
     def finished(self) -> bool: ...
 

@@ -1,8 +1,8 @@
 """``up``: put the supervisor together from its parts, run it, take it apart.
 
-    Topology ──plan_children──► [Child] ──► Supervisor ◄── EventLoop ◄── fds, signals, timers
-                                               │   ▲
-                           ProcessLauncher ◄───┘   └── CommandHandlers ◄── RequestServer
+Topology ──plan_children──► [Child] ──► Supervisor ◄── EventLoop ◄── fds, signals, timers
+                                           │   ▲
+                       ProcessLauncher ◄───┘   └── CommandHandlers ◄── RequestServer
 """
 
 from __future__ import annotations

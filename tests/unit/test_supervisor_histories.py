@@ -215,14 +215,17 @@ def test_sighup_is_logged_and_ignored(two: Harness) -> None:
     assert two.state("a") == "RUNNING"
 
 
-@pytest.mark.parametrize(("policy", "code", "expected"), [
-    ("never", 0, "EXITED"),
-    ("never", 1, "EXITED"),
-    ("on-failure", 0, "EXITED"),
-    ("on-failure", 1, "BACKOFF"),
-    ("on-failure", -9, "BACKOFF"),
-    ("always", 0, "BACKOFF"),
-])
+@pytest.mark.parametrize(
+    ("policy", "code", "expected"),
+    [
+        ("never", 0, "EXITED"),
+        ("never", 1, "EXITED"),
+        ("on-failure", 0, "EXITED"),
+        ("on-failure", 1, "BACKOFF"),
+        ("on-failure", -9, "BACKOFF"),
+        ("always", 0, "BACKOFF"),
+    ],
+)
 def test_restart_policy(tmp_path: Path, policy: str, code: int, expected: str) -> None:
     harness = Harness(topology({"a": {"restart": policy}}, tmp_path)).start()
     harness.ready("a")
@@ -294,8 +297,20 @@ def test_status_describes_every_field_of_the_schema(two: Harness) -> None:
     reply = two.request("status")
     device = reply["result"]["devices"][0]
     assert set(device) == {
-        "name", "device", "kind", "state", "pid", "restarts", "uptime", "last_exit",
-        "endpoints", "paused", "blocked", "cpu_percent", "rss", "zombie",
+        "name",
+        "device",
+        "kind",
+        "state",
+        "pid",
+        "restarts",
+        "uptime",
+        "last_exit",
+        "endpoints",
+        "paused",
+        "blocked",
+        "cpu_percent",
+        "rss",
+        "zombie",
     }
     assert device["kind"] == "streamer" and device["state"] == "RUNNING"
     assert device["rss"] == 20 * 1024 * 1024 and device["cpu_percent"] == 1.25 and device["zombie"] is True
