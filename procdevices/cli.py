@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     command("pause", _steer, "pause forwarding (messages wait in queues)", name_arg="required")
     command("resume", _steer, "resume forwarding", name_arg="required")
     command("down", _down, "stop every device and the supervisor")
+    events = command("events", _events, "follow the supervisor's events live (state changes, decisions, commands)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
     run = command("run", _run, "run one device in the foreground (for supervisord's per-device mode)", name_arg="required")
     run.set_defaults(handler=_run)
     conf = command("supervisord-conf", _supervisord_conf, "print a supervisord [group] with one [program] per device process")
@@ -244,6 +246,32 @@ def _down(args: argparse.Namespace) -> int:
         return exitcodes.EXIT_OK
     print(f"procdevices: supervisor {pid} is still running", file=sys.stderr)
     return exitcodes.EXIT_FAILED
+
+
+def _events(args: argparse.Namespace) -> int:
+    import zmq
+
+    from procdevices.control.client import private_context
+    from procdevices.supervisor.events import describe, events_endpoint
+
+    run_dir = _run_dir(args)
+    if not (run_dir.path / "events.sock").exists():
+        print(f"procdevices: no supervisor is running with run dir {run_dir.path}", file=sys.stderr)
+        return exitcodes.EXIT_NOT_RUNNING
+    sock = private_context().socket(zmq.SUB)
+    sock.linger = 0
+    sock.subscribe(b"")
+    sock.connect(events_endpoint(run_dir.path))
+    try:
+        while True:
+            payload = json.loads(sock.recv())
+            print(json.dumps(payload) if args.json else describe(payload), flush=True)
+            if payload.get("type") == "supervisor" and payload.get("state") == "stopped":
+                return exitcodes.EXIT_OK
+    except (KeyboardInterrupt, BrokenPipeError):
+        return exitcodes.EXIT_OK
+    finally:
+        sock.close(linger=0)
 
 
 def _run(args: argparse.Namespace) -> int:

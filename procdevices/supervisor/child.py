@@ -9,6 +9,7 @@ it, in one place. Its state only changes through
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,8 @@ class Child:
     probe: policy.ProbeState = field(default_factory=policy.ProbeState)
     probe_due: float | None = None
     probe_in_flight: bool = False
+    # Told of every transition (old, new, event): the event stream and metrics hang here.
+    observer: Callable[[Child, State, State, Event], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -80,7 +83,9 @@ class Child:
         return None
 
     def fire(self, event: Event) -> State:
-        self.state = next_state(self.state, event)
+        old, self.state = self.state, next_state(self.state, event)
+        if self.observer is not None:
+            self.observer(self, old, self.state, event)
         return self.state
 
     # -- what happened --------------------------------------------------------------------------
@@ -124,8 +129,14 @@ class Child:
     def exited(self, code: int | None, now: float) -> str:
         """The process is gone (``code`` from its reaping); returns the line to log, "" when
         there is nothing to say (a FATAL setup error was reported already)."""
-        self.process = None
-        self.probe_in_flight = False
+        try:
+            return self._after_exit(code, now)
+        finally:
+            # Only now: the transition's observers still see which process ended.
+            self.process = None
+            self.probe_in_flight = False
+
+    def _after_exit(self, code: int | None, now: float) -> str:
         if self.state is State.FATAL:
             return ""
         stop = self.stop

@@ -18,6 +18,7 @@ from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.supervisor import policy
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import Topology
+from procdevices.supervisor.events import EventSink, discard, event
 from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess, Launcher
@@ -45,6 +46,7 @@ class Supervisor:
         clock: Clock,
         log: Log,
         notify: Notify,
+        events: EventSink = discard,
     ) -> None:
         self.topology = topology
         self.children = children
@@ -54,6 +56,9 @@ class Supervisor:
         self.clock = clock
         self.log = log
         self.notify = notify
+        self.events = events
+        for child in children:
+            child.observer = self._on_transition
         self.health = Health(self._kill_unhealthy)
         self.shutting_down = False
         self.announced_ready = False
@@ -161,6 +166,7 @@ class Supervisor:
         line = child.exited(code, now)
         if line:
             self.log(line)
+            self._emit_decision(child, code, now)
         if child.state is State.STOPPED and child.restart_after_stop and not self.shutting_down:
             child.restart_after_stop = False
             child.forget_failures()
@@ -285,6 +291,38 @@ class Supervisor:
         child.unhealthy = reason
         self.log(f"{child.name}: {reason}; killing pid {child.process.pid}")
         child.process.kill()
+
+    def _on_transition(self, child: Child, old: State, new: State, why: Event) -> None:
+        explained = why in (Event.EXIT_RESTART, Event.EXIT_FINAL, Event.FAIL, Event.STOPPED)
+        self.events(
+            event(
+                "state",
+                device=child.device_name,
+                instance=child.name,
+                **{"from": old.value, "to": new.value},
+                event=why.value,
+                reason=child.last_exit if explained else why.value.lower(),
+                pid=child.process.pid if child.process is not None else None,
+            )
+        )
+
+    def _emit_decision(self, child: Child, code: int | None, now: float) -> None:
+        action = {State.BACKOFF: "restart", State.FATAL: "give_up", State.EXITED: "stay_down"}.get(child.state)
+        if action is None:
+            return  # a requested stop: no decision to make
+        delay = round(child.retry_at - now, 6) if child.retry_at is not None else None
+        self.events(
+            event(
+                "decision",
+                device=child.device_name,
+                instance=child.name,
+                action=action,
+                delay=delay,
+                exit_code=code,
+                restarts=child.restarts,
+                reason=child.last_exit,
+            )
+        )
 
     def _maybe_announce_ready(self) -> None:
         if self.announced_ready or self.shutting_down:

@@ -29,6 +29,7 @@ from procdevices.control.protocol import (
     error_reply,
     parse_supervisor_request,
 )
+from procdevices.supervisor.events import EventSink, discard, event
 from procdevices.supervisor.handlers import CommandHandlers
 
 Clock = Callable[[], float]
@@ -139,9 +140,17 @@ class EventLoop:
 class RequestServer:
     """Serves ``supervisor.sock``: every request validated, every request answered once."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, handlers: CommandHandlers, log: Log) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        handlers: CommandHandlers,
+        log: Log,
+        events: EventSink = discard,
+    ) -> None:
         self.handlers = handlers
         self.log = log
+        self.events = events
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self.socket.linger = 0
         # libzmq drops a peer that sends more than this, before we ever see the bytes.
@@ -172,7 +181,9 @@ class RequestServer:
                 pass  # the client is gone or not reading: its loss, not the devices'
 
         try:
-            self.handlers.handle(parse_supervisor_request(body), reply)
+            request = parse_supervisor_request(body)
+            self.events(event("command", command=request.command.value, args=request.args))
+            self.handlers.handle(request, reply)
         except ProtocolError as e:
             reply(e.as_reply())
         except Exception:

@@ -19,6 +19,7 @@ from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import Topology
 from procdevices.supervisor.core import Supervisor
+from procdevices.supervisor.events import EventPublisher, event, events_endpoint
 from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import ProcessLauncher
 from procdevices.supervisor.loop import EventLoop, Log, RequestServer
@@ -44,6 +45,7 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) 
     clock = time.monotonic
     loop = EventLoop(clock, log)
     launcher = ProcessLauncher(topology.supervisor.pool_size)
+    publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
     supervisor = Supervisor(
         topology,
         plan_children(topology, run_dir),
@@ -53,16 +55,20 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) 
         clock=clock,
         log=log,
         notify=sd_notify,
+        events=publish,
     )
     supervisor.extra_status.update(run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint)
-    server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log)
+    server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
     try:
         loop.watch(server.socket, server.on_readable)
         loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP), supervisor.on_signal)
+        publish(event("supervisor", state="running", pid=os.getpid()))
         supervisor.start_all()
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)
     finally:
+        publish(event("supervisor", state="stopped", pid=os.getpid()))
+        publish.close()
         server.close()
         launcher.close()
         loop.close()

@@ -235,6 +235,7 @@ class Harness:
         self.store = FakeStore()
         self.lines: list[str] = []
         self.notes: list[str] = []
+        self.events: list[dict[str, Any]] = []
         children = [
             Child(instance, config.name, f"ipc://fake/{instance.name}.sock", b"")
             for config in topo.devices
@@ -249,6 +250,7 @@ class Harness:
             clock=self.clock,
             log=self.lines.append,
             notify=self.notes.append,
+            events=self.events.append,
         )
         self.handlers = CommandHandlers(self.sup)
         # Devices answer their liveness probes unless the test says otherwise.

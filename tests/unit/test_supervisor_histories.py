@@ -337,3 +337,32 @@ def test_state_file_names_live_processes_with_their_identity(two: Harness) -> No
     two.sup.flush()
     record = two.store.written[-1]["a"]
     assert record == {"pid": two.process("a").pid, "create_time": 1.5, "control_endpoint": "ipc://fake/a.sock"}
+
+
+def test_every_transition_and_decision_is_an_event(two: Harness) -> None:
+    two.ready("a", "b")
+    process = two.exit("a", -signal.SIGKILL)
+    two.advance(0.0)
+    two.ready("a")
+    mine = [e for e in two.events if e.get("instance") == "a"]
+    steps = [(e["type"], e.get("from"), e.get("to")) for e in mine]
+    assert steps == [
+        ("state", "STOPPED", "STARTING"),
+        ("state", "STARTING", "RUNNING"),
+        ("state", "RUNNING", "BACKOFF"),
+        ("decision", None, None),
+        ("state", "BACKOFF", "STARTING"),
+        ("state", "STARTING", "RUNNING"),
+    ]
+    exit_event, decision = mine[2], mine[3]
+    assert exit_event["pid"] == process.pid and "SIGKILL" in exit_event["reason"]
+    assert decision["action"] == "restart" and decision["delay"] == 0.0 and decision["exit_code"] == -signal.SIGKILL
+    assert all(isinstance(e["time"], float) and e["device"] == "a" for e in mine)
+
+
+def test_giving_up_is_an_event(two: Harness) -> None:
+    two.ready("a", "b")
+    for _ in range(4):
+        two.exit("a", 1)
+        two.advance(1.0)
+    assert [e["action"] for e in two.events if e["type"] == "decision"] == ["restart"] * 3 + ["give_up"]

@@ -1,0 +1,75 @@
+"""The supervisor's live event stream: every state change, restart decision and command
+received, as one JSON object per message on a PUB socket in the run dir.
+
+    Supervisor ──emit(dict)──► EventPublisher ── PUB <run_dir>/events.sock ──► procdevices events
+
+The run dir is owner-only, so only this user can listen. Publishing never blocks and never
+fails the supervisor: a subscriber that does not keep up loses events (PUB drops at its HWM),
+it does not slow supervision down. The schema is documented in docs/observability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from procdevices.control.protocol import encode
+
+EventSink = Callable[[dict[str, Any]], None]
+
+# Events buffered per subscriber before PUB drops for it: enough for a burst of restarts.
+SUBSCRIBER_BACKLOG = 10_000
+
+
+def events_endpoint(run_dir: Path) -> str:
+    return f"ipc://{run_dir}/events.sock"
+
+
+def event(kind: str, **fields: Any) -> dict[str, Any]:
+    """One event: its ``type``, wall-clock ``time`` (seconds since the epoch), then fields."""
+    return {"type": kind, "time": round(time.time(), 6), **fields}
+
+
+def discard(_: dict[str, Any]) -> None:
+    pass
+
+
+class EventPublisher:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+        self.socket.linger = 0
+        self.socket.sndhwm = SUBSCRIBER_BACKLOG
+        self.socket.bind(endpoint)
+        self.endpoint = endpoint
+
+    def __call__(self, payload: dict[str, Any]) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.send(encode(payload), zmq.NOBLOCK)
+
+    def close(self) -> None:
+        # A moment for the last events ("stopped") to reach the subscribers.
+        self.socket.close(linger=200)
+        with contextlib.suppress(OSError):
+            Path(self.endpoint[len("ipc://") :]).unlink()
+
+
+def describe(payload: dict[str, Any]) -> str:
+    """One event as a line for a human."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(payload.get("time", 0)))
+    kind = payload.get("type")
+    if kind == "state":
+        pid = f" pid {payload['pid']}" if payload.get("pid") else ""
+        return f"{stamp} {payload['instance']}: {payload['from']} -> {payload['to']}{pid} ({payload['reason']})"
+    if kind == "decision":
+        return f"{stamp} {payload['instance']}: {payload['action']} ({payload['reason']})"
+    if kind == "command":
+        args = " ".join(f"{k}={v}" for k, v in payload.get("args", {}).items())
+        return f"{stamp} command {payload['command']} {args}".rstrip()
+    if kind == "supervisor":
+        return f"{stamp} supervisor {payload.get('state')} (pid {payload.get('pid')})"
+    return f"{stamp} {payload}"
