@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procdevices import exitcodes
+from procdevices import exitcodes, logs
 from procdevices.control.protocol import SupervisorCommand
 from procdevices.supervisor.config import ConfigError, Topology, default_topology, find_config, load_topology
 from procdevices.supervisor.runstate import RunDir
@@ -26,6 +26,7 @@ examples:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
     try:
         code: int = args.handler(args)
         return code
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("-c", "--config", help="topology file (default: ./procdevices.toml, else the embedded default)")
         p.add_argument("--run-dir", help="override the run directory of the topology")
+        p.add_argument("--log-format", choices=logs.FORMATS, default="text", help="log line format (default: text)")
+        p.add_argument("--log-level", choices=logs.LEVELS, default="info", help="least severe level logged")
         if name_arg == "required":
             p.add_argument("name", help="device name (all its replicas) or replica name (NAME.N)")
         elif name_arg == "optional":

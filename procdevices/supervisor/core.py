@@ -8,6 +8,7 @@ below. Unit tests drive it with a fake clock, a fake launcher and a fake event l
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, device_error
 from procdevices.errors import DeviceError, DeviceExitedEarly
+from procdevices.logs import Log
 from procdevices.supervisor import policy
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import Topology
@@ -26,7 +28,6 @@ from procdevices.supervisor.loop import Watcher
 from procdevices.supervisor.states import RUNNING_STATES, Event, State
 
 Clock = Callable[[], float]
-Log = Callable[[str], None]
 Notify = Callable[[str], object]
 
 
@@ -107,7 +108,7 @@ class Supervisor:
             self.store.write_state(devices)
         except OSError as e:
             if not self._state_write_failing:
-                self.log(f"cannot write the state file ({e}); supervision goes on, will retry")
+                self.log(f"cannot write the state file ({e}); supervision goes on, will retry", level=logging.WARNING)
             self._state_write_failing = True
             return
         if self._state_write_failing:
@@ -124,7 +125,7 @@ class Supervisor:
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            self.log(f"received {name}: configuration reload is not supported yet; ignored")
+            self.log(f"received {name}: configuration reload is not supported yet; ignored", level=logging.WARNING)
             return
         self.begin_shutdown(f"received {name}")
 
@@ -137,17 +138,21 @@ class Supervisor:
         except DeviceExitedEarly:
             return  # no report, just an exit: the exit path decides what follows
         except DeviceError as e:
-            self.log(f"{child.name}: could not start: {e}")
+            self.log(f"{child.name}: could not start: {e}", device=child.name, level=logging.ERROR)
             if child.state is State.STARTING:
                 child.setup_failed(str(e))
-                self.log(f"{child.name}: FATAL (a start that cannot succeed is not retried)")
+                self.log(
+                    f"{child.name}: FATAL (a start that cannot succeed is not retried)",
+                    device=child.name,
+                    level=logging.ERROR,
+                )
                 self._maybe_announce_ready()
             return
         if child.state is not State.STARTING:
             return  # a stop was requested meanwhile; the stop path goes on
         child.ready(info, now)
         endpoints = " ".join(f"{role}={','.join(eps)}" for role, eps in info.endpoints.items() if eps)
-        self.log(f"{child.name}: RUNNING (pid {info.pid}) {endpoints}")
+        self.log(f"{child.name}: RUNNING (pid {info.pid}) {endpoints}", device=child.name)
         self._maybe_announce_ready()
 
     def on_exit(self, child: Child, process: DeviceProcess, now: float) -> None:
@@ -165,7 +170,8 @@ class Supervisor:
         self._state_dirty = True
         line = child.exited(code, now)
         if line:
-            self.log(line)
+            level = logging.INFO if child.state in (State.STOPPED, State.EXITED) else logging.WARNING
+            self.log(line, device=child.name, level=logging.ERROR if child.state is State.FATAL else level)
             self._emit_decision(child, code, now)
         if child.state is State.STOPPED and child.restart_after_stop and not self.shutting_down:
             child.restart_after_stop = False
@@ -238,7 +244,7 @@ class Supervisor:
             process = self.launcher.launch(child.pickled, child.control_endpoint, child.name)
         except OSError as e:  # out of processes or file descriptors: retrying cannot help now
             child.spawn_failed(e)
-            self.log(f"{child.name}: FATAL ({child.last_exit})")
+            self.log(f"{child.name}: FATAL ({child.last_exit})", device=child.name, level=logging.ERROR)
             return
         # Not the loop's `now`: starting many devices takes a while, and start_timeout is
         # the device's budget, not the time its siblings took to spawn.
@@ -278,18 +284,22 @@ class Supervisor:
         )
         if action is policy.StopAction.SIGTERM:
             stop.term_sent = True
-            self.log(f"{child.name}: no exit {child.config.stop_timeout}s after the control-socket stop; SIGTERM")
+            self.log(
+                f"{child.name}: no exit {child.config.stop_timeout}s after the control-socket stop; SIGTERM",
+                device=child.name,
+                level=logging.WARNING,
+            )
             process.terminate()
         elif action is policy.StopAction.SIGKILL:
             stop.kill_sent = True
-            self.log(f"{child.name}: still alive after SIGTERM; SIGKILL")
+            self.log(f"{child.name}: still alive after SIGTERM; SIGKILL", device=child.name, level=logging.WARNING)
             process.kill()
 
     def _kill_unhealthy(self, child: Child, reason: str) -> None:
         if child.process is None or child.unhealthy:
             return
         child.unhealthy = reason
-        self.log(f"{child.name}: {reason}; killing pid {child.process.pid}")
+        self.log(f"{child.name}: {reason}; killing pid {child.process.pid}", device=child.name, level=logging.WARNING)
         child.process.kill()
 
     def _on_transition(self, child: Child, old: State, new: State, why: Event) -> None:

@@ -13,6 +13,7 @@ logged and supervision goes on, because the devices must not pay for it.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket as pysocket
 import traceback
@@ -29,11 +30,11 @@ from procdevices.control.protocol import (
     error_reply,
     parse_supervisor_request,
 )
+from procdevices.logs import Log
 from procdevices.supervisor.events import EventSink, discard, event
 from procdevices.supervisor.handlers import CommandHandlers
 
 Clock = Callable[[], float]
-Log = Callable[[str], None]
 OnEvent = Callable[[float], None]
 
 # Requests served per wake-up, so a flood of requests cannot starve the devices' events.
@@ -127,7 +128,7 @@ class EventLoop:
         try:
             step(now)
         except Exception:
-            self.log("internal error (please report):\n" + traceback.format_exc())
+            self.log("internal error (please report):\n" + traceback.format_exc(), level=logging.ERROR)
 
     def close(self) -> None:
         if self._wake is not None:
@@ -187,7 +188,10 @@ class RequestServer:
         except ProtocolError as e:
             reply(e.as_reply())
         except Exception:
-            self.log("internal error while serving a request (please report):\n" + traceback.format_exc())
+            self.log(
+                "internal error while serving a request (please report):\n" + traceback.format_exc(),
+                level=logging.ERROR,
+            )
             reply(error_reply(ErrorCode.INTERNAL, "internal error; the supervisor's log has the details"))
 
     def close(self) -> None:

@@ -8,13 +8,14 @@ Topology ──plan_children──► [Child] ──► Supervisor ◄── Eve
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
-import sys
 import time
 
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
+from procdevices.logs import Log, to_logger
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import Topology
@@ -22,7 +23,7 @@ from procdevices.supervisor.core import Supervisor
 from procdevices.supervisor.events import EventPublisher, event, events_endpoint
 from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import ProcessLauncher
-from procdevices.supervisor.loop import EventLoop, Log, RequestServer
+from procdevices.supervisor.loop import EventLoop, RequestServer
 from procdevices.supervisor.notify import sd_notify
 from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import State
@@ -41,7 +42,7 @@ def plan_children(topology: Topology, run_dir: RunDir) -> list[Child]:
 
 def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) -> int:
     """Start every device and supervise until asked to stop; returns the exit code."""
-    log = log or _log
+    log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
     launcher = ProcessLauncher(topology.supervisor.pool_size)
@@ -76,10 +77,5 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) 
         with contextlib.suppress(OSError):
             os.unlink(run_dir.control_endpoint[len("ipc://") :])
     fatal = [c.name for c in supervisor.children if c.state is State.FATAL]
-    log("stopped" + (f"; FATAL: {', '.join(fatal)}" if fatal else ""))
+    log("stopped" + (f"; FATAL: {', '.join(fatal)}" if fatal else ""), level=logging.ERROR if fatal else logging.INFO)
     return EXIT_FATAL if fatal else EXIT_OK
-
-
-def _log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} procdevices: {message}", file=sys.stderr, flush=True)

@@ -248,7 +248,7 @@ class Harness:
             watcher=self.watcher,
             store=self.store,
             clock=self.clock,
-            log=self.lines.append,
+            log=self.log,
             notify=self.notes.append,
             events=self.events.append,
         )
@@ -256,6 +256,9 @@ class Harness:
         # Devices answer their liveness probes unless the test says otherwise.
         self.unresponsive: set[str] = set()
         self.ping_reply: dict[str, dict[str, Any]] = {}
+
+    def log(self, message: str, *, device: str | None = None, level: int = 20) -> None:
+        self.lines.append(message)
 
     # -- looking ----------------------------------------------------------------------------------
     def child(self, name: str) -> Child:
