@@ -296,11 +296,10 @@ class RunDir:
                 ) from None
             # The holder's pid, for the message above: readable from the moment it holds it.
             # Only a courtesy: on a full disk the lock works without it.
+            # Unbuffered, so that a failed write leaves nothing to fail again at close.
             with contextlib.suppress(OSError):
-                lock.seek(0)
-                lock.truncate()
-                lock.write(str(os.getpid()))
-                lock.flush()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield lock
 
     # -- state.json -----------------------------------------------------------------------------
@@ -312,14 +311,16 @@ class RunDir:
             return None
         except OSError as e:
             raise StateCorrupt(f"cannot open it: {e.strerror or _one_line(e)}") from None
-        with os.fdopen(fd, "rb") as f:
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise StateCorrupt("not a regular file")
-                # A supervisor's state is a few hundred bytes per device: cap what we parse.
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StateCorrupt("not a regular file")
+            # A supervisor's state is a few hundred bytes per device: cap what we parse.
+            with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read(16 * 1024 * 1024 + 1)
-            except OSError as e:
-                raise StateCorrupt(f"cannot read it: {e.strerror or _one_line(e)}") from None
+        except OSError as e:
+            raise StateCorrupt(f"cannot read it: {e.strerror or _one_line(e)}") from None
+        finally:
+            os.close(fd)
         if len(data) > 16 * 1024 * 1024:
             raise StateCorrupt("larger than 16 MiB")
         return parse_state(data)
