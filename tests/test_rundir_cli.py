@@ -113,6 +113,8 @@ def test_up_never_signals_a_planted_process_without_the_run_token(
         assert up.wait_exit() == 0
     assert bystander.poll() is None and ps.is_running()
     assert "leftover" not in up.log()
+    if token is None:
+        assert f"procdevices: warning: state file {run_dir}/state.json has no run token" in up.log(), up.log_tail()
 
 
 @pytest.mark.timeout(60)

@@ -465,6 +465,11 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
         return [f"warning: ignoring corrupt state file {run_dir.state_file}: {e}"]
     if state is None:
         return []
+    if state.token is None and state.devices:
+        # Written before run tokens existed (or forged): nothing in it can be verified.
+        run_dir.clear_state()
+        return [f"warning: state file {run_dir.state_file} has no run token: its {len(state.devices)} "
+                "recorded device(s) cannot be verified and are left alone"]
     done: list[str] = []
     leftovers: list[psutil.Process] = []
     for record in state.devices:
