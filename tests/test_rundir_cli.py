@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from cli_support import RUN_DIR, Up, cli, describe, wait_for, write_topology
-from test_rundir_state import CORRUPT_STATES
+from test_rundir_state import CORRUPT_STATES, start_sleep
 
 from procdevices.supervisor.runstate import RUN_TOKEN_ENV
 
@@ -83,7 +83,7 @@ def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, c
 @pytest.fixture
 def bystander() -> Iterator[subprocess.Popen[bytes]]:
     """A real process of ours that is no device (no run token), or a forged one."""
-    proc = subprocess.Popen(["sleep", "120"], env={**os.environ, RUN_TOKEN_ENV: "not-the-recorded-token"})
+    proc = start_sleep("not-the-recorded-token")
     try:
         yield proc
     finally:
@@ -121,7 +121,7 @@ def test_up_never_signals_a_planted_process_without_the_run_token(
 def test_up_stops_a_real_leftover_that_carries_the_recorded_token(config: Path) -> None:
     run_dir = config.parent / RUN_DIR
     run_dir.mkdir(mode=0o700)
-    leftover = subprocess.Popen(["sleep", "120"], env={**os.environ, RUN_TOKEN_ENV: "the-dead-run"})
+    leftover = start_sleep("the-dead-run")
     try:
         ps = psutil.Process(leftover.pid)
         (run_dir / "state.json").write_text(json.dumps({

@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+from cli_support import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,8 +68,15 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(10)
 
 
-def _start_sleep(env: dict[str, str] | None = None, user: int | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["sleep", "60"], env=env, user=user)
+def start_sleep(token: str | None = None, user: int | None = None) -> subprocess.Popen[bytes]:
+    """``sleep`` with ``token`` in its environment, returned once /proc shows that environment:
+    right after exec (when Popen returns) the kernel may not have set it up yet."""
+    env = {**os.environ, RUN_TOKEN_ENV: token} if token is not None else None
+    proc = subprocess.Popen(["sleep", "60"], env=env, user=user)
+    if token is not None:
+        ps = psutil.Process(proc.pid)
+        wait_for(lambda: ps.environ().get(RUN_TOKEN_ENV) == token, 10.0, "the new process's environment")
+    return proc
 
 
 def _plant(run_dir: Path, token: str | None, proc: psutil.Process, name: str = "pipe") -> None:
@@ -414,7 +422,7 @@ def test_identify_needs_the_token_in_the_process_environment(sleeper: subprocess
     proc = psutil.Process(sleeper.pid)
     assert identify(proc.pid, proc.create_time(), None) is None
     assert identify(proc.pid, proc.create_time(), "some-token") is None
-    tokened = _start_sleep(env={**os.environ, RUN_TOKEN_ENV: "some-token"})
+    tokened = start_sleep("some-token")
     try:
         ps = psutil.Process(tokened.pid)
         found = identify(ps.pid, ps.create_time(), "some-token")
@@ -428,7 +436,7 @@ def test_identify_needs_the_token_in_the_process_environment(sleeper: subprocess
 
 
 def test_identify_refuses_a_process_of_another_user_even_with_the_token() -> None:
-    foreign = _start_sleep(env={**os.environ, RUN_TOKEN_ENV: "some-token"}, user=NOBODY)
+    foreign = start_sleep("some-token", user=NOBODY)
     try:
         ps = psutil.Process(foreign.pid)
         assert ps.uids().real == NOBODY
@@ -455,7 +463,7 @@ def test_stop_leftovers_never_signals_a_planted_process_without_the_token(
 
 def test_stop_leftovers_terminates_a_real_leftover_of_the_recorded_run(short_tmp: Path) -> None:
     run_dir = RunDir(short_tmp / "run")
-    leftover = _start_sleep(env={**os.environ, RUN_TOKEN_ENV: "the-run"})
+    leftover = start_sleep("the-run")
     try:
         _plant(run_dir.path, "the-run", psutil.Process(leftover.pid))
         # No control socket: the planted record has none, so SIGTERM it is.
@@ -469,7 +477,7 @@ def test_stop_leftovers_terminates_a_real_leftover_of_the_recorded_run(short_tmp
 
 def test_a_recorded_control_endpoint_outside_our_ctl_dir_is_never_used(short_tmp: Path) -> None:
     run_dir = RunDir(short_tmp / "run")
-    leftover = _start_sleep(env={**os.environ, RUN_TOKEN_ENV: "the-run"})
+    leftover = start_sleep("the-run")
     elsewhere = short_tmp / "elsewhere.sock"
     try:
         with socket.socket(socket.AF_UNIX) as listener:
