@@ -157,7 +157,7 @@ class RunDir:
     # Where a failed state write is reported instead of raised (the supervisor goes on without
     # its state file); each distinct failure once, and once when writing works again.
     state_error_log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
-    _last_state_error: list[str] = field(default_factory=list, compare=False, repr=False)
+    _last_state_error: list[str] = field(default_factory=list, init=False, compare=False, repr=False)
 
     @property
     def control_endpoint(self) -> str:
