@@ -12,7 +12,7 @@ from typing import Any
 from procdevices import exitcodes, logs
 from procdevices.control.protocol import SupervisorCommand
 from procdevices.supervisor.config import ConfigError, Topology, default_topology, find_config, load_topology
-from procdevices.supervisor.runstate import RunDir
+from procdevices.supervisor.runstate import RunDir, RunDirError
 
 USAGE_EXAMPLES = """\
 examples:
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ConfigError as e:
         print(f"procdevices: invalid configuration: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
+    except RunDirError as e:
+        print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
     except _CommandFailed as e:
         return e.code
@@ -93,8 +96,10 @@ def _topology(args: argparse.Namespace) -> Topology:
     topology = load_topology(path) if path is not None else default_topology()
     if args.run_dir:
         import dataclasses
+        import os
 
-        supervisor = dataclasses.replace(topology.supervisor, run_dir=Path(args.run_dir).resolve())
+        # abspath, not resolve(): a symlinked run dir must reach RunDir as given, to be refused.
+        supervisor = dataclasses.replace(topology.supervisor, run_dir=Path(os.path.abspath(args.run_dir)))
         topology = dataclasses.replace(topology, supervisor=supervisor)
     return topology
 
@@ -107,7 +112,7 @@ def _call(args: argparse.Namespace, command: SupervisorCommand, call_args: dict[
     from procdevices.control.client import SupervisorUnreachable, call_supervisor
 
     run_dir = _run_dir(args)
-    if not (run_dir.path / "supervisor.sock").exists():
+    if not (run_dir.path / "supervisor.sock").is_socket():
         print(f"procdevices: no supervisor is running with run dir {run_dir.path}", file=sys.stderr)
         return None
     try:
@@ -140,6 +145,11 @@ def _request(args: argparse.Namespace, command: SupervisorCommand, call_args: di
 def _check(args: argparse.Namespace) -> int:
     topology = _topology(args)
     instances = topology.instances()
+    try:
+        RunDir(topology.supervisor.run_dir).validate(c.name for c in instances)
+    except RunDirError as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
     print(f"{topology.source}: ok, {len(topology.devices)} device(s), {len(instances)} process(es)")
     for config in instances:
         print(f"  {config.name:<20} {config.kind:<16} " + " ".join(
@@ -148,12 +158,15 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from procdevices.supervisor.runstate import RunDirBusy, remove_stale_sockets, stop_leftovers
+    from procdevices.supervisor.runstate import RunDirBusy, issue_run_token, remove_stale_sockets, stop_leftovers
     from procdevices.supervisor.service import run_supervisor
 
     topology = _topology(args)
+    # The state file only serves clean-up after an unclean end: the supervisor logs a failed
+    # write as a warning and goes on.
     run_dir = RunDir(topology.supervisor.run_dir)
     try:
+        run_dir.validate(c.name for c in topology.instances())
         with run_dir.locked():
             for line in stop_leftovers(run_dir):
                 print(f"procdevices: {line}", file=sys.stderr)
@@ -164,10 +177,15 @@ def _up(args: argparse.Namespace) -> int:
                 print(f"procdevices: removed stale socket file {path}", file=sys.stderr)
             if topology.source == "<default>":
                 _print_default_endpoints(topology)
+            # Before anything is spawned: every device inherits it, and state.json records it.
+            issue_run_token()
             return run_supervisor(topology, run_dir)
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING
+    except RunDirError as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
 
 
 def _print_default_endpoints(topology: Topology) -> None:

@@ -4,6 +4,7 @@ an unclean end left behind: a device still running from a recorded run, stale so
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-
 from cli_support import CLI, RUN_DIR, Up, identify, push_pull, write_topology
+
+from procdevices.supervisor.runstate import RUN_TOKEN_ENV
 
 PIPELINE = """
 [devices.pipe]
@@ -54,14 +56,18 @@ def test_next_up_stops_a_recorded_leftover_and_removes_stale_sockets(
     config = write_topology(short_tmp, PIPELINE, pool_size=0)
     run_dir = short_tmp / RUN_DIR
     # A leftover: the same device, still running from an earlier run (as `run` in the
-    # foreground here), recorded in the run state the way a supervisor records its devices.
+    # foreground here), carrying that run's token and recorded in the run state the way a
+    # supervisor records its devices.
+    token = "0123456789abcdef"
     leftover = subprocess.Popen([*CLI, "run", "pipe", "-c", str(config)], cwd=short_tmp,
+                                env={**os.environ, RUN_TOKEN_ENV: token},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert leftover.stdout is not None
         assert "ready" in leftover.stdout.readline()
         proc = psutil.Process(leftover.pid)
         (run_dir / "state.json").write_text(json.dumps({
+            "token": token,
             "supervisor": {"pid": 1, "create_time": 0.0},
             "devices": {"pipe": {"pid": proc.pid, "create_time": proc.create_time(),
                                  "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock"}},

@@ -108,7 +108,11 @@ class Supervisor:
             self.store.write_state(devices)
         except OSError as e:
             if not self._state_write_failing:
-                self.log(f"cannot write the state file ({e}); supervision goes on, will retry", level=logging.WARNING)
+                self.log(
+                    f"{e}; supervising without it (leftover devices of this run cannot be cleaned up "
+                    "after an unclean end)",
+                    level=logging.WARNING,
+                )
             self._state_write_failing = True
             return
         if self._state_write_failing:
