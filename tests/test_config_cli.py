@@ -56,7 +56,7 @@ def test_check_accepts_a_good_file_and_lists_its_processes(short_tmp: Path) -> N
     result = cli("check", config=config)
     assert result.returncode == 0, describe(result)
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{config}: ok, 2 device(s), 3 process(es)", describe(result)
+    assert lines[0] == f"{config}: ok, 2 device(s), 3 process(es); run dir {config.parent / 'run'}", describe(result)
     assert [line.split() for line in lines[1:]] == [
         ["broker", "queue", "in=ROUTER", "out=DEALER"],
         ["pipe.0", "streamer", "in=PULL", "out=PUSH"],

@@ -70,8 +70,8 @@ def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, c
     with Up(config) as up:
         up.wait_states()
         warnings = [line for line in up.log().splitlines() if "corrupt state file" in line]
-        assert len(warnings) == 1 and warnings[0].startswith(
-            f"procdevices: warning: ignoring corrupt state file {run_dir}/state.json: "), up.log_tail()
+        assert len(warnings) == 1 and warnings[0].split(" ", 1)[1].startswith(
+            f"WARNING procdevices: ignoring corrupt state file {run_dir}/state.json: "), up.log_tail()
         assert "Traceback" not in up.log()
         # The running supervisor has replaced it with its own, valid state.
         recorded = json.loads((run_dir / "state.json").read_text())
@@ -114,7 +114,7 @@ def test_up_never_signals_a_planted_process_without_the_run_token(
     assert bystander.poll() is None and ps.is_running()
     assert "leftover" not in up.log()
     if token is None:
-        assert f"procdevices: warning: state file {run_dir}/state.json has no run token" in up.log(), up.log_tail()
+        assert f"WARNING procdevices: state file {run_dir}/state.json has no run token" in up.log(), up.log_tail()
 
 
 @pytest.mark.timeout(60)

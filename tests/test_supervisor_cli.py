@@ -92,13 +92,18 @@ def test_every_kind_forwards_status_describes_each_process_and_down_stops_all(
             zmq_ctx, ep["audited"]["in"][0], ep["audited"]["out"][0], ep["audited"]["mon"][0], b"watched")
         assert copy[0] in (b"in", b"out") and copy[-1] == b"watched", copy
 
-        # -- the text form: a header and one line per process
+        # -- the text form: a header, then per process a line and its resolved endpoints
         text = up.cli("status")
         assert text.returncode == 0, describe(text)
         lines = text.stdout.splitlines()
-        assert lines[0].split() == ["NAME", "STATE", "PID", "RESTARTS", "UPTIME", "LAST", "EXIT"]
-        for name, line in zip(names, lines[1:], strict=True):
-            assert line.split()[:4] == [name, "RUNNING", str(devices[name]["pid"]), "0"], line
+        assert lines[0].split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "EXIT"]
+        rows, endpoint_rows = lines[1::2], lines[2::2]
+        for name, line, endpoints in zip(names, rows, endpoint_rows, strict=True):
+            fields = line.split()
+            assert [fields[0], fields[1], fields[2], fields[4]] == [name, "RUNNING", str(devices[name]["pid"]), "0"]
+            resolved = " ".join(f"{role}={','.join(eps)}" for role, eps in devices[name]["endpoints"].items() if eps)
+            assert endpoints.strip() == resolved, (endpoints, resolved)
+        assert ":*" not in text.stdout, "tcp://...:* must show the port it resolved to"
 
         # -- status of one device, or of all replicas of one
         one = up.cli("status", "pipe", "--json")

@@ -1,0 +1,159 @@
+"""The client commands: they talk to a running supervisor through its run dir and never need
+a valid topology (see locate.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from procdevices import exitcodes
+from procdevices.cli import locate, render
+from procdevices.control.protocol import SupervisorCommand
+
+
+class CommandFailed(Exception):
+    """Ends a command with an exit code; the reason has been printed already."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _fail(message: str, code: int) -> CommandFailed:
+    print(f"procdevices: {message}", file=sys.stderr)
+    return CommandFailed(code)
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    return locate.client_run_dir(args.config, args.run_dir)
+
+
+def call(args: argparse.Namespace, command: SupervisorCommand, **call_args: Any) -> dict[str, Any]:
+    """The supervisor's reply; CommandFailed (exit 4) when none answers."""
+    from procdevices.control.client import SupervisorUnreachable, call_supervisor
+
+    directory = run_dir(args)
+    if not (directory / "supervisor.sock").is_socket():
+        raise _fail(f"no supervisor is running with run dir {directory}", exitcodes.EXIT_NOT_RUNNING)
+    try:
+        return call_supervisor(f"ipc://{directory}/supervisor.sock", command, call_args)
+    except SupervisorUnreachable as e:
+        raise _fail(str(e), exitcodes.EXIT_NOT_RUNNING) from None
+
+
+def request(args: argparse.Namespace, command: SupervisorCommand, **call_args: Any) -> Any:
+    """The result of a command that must succeed (CommandFailed with exit 1 otherwise)."""
+    reply = call(args, command, **call_args)
+    if not reply["ok"]:
+        raise _fail(f"{command.value}: {reply['error']}", exitcodes.EXIT_FAILED)
+    return reply["result"]
+
+
+def status(args: argparse.Namespace) -> int:
+    result = request(args, SupervisorCommand.STATUS, name=args.name)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(render.status_table(result["devices"]))
+    fatal = any(d["state"] == "FATAL" for d in result["devices"])
+    return exitcodes.EXIT_FATAL if fatal else exitcodes.EXIT_OK
+
+
+def stats(args: argparse.Namespace) -> int:
+    reply = call(args, SupervisorCommand.STATS, name=args.name)
+    results = reply.get("result") or {}
+    print(json.dumps(results, indent=1) if args.json else render.stats_lines(results))
+    if not reply["ok"]:
+        _report_device_errors("stats", reply)
+        return exitcodes.EXIT_FAILED
+    return exitcodes.EXIT_OK
+
+
+def steer(args: argparse.Namespace) -> int:
+    """pause, resume: every selected device answers; each failure is named."""
+    command = SupervisorCommand(args.command)
+    reply = call(args, command, name=args.name)
+    done = sorted(reply.get("result") or {})
+    if done:
+        print(f"{command.value}d: {', '.join(done)}")
+    if not reply["ok"]:
+        _report_device_errors(command.value, reply)
+        return exitcodes.EXIT_FAILED
+    return exitcodes.EXIT_OK
+
+
+def _report_device_errors(command: str, reply: dict[str, Any]) -> None:
+    errors = reply.get("errors")
+    if errors:
+        for name, why in sorted(errors.items()):
+            print(f"procdevices: {command} {name}: {why}", file=sys.stderr)
+    else:
+        print(f"procdevices: {command}: {reply.get('error')}", file=sys.stderr)
+
+
+_SETTLED = {"start": {"RUNNING", "FATAL", "EXITED"}, "restart": {"RUNNING", "FATAL", "EXITED"}, "stop": {"STOPPED"}}
+LIFECYCLE_TIMEOUT = 60.0
+
+
+def lifecycle(args: argparse.Namespace) -> int:
+    """start, stop, restart: ask, then wait until the supervisor reports the outcome."""
+    command = SupervisorCommand(args.command)
+    before = request(args, SupervisorCommand.STATUS, name=args.name)
+    old_pids = {d["pid"] for d in before["devices"] if d["pid"]}
+    request(args, command, name=args.name)
+    if args.no_wait:
+        return exitcodes.EXIT_OK
+    deadline = time.monotonic() + LIFECYCLE_TIMEOUT
+    while time.monotonic() < deadline:
+        devices = request(args, SupervisorCommand.STATUS, name=args.name)["devices"]
+        states = {d["state"] for d in devices}
+        replaced = all(d["pid"] not in old_pids for d in devices)
+        if states <= _SETTLED[command.value] and (command is not SupervisorCommand.RESTART or replaced):
+            for d in devices:
+                settled = (
+                    d["state"] if d["state"] == "RUNNING" or not d["last_exit"] else f"{d['state']} ({d['last_exit']})"
+                )
+                print(f"{d['name']}: {settled}")
+            if "FATAL" in states or (command is not SupervisorCommand.STOP and "EXITED" in states):
+                return exitcodes.EXIT_FAILED
+            return exitcodes.EXIT_OK
+        time.sleep(0.05)  # the supervisor never blocks; this client polls its status
+    raise _fail(f"{command.value} {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+
+
+def down(args: argparse.Namespace) -> int:
+    from procdevices.supervisor.runstate import wait_gone
+
+    pid = request(args, SupervisorCommand.DOWN)["pid"]
+    if wait_gone(pid, 120.0):
+        print(f"procdevices: supervisor {pid} stopped")
+        return exitcodes.EXIT_OK
+    raise _fail(f"supervisor {pid} is still running", exitcodes.EXIT_FAILED)
+
+
+def events(args: argparse.Namespace) -> int:
+    import zmq
+
+    from procdevices.control.client import private_context
+    from procdevices.supervisor.events import describe, events_endpoint
+
+    directory = run_dir(args)
+    if not (directory / "events.sock").is_socket():
+        raise _fail(f"no supervisor is running with run dir {directory}", exitcodes.EXIT_NOT_RUNNING)
+    sock = private_context().socket(zmq.SUB)
+    sock.linger = 0
+    sock.subscribe(b"")
+    sock.connect(events_endpoint(directory))
+    try:
+        while True:
+            payload = json.loads(sock.recv())
+            print(json.dumps(payload) if args.json else describe(payload), flush=True)
+            if payload.get("type") == "supervisor" and payload.get("state") == "stopped":
+                return exitcodes.EXIT_OK
+    except (KeyboardInterrupt, BrokenPipeError):
+        return exitcodes.EXIT_OK
+    finally:
+        sock.close(linger=0)

@@ -1,0 +1,92 @@
+"""Where the topology and the run dir are, for every command.
+
+The topology file: ``-c/--config``, else ``$PROCDEVICES_CONFIG``, else ``./procdevices.toml``,
+else the embedded default topology. The run dir: ``--run-dir``, else ``$PROCDEVICES_RUN_DIR``,
+else the topology's ``[supervisor] run_dir``; the embedded default topology's run dir is a
+per-user directory (``$XDG_RUNTIME_DIR/procdevices``, else ``/tmp/procdevices-UID``), so a
+client finds a supervisor of the default topology from any directory.
+
+Commands that run something (``up``, ``check``, ``run``, ``supervisord-conf``) need the whole
+topology valid. Client commands (``status``, ``stop``, ...) only need the run dir: they read
+just that from the file and, if the file no longer validates, warn once and carry on — the
+running supervisor is the source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+from procdevices.supervisor.config import ConfigError, Topology, default_topology, find_config, load_topology
+
+ENV_CONFIG = "PROCDEVICES_CONFIG"
+ENV_RUN_DIR = "PROCDEVICES_RUN_DIR"
+DEFAULT_FILE_RUN_DIR = ".procdevices"  # next to the topology file, as the loader defaults it
+MAX_RAW_BYTES = 1 << 20
+
+
+def config_path(flag: str | None) -> Path | None:
+    explicit = flag if flag is not None else os.environ.get(ENV_CONFIG) or None
+    return find_config(explicit, Path.cwd())
+
+
+def default_run_dir() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute():
+        return Path(runtime) / "procdevices"
+    return Path(f"/tmp/procdevices-{os.getuid()}")
+
+
+def run_dir_override(flag: str | None) -> Path | None:
+    chosen = flag if flag is not None else os.environ.get(ENV_RUN_DIR) or None
+    # abspath, not resolve(): a symlinked run dir must reach RunDir as given, to be refused.
+    return Path(os.path.abspath(chosen)) if chosen is not None else None
+
+
+def topology(config_flag: str | None, run_dir_flag: str | None) -> Topology:
+    """The whole topology, validated (ConfigError otherwise), with the run dir override."""
+    path = config_path(config_flag)
+    override = run_dir_override(run_dir_flag)
+    if path is None:
+        return default_topology(run_dir=override or default_run_dir())
+    loaded = load_topology(path)
+    if override is None:
+        return loaded
+    return dataclasses.replace(loaded, supervisor=dataclasses.replace(loaded.supervisor, run_dir=override))
+
+
+def client_run_dir(config_flag: str | None, run_dir_flag: str | None) -> Path:
+    """The run dir a client should talk to, tolerating a topology that no longer validates."""
+    override = run_dir_override(run_dir_flag)
+    if override is not None:
+        return override
+    path = config_path(config_flag)
+    if path is None:
+        return default_run_dir()
+    try:
+        return load_topology(path).supervisor.run_dir
+    except ConfigError as e:
+        run_dir = _raw_run_dir(path)
+        print(
+            f"procdevices: warning: {e}; using run dir {run_dir} (the running supervisor has its own copy)",
+            file=sys.stderr,
+        )
+        return run_dir
+
+
+def _raw_run_dir(path: Path) -> Path:
+    """``[supervisor] run_dir`` read without validating anything else."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_RAW_BYTES:
+            raise ValueError("not a small regular file")  # a FIFO would block, /dev/zero never end
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        raw = data.get("supervisor", {}).get("run_dir", DEFAULT_FILE_RUN_DIR)
+    except (OSError, ValueError, RecursionError, AttributeError):
+        raw = DEFAULT_FILE_RUN_DIR
+    if not isinstance(raw, str) or not raw:
+        raw = DEFAULT_FILE_RUN_DIR
+    return Path(os.path.abspath(path.parent / raw))

@@ -1,0 +1,175 @@
+"""``procdevices`` / ``python -m procdevices``: the command table and the option parser.
+
+Global options (``-c``, ``--run-dir``, ``--log-format``, ``--log-level``) are accepted before
+or after the command. A bad option of a command prints that command's usage; a bare
+``procdevices`` prints a short help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from procdevices import exitcodes, logs
+from procdevices.cli import client, serve
+from procdevices.supervisor.config import ConfigError
+from procdevices.supervisor.runstate import RunDirError
+
+Handler = Callable[[argparse.Namespace], int]
+
+EXAMPLES = (
+    ("up", "run ./procdevices.toml, or the embedded default topology"),
+    ("check -c topo.toml", "validate a file, start nothing"),
+    ("status", "every device process (from anywhere: -c, $PROCDEVICES_CONFIG or $PROCDEVICES_RUN_DIR)"),
+    ("status --json", "one JSON object, for scripts"),
+    ("pause broker", "stop forwarding, keep the device alive"),
+    ("events", "follow state changes live"),
+)
+
+
+def examples(prog: str) -> str:
+    width = max(len(command) for command, _ in EXAMPLES)
+    return "examples:\n" + "\n".join(f"  {prog} {command:<{width}}  {what}" for command, what in EXAMPLES)
+
+
+NAME_HELP = "device name (all its replicas) or replica name (NAME.N)"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Handler
+    help: str
+    name_arg: str | None = None  # "required" | "optional" | None
+    json: bool = False
+    wait: bool = False
+
+
+COMMANDS = (
+    Command("up", serve.up, "run the topology in the foreground until SIGTERM, SIGINT or `down`"),
+    Command("check", serve.check, "validate the topology and the run dir; start nothing (78 when invalid)"),
+    Command("status", client.status, "show every device process (exit 3 if one is FATAL)", "optional", json=True),
+    Command("stats", client.stats, "traffic counters of running devices", "optional", json=True),
+    Command("start", client.lifecycle, "start a stopped, exited or FATAL device", "required", wait=True),
+    Command("stop", client.lifecycle, "stop a device through its control socket", "required", wait=True),
+    Command("restart", client.lifecycle, "stop, then start a device", "required", wait=True),
+    Command("pause", client.steer, "pause forwarding (messages wait in queues)", "required"),
+    Command("resume", client.steer, "resume forwarding", "required"),
+    Command("down", client.down, "stop every device and the supervisor; returns once it has exited"),
+    Command(
+        "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
+    ),
+    Command("run", serve.run, "run one device process in the foreground (supervisord's per-device mode)", "required"),
+    Command(
+        "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, commands = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) is None:
+        print(short_help(parser))
+        return exitcodes.EXIT_OK
+    if extra:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    for option, default in _GLOBAL_DEFAULTS.items():
+        if not hasattr(args, option):
+            setattr(args, option, default)
+    logs.configure(args.log_format, args.log_level)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as e:
+        print(f"procdevices: invalid configuration: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
+    except RunDirError as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
+    except client.CommandFailed as e:
+        return e.code
+    except KeyboardInterrupt:
+        return exitcodes.EXIT_FAILED
+
+
+_GLOBAL_DEFAULTS = {"config": None, "run_dir": None, "log_format": "text", "log_level": "info"}
+
+
+def short_help(parser: argparse.ArgumentParser) -> str:
+    width = max(len(c.name) for c in COMMANDS)
+    lines = [parser.format_usage().rstrip(), "", "commands:"]
+    lines += [f"  {c.name:<{width}}  {c.help}" for c in COMMANDS]
+    lines += ["", examples(parser.prog), "", f"`{parser.prog} --help` lists the options; `COMMAND --help` a command's."]
+    return "\n".join(lines)
+
+
+def program_name() -> str:
+    """The name the user typed: ``procdevices``, or ``python -m procdevices``."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "procdevices"
+    return "python -m procdevices" if invoked in ("__main__.py", "-c", "") else invoked
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import zmq
+
+    try:
+        ours = version("procdevices")
+    except PackageNotFoundError:
+        ours = "unknown"
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"procdevices {ours} (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, Python {python})"
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On a command's parser the defaults are suppressed, so that an option given before the
+    # command is not overwritten by the command parser's default.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
+        "-c",
+        "--config",
+        default=default(None),
+        help="topology file (default: $PROCDEVICES_CONFIG, else ./procdevices.toml, else the embedded default)",
+    )
+    group.add_argument(
+        "--run-dir", default=default(None), help="run directory (default: $PROCDEVICES_RUN_DIR, else the topology's)"
+    )
+    group.add_argument("--log-format", choices=logs.FORMATS, default=default("text"), help="log lines as text or JSON")
+    group.add_argument("--log-level", choices=logs.LEVELS, default=default("info"), help="least severe level logged")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    prog = program_name()
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run ZeroMQ devices from a TOML topology, keep them alive, steer them.",
+        epilog=examples(prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        _global_options(p, suppress=True)
+        if command.name_arg == "required":
+            p.add_argument("name", help=NAME_HELP)
+        elif command.name_arg == "optional":
+            p.add_argument("name", nargs="?", help=NAME_HELP + " (default: all)")
+        if command.json:
+            p.add_argument("--json", action="store_true", help="JSON output, for scripts")
+        if command.wait:
+            p.add_argument("--no-wait", action="store_true", help="return once the supervisor accepted the command")
+        p.set_defaults(handler=command.handler)
+        commands[command.name] = p
+    commands["supervisord-conf"].add_argument("-o", "--output", help="write to this file instead of stdout")
+    return parser, commands

@@ -1,0 +1,103 @@
+"""The commands that run something and therefore need the whole topology valid: ``up``,
+``check``, ``run`` and ``supervisord-conf``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from procdevices import exitcodes
+from procdevices.cli import locate
+from procdevices.supervisor.config import Topology
+from procdevices.supervisor.runstate import RunDir, RunDirBusy, RunDirError
+
+
+def check(args: argparse.Namespace) -> int:
+    topology = locate.topology(args.config, args.run_dir)
+    instances = topology.instances()
+    RunDir(topology.supervisor.run_dir).validate(c.name for c in instances)
+    print(
+        f"{topology.source}: ok, {len(topology.devices)} device(s), {len(instances)} process(es); "
+        f"run dir {topology.supervisor.run_dir}"
+    )
+    for config in instances:
+        sockets = " ".join(f"{role}={spec.type_name}" for role, spec in config.sockets())
+        print(f"  {config.name:<20} {config.kind:<16} {sockets}")
+    return exitcodes.EXIT_OK
+
+
+def up(args: argparse.Namespace) -> int:
+    from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
+    from procdevices.supervisor.service import run_supervisor
+
+    topology = locate.topology(args.config, args.run_dir)
+    # The state file only serves clean-up after an unclean end: the supervisor logs a failed
+    # write as a warning and goes on.
+    run_dir = RunDir(topology.supervisor.run_dir)
+    try:
+        run_dir.validate(c.name for c in topology.instances())
+        with run_dir.locked():
+            for line in stop_leftovers(run_dir):
+                _say(line)
+            stale = [run_dir.path / "supervisor.sock", *sorted((run_dir.path / "ctl").glob("*.sock"))]
+            stale += [
+                Path(e[len("ipc://") :])
+                for c in topology.instances()
+                for _, s in c.sockets()
+                for e in s.bind
+                if e.startswith("ipc://")
+            ]
+            for path in remove_stale_sockets(stale):
+                _say(f"removed stale socket file {path}")
+            if topology.source == "<default>":
+                _announce_default_endpoints(topology)
+            # Before anything is spawned: every device inherits it, and state.json records it.
+            issue_run_token()
+            return run_supervisor(topology, run_dir)
+    except RunDirBusy as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return exitcodes.EXIT_NOT_RUNNING
+    except RunDirError as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
+
+
+def _say(line: str) -> None:
+    import logging
+
+    from procdevices.logs import to_logger
+
+    warning = line.startswith("warning: ")
+    to_logger()(line.removeprefix("warning: "), level=logging.WARNING if warning else logging.INFO)
+
+
+def _announce_default_endpoints(topology: Topology) -> None:
+    _say(f"no topology file given; running the embedded default topology (run dir {topology.supervisor.run_dir}):")
+    for config in topology.devices:
+        sockets = ", ".join(f"{role} {spec.type_name} {' '.join(spec.bind)}" for role, spec in config.sockets())
+        _say(f"  {config.name:<9} {config.kind:<10} {sockets}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from procdevices.supervisor.foreground import run_one
+
+    return run_one(locate.topology(args.config, args.run_dir), args.name)
+
+
+def supervisord_conf(args: argparse.Namespace) -> int:
+    from procdevices.supervisor.supervisord import render_group
+
+    path = locate.config_path(args.config)
+    try:
+        text = render_group(
+            locate.topology(args.config, args.run_dir), config_path=path, python=sys.executable, cwd=Path.cwd()
+        )
+    except ValueError as e:
+        print(f"procdevices: supervisord-conf: {e}", file=sys.stderr)
+        return exitcodes.EXIT_FAILED
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return exitcodes.EXIT_OK
