@@ -73,7 +73,7 @@ class LibzmqTrial:
                         sock.bind(f"tcp://{host}:*")
                         self._binds[key] = None
                     except zmq.ZMQError as exc:
-                        self._binds[key] = zmq.strerror(exc.errno)
+                        self._binds[key] = _reason(exc)
             finally:
                 sock.close(linger=0)
         return self._binds[key]
@@ -84,7 +84,12 @@ def _apply(sock: zmq.Socket[bytes], options: Options) -> tuple[int, str] | None:
         try:
             sock.setsockopt(option, value)
         except zmq.ZMQError as exc:
-            return index, zmq.strerror(exc.errno)
+            return index, _reason(exc)
         except (OverflowError, TypeError, ValueError) as exc:
             return index, str(exc)
     return None
+
+
+def _reason(exc: zmq.ZMQError) -> str:
+    # Without pyzmq's "(addr=...)" suffix: the message names the endpoint already.
+    return zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
