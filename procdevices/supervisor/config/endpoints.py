@@ -17,10 +17,9 @@ import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from procdevices.supervisor.config.errors import Invalid, join_key, show
+from procdevices.supervisor.config.errors import Invalid, expected, join_key, show
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import REPLICA, DeviceConfig
-from procdevices.supervisor.config.settings import expected
 
 __all__ = [
     "IPC_PATH_MAX",

@@ -12,8 +12,21 @@ import datetime
 import difflib
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["ConfigError", "Invalid", "describe_type", "join_key", "one_of", "printable", "show", "suggest"]
+__all__ = [
+    "ConfigError",
+    "Invalid",
+    "as_table",
+    "check_keys",
+    "describe_type",
+    "expected",
+    "join_key",
+    "one_of",
+    "printable",
+    "show",
+    "suggest",
+]
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # A value quoted in a message is cut here: the message stays one readable line.
@@ -122,3 +135,22 @@ def suggest(word: str, candidates: Iterable[str]) -> str:
 
 def one_of(values: Iterable[str]) -> str:
     return ", ".join(values)
+
+
+# Table helpers shared by every module that walks the document.
+
+
+def expected(key: str, what: str, value: object) -> Invalid:
+    return Invalid(key, f"expected {what}, got {describe_type(value)}")
+
+
+def check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    for name in table:
+        if name not in allowed:
+            raise Invalid(join_key(prefix, str(name)), f"unknown key '{name}'{suggest(str(name), allowed)}")
+
+
+def as_table(value: object, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise expected(key, "a table", value)
+    return value

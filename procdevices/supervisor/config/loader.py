@@ -19,7 +19,16 @@ from typing import Any
 import zmq
 
 from procdevices.supervisor.config import endpoints, settings
-from procdevices.supervisor.config.errors import ConfigError, Invalid, join_key, one_of, suggest
+from procdevices.supervisor.config.errors import (
+    ConfigError,
+    Invalid,
+    as_table,
+    check_keys,
+    expected,
+    join_key,
+    one_of,
+    suggest,
+)
 from procdevices.supervisor.config.kinds import (
     CTRL_DEFAULT_TYPE,
     KIND_SPECS,
@@ -30,7 +39,7 @@ from procdevices.supervisor.config.kinds import (
 )
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import DeviceConfig, SocketSpec, SupervisorConfig, Topology
-from procdevices.supervisor.config.settings import Values, as_table, check_keys, expected, parse_settings
+from procdevices.supervisor.config.settings import Values, parse_settings
 from procdevices.supervisor.config.sockets import parse_socket
 from procdevices.supervisor.config.source import decode_toml, read_config_file
 

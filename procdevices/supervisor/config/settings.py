@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from procdevices.supervisor.config.errors import Invalid, describe_type, join_key, one_of, show, suggest
+from procdevices.supervisor.config.errors import Invalid, as_table, check_keys, expected, one_of, show, suggest
 from procdevices.supervisor.config.model import BackoffPolicy, Intensity, ProbeSpec, RestartPolicy
 
 __all__ = [
@@ -130,10 +130,6 @@ GROUP_FIELDS: dict[str, tuple[str, ...]] = {
 
 # --------------------------------------------------------------------------
 # Scalar parsers: value and key path in, converted value out, or Invalid.
-
-
-def expected(key: str, what: str, value: object) -> Invalid:
-    return Invalid(key, f"expected {what}, got {describe_type(value)}")
 
 
 def parse_value(setting: Setting, value: object, key: str) -> object:
@@ -258,18 +254,6 @@ class Values:
     prefix: str
     values: Mapping[str, object]
     groups: frozenset[str]
-
-
-def check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-    for name in table:
-        if name not in allowed:
-            raise Invalid(join_key(prefix, str(name)), f"unknown key '{name}'{suggest(str(name), allowed)}")
-
-
-def as_table(value: object, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise expected(key, "a table", value)
-    return value
 
 
 def parse_settings(table: Mapping[str, Any], prefix: str, rows: tuple[Setting, ...] = DEVICE_SETTINGS) -> Values:

@@ -14,11 +14,19 @@ import zmq
 from zmq.utils import z85
 
 from procdevices.supervisor.config.endpoints import check_endpoint
-from procdevices.supervisor.config.errors import Invalid, join_key, one_of, show, suggest
+from procdevices.supervisor.config.errors import (
+    Invalid,
+    as_table,
+    check_keys,
+    expected,
+    join_key,
+    one_of,
+    show,
+    suggest,
+)
 from procdevices.supervisor.config.kinds import SOCKET_TYPE_NAMES
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import SocketSpec
-from procdevices.supervisor.config.settings import as_table, check_keys, expected
 
 __all__ = ["parse_socket"]
 
