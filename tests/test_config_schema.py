@@ -16,6 +16,7 @@ from procdevices.supervisor.config import (
     DeviceConfig,
     SupervisorConfig,
     default_topology,
+    load_topology,
 )
 from procdevices.supervisor.config.kinds import CTRL_DEFAULT_TYPE, MON_DEFAULT_TYPE, Presence
 from procdevices.supervisor.config.settings import (
@@ -177,3 +178,12 @@ def test_default_topology_devices_use_the_documented_defaults() -> None:
     for setting in DEVICE_SETTINGS:
         if setting.group is None:
             assert getattr(broker, setting.path) == setting.default, setting.path
+
+
+def test_the_full_example_in_the_doc_loads(tmp_path: Path) -> None:
+    example = re.search(r"## A full example\n\n```toml\n(.*?)```", TEXT, re.S)
+    assert example is not None
+    path = tmp_path / "procdevices.toml"
+    path.write_text(example.group(1), encoding="utf-8")
+    topology = load_topology(path)
+    assert [d.name for d in topology.devices] == ["broker", "prices", "stage", "audited"]
