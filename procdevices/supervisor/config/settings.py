@@ -26,16 +26,23 @@ from procdevices.supervisor.config.model import BackoffPolicy, Intensity, ProbeS
 
 __all__ = [
     "DEVICE_SETTINGS",
+    "DEVICE_SETTING_KEYS",
+    "GROUP_FIELDS",
+    "GROUP_TYPES",
     "MAX_DEADLINE_SECONDS",
     "MEMORY_LIMIT_FLOOR",
     "SETTINGS",
+    "SUPERVISOR_SETTINGS",
     "Scope",
     "Setting",
-    "Values",
     "ValueType",
+    "Values",
     "device_fields",
+    "group_origin",
+    "merged",
     "parse_memory_size",
     "parse_settings",
+    "parse_value",
 ]
 
 
@@ -114,7 +121,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replicas", _I, 1, minimum=1, min_inclusive=True, maximum=64),
 )
 
-SETTING_BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}
 DEVICE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope is Scope.DEVICE)
 SUPERVISOR_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope is Scope.SUPERVISOR)
 
