@@ -161,3 +161,17 @@ def test_check_on_a_fifo_exits_78(tmp_path: Path) -> None:
     )
     assert result.returncode == 78, result.stderr
     assert result.stderr == f"procdevices: invalid configuration: {fifo}: is a FIFO, not a regular file\n"
+
+
+def test_a_path_with_a_nul_byte_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_topology("bad\x00name.toml")
+    assert str(info.value) == "bad\\x00name.toml: cannot read file: embedded null byte"
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    with pytest.raises(ConfigError) as info:
+        load_topology(loop)
+    assert info.value.reason.startswith("cannot read file: ")

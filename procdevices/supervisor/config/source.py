@@ -39,6 +39,8 @@ def read_config_file(path: str | os.PathLike[str]) -> bytes:
         raise Invalid("", "is a directory, not a file") from None
     except OSError as exc:
         raise Invalid("", f"cannot read file: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise Invalid("", f"cannot read file: {exc}") from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
