@@ -152,8 +152,9 @@ def parse_value(setting: Setting, value: object, key: str) -> object:
             raise expected(key, "a string", value)
         if not value:
             raise Invalid(key, "must not be empty")
-        if "\x00" in value:
-            raise Invalid(key, "must not contain a NUL character")
+        if not value.isprintable():
+            # It becomes part of every control socket path, and of messages.
+            raise Invalid(key, f"'{value}' contains a control character")
         return value
     raise AssertionError(setting.value_type)  # pragma: no cover - every ValueType is handled above
 
