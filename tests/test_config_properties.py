@@ -28,7 +28,7 @@ KNOWN_TEXT = [
     "queue", "forwarder", "proxy", "steerable", "monitored_queue", "ROUTER", "sub", "always",
     "tcp://127.0.0.1:7001", "tcp://*:*", "tcp://[::]:7001", "tcp://nohost.invalid:1", "ipc://x.sock",
     "ipc://@a", "ipc://*", "inproc://x", "tcp://127.0.0.1:70{replica}0", "256MiB", "1.5GB", "",
-    "a\x1b[31mb", "line\nbreak", "\u2028",
+    "a\x1b[31mb", "line\nbreak", "\u2028", "\ud800",
 ]
 
 keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=12))

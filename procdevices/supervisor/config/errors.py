@@ -26,6 +26,7 @@ __all__ = [
     "printable",
     "show",
     "suggest",
+    "utf8",
 ]
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -154,3 +155,11 @@ def as_table(value: object, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise expected(key, "a table", value)
     return value
+
+
+def utf8(text: str, key: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (only a hand-built mapping, never TOML, has one) is Invalid."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(key, "not encodable as UTF-8 (a lone surrogate)") from None

@@ -28,6 +28,7 @@ from procdevices.supervisor.config.errors import (
     join_key,
     one_of,
     suggest,
+    utf8,
 )
 from procdevices.supervisor.config.kinds import (
     CTRL_DEFAULT_TYPE,
@@ -244,7 +245,7 @@ class _Loader:
                 text = table[pname]
                 if not isinstance(text, str):
                     raise expected(f"{prefix}.{pname}", "a string", text)
-                prefixes[pname] = text.encode("utf-8")
+                prefixes[pname] = utf8(text, f"{prefix}.{pname}")
 
         return DeviceConfig(
             name=name,

@@ -23,6 +23,7 @@ from procdevices.supervisor.config.errors import (
     one_of,
     show,
     suggest,
+    utf8,
 )
 from procdevices.supervisor.config.kinds import SOCKET_TYPE_NAMES
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
@@ -146,7 +147,7 @@ def parse_sockopts(value: object, prefix: str, socket_type: str) -> list[tuple[s
             for item_key, item in items:
                 if not isinstance(item, str):
                     raise expected(item_key, "a string (or an array of strings)", item)
-                result.append((name, int(option), item.encode("utf-8")))
+                result.append((name, int(option), utf8(item, item_key)))
             continue
         converted: int | bytes
         if isinstance(raw_value, bool):
@@ -154,7 +155,7 @@ def parse_sockopts(value: object, prefix: str, socket_type: str) -> list[tuple[s
         elif isinstance(raw_value, int):
             converted = raw_value
         elif isinstance(raw_value, str):
-            converted = raw_value.encode("utf-8")
+            converted = utf8(raw_value, key)
         else:
             raise expected(key, "an integer, string or boolean", raw_value)
         if opt_type == "bytes" and not isinstance(converted, bytes):
