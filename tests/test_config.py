@@ -25,6 +25,7 @@ from procdevices.supervisor.config import (
     load_topology,
     parse_topology,
 )
+from procdevices.supervisor.config.settings import parse_memory_size
 
 MINIMAL_DEVICE = """
 [devices.broker]
@@ -81,7 +82,7 @@ def test_full_file_parses_into_expected_dataclasses(tmp_path: pathlib.Path) -> N
         mon = { bind = ["tcp://127.0.0.1:6003"] }
         in_prefix = "req"
         out_prefix = "rep"
-        memory_limit = 1048576
+        memory_limit = 67108864
 
         [devices.steer]
         kind = "steerable"
@@ -131,7 +132,7 @@ def test_full_file_parses_into_expected_dataclasses(tmp_path: pathlib.Path) -> N
     mq = topo.devices[1]
     assert mq.mon == SocketSpec(type=zmq.PUB, bind=("tcp://127.0.0.1:6003",))
     assert (mq.in_prefix, mq.out_prefix) == (b"req", b"rep")
-    assert mq.memory_limit == 1048576
+    assert mq.memory_limit == 64 * 1024**2
 
     steer = topo.devices[2]
     assert steer.mon is None
@@ -775,9 +776,21 @@ def test_bad_memory_limit(tmp_path: pathlib.Path) -> None:
     [("512", 512), ("1KiB", 1024), ("2 MiB", 2 * 1024**2), ("1GiB", 1024**3), ("3KB", 3000),
      ("5MB", 5 * 10**6), ("1.5GiB", 3 * 1024**3 // 2), ("64B", 64), ("1mib", 1024**2)],
 )
-def test_memory_limit_units(tmp_path: pathlib.Path, value: str, expected: int) -> None:
-    topo = load_topology(write(tmp_path, MINIMAL_DEVICE + f"memory_limit = '{value}'\n"))
-    assert topo.devices[0].memory_limit == expected
+def test_memory_size_units(value: str, expected: int) -> None:
+    # The unit syntax, without the floor (which no size here reaches)
+    assert parse_memory_size(value, "k") == expected
+
+
+def test_memory_limit_in_a_topology(tmp_path: pathlib.Path) -> None:
+    topo = load_topology(write(tmp_path, MINIMAL_DEVICE + "memory_limit = '1.5GiB'\n"))
+    assert topo.devices[0].memory_limit == 3 * 1024**3 // 2
+
+
+@pytest.mark.parametrize("value", ["'1MiB'", "0", "-1", "'31MiB'"])
+def test_memory_limit_below_the_floor(tmp_path: pathlib.Path, value: str) -> None:
+    err, _ = load_error(tmp_path, MINIMAL_DEVICE + f"memory_limit = {value}\n")
+    assert err.key == "devices.broker.memory_limit"
+    assert "below the floor of 32 MiB" in err.reason
 
 
 def test_memory_limit_float_rejected(tmp_path: pathlib.Path) -> None:

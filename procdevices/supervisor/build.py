@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import zmq
 
 from procdevices.devices import (
@@ -11,35 +13,34 @@ from procdevices.devices import (
     ProcessProxySteerable,
 )
 from procdevices.supervisor.config import DeviceConfig, SocketSpec
-
-_DEVICE_TYPES = {"queue": zmq.QUEUE, "forwarder": zmq.FORWARDER, "streamer": zmq.STREAMER}
+from procdevices.supervisor.config.kinds import KIND_SPECS, Factory
 
 
 def build_device(config: DeviceConfig, control_endpoint: str) -> ProcessDevice:
     """The device object for one instance (one replica) of a configured device."""
+    spec = KIND_SPECS[config.kind]
     in_type = config.in_.type
     out_type = config.out.type if config.out is not None else -1
     mon = config.mon
     device: ProcessDevice
-    if config.kind == "monitored_queue":
+    if spec.factory is Factory.MONITORED_QUEUE:
         assert mon is not None, "the config loader requires mon for monitored_queue"
         device = ProcessMonitoredQueue(in_type, out_type, mon.type, config.in_prefix, config.out_prefix)
-    elif config.kind == "steerable":
+    elif spec.factory is Factory.STEERABLE:
         ctrl_type = config.ctrl.type if config.ctrl is not None else None
         mon_type = mon.type if mon is not None else zmq.PUB
         device = ProcessProxySteerable(in_type, out_type, mon_type, ctrl_type)
-    elif config.kind == "proxy" and mon is not None:
+    elif spec.factory is Factory.PROXY and mon is not None:
         device = ProcessProxy(in_type, out_type, mon.type)
     else:
-        device = ProcessDevice(_DEVICE_TYPES.get(config.kind, zmq.QUEUE), in_type, out_type)
-    _record(device, "in", config.in_)
-    if config.out is not None:
-        _record(device, "out", config.out)
-    if mon is not None and config.kind in ("monitored_queue", "steerable", "proxy"):
-        _record(device, "mon", mon)
-    if config.ctrl is not None and config.kind == "steerable":
-        _record(device, "ctrl", config.ctrl)
+        device = ProcessDevice(spec.device_type, in_type, out_type)
+    # The loader admits mon and ctrl only on kinds that have them (KindSpec.mon / .ctrl).
+    for role, socket in config.sockets():
+        _record(device, role, socket)
     device.control_endpoint = control_endpoint
+    # Through Any: the attribute is read by the device's stop path where that implements it,
+    # and is harmless on an instance where it does not (yet).
+    cast(Any, device).stop_linger = config.stop_linger
     return device
 
 

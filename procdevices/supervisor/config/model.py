@@ -1,0 +1,148 @@
+"""The validated topology: a tree of frozen dataclasses, nothing else.
+
+Defaults here must equal the rows of ``settings.SETTINGS``; a test holds them
+together (``tests/test_config_schema.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import zmq
+
+# RestartPolicy, Backoff and Intensity live in policy.py (the single copy the
+# restart logic compares against, e.g. ``policy is RestartPolicy.ALWAYS``);
+# they are re-exported under the names the configuration API uses.
+from procdevices.supervisor.policy import Backoff, Intensity, RestartPolicy
+
+__all__ = [
+    "REPLICA",
+    "BackoffPolicy",
+    "DeviceConfig",
+    "Intensity",
+    "ProbeSpec",
+    "RestartPolicy",
+    "SocketSpec",
+    "SupervisorConfig",
+    "Topology",
+]
+
+#: The backoff settings of a device (the same class as ``policy.Backoff``).
+BackoffPolicy = Backoff
+
+#: Placeholder in an endpoint, replaced by the replica number.
+REPLICA = "{replica}"
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """One socket of a device."""
+
+    type: int
+    bind: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
+    sockopts: tuple[tuple[int, int | bytes], ...] = ()
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return zmq.SocketType(self.type).name
+        except ValueError:
+            return str(self.type)
+
+    def _for_replica(self, index: int) -> SocketSpec:
+        value = str(index)
+        return dataclasses.replace(
+            self,
+            bind=tuple(ep.replace(REPLICA, value) for ep in self.bind),
+            connect=tuple(ep.replace(REPLICA, value) for ep in self.connect),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Liveness probing: ``failures`` consecutive failed probes mark a device hung."""
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    failures: int = 3
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    kind: str
+    in_: SocketSpec
+    out: SocketSpec | None
+    mon: SocketSpec | None
+    ctrl: SocketSpec | None
+    in_prefix: bytes = b"in"
+    out_prefix: bytes = b"out"
+    restart: RestartPolicy = RestartPolicy.ALWAYS
+    backoff: BackoffPolicy = BackoffPolicy()
+    intensity: Intensity = Intensity()
+    stable_after: float = 10.0
+    probe: ProbeSpec = ProbeSpec()
+    memory_limit: int | None = None
+    start_timeout: float = 10.0
+    stop_timeout: float = 5.0
+    kill_timeout: float = 2.0
+    stop_linger: float = 1.0
+    replicas: int = 1
+
+    def sockets(self) -> Iterator[tuple[str, SocketSpec]]:
+        """The (role, spec) pairs of the sockets this device has."""
+        for role, spec in (("in", self.in_), ("out", self.out), ("mon", self.mon), ("ctrl", self.ctrl)):
+            if spec is not None:
+                yield role, spec
+
+    def replica(self, index: int) -> DeviceConfig:
+        """Replica ``index`` (0-based): ``{replica}`` in every endpoint replaced by
+        ``str(index)``, named ``name.index`` when there is more than one replica."""
+        if not 0 <= index < self.replicas:
+            raise IndexError(
+                f"replica index {index} out of range for {self.name!r} ({self.replicas} replicas)"
+            )
+
+        def expand(spec: SocketSpec | None) -> SocketSpec | None:
+            return None if spec is None else spec._for_replica(index)
+
+        return dataclasses.replace(
+            self,
+            name=self.instance_name(index),
+            in_=self.in_._for_replica(index),
+            out=expand(self.out),
+            mon=expand(self.mon),
+            ctrl=expand(self.ctrl),
+            replicas=1,
+        )
+
+    def instance_name(self, index: int) -> str:
+        """The name replica ``index`` runs under (without building the replica)."""
+        return f"{self.name}.{index}" if self.replicas > 1 else self.name
+
+    def instances(self) -> tuple[DeviceConfig, ...]:
+        return tuple(self.replica(i) for i in range(self.replicas))
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    run_dir: pathlib.Path
+    pool_size: int = 2
+
+    @property
+    def control_endpoint(self) -> str:
+        return f"ipc://{self.run_dir}/supervisor.sock"
+
+
+@dataclass(frozen=True)
+class Topology:
+    source: str
+    supervisor: SupervisorConfig
+    devices: tuple[DeviceConfig, ...]
+
+    def instances(self) -> tuple[DeviceConfig, ...]:
+        return tuple(inst for device in self.devices for inst in device.instances())
