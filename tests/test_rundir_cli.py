@@ -241,7 +241,8 @@ def test_a_run_dir_flag_too_long_for_the_sockets_is_refused(short_tmp: Path, roo
     run_dir = short_tmp / ("d" * (107 - len(f"{short_tmp}/") - len("/supervisor.sock") + room))
     socket_path = f"{run_dir}/supervisor.sock" if room else f"{run_dir}/ctl/long-named-pipe.sock"
     for result in check_and_up(config, "--run-dir", str(run_dir)):
-        assert_refused(result, f"socket path {socket_path} is", "over the 107-byte unix socket limit")
+        # Refused by the topology's own check of the run dir, which names the key too.
+        assert_refused(result, socket_path, "107 bytes")
     assert not run_dir.exists()
 
 

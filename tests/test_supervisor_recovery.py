@@ -26,30 +26,6 @@ out = { bind = ["ipc://pipe-out"] }
 
 
 @pytest.mark.timeout(60)
-def test_memory_limit_restarts_the_device_and_records_why(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
-    # Any Python process is far above 1 MiB: every probe finds the device over its limit.
-    config = write_topology(short_tmp, PIPELINE + """
-[devices.hog]
-kind = "queue"
-in = { bind = ["ipc://hog-in"] }
-out = { bind = ["ipc://hog-out"] }
-memory_limit = "1MiB"
-intensity = { max_restarts = 2, within = 60.0 }
-""", pool_size=0)
-    with Up(config) as up:
-        devices = up.wait_states({"pipe": "RUNNING", "hog": "FATAL"})
-        hog = devices["hog"]
-        assert hog["restarts"] == 2, hog
-        assert hog["pid"] is None
-        assert "memory limit exceeded" in up.log(), up.log_tail()
-        assert "gave up" in hog["last_exit"], hog
-        # The neighbour was never touched.
-        assert devices["pipe"]["restarts"] == 0
-        push_pull(zmq_ctx, f"ipc://{short_tmp}/pipe-in", f"ipc://{short_tmp}/pipe-out", [b"a", b"b"])
-        assert up.cli("status").returncode == 3
-
-
-@pytest.mark.timeout(60)
 def test_next_up_stops_a_recorded_leftover_and_removes_stale_sockets(
     short_tmp: Path, zmq_ctx: zmq.Context[Any]
 ) -> None:

@@ -20,7 +20,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from procdevices.supervisor.config import ConfigError, Topology, default_topology, find_config, load_topology
+from procdevices.supervisor.config import Topology, default_topology, find_config, load_topology, validate_run_dir
 
 ENV_CONFIG = "PROCDEVICES_CONFIG"
 ENV_RUN_DIR = "PROCDEVICES_RUN_DIR"
@@ -55,38 +55,37 @@ def topology(config_flag: str | None, run_dir_flag: str | None) -> Topology:
     loaded = load_topology(path)
     if override is None:
         return loaded
+    validate_run_dir(loaded, override)
     return dataclasses.replace(loaded, supervisor=dataclasses.replace(loaded.supervisor, run_dir=override))
 
 
 def client_run_dir(config_flag: str | None, run_dir_flag: str | None) -> Path:
-    """The run dir a client should talk to, tolerating a topology that no longer validates."""
+    """The run dir a client should talk to. Only ``[supervisor] run_dir`` is read from the
+    file: a topology that no longer validates (or names a host that is gone) must not stop an
+    operator from reaching the supervisor that runs it."""
     override = run_dir_override(run_dir_flag)
     if override is not None:
         return override
     path = config_path(config_flag)
     if path is None:
         return default_run_dir()
-    try:
-        return load_topology(path).supervisor.run_dir
-    except ConfigError as e:
-        run_dir = _raw_run_dir(path)
-        print(
-            f"procdevices: warning: {e}; using run dir {run_dir} (the running supervisor has its own copy)",
-            file=sys.stderr,
-        )
-        return run_dir
+    return _raw_run_dir(path)
 
 
 def _raw_run_dir(path: Path) -> Path:
-    """``[supervisor] run_dir`` read without validating anything else."""
+    """``[supervisor] run_dir`` read without validating anything else (the loader's default,
+    ``.procdevices`` next to the file, when it cannot be read)."""
+    raw: object = DEFAULT_FILE_RUN_DIR
     try:
         if not path.is_file() or path.stat().st_size > MAX_RAW_BYTES:
-            raise ValueError("not a small regular file")  # a FIFO would block, /dev/zero never end
+            raise ValueError("not a regular file of at most 1 MiB")  # a FIFO would block, /dev/zero never end
         with open(path, "rb") as f:
             data = tomllib.load(f)
-        raw = data.get("supervisor", {}).get("run_dir", DEFAULT_FILE_RUN_DIR)
-    except (OSError, ValueError, RecursionError, AttributeError):
+        supervisor = data.get("supervisor", {})
+        raw = supervisor.get("run_dir", DEFAULT_FILE_RUN_DIR) if isinstance(supervisor, dict) else raw
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"supervisor.run_dir is not a path: {raw!r}")
+    except (OSError, ValueError, RecursionError) as e:
         raw = DEFAULT_FILE_RUN_DIR
-    if not isinstance(raw, str) or not raw:
-        raw = DEFAULT_FILE_RUN_DIR
-    return Path(os.path.abspath(path.parent / raw))
+        print(f"procdevices: warning: {path}: {e}; looking for the supervisor in {path.parent / raw}", file=sys.stderr)
+    return Path(os.path.abspath(path.parent / str(raw)))

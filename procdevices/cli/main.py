@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.EXIT_CONFIG
     except client.CommandFailed as e:
         return e.code
+    except BrokenPipeError:
+        # `procdevices status | head -1`: the reader left, which is not our failure. Python
+        # would complain again when flushing stdout at exit; point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.EXIT_OK
     except KeyboardInterrupt:
         return exitcodes.EXIT_FAILED
 
