@@ -62,6 +62,14 @@ def status_table(devices: list[dict[str, Any]]) -> str:
 
 
 def stats_lines(results: dict[str, dict[str, Any]]) -> str:
-    return "\n".join(
-        f"{name}: " + " ".join(f"{k}={v}" for k, v in counters.items()) for name, counters in sorted(results.items())
-    )
+    """Per device: this process's counters, then its totals since the supervisor started and
+    its recent rates, when the supervisor sent them."""
+    lines = []
+    for name, counters in sorted(results.items()):
+        own = {k: v for k, v in counters.items() if not isinstance(v, dict)}
+        lines.append(f"{name}: " + " ".join(f"{k}={v}" for k, v in own.items()))
+        for label, key in (("totals", "totals"), ("per second", "rates")):
+            extra = counters.get(key)
+            if isinstance(extra, dict):
+                lines.append(f"  {label}: " + " ".join(f"{k}={v:g}" for k, v in extra.items()))
+    return "\n".join(lines)

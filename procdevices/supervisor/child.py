@@ -19,6 +19,7 @@ from procdevices.supervisor import policy
 from procdevices.supervisor.config import DeviceConfig
 from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.states import Event, State, next_state
+from procdevices.supervisor.traffic import Traffic
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Child:
     probe: policy.ProbeState = field(default_factory=policy.ProbeState)
     probe_due: float | None = None
     probe_in_flight: bool = False
+    traffic: Traffic = field(default_factory=Traffic)  # across restarts, read on the probe tick
     # Told of every transition (old, new, event): the event stream and metrics hang here.
     observer: Callable[[Child, State, State, Event], None] | None = field(default=None, repr=False, compare=False)
 
@@ -135,6 +137,7 @@ class Child:
             # Only now: the transition's observers still see which process ended.
             self.process = None
             self.probe_in_flight = False
+            self.traffic.process_ended()
 
     def _after_exit(self, code: int | None, now: float) -> str:
         if self.state is State.FATAL:

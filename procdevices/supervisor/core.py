@@ -60,7 +60,7 @@ class Supervisor:
         self.events = events
         for child in children:
             child.observer = self._on_transition
-        self.health = Health(self._kill_unhealthy)
+        self.health = Health(self._kill_unhealthy, clock)
         self.shutting_down = False
         self.announced_ready = False
         self.started_at = clock()

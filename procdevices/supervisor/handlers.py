@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, SupervisorCommand, SupervisorRequest
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.states import RUNNING_STATES, State
+from procdevices.supervisor.traffic import parse_counters
 
 Reply = Callable[[dict[str, Any]], None]
 Handler = Callable[[SupervisorRequest, Reply], None]
@@ -106,7 +107,17 @@ class CommandHandlers:
         self._forward(Command.RESUME, request, reply, _set_paused(False))
 
     def stats(self, request: SupervisorRequest, reply: Reply) -> None:
-        self._forward(Command.STATS, request, reply, lambda child, body: None)
+        """The process's own counters, plus the totals over every process this device has had
+        (they never go backwards across restarts) and rates over the last probe intervals."""
+
+        def with_history(child: Child, body: Any) -> Any:
+            counters = parse_counters(body)
+            if counters is None:
+                return body
+            child.traffic.observe(counters, self.supervisor.now())
+            return {**body, "totals": child.traffic.totals(), "rates": _rounded(child.traffic.rates())}
+
+        self._forward(Command.STATS, request, reply, with_history)
 
     # -- shared -----------------------------------------------------------------------------
     def _refuse_while_shutting_down(self) -> None:
@@ -114,7 +125,7 @@ class CommandHandlers:
             raise ProtocolError(ErrorCode.REFUSED, "the supervisor is shutting down")
 
     def _forward(
-        self, command: Command, request: SupervisorRequest, reply: Reply, on_ok: Callable[[Child, Any], None]
+        self, command: Command, request: SupervisorRequest, reply: Reply, on_ok: Callable[[Child, Any], Any]
     ) -> None:
         """Ask each selected running device; answer once all have answered."""
         children = [c for c in self.supervisor.select(request.name) if c.state is State.RUNNING]
@@ -125,8 +136,7 @@ class CommandHandlers:
 
         def answered(child: Child, ok: bool, body: Any) -> None:
             if ok:
-                on_ok(child, body)
-                results[child.name] = body
+                results[child.name] = on_ok(child, body)
             else:
                 errors[child.name] = str(body.get("error", body)) if isinstance(body, dict) else str(body)
             if len(results) + len(errors) < len(children):
@@ -145,8 +155,13 @@ def _ok(result: Any) -> dict[str, Any]:
     return {"ok": True, "result": result}
 
 
-def _set_paused(paused: bool) -> Callable[[Child, Any], None]:
-    def record(child: Child, body: Any) -> None:
+def _set_paused(paused: bool) -> Callable[[Child, Any], Any]:
+    def record(child: Child, body: Any) -> Any:
         child.paused = paused
+        return body
 
     return record
+
+
+def _rounded(rates: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in rates.items()}

@@ -16,6 +16,7 @@ from procdevices.control.protocol import Command
 from procdevices.supervisor import policy
 from procdevices.supervisor.child import Blocked, Child, next_slot
 from procdevices.supervisor.states import State
+from procdevices.supervisor.traffic import parse_counters
 
 KillUnhealthy = Callable[[Child, str], None]
 
@@ -24,8 +25,9 @@ class Health:
     """Runs the periodic checks of each RUNNING child; calls ``kill`` with the reason when
     one must be replaced."""
 
-    def __init__(self, kill: KillUnhealthy) -> None:
+    def __init__(self, kill: KillUnhealthy, clock: Callable[[], float]) -> None:
         self.kill = kill
+        self.clock = clock
 
     def check(self, child: Child, now: float) -> None:
         """Called when ``child.probe_due`` has come."""
@@ -62,6 +64,9 @@ class Health:
             self.kill(child, "hung: its forwarding loop has ended")
             return
         child.blocked = _blocked(body) if loop == "blocked" else None
+        counters = parse_counters(body.get("stats")) if ok and isinstance(body, dict) else None
+        if counters is not None:
+            child.traffic.observe(counters, self.clock())
         child.probe, hung = policy.after_probe(child.probe, ok, child.config.probe.failures)
         if hung:
             self.kill(child, f"hung: {child.config.probe.failures} liveness probes unanswered")

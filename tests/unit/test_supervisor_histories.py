@@ -366,3 +366,29 @@ def test_giving_up_is_an_event(two: Harness) -> None:
         two.exit("a", 1)
         two.advance(1.0)
     assert [e["action"] for e in two.events if e["type"] == "decision"] == ["restart"] * 3 + ["give_up"]
+
+
+def test_totals_read_on_the_probe_tick_survive_a_restart(two: Harness) -> None:
+    two.ready("a", "b")
+    counts = dict.fromkeys(
+        [
+            "front_msgs_in",
+            "front_bytes_in",
+            "front_msgs_out",
+            "front_bytes_out",
+            "back_msgs_in",
+            "back_bytes_in",
+            "back_msgs_out",
+            "back_bytes_out",
+        ],
+        0,
+    )
+    two.ping_reply["a"] = {"loop": "running", "stats": {**counts, "front_msgs_in": 700}}
+    two.advance(1.0)
+    assert two.child("a").traffic.totals()["front_msgs_in"] == 700
+    two.exit("a", -signal.SIGKILL)
+    two.advance(0.0)
+    two.ready("a")
+    two.ping_reply["a"] = {"loop": "running", "stats": {**counts, "front_msgs_in": 5}}
+    two.advance(1.0)
+    assert two.child("a").traffic.totals()["front_msgs_in"] == 705
