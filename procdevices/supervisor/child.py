@@ -217,6 +217,10 @@ class Child:
             "cpu_percent": None,
             "rss": None,
             "zombie": False,
+            "traffic": {
+                "totals": self.traffic.totals(),
+                "rates": {k: round(v, 3) for k, v in self.traffic.rates().items()},
+            },
         }
         if self.process is not None and self.pid is not None:
             resources = self.process.resources()

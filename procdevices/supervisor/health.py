@@ -28,6 +28,8 @@ class Health:
     def __init__(self, kill: KillUnhealthy, clock: Callable[[], float]) -> None:
         self.kill = kill
         self.clock = clock
+        # Told the round-trip time of every answered probe (metrics hang here).
+        self.rtt_observers: list[Callable[[Child, float], None]] = []
 
     def check(self, child: Child, now: float) -> None:
         """Called when ``child.probe_due`` has come."""
@@ -39,7 +41,10 @@ class Health:
         child.probe_in_flight = True
         process = child.process
         child.control.send(
-            Command.PING, now, child.config.probe.timeout, lambda ok, body: self._answered(child, process, ok, body)
+            Command.PING,
+            now,
+            child.config.probe.timeout,
+            lambda ok, body: self._answered(child, process, ok, body, sent_at=now),
         )
 
     def _over_memory(self, child: Child) -> bool:
@@ -52,10 +57,14 @@ class Health:
             return True
         return False
 
-    def _answered(self, child: Child, process: object, ok: bool, body: Any) -> None:
+    def _answered(self, child: Child, process: object, ok: bool, body: Any, *, sent_at: float) -> None:
         if child.process is not process:
             return  # an answer about a process that is gone; the new one gets its own probes
         child.probe_in_flight = False
+        if ok:
+            rtt = max(0.0, self.clock() - sent_at)
+            for observe in self.rtt_observers:
+                observe(child, rtt)
         if child.state is not State.RUNNING:
             return
         loop = body.get("loop") if ok and isinstance(body, dict) else None
