@@ -311,6 +311,7 @@ def test_status_describes_every_field_of_the_schema(two: Harness) -> None:
         "cpu_percent",
         "rss",
         "zombie",
+        "traffic",
     }
     assert device["kind"] == "streamer" and device["state"] == "RUNNING"
     assert device["rss"] == 20 * 1024 * 1024 and device["cpu_percent"] == 1.25 and device["zombie"] is True
