@@ -80,7 +80,8 @@ def expected_type(setting: Setting) -> str:
 def expected_default(setting: Setting) -> str:
     default = setting.default
     if default is None:
-        return "none (no limit)"
+        # An unset limit is no limit; an unset address serves nothing.
+        return "none (off)" if setting.value_type is ValueType.ADDRESS else "none (no limit)"
     if isinstance(default, str):
         return f'`"{default}"`'
     if setting.choices is not None:

@@ -167,6 +167,8 @@ class _Loader:
         endpoints.check_socket_paths((), run_dir, f"{prefix}.run_dir")
         pool_size = resolved["pool_size"]
         assert isinstance(pool_size, int)
+        metrics = resolved["metrics"]
+        assert metrics is None or isinstance(metrics, str)
         defaults = Values("supervisor.defaults", {}, frozenset())
         if "defaults" in table:
             dprefix = f"{prefix}.defaults"
@@ -178,7 +180,7 @@ class _Loader:
                     )
             check_keys(dtable, settings.DEVICE_SETTING_KEYS, dprefix)
             defaults = parse_settings(dtable, dprefix)
-        return SupervisorConfig(run_dir=run_dir, pool_size=pool_size), defaults
+        return SupervisorConfig(run_dir=run_dir, pool_size=pool_size, metrics=metrics), defaults
 
     def device(self, name: str, value: object, defaults: Values) -> DeviceConfig:
         prefix = join_key("devices", name)

@@ -132,6 +132,7 @@ class DeviceConfig:
 class SupervisorConfig:
     run_dir: pathlib.Path
     pool_size: int = 2
+    metrics: str | None = None  # "HOST:PORT" to serve Prometheus metrics on; None: off
 
     @property
     def control_endpoint(self) -> str:

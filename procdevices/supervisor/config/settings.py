@@ -14,6 +14,7 @@ Recipe, a new device setting: add a row, add the field (same default) to
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ __all__ = [
     "parse_memory_size",
     "parse_settings",
     "parse_value",
+    "split_host_port",
 ]
 
 
@@ -53,6 +55,7 @@ class ValueType(enum.Enum):
     CHOICE = "choice"
     MEMORY = "memory"
     PATH = "path"
+    ADDRESS = "string (HOST:PORT)"
 
 
 class Scope(enum.Enum):
@@ -101,6 +104,7 @@ _DEADLINE = MAX_DEADLINE_SECONDS
 SETTINGS: tuple[Setting, ...] = (
     Setting("run_dir", ValueType.PATH, ".procdevices", scope=Scope.SUPERVISOR),
     Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR),
+    Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR),
     Setting("restart", ValueType.CHOICE, RestartPolicy.ALWAYS, choices=RestartPolicy, label="restart policy"),
     Setting("backoff.initial", _S, 0.05, minimum=0, maximum=_DEADLINE),
     Setting("backoff.max", _S, 5.0, minimum=0, maximum=_DEADLINE),
@@ -156,7 +160,43 @@ def parse_value(setting: Setting, value: object, key: str) -> object:
             # It becomes part of every control socket path, and of messages.
             raise Invalid(key, f"'{value}' contains a control character")
         return value
+    if setting.value_type is ValueType.ADDRESS:
+        if not isinstance(value, str):
+            raise expected(key, "a string", value)
+        try:
+            split_host_port(value)
+        except ValueError as e:
+            raise Invalid(key, f"invalid address '{show(value)}': {e}") from None
+        return value
     raise AssertionError(setting.value_type)  # pragma: no cover - every ValueType is handled above
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``"localhost:0"`` -> (host, port); ValueError
+    with the reason otherwise. Only IP literals and ``localhost``: a name that needs a resolver
+    would make ``up`` depend on DNS, and could resolve to an interface nobody meant to open."""
+    if text.startswith("["):
+        host, bracket, port_text = text[1:].partition("]:")
+        if not bracket:
+            raise ValueError("expected HOST:PORT, with an IPv6 host in brackets, e.g. '[::1]:9464'")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"'{show(host)}' is not an IPv6 address") from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ValueError("expected HOST:PORT, e.g. '127.0.0.1:9464'")
+        if host != "localhost":
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"host '{show(host)}' must be an IPv4 address, an IPv6 address in brackets or 'localhost'"
+                ) from None
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or int(port_text) > 65535:
+        raise ValueError(f"port '{show(port_text)}' must be a number from 0 to 65535 (0: any free port)")
+    return host, int(port_text)
 
 
 def _bound(setting: Setting, value: float, key: str, shown: object) -> None:
