@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, serve
+from procdevices.cli import client, serve, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
 
@@ -62,6 +62,7 @@ COMMANDS = (
     Command(
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
     ),
+    Command("top", top.top, "a live, refreshing view of every device process (Ctrl-C to leave)", "optional"),
     Command("run", serve.run, "run one device process in the foreground (supervisord's per-device mode)", "required"),
     Command(
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
@@ -177,4 +178,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p.set_defaults(handler=command.handler)
         commands[command.name] = p
     commands["supervisord-conf"].add_argument("-o", "--output", help="write to this file instead of stdout")
+    serve.add_up_arguments(commands["up"])
+    top.add_arguments(commands["top"])
     return parser, commands

@@ -27,7 +27,29 @@ def check(args: argparse.Namespace) -> int:
     return exitcodes.EXIT_OK
 
 
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=_listen_address,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port); "
+        "overrides [supervisor] metrics",
+    )
+
+
+def _listen_address(text: str) -> str:
+    from procdevices.supervisor.config.settings import split_host_port
+
+    try:
+        split_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def up(args: argparse.Namespace) -> int:
+    from procdevices.supervisor.metrics import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
     from procdevices.supervisor.service import run_supervisor
 
@@ -54,7 +76,10 @@ def up(args: argparse.Namespace) -> int:
                 _announce_default_endpoints(topology)
             # Before anything is spawned: every device inherits it, and state.json records it.
             issue_run_token()
-            return run_supervisor(topology, run_dir)
+            return run_supervisor(topology, run_dir, metrics=getattr(args, "metrics", None))
+    except MetricsUnavailable as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING

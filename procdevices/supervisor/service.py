@@ -24,6 +24,7 @@ from procdevices.supervisor.events import EventPublisher, event, events_endpoint
 from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import ProcessLauncher
 from procdevices.supervisor.loop import EventLoop, RequestServer
+from procdevices.supervisor.metrics import MetricsServer, start_metrics
 from procdevices.supervisor.notify import sd_notify
 from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import State
@@ -40,8 +41,10 @@ def plan_children(topology: Topology, run_dir: RunDir) -> list[Child]:
     return children
 
 
-def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) -> int:
-    """Start every device and supervise until asked to stop; returns the exit code."""
+def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None, *, metrics: str | None = None) -> int:
+    """Start every device and supervise until asked to stop; returns the exit code.
+    ``metrics`` ("HOST:PORT") overrides the topology's; MetricsUnavailable, before any
+    device starts, when it cannot be served."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
@@ -60,7 +63,13 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) 
     )
     supervisor.extra_status.update(run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint)
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
+    metrics_address = metrics or topology.supervisor.metrics
+    metrics_server: MetricsServer | None = None
     try:
+        if metrics_address is not None:
+            metrics_server = start_metrics(supervisor, metrics_address, log)
+            log(f"metrics: {metrics_server.url}")
+        supervisor.extra_status["metrics"] = metrics_server.address if metrics_server is not None else None
         loop.watch(server.socket, server.on_readable)
         loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP), supervisor.on_signal)
         publish(event("supervisor", state="running", pid=os.getpid()))
@@ -68,6 +77,8 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) 
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         publish(event("supervisor", state="stopped", pid=os.getpid()))
         publish.close()
         server.close()
