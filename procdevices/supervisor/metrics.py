@@ -32,13 +32,15 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from procdevices.control.protocol import Command, ErrorCode
 from procdevices.logs import Log
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config.settings import split_host_port
+from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.states import State
-from procdevices.supervisor.traffic import COUNTERS
+from procdevices.supervisor.traffic import COUNTERS, parse_counters
 
 LABELS = ("device", "instance", "kind")
 # Probe round trips are sub-millisecond on an idle machine, seconds when one is overloaded
@@ -51,13 +53,17 @@ class MetricsUnavailable(Exception):
 
 
 class Supervised(Protocol):
-    """What the metrics read of the supervisor."""
+    """What the metrics read of the supervisor (and the one verb they use)."""
 
     @property
     def children(self) -> list[Child]: ...
 
     @property
     def health(self) -> Health: ...
+
+    def ask(self, child: Child, command: Command, timeout: float, answer: DeviceAnswer) -> None: ...
+
+    def now(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,9 @@ class Metrics:
         )
         for child in supervisor.children:
             self.rtt.labels(*_labels(child))  # every instance has a histogram from the start
+        self._counting: set[str] = set()  # instances with a STATS request in flight
+        self._uncountable: set[str] = set()  # kinds without a steerable loop (monitored_queue)
+        self._answered_at: dict[str, float] = {}  # when our own last STATS answer was sampled
         self.collector = DeviceCollector(supervisor, self.usage, log)
         self.registry.register(self.collector)
         supervisor.health.rtt_observers.append(self.on_probe)
@@ -138,6 +147,7 @@ class Metrics:
         """An answered probe (supervisor thread): observe its RTT, sample the process."""
         try:
             self.rtt.labels(*_labels(child)).observe(rtt)
+            self._count_traffic(child)
             process = child.process
             if process is None:
                 return
@@ -154,6 +164,37 @@ class Metrics:
         except Exception:
             # The probe's own bookkeeping runs after the observers: it must not pay for a bug here.
             self.collector.failed("sampling " + child.name)
+
+    def _count_traffic(self, child: Child) -> None:
+        """Ask the device for its counters when its probe answers do not bring them.
+
+        The supervisor reads the counters from a PING answer's ``stats`` when the device puts
+        them there; devices that answer PING without them would leave the totals frozen
+        between two ``stats`` commands. Then, and only then, one STATS request follows the
+        probe: still on the probe tick, never per scrape. Devices whose PING carries the
+        counters get no extra request (their last sample is always fresh)."""
+        if child.name in self._counting or child.name in self._uncountable:
+            return
+        samples = child.traffic.samples
+        now = self.supervisor.now()
+        latest = samples[-1][0] if samples else None
+        if latest is not None and latest != self._answered_at.get(child.name):
+            if now - latest < 1.5 * child.config.probe.interval:
+                return  # a fresh sample that is not our own: the probe answers carry them
+        self._counting.add(child.name)
+        self.supervisor.ask(child, Command.STATS, child.config.probe.timeout, self._counted)
+
+    def _counted(self, child: Child, ok: bool, body: object) -> None:
+        self._counting.discard(child.name)
+        if not ok:
+            if isinstance(body, dict) and body.get("code") == ErrorCode.UNSUPPORTED.value:
+                self._uncountable.add(child.name)
+            return
+        counters = parse_counters(body)
+        if counters is not None and child.process is not None:
+            now = self.supervisor.now()
+            child.traffic.observe(counters, now)
+            self._answered_at[child.name] = now
 
     def detach(self) -> None:
         observers = self.supervisor.health.rtt_observers
