@@ -66,6 +66,7 @@ COMMANDS = (
     Command(
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
     ),
+    Command("completion", lambda args: print_completion(args.shell), "print a shell completion script"),
 )
 
 
@@ -151,8 +152,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument("--log-level", choices=logs.LEVELS, default=default("info"), help="least severe level logged")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    prog = program_name()
+def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    prog = prog or program_name()
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run ZeroMQ devices from a TOML topology, keep them alive, steer them.",
@@ -176,5 +177,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             p.add_argument("--no-wait", action="store_true", help="return once the supervisor accepted the command")
         p.set_defaults(handler=command.handler)
         commands[command.name] = p
-    commands["supervisord-conf"].add_argument("-o", "--output", help="write to this file instead of stdout")
+    conf = commands["supervisord-conf"]
+    conf.add_argument("-o", "--output", help="write to this file instead of stdout")
+    conf.add_argument(
+        "--program",
+        action="store_true",
+        help="print instead the one-program file that runs `up` (supervisor.d/procdevices.conf)",
+    )
+    commands["completion"].add_argument("shell", choices=("bash", "zsh", "tcsh"))
     return parser, commands
+
+
+def print_completion(shell: str) -> int:
+    """The script comes from shtab, which reads this very parser: it cannot drift from it.
+    Install: ``procdevices completion bash > ~/.local/share/bash-completion/completions/procdevices``."""
+    import shtab
+
+    parser, _ = build_parser(prog="procdevices")  # completes the installed console script
+    print(shtab.complete(parser, shell=shell))
+    return exitcodes.EXIT_OK

@@ -88,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
 def supervisord_conf(args: argparse.Namespace) -> int:
     from procdevices.supervisor.supervisord import render_group
 
+    if args.program:
+        import importlib.resources
+
+        text = importlib.resources.files("procdevices").joinpath("data/procdevices.conf").read_text()
+        return _write(text, args.output)
     path = locate.config_path(args.config)
     try:
         text = render_group(
@@ -96,8 +101,12 @@ def supervisord_conf(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"procdevices: supervisord-conf: {e}", file=sys.stderr)
         return exitcodes.EXIT_FAILED
-    if args.output:
-        Path(args.output).write_text(text)
+    return _write(text, args.output)
+
+
+def _write(text: str, output: str | None) -> int:
+    if output:
+        Path(output).write_text(text)
     else:
         sys.stdout.write(text)
     return exitcodes.EXIT_OK
