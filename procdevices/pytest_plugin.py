@@ -14,6 +14,7 @@ report as a section ("procdevices topology 1 log"). See docs/testing.md.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,12 +31,20 @@ _STARTED = pytest.StashKey[list["LiveTopology"]]()
 class TopologyFactory(Protocol):
     """The type of the ``procdevices_topology`` fixture, for annotating tests."""
 
-    def __call__(self, source: str | Mapping[str, Any], *, timeout: float = ...) -> LiveTopology: ...
+    def __call__(self, source: str | Mapping[str, Any], *, timeout: float = ...,
+                 base_dir: str | os.PathLike[str] | None = ...) -> LiveTopology: ...
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    help = ("directory in which each topology gets its private directory (default /tmp; keep it short: "
+            "unix socket paths are limited to 107 bytes)")
+    parser.addoption("--procdevices-base-dir", metavar="DIR", help=help)
+    parser.addini("procdevices_base_dir", help)
 
 
 @pytest.fixture
 def procdevices_topology(request: pytest.FixtureRequest) -> Iterator[TopologyFactory]:
-    """``procdevices_topology(toml_text_or_dict, timeout=30.0)`` starts a supervised topology
+    """``procdevices_topology(toml_text_or_dict, timeout=30.0, base_dir=None)`` starts a supervised topology
     (``python -m procdevices up``) in a private directory and returns a
     :class:`procdevices.testing.LiveTopology` once every device is RUNNING; the test fails with
     the reason and the supervisor's log when it does not come up. Everything it started is
@@ -43,15 +52,20 @@ def procdevices_topology(request: pytest.FixtureRequest) -> Iterator[TopologyFac
     from procdevices import testing
 
     started = request.node.stash.setdefault(_STARTED, [])
+    configured = request.config.getoption("procdevices_base_dir") or request.config.getini("procdevices_base_dir")
 
-    def start(source: str | Mapping[str, Any], *, timeout: float = testing.DEFAULT_TIMEOUT) -> LiveTopology:
-        topo = testing.LiveTopology(source, timeout=timeout, label=f"topology {len(started) + 1}")
+    def start(source: str | Mapping[str, Any], *, timeout: float = testing.DEFAULT_TIMEOUT,
+              base_dir: str | os.PathLike[str] | None = None) -> LiveTopology:
+        topo = testing.LiveTopology(source, timeout=timeout, base_dir=base_dir or configured or None,
+                                    label=f"topology {len(started) + 1}")
         started.append(topo)
         try:
             return topo.up()
         except testing.TopologyError as e:
-            # The log goes into a report section (below): the message stays one clear line.
-            pytest.fail(f"procdevices {topo.label} did not come up: {e.reason}", pytrace=False)
+            reason = e.reason
+        # Outside the except block: no chained traceback. The log goes into a report section
+        # (below), so the message stays one clear line.
+        pytest.fail(f"procdevices {topo.label} did not come up: {reason}", pytrace=False)
 
     try:
         yield start
