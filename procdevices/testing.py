@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import psutil
 
@@ -291,6 +291,7 @@ class LiveTopology:
         self._stale = True
         self._closed = False
         self._final_log: str | None = None
+        self._log_reader: BinaryIO | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self) -> LiveTopology:
@@ -305,6 +306,7 @@ class LiveTopology:
                     [*_CLI, "up", "-c", str(self.config_path)], cwd=self.directory, env=_clean_env(),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
+            self._log_reader = open(self.log_path, "rb")  # noqa: SIM115 (closed by close())
             self._leader = psutil.Process(self._proc.pid)
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-m", "procdevices.testing", "--watchdog", str(self._proc.pid),
@@ -349,6 +351,7 @@ class LiveTopology:
         if self._closed:
             return
         self._closed = True
+        finished = False
         try:
             if self._proc is not None and self._leader is not None:
                 if self._proc.poll() is None:
@@ -367,21 +370,29 @@ class LiveTopology:
                     # Devices of a dead supervisor stop by themselves: a moment's grace first.
                     psutil.wait_procs(left, timeout=2.0)
                     _kill_all(self.leftovers())
+            finished = True
         finally:
-            self._final_log = self._read_log()
-            shutil.rmtree(self.directory, ignore_errors=True)
             if self._watchdog is not None:
                 try:
                     assert self._watchdog.stdin is not None
-                    self._watchdog.stdin.write(b"done")
+                    # Interrupted half-way (a timeout, Ctrl-C): EOF alone, the watchdog finishes.
+                    if finished:
+                        self._watchdog.stdin.write(b"done")
                     self._watchdog.stdin.close()
                 except OSError:
                     pass
                 try:
-                    self._watchdog.wait(timeout=10.0)
+                    self._watchdog.wait(timeout=10.0 if finished else _DOWN_TIMEOUT + 15.0)
                 except subprocess.TimeoutExpired:
-                    self._watchdog.kill()
-                    self._watchdog.wait()
+                    if finished:  # otherwise it is the only one left to clean up: let it
+                        self._watchdog.kill()
+                        self._watchdog.wait()
+            if self._proc is not None:
+                self._proc.poll()  # reap `up` if the watchdog stopped it
+            self._final_log = self._read_log()
+            if self._log_reader is not None:
+                self._log_reader.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def leftovers(self) -> list[psutil.Process]:
         """Live processes of this run: the supervisor's session (the supervisor, devices, pool
@@ -402,10 +413,12 @@ class LiveTopology:
         return self._final_log if self._final_log is not None else self._read_log()
 
     def _read_log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
+        # Through a descriptor opened at the start: it still reads the file after the
+        # watchdog removed the directory.
+        if self._log_reader is None or self._log_reader.closed:
             return ""
+        self._log_reader.seek(0)
+        return self._log_reader.read().decode(errors="replace")
 
     def _error(self, reason: str) -> TopologyError:
         return TopologyError(reason, self.log)
@@ -525,16 +538,24 @@ class LiveTopology:
         ``["tcp://127.0.0.1:41234"]``. Keyed by instance name; a device with replicas is also
         listed under its own name, with the endpoints of all its instances in order. A fresh
         status is read after any command (a restart binds new ports)."""
-        data = self._last_status if not self._stale and self._last_status is not None else self.status()
+        data = self._snapshot()
         result: dict[str, dict[str, list[str]]] = {}
         for entry in data["devices"]:
-            roles = {role: list(eps) for role, eps in entry["endpoints"].items()}
+            # A process that is gone leaves its last endpoints in the status: not an address.
+            bound = entry["endpoints"] if entry["state"] == "RUNNING" else {}
+            roles = {role: list(eps) for role, eps in bound.items()}
             result[entry["name"]] = roles
             if entry["device"] != entry["name"]:
                 group = result.setdefault(entry["device"], {})
                 for role, eps in roles.items():
                     group.setdefault(role, []).extend(eps)
         return result
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The last status read, unless a command may have changed things since."""
+        if self._stale or self._last_status is None:
+            return self.status()
+        return self._last_status
 
     def endpoint(self, name: str, role: str = "in") -> str:
         """The first endpoint ``name``'s ``role`` socket bound: what a client connects to.
@@ -545,7 +566,8 @@ class LiveTopology:
             raise self._error(f"no device named {name!r} (devices: {', '.join(self.endpoints)})")
         bound = roles.get(role)
         if not bound:
-            raise self._error(f"{name} has no bound {role!r} endpoint (bound: {roles})")
+            states = ", ".join(f"{e['name']} {e['state']}" for e in self._select(self._snapshot(), name))
+            raise self._error(f"{name} has no bound {role!r} endpoint (bound: {roles}; {states})")
         return bound[0]
 
     # -- waiting ----------------------------------------------------------------------------------
@@ -683,8 +705,12 @@ def _watchdog(leader_pid: int, leader_created: float, directory: str) -> None:
         if abs(leader.create_time() - leader_created) < 0.01 and _alive(leader):
             # SIGTERM first: the supervisor stops its devices through their control sockets.
             leader.terminate()
-            leader.wait(timeout=_DOWN_TIMEOUT)
-    except (psutil.Error, psutil.TimeoutExpired):
+            # Not leader.wait(): a zombie (its parent, the test process, may still be alive
+            # and not reaping) counts as gone.
+            deadline = time.monotonic() + _DOWN_TIMEOUT
+            while _alive(leader) and time.monotonic() < deadline:
+                time.sleep(_FILE_POLL_INTERVAL)
+    except psutil.Error:
         pass
     left = _session(leader_pid, leader_created)
     if left:

@@ -200,6 +200,9 @@ def test_helpers_drive_the_devices(zmq_ctx: Ctx) -> None:
         # stop / start / restart wait for the outcome.
         topo.stop("broker")
         assert topo.device("broker")["state"] == "STOPPED"
+        assert topo.endpoints["broker"] == {}  # not the addresses of the process that is gone
+        with pytest.raises(TopologyError, match=r"broker has no bound 'in' endpoint \(bound: \{\}; broker STOPPED\)"):
+            topo.endpoint("broker")
         with pytest.raises(TopologyError, match="has no process"):
             topo.pid("broker")
         topo.start("broker")
@@ -225,6 +228,28 @@ def test_an_exception_in_the_block_still_cleans_up() -> None:
         pids = [topo.pid("broker")]
         raise RuntimeError("the test failed")
     assert_gone(topo.supervisor_pid, topo.directory, pids)
+
+
+class Interrupted(Exception):
+    """Stands for pytest-timeout's Failed or a KeyboardInterrupt arriving during clean-up."""
+
+
+def test_a_clean_up_interrupted_half_way_is_finished_by_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    topo = topology(BROKER).up()
+    pids = [topo.pid("broker")]
+    run = subprocess.run
+
+    def interrupted_down(args: list[str], *more: Any, **options: Any) -> Any:
+        if "down" in args:
+            raise Interrupted()
+        return run(args, *more, **options)
+
+    monkeypatch.setattr(subprocess, "run", interrupted_down)
+    with pytest.raises(Interrupted):
+        topo.close()
+    assert_gone(topo.supervisor_pid, topo.directory, pids)
+    assert topo.returncode == 0  # SIGTERM from the watchdog: a clean stop through the control sockets
+    assert "broker: STOPPED (stopped through the control socket)" in topo.log
 
 
 # -- not coming up ------------------------------------------------------------------------------
