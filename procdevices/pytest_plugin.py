@@ -32,6 +32,7 @@ class TopologyFactory(Protocol):
     """The type of the ``procdevices_topology`` fixture, for annotating tests."""
 
     def __call__(self, source: str | Mapping[str, Any], *, timeout: float = ...,
+                 states: Mapping[str, str] | None = ...,
                  base_dir: str | os.PathLike[str] | None = ...) -> LiveTopology: ...
 
 
@@ -44,9 +45,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def procdevices_topology(request: pytest.FixtureRequest) -> Iterator[TopologyFactory]:
-    """``procdevices_topology(toml_text_or_dict, timeout=30.0, base_dir=None)`` starts a supervised topology
-    (``python -m procdevices up``) in a private directory and returns a
-    :class:`procdevices.testing.LiveTopology` once every device is RUNNING; the test fails with
+    """``procdevices_topology(toml_text_or_dict, timeout=30.0, states=None, base_dir=None)``
+    starts a supervised topology (``python -m procdevices up``) in a private directory and
+    returns a :class:`procdevices.testing.LiveTopology` once every device is RUNNING (or in its
+    state from ``states``, e.g. ``{"blocked": "FATAL"}``); the test fails with
     the reason and the supervisor's log when it does not come up. Everything it started is
     stopped and removed when the test ends, passes or fails."""
     from procdevices import testing
@@ -55,8 +57,9 @@ def procdevices_topology(request: pytest.FixtureRequest) -> Iterator[TopologyFac
     configured = request.config.getoption("procdevices_base_dir") or request.config.getini("procdevices_base_dir")
 
     def start(source: str | Mapping[str, Any], *, timeout: float = testing.DEFAULT_TIMEOUT,
+              states: Mapping[str, str] | None = None,
               base_dir: str | os.PathLike[str] | None = None) -> LiveTopology:
-        topo = testing.LiveTopology(source, timeout=timeout, base_dir=base_dir or configured or None,
+        topo = testing.LiveTopology(source, timeout=timeout, states=states, base_dir=base_dir or configured or None,
                                     label=f"topology {len(started) + 1}")
         started.append(topo)
         try:

@@ -275,8 +275,12 @@ class LiveTopology:
     """
 
     def __init__(self, source: TopologySource, *, timeout: float = DEFAULT_TIMEOUT,
+                 states: Mapping[str, str] | None = None,
                  base_dir: str | os.PathLike[str] | None = None, label: str = "topology") -> None:
         self.label = label
+        self._ready_states = dict(states or {})
+        for state in self._ready_states.values():
+            _check_state(state)
         self.timeout = timeout
         self.directory = _short_tmp(base_dir)
         self.config_path = self.directory / "topology.toml"
@@ -295,7 +299,8 @@ class LiveTopology:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self) -> LiveTopology:
-        """Write the topology, start ``up`` and wait until every device is RUNNING. Raises
+        """Write the topology, start ``up`` and wait until every device is RUNNING (or in its
+        state from ``states``, e.g. ``{"blocked": "FATAL"}`` for a test of a failure). Raises
         :class:`TopologyError` (after cleaning up) when it does not come up."""
         if self._proc is not None:
             raise RuntimeError("this topology was started already")
@@ -314,7 +319,7 @@ class LiveTopology:
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, env=_clean_env(),
             )
-            self.wait_state(None, "RUNNING", timeout=self.timeout)
+            self.wait_states(self._ready_states, timeout=self.timeout)
         except BaseException:
             self.close()
             raise
@@ -576,18 +581,38 @@ class LiveTopology:
         ``state``; returns their entries by instance name. Fails fast when the supervisor exits
         or a device goes FATAL while another state is awaited; TopologyError naming what was
         awaited and what was last seen at the deadline (``timeout``, default the topology's)."""
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}: expected one of {', '.join(STATES)}")
+        _check_state(state)
         what = f"{'every device' if name is None else name} to be {state}"
+        return self._settle(lambda data: {e["name"]: state for e in self._select(data, name)}, what, timeout)
 
+    def wait_states(self, states: Mapping[str, str] | None = None, *,
+                    timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        """Poll until every process is in its state from ``states`` (keys: device or instance
+        names), RUNNING for the others; returns every entry by instance name. Fails fast as
+        :meth:`wait_state` does (a device FATAL that should not be)."""
+        wanted = dict(states or {})
+        for state in wanted.values():
+            _check_state(state)
+
+        def targets(data: dict[str, Any]) -> dict[str, str]:
+            for name in wanted:
+                self._select(data, name)  # an unknown name is an error, not a wait
+            return {e["name"]: wanted.get(e["name"], wanted.get(e["device"], "RUNNING")) for e in data["devices"]}
+
+        what = "every device to be RUNNING" + (
+            f" except {', '.join(f'{n} {s}' for n, s in wanted.items())}" if wanted else "")
+        return self._settle(targets, what, timeout)
+
+    def _settle(self, targets: Callable[[dict[str, Any]], dict[str, str]], what: str,
+                timeout: float | None) -> dict[str, dict[str, Any]]:
         def settled(data: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-            entries = self._select(data, name)
-            if state != "FATAL":
-                fatal = [e for e in entries if e["state"] == "FATAL"]
-                if fatal:
-                    raise self._error("; ".join(f"device {e['name']} is FATAL: {e['last_exit']}" for e in fatal)
-                                      + f" (while waiting for {what})")
-            if all(e["state"] == state for e in entries):
+            wanted = targets(data)
+            entries = [e for e in data["devices"] if e["name"] in wanted]
+            fatal = [e for e in entries if e["state"] == "FATAL" != wanted[e["name"]]]
+            if fatal:
+                raise self._error("; ".join(f"device {e['name']} is FATAL: {e['last_exit']}" for e in fatal)
+                                  + f" (while waiting for {what})")
+            if all(e["state"] == wanted[e["name"]] for e in entries):
                 return {e["name"]: e for e in entries}
             return None
 
@@ -677,19 +702,25 @@ class LiveTopology:
 
 
 
-def topology(source: TopologySource, *, timeout: float = DEFAULT_TIMEOUT,
+def _check_state(state: str) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}: expected one of {', '.join(STATES)}")
+
+
+def topology(source: TopologySource, *, timeout: float = DEFAULT_TIMEOUT, states: Mapping[str, str] | None = None,
              base_dir: str | os.PathLike[str] | None = None) -> LiveTopology:
     """A supervised topology for a test, as a context manager::
 
         with procdevices.testing.topology(TOML_TEXT_OR_DICT) as topo:
             client.connect(topo.endpoint("broker"))
 
-    Entering starts ``python -m procdevices up`` and returns once every device is RUNNING
-    (TopologyError otherwise, after cleaning up); leaving stops and removes everything.
+    Entering starts ``python -m procdevices up`` and returns once every device is RUNNING,
+    or in its state from ``states`` (TopologyError otherwise, after cleaning up); leaving stops
+    and removes everything.
     ``timeout`` bounds the start and is the default of every wait; ``base_dir`` is where the
     private directory is made (default ``/tmp``: unix socket paths must stay short).
     """
-    return LiveTopology(source, timeout=timeout, base_dir=base_dir)
+    return LiveTopology(source, timeout=timeout, states=states, base_dir=base_dir)
 
 
 # -- the watchdog -------------------------------------------------------------------------------

@@ -220,6 +220,8 @@ def test_helpers_drive_the_devices(zmq_ctx: Ctx) -> None:
             topo.wait_state("broker", "STOPPED", timeout=0.3)
         with pytest.raises(ValueError, match="unknown state 'RUNING'"):
             topo.wait_state("broker", "RUNING")
+        with pytest.raises(ValueError, match="unknown state 'FATL'"):
+            topology(BROKER, states={"broker": "FATL"})
         assert "broker: BACKOFF (was killed by signal 9" in topo.log
 
 
