@@ -311,7 +311,7 @@ class LiveTopology:
                     [*_CLI, "up", "-c", str(self.config_path)], cwd=self.directory, env=_clean_env(),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
-            self._log_reader = open(self.log_path, "rb")  # noqa: SIM115 (closed by close())
+            self._log_reader = open(self.log_path, "rb")  # closed by close()
             self._leader = psutil.Process(self._proc.pid)
             self._watchdog = subprocess.Popen(
                 [sys.executable, "-m", "procdevices.testing", "--watchdog", str(self._proc.pid),
@@ -361,12 +361,16 @@ class LiveTopology:
             if self._proc is not None and self._leader is not None:
                 if self._proc.poll() is None:
                     try:
-                        subprocess.run([*_CLI, "down", "-c", str(self.config_path)], cwd=self.directory,
-                                       env=_clean_env(), capture_output=True, timeout=_DOWN_TIMEOUT)
+                        down = subprocess.run([*_CLI, "down", "-c", str(self.config_path)], cwd=self.directory,
+                                              env=_clean_env(), capture_output=True, timeout=_DOWN_TIMEOUT).returncode
                     except subprocess.TimeoutExpired:
-                        pass
+                        down = None
+                    if down != 0 and self._proc.poll() is None:
+                        # Not answering yet (interrupted while starting): SIGTERM is the same
+                        # orderly stop as `down`.
+                        self._proc.terminate()
                 try:
-                    self._proc.wait(timeout=5.0)
+                    self._proc.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
                     _kill_all([self._leader])
                     self._proc.wait()

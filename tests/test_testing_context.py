@@ -270,6 +270,16 @@ def test_an_invalid_topology_fails_with_the_one_line_reason() -> None:
     assert not directory.exists()
 
 
+def test_a_start_that_times_out_names_what_it_awaited_and_stops_the_supervisor() -> None:
+    topo = topology(BROKER, timeout=0.01)
+    with pytest.raises(TopologyError) as failure:
+        topo.up()
+    assert failure.value.reason == ("timed out after 0.01s waiting for every device to be RUNNING; "
+                                    "last seen: no answer from the supervisor yet")
+    assert_gone(topo.supervisor_pid, topo.directory, [])
+    assert topo.returncode is not None
+
+
 def test_a_device_that_cannot_bind_fails_with_its_last_exit() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

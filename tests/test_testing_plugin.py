@@ -30,6 +30,26 @@ INI = """\
 filterwarnings = error
 """
 
+# In the user's run: each test must have cleaned up by the end of its own teardown (the
+# watchdogs would otherwise hide a fixture that never cleans up until the run ends).
+USER_CONFTEST = """
+import psutil
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    yield  # autouse: set up first, torn down after procdevices_topology
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(child.cmdline()))
+        except psutil.Error:
+            pass
+    assert not left, f"left running after the test: {left}"
+"""
+
 USER_TESTS = '''
 import os
 import signal
@@ -223,12 +243,12 @@ def test_user_tests_run_in_parallel_pass_fail_and_leave_nothing(
         pytester: pytest.Pytester, run_mark: tuple[str, Path]) -> None:
     mark, base = run_mark
     pytester.makeini(INI)
+    pytester.makeconftest(USER_CONFTEST)
     pytester.makepyfile(test_user=USER_TESTS, test_docs_example=docs_example())
     result = pytester.runpytest_subprocess("-n", "4", "-p", "procdevices", *QUIET, f"--procdevices-base-dir={base}",
                                            "-rA", timeout=50)
     try:
-        outcomes = result.parseoutcomes()
-        assert (outcomes.get("passed"), outcomes.get("failed")) == (6, 3), result.stdout.str()
+        result.assert_outcomes(passed=6, failed=3)  # and no error: every teardown found nothing left
         result.stdout.fnmatch_lines_random([
             "PASSED test_user.py::test_request_reply",
             "PASSED test_user.py::test_pubsub",
@@ -255,6 +275,7 @@ def test_a_topology_that_cannot_start_fails_the_test_with_the_reason_and_the_log
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
+        pytester.makeconftest(USER_CONFTEST)
         pytester.makepyfile(test_cannot_start=CANNOT_START.replace("PORT", str(port)))
         result = pytester.runpytest_subprocess("-p", "procdevices", *QUIET, f"--procdevices-base-dir={base}", "-rA",
                                                timeout=50)
