@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -231,12 +232,35 @@ def assert_nothing_left(mark: str, base: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def docs_blocks() -> list[str]:
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return blocks
+
+
 def docs_example() -> str:
     """The first pytest example of docs/testing.md, verbatim."""
-    blocks: list[str] = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
-    examples = [b for b in blocks if "def test_" in b]
+    examples = [b for b in docs_blocks() if "def test_" in b]
     assert examples, f"no pytest example in {DOCS}"
     return examples[0]
+
+
+def test_the_docs_example_without_pytest_runs_as_a_script(pytester: pytest.Pytester, run_mark: tuple[str, Path]) -> None:
+    mark, _ = run_mark
+    (script,) = [b for b in docs_blocks() if "class BrokerTest(unittest.TestCase)" in b]
+    # The pytest example defines TOPOLOGY; the unittest case gets one test to run.
+    probe = textwrap.dedent("""
+        class Probe(BrokerTest):
+            def test_the_broker_is_up(self):
+                self.assertTrue(self.topo.endpoint("broker").startswith("tcp://127.0.0.1:"))
+
+        result = unittest.main(argv=["docs"], exit=False).result
+        print("ran", result.testsRun, "ok" if result.wasSuccessful() else "FAILED")
+        """)
+    path = pytester.makepyfile(docs_script=docs_example() + script + probe)
+    result = pytester.run(sys.executable, str(path), timeout=50)
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["tcp://127.0.0.1:*", "ran 1 ok"])
+    assert not marked(mark), describe(marked(mark))
 
 
 def test_user_tests_run_in_parallel_pass_fail_and_leave_nothing(
