@@ -165,7 +165,12 @@ def prepare_topology(source: TopologySource, directory: Path) -> str:
                     if isinstance(endpoints, list):
                         spec[direction] = [e.replace("{tmp}", str(directory)) if isinstance(e, str) else e
                                            for e in endpoints]
-    return _to_toml(data)
+    try:
+        return _to_toml(data)
+    except TypeError:
+        if isinstance(source, str):
+            return source  # a TOML date or time: no topology key takes one; `up` says which
+        raise
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -675,7 +680,8 @@ class LiveTopology:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (SIGKILL) to the process(es) of ``name``; returns once each is gone and
         the supervisor no longer reports it as its RUNNING process. Then, e.g.,
-        ``topo.wait_state(name, "RUNNING")`` waits for the restart."""
+        ``topo.wait_state(name, "RUNNING")`` waits for the restart. ``sig`` must end the
+        process (for SIGSTOP, signal ``topo.pid(name)`` yourself)."""
         victims = {}
         for entry in self._select(self.status(), name):
             if not entry["pid"]:

@@ -88,8 +88,10 @@ def test_prepared_topology_is_private_fast_and_keeps_what_the_user_set(tmp_path:
     assert minimal["supervisor"] == {"run_dir": "/tmp/pdt-x/run", "pool_size": 1, "defaults": dict(FAST_DEFAULTS)}
     assert BROKER["devices"]["broker"]["out"]["bind"] == ["ipc://{tmp}/workers.sock"], "the caller's dict changed"
 
-    # Not TOML: passed through untouched, for `up` to reject with its own reason.
+    # Not TOML, or TOML no topology can hold: passed through untouched, for `up` to reject
+    # with its own reason.
     assert prepare_topology("[devices\n", private) == "[devices\n"
+    assert prepare_topology("when = 2024-01-01\n", private) == "when = 2024-01-01\n"
 
 
 def test_dicts_become_toml_that_reads_back_identically() -> None:
