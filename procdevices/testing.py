@@ -542,7 +542,8 @@ class LiveTopology:
         total: dict[str, int] = {}
         for per_instance in counters.values():
             for key, value in per_instance.items():
-                total[key] = total.get(key, 0) + value
+                if isinstance(value, int):  # the process's own counters, not "totals"/"rates"
+                    total[key] = total.get(key, 0) + value
         return total
 
     @property
