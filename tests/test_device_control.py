@@ -176,8 +176,13 @@ def test_a_stuck_forwarding_loop_still_stops(zmq_ctx: zmq.Context[Any]) -> None:
         push, pull = connect_pipe(zmq_ctx, dev)
         push.send(b"stuck on the monitor")
         assert_quiet(pull)
-        with pytest.raises(ControlTimeout):
-            dev.ping(timeout=0.3)  # alive, but its forwarding loop does not answer
+        # The control thread answers; the loop is reported blocked. Both out and mon are PUSH
+        # sockets whose send can block, so the side is not named.
+        health = dev.health(timeout=0.3)
+        assert (health["loop"], health["blocked_side"]) == ("blocked", None), health
+        assert health["blocked_for"] >= 0.05
+        with pytest.raises(ControlTimeout, match="blocked"):
+            dev.stats(timeout=0.3)
     finally:
         dev.stop(timeout=5)
     assert dev.exitcode == 0
