@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
+from device_support import connect_pipe, recv_within
 
 from procdevices import (
     ControlTimeout,
@@ -34,7 +35,6 @@ from procdevices import (
     ThreadProxySteerable,
     UnsupportedOperation,
 )
-from device_support import connect_pipe, recv_within
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,9 +15,9 @@ from typing import Any
 import psutil
 import pytest
 import zmq
+from device_support import connect_pipe, recv_within
 
 from procdevices import ProcessDevice, ProcessProxy
-from device_support import connect_pipe, recv_within
 
 pytestmark = pytest.mark.timeout(30)
 
