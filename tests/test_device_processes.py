@@ -165,6 +165,28 @@ def test_sigint_is_ignored_by_a_device(short_tmp: Path) -> None:
     assert dev.exitcode == 0
 
 
+def test_sighup_is_ignored_by_a_device(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+    dev = ProcessProxy(zmq.PULL, zmq.PUSH)
+    dev.bind_in(f"ipc://{short_tmp}/in")
+    dev.bind_out(f"ipc://{short_tmp}/out")
+    dev.start()
+    try:
+        assert dev.pid is not None
+        pid = dev.pid
+        os.kill(pid, signal.SIGHUP)  # what a terminal hangup sends (default action: die)
+        # The PING is answered after the signal was delivered: the process survived it, and so
+        # did its forwarding loop.
+        health = dev.health()
+        assert (health["pid"], health["loop"], health["stopping"]) == (pid, "running", False)
+        push, pull = connect_pipe(zmq_ctx, dev)
+        push.send(b"after SIGHUP")
+        assert recv_within(pull) == [b"after SIGHUP"]
+        assert dev.is_alive() and dev.pid == pid
+    finally:
+        dev.stop(timeout=5)
+    assert dev.exitcode == 0
+
+
 def test_non_daemonic_device_stops(short_tmp: Path) -> None:
     dev = ProcessDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
     dev.daemon = False

@@ -168,6 +168,7 @@ class Device:
         pair = (("in", ins), ("out", outs))
         for role, sock in pair:
             rt.apply_sockopts(role, sock, self._setup_of(role).sockopts)
+            self._bound_linger(sock)
         for role, sock in pair:
             rt.bind_all(role, sock, self._setup_of(role).binds, self._bound(role))
         for role, sock in pair:
@@ -182,6 +183,7 @@ class Device:
             sock = self._new_socket(ctx, role, socket_type)
             setup = self._setup_of(role)
             rt.apply_sockopts(role, sock, setup.sockopts)
+            self._bound_linger(sock)
             rt.bind_all(role, sock, setup.binds, self._bound(role))
             rt.connect_all(role, sock, setup.connects)
             self._role_sockets[role] = sock
@@ -261,7 +263,7 @@ class Device:
                 self._end_gracefully(outcome)
             finally:
                 runtime.finish()
-                self._close_sockets(self._stop_linger_ms() if outcome is not rt.LoopOutcome.DEAD else None)
+                self._close_sockets(self._remaining_linger_ms() if outcome is not rt.LoopOutcome.DEAD else None)
                 self.done = True
 
     def _end_gracefully(self, outcome: rt.LoopOutcome) -> None:
@@ -281,7 +283,17 @@ class Device:
         if result.forwarded or result.returned or not result.complete:
             print(f"procdevices: {type(self).__name__}: stop: {result.describe()}", file=sys.stderr, flush=True)
 
-    def _stop_linger_ms(self) -> int | None:
+    def _bound_linger(self, sock: Socket) -> None:
+        """Cap the socket's LINGER at ``stop_linger`` as soon as it is built. LINGER only acts
+        when a socket closes, which a device does only when it stops, so this changes nothing
+        before the stop. It cannot wait for the stop: when a stop has to shut the context
+        down (a loop blocked in a send), libzmq refuses every setsockopt (ETERM) and a LINGER
+        of -1 would keep the context, and the process, alive for ever."""
+        if self.stop_linger is not None:
+            sock.linger = _min_linger(int(sock.linger), int(self.stop_linger * 1000))
+
+    def _remaining_linger_ms(self) -> int | None:
+        """What is left of the stop deadline, for the LINGER of the final close."""
         if self.stop_linger is None:
             return None
         deadline = getattr(self, "_stop_deadline", None)
@@ -289,11 +301,18 @@ class Device:
         return max(0, int(remaining * 1000))
 
     def _close_sockets(self, linger_ms: int | None = None) -> None:
-        """Close the sockets this device created: with ``linger_ms`` when given (the stop
-        path), else with each socket's own LINGER."""
+        """Close the sockets this device created: on the stop path with at most ``linger_ms``
+        of LINGER (never more than the socket's own), else with each socket's own LINGER."""
         for s in self._sockets:
-            if s and not s.closed:
-                s.close(linger=linger_ms)
+            if not s or s.closed:
+                continue
+            linger = None
+            if linger_ms is not None:
+                try:
+                    linger = _min_linger(int(s.linger), linger_ms)
+                except ZMQError:
+                    linger = None  # the context is terminating: LINGER was capped at setup
+            s.close(linger=linger)
 
     def _attach_user_ctrl(self, runtime: rt.DeviceRuntime) -> None:
         """Hand the user's ctrl socket (ProxySteerable) to the control loop."""
@@ -542,6 +561,15 @@ class ProcessDevice(BackgroundDevice):
         cleanup_dir: str | None = getattr(self, "_cleanup_dir", None)
         if cleanup_dir:
             shutil.rmtree(cleanup_dir, ignore_errors=True)
+
+
+def _min_linger(a: int, b: int) -> int:
+    """The shorter of two LINGER values, where a negative one means for ever."""
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return min(a, b)
 
 
 __all__ = ["Device", "ThreadDevice", "ProcessDevice"]

@@ -1,0 +1,96 @@
+"""Backpressure is not a hang: a device whose forwarding loop waits on a slow consumer keeps
+answering PING at once, says it is blocked and where, and forwards everything afterwards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from procdevices import ControlTimeout, ProcessDevice
+
+pytestmark = pytest.mark.timeout(60)
+
+BODY = b"x" * 1024
+# A PING answered later than this would look like a hang to a supervisor's probe.
+PROMPT = 0.1
+
+
+def timed_health(dev: ProcessDevice) -> tuple[float, dict[str, Any]]:
+    started = time.monotonic()
+    health = dev.health(timeout=1.0)
+    return time.monotonic() - started, health
+
+
+def wait_for_loop(dev: ProcessDevice, state: str, timeout: float = 10.0) -> tuple[list[float], dict[str, Any]]:
+    """PINGs until the loop is in ``state``; returns every PING's round trip and the last reply."""
+    rtts: list[float] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        rtt, health = timed_health(dev)
+        rtts.append(rtt)
+        if health["loop"] == state:
+            return rtts, health
+        assert time.monotonic() < deadline, f"the loop never became {state}: {health}"
+
+
+def test_a_blocked_loop_answers_ping_promptly_and_recovers(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+    dev = ProcessDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
+    dev.bind_in(f"ipc://{short_tmp}/in")
+    dev.bind_out(f"ipc://{short_tmp}/out")
+    dev.start()
+    try:
+        pid = dev.pid
+        consumer = zmq_ctx.socket(zmq.PULL)
+        consumer.rcvhwm = 1
+        consumer.connect(dev.endpoints["out"][0])
+        producer = zmq_ctx.socket(zmq.PUSH)
+        producer.connect(dev.endpoints["in"][0])
+        producer.send(b"first")
+        assert consumer.poll(5000) and consumer.recv() == b"first"
+        assert dev.health()["loop"] == "running"
+
+        # The consumer stops reading: every queue on the way fills, then the device's loop
+        # waits in its send to the consumer, and at last the producer cannot send either.
+        sent = 1
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                producer.send(BODY, zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                if not producer.poll(200, zmq.POLLOUT):
+                    break  # nothing moved for 200 ms: the whole chain is full
+            assert time.monotonic() < deadline, "the chain never filled up"
+
+        rtts, health = wait_for_loop(dev, "blocked")
+        assert health["blocked_side"] == "out"
+        assert health["blocked_for"] >= 0.05
+        assert health["pid"] == pid
+        for _ in range(10):
+            rtt, health = timed_health(dev)
+            rtts.append(rtt)
+            assert health["loop"] == "blocked", health
+        assert max(rtts) < PROMPT, rtts
+        # STATS cannot reach the counters now: it says so at once.
+        started = time.monotonic()
+        with pytest.raises(ControlTimeout, match="blocked"):
+            dev.stats(timeout=2.0)
+        assert time.monotonic() - started < PROMPT
+
+        # The consumer reads again: everything arrives, in order, and the loop runs again.
+        received = 1
+        while received < sent:
+            assert consumer.poll(5000), f"only {received} of {sent} arrived"
+            assert consumer.recv() == BODY
+            received += 1
+        _, health = wait_for_loop(dev, "running")
+        assert (health["blocked_for"], health["blocked_side"]) == (None, None)
+        assert dev.stats().front_msgs_in == sent
+        assert dev.pid == pid and dev.is_alive()
+    finally:
+        dev.stop(timeout=5)
+    assert dev.exitcode == 0
