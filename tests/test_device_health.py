@@ -121,7 +121,7 @@ def test_blocked_while_the_loop_does_not_answer_then_running_again(harness: Harn
     # Later PINGs are answered without waiting for the loop, and the blocked time grows.
     pings = [harness.ping() for _ in range(5)]
     assert all(later["loop"] == "blocked" for _, later in pings)
-    assert pings[-1][1]["blocked_for"] > health["blocked_for"]
+    assert pings[-1][1]["blocked_for"] >= health["blocked_for"]
     assert min(rtt for rtt, _ in pings) < PING_WAIT
     # STATS says it cannot reach the counters, without waiting.
     started = time.monotonic()
