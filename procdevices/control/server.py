@@ -320,6 +320,9 @@ class ControlServer:
             )
 
         def counters(frames: list[bytes]) -> None:
+            if len(frames) != 8:  # cannot happen with libzmq's REP; never let it escape
+                reply.error(ErrorCode.INTERNAL, f"STATISTICS answered with {len(frames)} frames")
+                return
             reply.ok(steer.decode_statistics(frames).as_dict())
 
         if not steering.send(steer.STATISTICS, counters):
