@@ -10,8 +10,11 @@ from procdevices.devices.basedevice import Device, ProcessDevice, ThreadDevice
 from procdevices.devices.roles import role_methods
 
 
-class ProxyBase:
-    """Adds the monitor socket: ``bind_mon``, ``connect_mon``, ``setsockopt_mon``, ..."""
+class ProxyBase(Device):
+    """Adds the monitor socket: ``bind_mon``, ``connect_mon``, ``setsockopt_mon``, ...
+
+    A Device itself (pyzmq's is a bare mixin), so that it is typed as one; the classes below
+    put it before ThreadDevice/ProcessDevice, which keeps their MRO pyzmq's."""
 
     socket_roles: ClassVar[tuple[str, ...]] = ("in", "out", "mon")
     mon_type: int
@@ -19,7 +22,7 @@ class ProxyBase:
     bind_mon, bind_mon_to_random_port, connect_mon, setsockopt_mon = role_methods("mon")
 
     def __init__(self, in_type: int, out_type: int, mon_type: int = zmq.PUB) -> None:
-        Device.__init__(self, in_type=in_type, out_type=out_type)  # type: ignore[arg-type]
+        super().__init__(in_type=in_type, out_type=out_type)
         self.mon_type = mon_type
 
 

@@ -13,11 +13,11 @@ from typing import ClassVar
 
 import zmq
 
-from procdevices.devices.proxydevice import ProcessProxy, Proxy, ThreadProxy
+from procdevices.devices.proxydevice import ProcessProxy, Proxy, ProxyBase, ThreadProxy
 from procdevices.devices.roles import role_methods
 
 
-class ProxySteerableBase:
+class ProxySteerableBase(ProxyBase):
     """Adds the ctrl socket: ``bind_ctrl``, ``connect_ctrl``, ``setsockopt_ctrl``, ..."""
 
     socket_roles: ClassVar[tuple[str, ...]] = ("in", "out", "mon", "ctrl")
@@ -26,7 +26,7 @@ class ProxySteerableBase:
     bind_ctrl, bind_ctrl_to_random_port, connect_ctrl, setsockopt_ctrl = role_methods("ctrl")
 
     def __init__(self, in_type: int, out_type: int, mon_type: int = zmq.PUB, ctrl_type: int | None = None) -> None:
-        super().__init__(in_type=in_type, out_type=out_type, mon_type=mon_type)  # type: ignore[call-arg]
+        super().__init__(in_type=in_type, out_type=out_type, mon_type=mon_type)
         self.ctrl_type = ctrl_type
 
 
