@@ -155,14 +155,19 @@ def test_start_again_after_stop(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Co
     dev = cls(zmq.QUEUE, zmq.PULL, zmq.PUSH)
     dev.bind_in(f"ipc://{short_tmp}/in")
     dev.bind_out(f"ipc://{short_tmp}/out")
-    push = zmq_ctx.socket(zmq.PUSH)
-    push.connect(f"ipc://{short_tmp}/in")
-    pull = zmq_ctx.socket(zmq.PULL)
-    pull.connect(f"ipc://{short_tmp}/out")
     for run in (b"first", b"second"):
         with running(dev):
+            # Fresh peers for each run: a PUSH that was connected to the first run may not yet
+            # have noticed that connection close, and would write into it (a lost message that
+            # has nothing to do with the device: this test once failed that way).
+            push = zmq_ctx.socket(zmq.PUSH)
+            push.connect(f"ipc://{short_tmp}/in")
+            pull = zmq_ctx.socket(zmq.PULL)
+            pull.connect(f"ipc://{short_tmp}/out")
             push.send(run)
             assert recv_within(pull) == [run]
+            push.close(linger=0)
+            pull.close(linger=0)
 
 
 def test_a_stuck_forwarding_loop_still_stops(zmq_ctx: zmq.Context[Any]) -> None:

@@ -98,11 +98,11 @@ class Device:
     in_type: int
     out_type: int
     control_endpoint: str | None
-    stop_linger: float | None
+    stop_linger: float | None = 1.0
     """Seconds a stopping device gives its queued messages: the drain of what is queued in
     its sockets and the LINGER of their close share this one deadline. Applied only on the
     stop path; ``None`` keeps each socket's own LINGER (with LINGER -1 and a peer that never
-    connects, such a device never exits)."""
+    connects, such a device never exits). Set it on the instance, or in a subclass's body."""
 
     bind_in, bind_in_to_random_port, connect_in, setsockopt_in = role_methods("in")
     bind_out, bind_out_to_random_port, connect_out, setsockopt_out = role_methods("out")
@@ -127,7 +127,6 @@ class Device:
         self._random_addrs: list[str] = []
         self.daemon = True
         self.done = False
-        self.stop_linger = 1.0
         self._sockets: list[Socket] = []
         self._role_sockets: dict[str, Socket] = {}
         self._setup_depth = 0
