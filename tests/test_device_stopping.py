@@ -16,8 +16,9 @@ from typing import Any
 import psutil
 import pytest
 import zmq
+from device_support import recv_within
 
-from procdevices import ControlTimeout, ProcessDevice
+from procdevices import ControlTimeout, ProcessDevice, ThreadProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,3 +204,30 @@ def test_graceful_stop_loses_nothing_that_reached_the_device(
         stop_producing.set()
         consuming.join(10)
         producing.join(10)
+
+
+def test_a_two_way_device_delivers_queued_requests_at_stop(zmq_ctx: zmq.Context[Any]) -> None:
+    # ROUTER/DEALER keeps its connections at stop (replies need them) and still delivers what
+    # waited in its in queue.
+    dev = ThreadProxy(zmq.ROUTER, zmq.DEALER)
+    dev.bind_in("tcp://127.0.0.1:*")
+    dev.bind_out("tcp://127.0.0.1:*")
+    dev.start()
+    try:
+        worker = zmq_ctx.socket(zmq.DEALER)
+        worker.connect(dev.endpoints["out"][0])
+        client = zmq_ctx.socket(zmq.DEALER)
+        client.connect(dev.endpoints["in"][0])
+        client.send(b"warm-up")
+        assert recv_within(worker)[-1] == b"warm-up"
+        dev.pause()
+        for i in range(10):
+            client.send(b"%d" % i)
+        # Paused: they wait in the device's in socket (or are still on their way: a two-way
+        # device keeps its connections and drains until nothing has arrived for 10 ms).
+        dev.stop(timeout=5)
+        got = [recv_within(worker)[-1] for _ in range(10)]
+        assert got == [b"%d" % i for i in range(10)]
+    finally:
+        if dev.is_alive():
+            dev.stop(timeout=5)
