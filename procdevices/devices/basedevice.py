@@ -130,6 +130,8 @@ class Device:
         self._sockets: list[Socket] = []
         self._role_sockets: dict[str, Socket] = {}
         self._setup_depth = 0
+        # When a stop's drain and final LINGER must be over (monotonic); set when the loop ends.
+        self._stop_deadline: float | None = None
         # Where the control socket binds; chosen at start when left None.
         self.control_endpoint = None
         self._runtime: rt.DeviceRuntime | None = None
@@ -248,6 +250,7 @@ class Device:
         runtime = self._runtime
         self.control_endpoint = runtime.control_endpoint
         self.done = False
+        self._stop_deadline = None
         outcome = rt.LoopOutcome.DEAD
         try:
             self.run_device()
@@ -267,7 +270,8 @@ class Device:
 
     def _end_gracefully(self, outcome: rt.LoopOutcome) -> None:
         """After libzmq's loop returned from a stop: stop input, deliver what is queued."""
-        self._stop_deadline = time.monotonic() + (self.stop_linger if self.stop_linger is not None else 1.0)
+        deadline = time.monotonic() + (self.stop_linger if self.stop_linger is not None else 1.0)
+        self._stop_deadline = deadline
         ins, outs = self._role_sockets.get("in"), self._role_sockets.get("out")
         if outcome is not rt.LoopOutcome.RETURNED or not type(self).steerable or ins is None or outs is None:
             return
@@ -275,7 +279,7 @@ class Device:
         if not two_way:
             drain.stop_input(ins, self._bound("in"), self._setup_of("in").connects)
         try:
-            result = drain.drain(ins, outs, self._stop_deadline, two_way=two_way)
+            result = drain.drain(ins, outs, deadline, two_way=two_way)
         except ZMQError as e:  # the context went away under us (a shutdown): nothing to save
             print(f"procdevices: {type(self).__name__}: drain at stop failed: {e}", file=sys.stderr, flush=True)
             return
@@ -295,7 +299,7 @@ class Device:
         """What is left of the stop deadline, for the LINGER of the final close."""
         if self.stop_linger is None:
             return None
-        deadline = getattr(self, "_stop_deadline", None)
+        deadline = self._stop_deadline
         remaining = self.stop_linger if deadline is None else deadline - time.monotonic()
         return max(0, int(remaining * 1000))
 
@@ -411,6 +415,7 @@ class Device:
         state["_sockets"] = []
         state["_role_sockets"] = {}
         state["_setup_depth"] = 0
+        state["_stop_deadline"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
