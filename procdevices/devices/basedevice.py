@@ -240,7 +240,7 @@ class Device:
     def run(self) -> None:
         """Run the device in this thread: build sockets, serve control, forward, and on a
         stop drain what is queued and close within ``stop_linger``."""
-        if self._runtime is None:
+        if self._runtime is None or self._runtime.finished:
             self._runtime = rt.DeviceRuntime(
                 self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
                 rt.NullReporter(),

@@ -198,6 +198,7 @@ class DeviceRuntime:
         self._private_sockets: list[Socket] = []
         self._terminator: threading.Thread | None = None
         self._target: ControlTarget | None = None
+        self.finished = False  # a runtime serves one run: a device run again gets a new one
 
     @property
     def stop_reason(self) -> str:
@@ -303,6 +304,7 @@ class DeviceRuntime:
 
     def finish(self) -> None:
         """After the forwarding loop: stop the control loop and release what we own."""
+        self.finished = True
         self._tell_control(WAKE_EXIT)
         if self._control_thread is not None:
             self._control_thread.join(5.0)
