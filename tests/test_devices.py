@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.devices
-from device_support import recv_within
+from device_support import health_when, recv_within
 
 import procdevices
 from procdevices import (
@@ -464,7 +464,7 @@ def test_ready_only_after_the_outermost_setup_returns(zmq_ctx: zmq.Context[Any])
     with running(dev):
         assert dev.built_extra is True
         assert "_setup_sockets" not in vars(dev), "a bound method was replaced on the instance"
-        assert dev.health()["loop"] == "running"
+        health_when(dev, "running")
         push = zmq_ctx.socket(zmq.PUSH)
         push.connect(dev.endpoints["in"][0])
         pull = zmq_ctx.socket(zmq.PULL)
