@@ -152,3 +152,36 @@ def test_stopped_once_the_worker_says_the_loop_returned(harness: Harness) -> Non
     while harness.ping()[1]["loop"] != "stopped":
         assert time.monotonic() < deadline
     assert harness.server_thread.is_alive()  # still answering until the worker says exit
+
+
+def test_ping_carries_the_loops_counters() -> None:
+    import zmq
+
+    from procdevices import ProcessDevice
+
+    dev = ProcessDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
+    port_in = dev.bind_in_to_random_port("tcp://127.0.0.1")
+    port_out = dev.bind_out_to_random_port("tcp://127.0.0.1")
+    dev.start()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+        push.connect(f"tcp://127.0.0.1:{port_in}")
+        pull.connect(f"tcp://127.0.0.1:{port_out}")
+        for i in range(5):
+            push.send(b"x%d" % i)
+        for _ in range(5):
+            assert pull.poll(10_000)
+            pull.recv()
+        # Each PING asks the loop for its counters and carries the last ones it got.
+        import time
+
+        deadline, stats = time.monotonic() + 10.0, None
+        while time.monotonic() < deadline:
+            stats = dev.health()["stats"]
+            if stats is not None and stats["back_msgs_out"] == 5:
+                break
+        assert stats is not None and stats["front_msgs_in"] == 5 and stats["back_msgs_out"] == 5, stats
+    finally:
+        dev.stop()
+        ctx.destroy(linger=0)

@@ -150,6 +150,9 @@ class ControlServer:
         self._timer_ids = itertools.count()
         # Run once the loop has answered everything outstanding (or the phase changed).
         self._loop_waiters: list[Callable[[], None]] = []
+        # The counters of the last STATISTICS a PING sent: they ride on PING's answer, so the
+        # supervisor learns a device's traffic on its probe tick at no extra cost.
+        self._last_counters: dict[str, int] | None = None
         self.handlers: dict[Command, Handler] = {
             Command.PING: self._ping,
             Command.STATS: self._stats,
@@ -286,6 +289,7 @@ class ControlServer:
             "blocked_side": target.blocked_side if blocked_for is not None else None,
             "probed": steering is not None,
             "answered_ago": answered_ago,
+            "stats": self._last_counters,
         }
 
     def _loop_blocked_for(self) -> float | None:
@@ -302,13 +306,17 @@ class ControlServer:
             reply.ok(self.health())
             return
         if not steering.waiting_for(steer.STATISTICS):
-            steering.send(steer.STATISTICS)
+            steering.send(steer.STATISTICS, self._remember_counters)
 
         def answer() -> None:
             reply.ok(self.health())
 
         self._loop_waiters.append(answer)
         self._after(PING_WAIT, answer)
+
+    def _remember_counters(self, frames: list[bytes]) -> None:
+        if len(frames) == 8:
+            self._last_counters = steer.decode_statistics(frames).as_dict()
 
     def _stats(self, _: Any, reply: _Reply) -> None:
         steering = self._require_running_loop("stats")
