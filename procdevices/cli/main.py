@@ -58,6 +58,8 @@ COMMANDS = (
     Command("restart", client.lifecycle, "stop, then start a device", "required", wait=True),
     Command("pause", client.steer, "pause forwarding (messages wait in queues)", "required"),
     Command("resume", client.steer, "resume forwarding", "required"),
+    Command("reload", client.reload, "re-read the topology and apply the difference (SIGHUP to `up` does the same)"),
+    Command("scale", client.scale, "run N replicas of a device (the file is not changed)", "required", wait=True),
     Command("down", client.down, "stop every device and the supervisor; returns once it has exited"),
     Command(
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
@@ -185,6 +187,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         help="print instead the one-program file that runs `up` (supervisor.d/procdevices.conf)",
     )
     commands["completion"].add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    commands["scale"].add_argument("replicas", type=int, help="how many instances to run (1 to 64)")
     return parser, commands
 
 

@@ -54,7 +54,7 @@ def up(args: argparse.Namespace) -> int:
                 _announce_default_endpoints(topology)
             # Before anything is spawned: every device inherits it, and state.json records it.
             issue_run_token()
-            return run_supervisor(topology, run_dir)
+            return run_supervisor(topology, run_dir, load=locate.reloader(args.config, args.run_dir))
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING
