@@ -1,28 +1,63 @@
 """procdevices: run ZeroMQ devices in production.
 
 A drop-in replacement for :mod:`zmq.devices` whose background devices report readiness and
-obey a dedicated control socket, plus a supervisor (``python -m procdevices up``).
+obey a dedicated control socket, plus a supervisor (``procdevices up``).
+
+The names below are imported on first use: ``import procdevices`` alone (the pytest plugin,
+``procdevices.testing``, the command line) does not pay for pyzmq and the device layer.
 """
 
-from procdevices import devices
-from procdevices.control.protocol import DeviceStats
-from procdevices.devices import *  # noqa: F403  (the zmq.devices API, listed in devices.__all__)
-from procdevices.errors import (
-    ControlTimeout,
-    DeviceError,
-    DeviceExitedEarly,
-    DeviceNotRunning,
-    DeviceSetupError,
-    DeviceStartError,
-    RemoteError,
-    UnsupportedOperation,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    *devices.__all__,
-    "DeviceStats",
+_DEVICES = (
+    "Device", "ThreadDevice", "ProcessDevice",
+    "Proxy", "ThreadProxy", "ProcessProxy",
+    "ProxySteerable", "ThreadProxySteerable", "ProcessProxySteerable",
+    "MonitoredQueue", "ThreadMonitoredQueue", "ProcessMonitoredQueue",
+    "device", "proxy", "proxy_steerable", "monitored_queue",
+)  # fmt: skip
+_ERRORS = (
     "DeviceError", "DeviceSetupError", "DeviceStartError", "DeviceExitedEarly", "DeviceNotRunning",
     "ControlTimeout", "UnsupportedOperation", "RemoteError",
-]
+)  # fmt: skip
+_HOME = {
+    **dict.fromkeys(_DEVICES, "procdevices.devices"),
+    **dict.fromkeys(_ERRORS, "procdevices.errors"),
+    "DeviceStats": "procdevices.control.protocol",
+}
+
+__all__ = [*_DEVICES, "DeviceStats", *_ERRORS]
+
+if TYPE_CHECKING:
+    from procdevices.control.protocol import DeviceStats
+    from procdevices.devices import *  # noqa: F403
+    from procdevices.errors import (
+        ControlTimeout,
+        DeviceError,
+        DeviceExitedEarly,
+        DeviceNotRunning,
+        DeviceSetupError,
+        DeviceStartError,
+        RemoteError,
+        UnsupportedOperation,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        if name == "devices":
+            return importlib.import_module("procdevices.devices")
+        raise AttributeError(f"module 'procdevices' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

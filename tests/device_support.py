@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import zmq
@@ -19,3 +20,14 @@ def connect_pipe(ctx: zmq.Context[Any], dev: Any) -> tuple[zmq.Socket[bytes], zm
     pull = ctx.socket(zmq.PULL)
     pull.connect(dev.endpoints["out"][0])
     return push, pull
+
+
+def health_when(dev: Any, state: str, timeout: float = 10.0) -> dict[str, Any]:
+    """PINGs ``dev`` until its loop is in ``state``; returns that reply. (On a busy machine a
+    loop that has not been scheduled for 50 ms reads as "blocked" for a moment.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        health: dict[str, Any] = dev.health()
+        if health["loop"] == state:
+            return health
+        assert time.monotonic() < deadline, f"the loop never became {state}: {health}"

@@ -124,7 +124,7 @@ def test_build_device_makes_the_class_of_each_kind(spec: KindSpec) -> None:
     (config,) = topology({"d": table}).instances()
     device = build_device(config, "ipc:///tmp/ctl.sock")
     assert type(device) is EXPECTED_CLASS[spec.name]
-    assert device._in_binds == ["ipc://@in"] and device._out_binds == ["ipc://@out"]
+    assert device._setup_of("in").binds == ["ipc://@in"] and device._setup_of("out").binds == ["ipc://@out"]
     assert config.in_.type == zmq.SocketType[spec.in_type]
     assert config.out is not None and config.out.type == zmq.SocketType[spec.out_type]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
+from device_support import connect_pipe, recv_within
 
 from procdevices import (
     ControlTimeout,
@@ -34,7 +35,6 @@ from procdevices import (
     ThreadProxySteerable,
     UnsupportedOperation,
 )
-from device_support import connect_pipe, recv_within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,14 +155,19 @@ def test_start_again_after_stop(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Co
     dev = cls(zmq.QUEUE, zmq.PULL, zmq.PUSH)
     dev.bind_in(f"ipc://{short_tmp}/in")
     dev.bind_out(f"ipc://{short_tmp}/out")
-    push = zmq_ctx.socket(zmq.PUSH)
-    push.connect(f"ipc://{short_tmp}/in")
-    pull = zmq_ctx.socket(zmq.PULL)
-    pull.connect(f"ipc://{short_tmp}/out")
     for run in (b"first", b"second"):
         with running(dev):
+            # Fresh peers for each run: a PUSH that was connected to the first run may not yet
+            # have noticed that connection close, and would write into it (a lost message that
+            # has nothing to do with the device: this test once failed that way).
+            push = zmq_ctx.socket(zmq.PUSH)
+            push.connect(f"ipc://{short_tmp}/in")
+            pull = zmq_ctx.socket(zmq.PULL)
+            pull.connect(f"ipc://{short_tmp}/out")
             push.send(run)
             assert recv_within(pull) == [run]
+            push.close(linger=0)
+            pull.close(linger=0)
 
 
 def test_a_stuck_forwarding_loop_still_stops(zmq_ctx: zmq.Context[Any]) -> None:
@@ -176,8 +181,13 @@ def test_a_stuck_forwarding_loop_still_stops(zmq_ctx: zmq.Context[Any]) -> None:
         push, pull = connect_pipe(zmq_ctx, dev)
         push.send(b"stuck on the monitor")
         assert_quiet(pull)
-        with pytest.raises(ControlTimeout):
-            dev.ping(timeout=0.3)  # alive, but its forwarding loop does not answer
+        # The control thread answers; the loop is reported blocked. Both out and mon are PUSH
+        # sockets whose send can block, so the side is not named.
+        health = dev.health(timeout=0.3)
+        assert (health["loop"], health["blocked_side"]) == ("blocked", None), health
+        assert health["blocked_for"] >= 0.05
+        with pytest.raises(ControlTimeout, match="blocked"):
+            dev.stats(timeout=0.3)
     finally:
         dev.stop(timeout=5)
     assert dev.exitcode == 0

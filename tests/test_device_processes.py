@@ -15,9 +15,9 @@ from typing import Any
 import psutil
 import pytest
 import zmq
+from device_support import connect_pipe, health_when, recv_within
 
 from procdevices import ProcessDevice, ProcessProxy
-from device_support import connect_pipe, recv_within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -160,6 +160,28 @@ def test_sigint_is_ignored_by_a_device(short_tmp: Path) -> None:
         assert dev.ping() < 1.0
         dev.launcher.join(0.3)
         assert dev.is_alive()
+    finally:
+        dev.stop(timeout=5)
+    assert dev.exitcode == 0
+
+
+def test_sighup_is_ignored_by_a_device(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+    dev = ProcessProxy(zmq.PULL, zmq.PUSH)
+    dev.bind_in(f"ipc://{short_tmp}/in")
+    dev.bind_out(f"ipc://{short_tmp}/out")
+    dev.start()
+    try:
+        assert dev.pid is not None
+        pid = dev.pid
+        os.kill(pid, signal.SIGHUP)  # what a terminal hangup sends (default action: die)
+        # The PING is answered after the signal was delivered: the process survived it, and so
+        # did its forwarding loop.
+        health = health_when(dev, "running")
+        assert (health["pid"], health["stopping"]) == (pid, False)
+        push, pull = connect_pipe(zmq_ctx, dev)
+        push.send(b"after SIGHUP")
+        assert recv_within(pull) == [b"after SIGHUP"]
+        assert dev.is_alive() and dev.pid == pid
     finally:
         dev.stop(timeout=5)
     assert dev.exitcode == 0

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.devices
+from device_support import health_when, recv_within
 
 import procdevices
 from procdevices import (
@@ -31,7 +32,6 @@ from procdevices import (
     ThreadProxy,
     ThreadProxySteerable,
 )
-from device_support import recv_within
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -305,14 +305,19 @@ def test_rep_echo_server_connected(cls: type[Any], zmq_ctx: zmq.Context[Any]) ->
 
 # -- reserving random ports ----------------------------------------------------------------------
 
-# Ranges below Linux's ephemeral range (32768-60999), so the kernel does not hand these ports
-# to outgoing connections, and distinct per test, so parallel tests do not compete for them.
-RANGE_FOR_DEVICE = (29100, 29200)
-RANGE_TO_EXHAUST = (29300, 29310)
+# A wide range, so that parallel workers (and other programs) drawing from it at random
+# rarely meet; pyzmq's bind_to_random_port draws again when a port is taken.
+WIDE_RANGE = (20000, 30000)
+
+
+def _free_port() -> int:
+    """A port the kernel just chose for us and released (nobody else holds it right now)."""
+    with zmq.Context() as ctx, ctx.socket(zmq.PULL) as probe:
+        return probe.bind_to_random_port("tcp://127.0.0.1")
 
 
 def test_bind_to_random_port_in_range() -> None:
-    low, high = RANGE_FOR_DEVICE
+    low, high = WIDE_RANGE
     dev = ProcessProxySteerable(zmq.PULL, zmq.PUSH, zmq.PUB, zmq.PAIR)
     ports = {
         "in": dev.bind_in_to_random_port("tcp://127.0.0.1", min_port=low, max_port=high),
@@ -328,16 +333,22 @@ def test_bind_to_random_port_in_range() -> None:
 
 
 def test_random_port_range_exhausted() -> None:
-    # The device remembers the ports it reserved: ten of them fill a ten-port range, so an
-    # eleventh reservation must fail, even though the throw-away sockets released them all.
-    low, high = RANGE_TO_EXHAUST
+    # A one-port range holding a port that is free: the first reservation takes it, and the
+    # device remembers it, so a second must fail even though the throw-away socket released it.
     dev = ThreadDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
-    ports = []
+    for _ in range(5):  # another process may take the free port first: draw another one
+        port = _free_port()
+        try:
+            got = dev.bind_in_to_random_port("tcp://127.0.0.1", min_port=port, max_port=port + 1)
+        except zmq.ZMQBindError:
+            continue
+        break
+    else:
+        pytest.fail("no free port could be reserved")
+    assert got == port
     with pytest.raises(zmq.ZMQBindError):
-        for _ in range(high - low + 1):
-            ports.append(dev.bind_in_to_random_port("tcp://127.0.0.1", min_port=low, max_port=high))
-    assert len(ports) == len(set(ports)) <= high - low
-    assert all(low <= p < high for p in ports)
+        dev.bind_out_to_random_port("tcp://127.0.0.1", min_port=port, max_port=port + 1)
+    assert dev.bind_out_to_random_port("tcp://127.0.0.1", *WIDE_RANGE) != port
 
 
 # -- a foreground Device ---------------------------------------------------------------------------
@@ -371,3 +382,102 @@ def test_foreground_device_in_a_thread_stops(short_tmp: Path, zmq_ctx: zmq.Conte
     assert not thread.is_alive()
     assert errors == []
     assert dev.done is True
+
+
+# -- the device layer's structure: roles, steerability, readiness ------------------------------
+
+@pytest.mark.parametrize(
+    ("cls", "roles"),
+    [(Device, ["in", "out"]), (Proxy, ["in", "out", "mon"]), (ProxySteerable, ["in", "out", "mon", "ctrl"])],
+)
+def test_role_methods_are_real_documented_methods(cls: type[Any], roles: list[str]) -> None:
+    assert list(cls.socket_roles) == roles
+    for role in roles:
+        for name, params in (
+            (f"bind_{role}", ["self", "addr"]),
+            (f"connect_{role}", ["self", "addr"]),
+            (f"setsockopt_{role}", ["self", "opt", "value"]),
+            (f"bind_{role}_to_random_port", ["self", "addr", "args", "kwargs"]),
+        ):
+            method = getattr(cls, name)
+            assert inspect.isfunction(method), name
+            assert method.__name__ == name
+            assert list(inspect.signature(method).parameters) == params, name
+            assert method.__doc__ and f"{role}_socket" in method.__doc__, name
+
+
+def test_recorded_setup_is_per_role() -> None:
+    dev = ProcessProxySteerable(zmq.ROUTER, zmq.DEALER, zmq.PUB, zmq.PAIR)
+    dev.bind_in("tcp://127.0.0.1:1")
+    dev.connect_out("tcp://127.0.0.1:2")
+    dev.setsockopt_mon(zmq.SNDHWM, 5)
+    dev.bind_ctrl("ipc:///x")
+    assert dev._setup_of("in").binds == ["tcp://127.0.0.1:1"]
+    assert dev._setup_of("out").connects == ["tcp://127.0.0.1:2"]
+    assert dev._setup_of("mon").sockopts == [(zmq.SNDHWM, 5)]
+    assert dev._setup_of("ctrl").binds == ["ipc:///x"]
+    assert dev._setup_of("in").connects == [] and dev._setup_of("out").binds == []
+
+
+class OwnLoopThreadDevice(ThreadDevice):
+    """Runs a loop of its own: the control loop must not try to steer it. A context of its own,
+    so that stop() may shut it down."""
+
+    context_factory = zmq.Context
+
+    def run_device(self) -> None:
+        ins, outs = self._setup_sockets()
+        zmq.proxy(ins, outs)
+
+
+class DeclaredSteerableThreadDevice(ThreadDevice):
+    steerable = True
+
+    def run_device(self) -> None:
+        ins, outs = self._setup_sockets()
+        self._forward(ins, outs, None)
+
+
+def test_steerability_is_declared_on_the_class() -> None:
+    assert Device.steerable and ProcessProxySteerable.steerable
+    for cls in (MonitoredQueue, ThreadMonitoredQueue, ProcessMonitoredQueue):
+        assert cls.steerable is False, cls
+    assert OwnLoopThreadDevice.steerable is False
+    assert DeclaredSteerableThreadDevice.steerable is True
+
+
+class ExtraSetupThreadDevice(ThreadDevice):
+    """Overrides _setup_sockets pyzmq-style; readiness must wait for the override to finish."""
+
+    built_extra = False
+
+    def _setup_sockets(self) -> tuple[Any, ...]:
+        sockets = super()._setup_sockets()
+        self.built_extra = True
+        return sockets
+
+
+def test_ready_only_after_the_outermost_setup_returns(zmq_ctx: zmq.Context[Any]) -> None:
+    dev = ExtraSetupThreadDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
+    dev.bind_in("tcp://127.0.0.1:*")
+    dev.bind_out("tcp://127.0.0.1:*")
+    with running(dev):
+        assert dev.built_extra is True
+        assert "_setup_sockets" not in vars(dev), "a bound method was replaced on the instance"
+        health_when(dev, "running")
+        push = zmq_ctx.socket(zmq.PUSH)
+        push.connect(dev.endpoints["in"][0])
+        pull = zmq_ctx.socket(zmq.PULL)
+        pull.connect(dev.endpoints["out"][0])
+        push.send(b"x")
+        assert recv_within(pull) == [b"x"]
+
+
+def test_a_device_with_its_own_loop_answers_ping_and_refuses_pause(zmq_ctx: zmq.Context[Any]) -> None:
+    dev = OwnLoopThreadDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
+    dev.bind_in("tcp://127.0.0.1:*")
+    with running(dev):
+        health = dev.health()
+        assert (health["loop"], health["probed"]) == ("running", False)
+        with pytest.raises(procdevices.UnsupportedOperation):
+            dev.pause()

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import wait_for
 
 from procdevices.supervisor.notify import sd_notify
-from cli_support import wait_for
 
 TOPOLOGY = """\
 [supervisor]
@@ -204,3 +204,48 @@ def test_sd_notify_to_nobody_is_not_an_error(monkeypatch: pytest.MonkeyPatch, sh
     monkeypatch.setenv("NOTIFY_SOCKET", str(short_tmp / "gone.sock"))
     assert sd_notify("READY=1") is False
 
+
+
+BIND_CONFLICT = """\
+[supervisor]
+run_dir = "run"
+pool_size = 0
+
+[devices.relay]
+kind = "streamer"
+in = {{ bind = ["ipc://relay-in.sock"] }}
+out = {{ bind = ["ipc://relay-out.sock"] }}
+
+[devices.taken]
+kind = "streamer"
+in = {{ bind = ["tcp://127.0.0.1:{port}"] }}
+out = {{ bind = ["ipc://taken-out.sock"] }}
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("trial", range(8))
+def test_ready_is_sent_once_even_when_the_last_device_to_start_fails(
+        short_tmp: Path, notify_socket: NotifySocket, trial: int) -> None:
+    """A setup error (the port is taken) makes its device FATAL; whichever device finishes
+    starting last, READY=1 must come exactly once, or systemd waits in "activating" for ever."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        topo = short_tmp / "topo.toml"
+        topo.write_text(BIND_CONFLICT.format(port=holder.getsockname()[1]))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path)}
+        up = subprocess.Popen([sys.executable, "-m", "procdevices", "up", "-c", str(topo)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=short_tmp)
+        try:
+            ready, sender = notify_socket.receive(timeout=30)
+            assert ready.get("READY") == "1" and ready.get("STATUS") == "1 devices running", ready
+            assert sender == up.pid
+        finally:
+            code, err = finish(up, signalled=False)
+    finally:
+        holder.close()
+    assert code == 3, err  # a device was FATAL
+    assert "Address already in use" in err and err.count("ready: 1 device process(es) running, 1 not") == 1, err
+    assert notify_socket.nothing_more() == [{"STOPPING": "1"}]

@@ -143,6 +143,10 @@ class Supervisord:
         if conf is None:
             conf = directory / "supervisord.conf"
             (directory / "logs").mkdir()
+            # Included files are copied here: the program's log file is %(here)s/procdevices.log,
+            # and each test's must be its own.
+            (directory / "include").mkdir()
+            include = [Path(shutil.copy(path, directory / "include" / path.name)) for path in include]
             conf.write_text(
                 "[unix_http_server]\n"
                 f"file = {self.socket}\n"
@@ -293,6 +297,8 @@ def test_procdevices_conf_settings_as_supervisord_reads_them(short_tmp: Path, mo
     assert 1 <= program.startsecs <= 3
     assert program.redirect_stderr is True
     assert program.stdout_logfile_maxbytes > 0 and program.stdout_logfile_backups > 0
+    # Not AUTO: supervisord deletes AUTO log files when it restarts, and the history with them.
+    assert program.stdout_logfile == str(PROCDEVICES_CONF.parent / "procdevices.log")
 
 
 def test_example_conf_includes_procdevices_conf_relative_to_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from procdevices import exitcodes
 from procdevices.cli import locate, render
-from procdevices.control.protocol import SupervisorCommand
+from procdevices.control.protocol import ErrorCode, SupervisorCommand
 
 
 class CommandFailed(Exception):
@@ -48,7 +48,8 @@ def request(args: argparse.Namespace, command: SupervisorCommand, **call_args: A
     """The result of a command that must succeed (CommandFailed with exit 1 otherwise)."""
     reply = call(args, command, **call_args)
     if not reply["ok"]:
-        raise _fail(f"{command.value}: {reply['error']}", exitcodes.EXIT_FAILED)
+        code = exitcodes.EXIT_CONFIG if reply.get("code") == ErrorCode.INVALID_CONFIG.value else exitcodes.EXIT_FAILED
+        raise _fail(f"{command.value}: {reply['error']}", code)
     return reply["result"]
 
 
@@ -157,3 +158,26 @@ def events(args: argparse.Namespace) -> int:
         return exitcodes.EXIT_OK
     finally:
         sock.close(linger=0)
+
+
+def reload(args: argparse.Namespace) -> int:
+    """Re-read the topology (the supervisor's own file, or ``-c FILE`` given here)."""
+    explicit = str(Path(args.config).resolve()) if args.config else None
+    summary = request(args, SupervisorCommand.RELOAD, config=explicit)
+    print(render.changes("reloaded", summary))
+    return exitcodes.EXIT_OK
+
+
+def scale(args: argparse.Namespace) -> int:
+    summary = request(args, SupervisorCommand.SCALE, name=args.name, replicas=args.replicas)
+    print(render.changes(f"scaled {args.name} to {args.replicas}", summary))
+    if args.no_wait:
+        return exitcodes.EXIT_OK
+    deadline = time.monotonic() + LIFECYCLE_TIMEOUT
+    while time.monotonic() < deadline:
+        devices = request(args, SupervisorCommand.STATUS, name=args.name)["devices"]
+        if len(devices) == args.replicas and all(d["state"] in ("RUNNING", "FATAL", "EXITED") for d in devices):
+            print("\n".join(f"{d['name']}: {d['state']}" for d in devices))
+            return exitcodes.EXIT_OK if all(d["state"] == "RUNNING" for d in devices) else exitcodes.EXIT_FAILED
+        time.sleep(0.05)  # the supervisor never blocks; this client polls its status
+    raise _fail(f"scale {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)

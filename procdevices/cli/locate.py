@@ -18,6 +18,7 @@ import dataclasses
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from procdevices.supervisor.config import Topology, default_topology, find_config, load_topology, validate_run_dir
@@ -89,3 +90,21 @@ def _raw_run_dir(path: Path) -> Path:
         raw = DEFAULT_FILE_RUN_DIR
         print(f"procdevices: warning: {path}: {e}; looking for the supervisor in {path.parent / raw}", file=sys.stderr)
     return Path(os.path.abspath(path.parent / str(raw)))
+
+
+def reloader(config_flag: str | None, run_dir_flag: str | None) -> Callable[[str | None], Topology]:
+    """What `up` re-reads on `reload` or SIGHUP: the file it started with (found once, now, as
+    at start), or the file a `reload -c FILE` names; the run dir override of the start stays."""
+    started_with = config_path(config_flag)
+    override = run_dir_override(run_dir_flag)
+
+    def load(path: str | None) -> Topology:
+        chosen = Path(path) if path else started_with
+        if chosen is None:
+            return default_topology(run_dir=override or default_run_dir())
+        loaded = load_topology(chosen)
+        if override is None:
+            return loaded
+        return dataclasses.replace(loaded, supervisor=dataclasses.replace(loaded.supervisor, run_dir=override))
+
+    return load

@@ -58,6 +58,8 @@ COMMANDS = (
     Command("restart", client.lifecycle, "stop, then start a device", "required", wait=True),
     Command("pause", client.steer, "pause forwarding (messages wait in queues)", "required"),
     Command("resume", client.steer, "resume forwarding", "required"),
+    Command("reload", client.reload, "re-read the topology and apply the difference (SIGHUP to `up` does the same)"),
+    Command("scale", client.scale, "run N replicas of a device (the file is not changed)", "required", wait=True),
     Command("down", client.down, "stop every device and the supervisor; returns once it has exited"),
     Command(
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
@@ -67,6 +69,7 @@ COMMANDS = (
     Command(
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
     ),
+    Command("completion", lambda args: print_completion(args.shell), "print a shell completion script"),
 )
 
 
@@ -152,8 +155,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument("--log-level", choices=logs.LEVELS, default=default("info"), help="least severe level logged")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    prog = program_name()
+def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    prog = prog or program_name()
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run ZeroMQ devices from a TOML topology, keep them alive, steer them.",
@@ -177,7 +180,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             p.add_argument("--no-wait", action="store_true", help="return once the supervisor accepted the command")
         p.set_defaults(handler=command.handler)
         commands[command.name] = p
-    commands["supervisord-conf"].add_argument("-o", "--output", help="write to this file instead of stdout")
+    conf = commands["supervisord-conf"]
+    conf.add_argument("-o", "--output", help="write to this file instead of stdout")
+    conf.add_argument(
+        "--program",
+        action="store_true",
+        help="print instead the one-program file that runs `up` (supervisor.d/procdevices.conf)",
+    )
+    commands["completion"].add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    commands["scale"].add_argument("replicas", type=int, help="how many instances to run (1 to 64)")
     serve.add_up_arguments(commands["up"])
     top.add_arguments(commands["top"])
     return parser, commands
+
+
+def print_completion(shell: str) -> int:
+    """The script comes from shtab, which reads this very parser: it cannot drift from it.
+    Install: ``procdevices completion bash > ~/.local/share/bash-completion/completions/procdevices``."""
+    import shtab
+
+    parser, _ = build_parser(prog="procdevices")  # completes the installed console script
+    print(shtab.complete(parser, shell=shell))
+    return exitcodes.EXIT_OK

@@ -73,3 +73,15 @@ def stats_lines(results: dict[str, dict[str, Any]]) -> str:
             if isinstance(extra, dict):
                 lines.append(f"  {label}: " + " ".join(f"{k}={v:g}" for k, v in extra.items()))
     return "\n".join(lines)
+
+
+def changes(what: str, summary: dict[str, list[str]]) -> str:
+    """A reload's or scale's reply: one line per kind of change, per device."""
+    lines = [f"{what}:"]
+    for kind in ("restarted", "started", "stopped", "updated", "unchanged", "pool_size"):
+        names = summary.get(kind) or []
+        if names:
+            lines.append(f"  {kind:<10} {', '.join(names)}")
+    if len(lines) == 1:
+        lines.append("  nothing to change")
+    return "\n".join(lines)

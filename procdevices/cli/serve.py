@@ -76,7 +76,12 @@ def up(args: argparse.Namespace) -> int:
                 _announce_default_endpoints(topology)
             # Before anything is spawned: every device inherits it, and state.json records it.
             issue_run_token()
-            return run_supervisor(topology, run_dir, metrics=getattr(args, "metrics", None))
+            return run_supervisor(
+                topology,
+                run_dir,
+                load=locate.reloader(args.config, args.run_dir),
+                metrics=getattr(args, "metrics", None),
+            )
     except MetricsUnavailable as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
@@ -113,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
 def supervisord_conf(args: argparse.Namespace) -> int:
     from procdevices.supervisor.supervisord import render_group
 
+    if args.program:
+        import importlib.resources
+
+        text = importlib.resources.files("procdevices").joinpath("data/procdevices.conf").read_text()
+        return _write(text, args.output)
     path = locate.config_path(args.config)
     try:
         text = render_group(
@@ -121,8 +131,12 @@ def supervisord_conf(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"procdevices: supervisord-conf: {e}", file=sys.stderr)
         return exitcodes.EXIT_FAILED
-    if args.output:
-        Path(args.output).write_text(text)
+    return _write(text, args.output)
+
+
+def _write(text: str, output: str | None) -> int:
+    if output:
+        Path(output).write_text(text)
     else:
         sys.stdout.write(text)
     return exitcodes.EXIT_OK

@@ -30,7 +30,7 @@ from typing import Any
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_REQUEST_ID_BYTES = 64
 MAX_JSON_DEPTH = 16
-MAX_NAME_LENGTH = 256
+MAX_ARG_LENGTH = 4096  # a name, or a topology file's path
 
 
 class Command(enum.Enum):
@@ -55,6 +55,8 @@ class SupervisorCommand(enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     DOWN = "down"
+    RELOAD = "reload"
+    SCALE = "scale"
 
 
 class ErrorCode(enum.Enum):
@@ -68,6 +70,7 @@ class ErrorCode(enum.Enum):
     TIMEOUT = "timeout"  # no answer before the deadline
     REFUSED = "refused"  # valid, but not now (shutting down, already running)
     FAILED = "failed"  # tried, and it did not work
+    INVALID_CONFIG = "invalid_config"  # a reload found the topology invalid: nothing changed
     INTERNAL = "internal"  # a bug, contained; the message says what to report
 
 
@@ -232,6 +235,8 @@ SUPERVISOR_ARGS: dict[SupervisorCommand, dict[str, tuple[type, bool]]] = {
     SupervisorCommand.PAUSE: _NAME_ARG,
     SupervisorCommand.RESUME: _NAME_ARG,
     SupervisorCommand.DOWN: {},
+    SupervisorCommand.RELOAD: {"config": (str, False)},
+    SupervisorCommand.SCALE: {"name": (str, True), "replicas": (int, True)},
 }
 
 
@@ -278,10 +283,10 @@ def parse_supervisor_request(frame: bytes) -> SupervisorRequest:
                 ErrorCode.BAD_REQUEST, f"{command.value}: unknown argument {_one_line(key, 64)!r} (accepted: {allowed})"
             )
         kind, _ = accepted[key]
-        if value is not None and not isinstance(value, kind):
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: {key} must be a {kind.__name__}")
-        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: {key} is longer than {MAX_NAME_LENGTH}")
+        if isinstance(value, str) and len(value) > MAX_ARG_LENGTH:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: {key} is longer than {MAX_ARG_LENGTH}")
     missing = [key for key, (_, required) in accepted.items() if required and args.get(key) is None]
     if missing:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: missing argument {missing[0]!r}")

@@ -6,15 +6,26 @@ death sentinel and a signal wake-up fd, and turns either into a clean stop: the 
 always stops through the same path, whoever asked.
 
     client DEALER ──► control ROUTER ──► ControlServer ──► ProxySteering ──► proxy's REP
-                                              │
-            parent sentinel / SIGTERM ────────┘     (stop also = ctx.shutdown() for loops
-                                                     that have no control socket)
+                                              │   ▲ replies, matched in order
+            parent sentinel / SIGTERM ────────┘   └── worker: "stopped" / "dead" / "exit"
+
+The control loop never waits on the forwarding loop: commands to it are sent without
+blocking and their answers arrive as events. A request that needs the loop's answer (STATS,
+PAUSE, RESUME, and PING for up to :data:`PING_WAIT`) is answered when the loop replies or
+when its deadline passes, whichever comes first, and every other request is served in the
+meantime. So backpressure (the loop blocked in a send to a full peer) never silences the
+control socket, and no input on either control socket can end this loop.
 """
 
 from __future__ import annotations
 
+import enum
+import heapq
+import itertools
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +44,37 @@ from procdevices.control.protocol import (
     parse_device_request,
     request_id_of,
 )
-from procdevices.errors import ControlTimeout, DeviceError, UnsupportedOperation, error_code_of
+from procdevices.errors import ControlTimeout, DeviceError, DeviceNotRunning, UnsupportedOperation, error_code_of
 
-# A probe must never make the control loop itself hang: libzmq answers in microseconds when
-# its loop runs, so a second means the loop is stuck (e.g. blocked on a capture socket).
+# libzmq's loop serves its control socket between two bursts of forwarding, in microseconds
+# to a few milliseconds. A command it has left unanswered this long means the loop is inside a
+# blocking send (a full peer: backpressure; or a blocking monitor socket without a peer).
+PING_WAIT = 0.05
+# How long STATS waits for the loop's counters before answering TIMEOUT.
+STATS_WAIT = 0.5
+# How long PAUSE, RESUME and STOP wait for the loop before the fallback (an error for PAUSE
+# and RESUME, a context shutdown for STOP).
 PROXY_ANSWER_TIMEOUT = 1.0
+# Messages taken from one socket per turn of the loop, so a flood on one socket cannot starve
+# the others (the wake-up from the worker, the parent sentinel, signals).
+BATCH = 256
+# Largest message accepted on the control socket; libzmq disconnects a peer that sends more
+# (requests are bounded far below this by protocol.MAX_REQUEST_BYTES).
+MAX_CONTROL_MESSAGE = 256 * 1024
+
+
+class LoopPhase(enum.Enum):
+    """What the worker thread has told the control loop about the forwarding loop."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"  # it returned after a stop; the worker drains and closes
+    DEAD = "dead"  # it ended without being asked (an exception)
+
+
+# Wake-up messages from the worker thread.
+WAKE_STOPPED = LoopPhase.STOPPED.value.encode()
+WAKE_DEAD = LoopPhase.DEAD.value.encode()
+WAKE_EXIT = b"exit"
 
 
 @dataclass
@@ -50,10 +87,43 @@ class ControlTarget:
     # How to stop a loop without a control socket; None when that is impossible.
     shutdown: Callable[[], None] | None
     user_ctrl: zmq.Socket[bytes] | None = None
+    # The thread that runs the forwarding loop: gone while the process lives means "dead".
+    loop_thread: threading.Thread | None = None
+    # The one socket whose send can block the loop, by socket types; None when several can.
+    blocked_side: str | None = None
     paused: bool = False
     stopping: bool = False
     stop_reason: str = ""
     extra_fds: list[int] = field(default_factory=list)
+
+
+class _Reply:
+    """Answers one request on the control ROUTER, once; later calls do nothing."""
+
+    def __init__(self, socket: zmq.Socket[bytes], identity: bytes, request_id: bytes) -> None:
+        self._socket = socket
+        self._envelope = [identity, request_id]
+        self.sent = False
+
+    def ok(self, body: Any) -> None:
+        self._send(OK, body)
+
+    def error(self, code: ErrorCode, message: str) -> None:
+        self._send(ERROR, device_error(code, message))
+
+    def _send(self, status: bytes, body: Any) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        try:
+            self._socket.send_multipart([*self._envelope, status, encode(body)], zmq.NOBLOCK)
+        except zmq.ContextTerminated:
+            raise
+        except zmq.ZMQError:
+            pass  # a client that went away, or does not read: its answer is not ours to keep
+
+
+Handler = Callable[[Any, _Reply], None]
 
 
 class ControlServer:
@@ -66,19 +136,30 @@ class ControlServer:
         wake: zmq.Socket[bytes],
         parent_sentinel: int | None = None,
         signal_fd: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
         self.socket = socket
         self.wake = wake
         self.parent_sentinel = parent_sentinel
         self.signal_fd = signal_fd
-        self.handlers: dict[bytes, Callable[[Any], Any]] = {
-            Command.PING.value: self._ping,
-            Command.STATS.value: self._stats,
-            Command.PAUSE.value: self._pause,
-            Command.RESUME.value: self._resume,
-            Command.STOP.value: self._stop,
-            Command.INFO.value: self._info,
+        self.clock = clock
+        self.phase = LoopPhase.RUNNING
+        self.dropped_user_commands = 0
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        # Run once the loop has answered everything outstanding (or the phase changed).
+        self._loop_waiters: list[Callable[[], None]] = []
+        # The counters of the last STATISTICS a PING sent: they ride on PING's answer, so the
+        # supervisor learns a device's traffic on its probe tick at no extra cost.
+        self._last_counters: dict[str, int] | None = None
+        self.handlers: dict[Command, Handler] = {
+            Command.PING: self._ping,
+            Command.STATS: self._stats,
+            Command.PAUSE: lambda payload, reply: self._steer_pause(True, reply),
+            Command.RESUME: lambda payload, reply: self._steer_pause(False, reply),
+            Command.STOP: self._stop,
+            Command.INFO: self._info,
         }
 
     # -- the loop -------------------------------------------------------------------------
@@ -86,86 +167,214 @@ class ControlServer:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.wake, zmq.POLLIN)
+        steering = self.target.steering
+        if steering is not None:
+            poller.register(steering.socket, zmq.POLLIN)
         if self.target.user_ctrl is not None:
             poller.register(self.target.user_ctrl, zmq.POLLIN)
         for fd in (self.parent_sentinel, self.signal_fd):
             if fd is not None:
                 poller.register(fd, zmq.POLLIN)
-        try:
-            while True:
-                events = dict(poller.poll())
-                if self.wake in events:
-                    return  # the forwarding loop has ended; nothing left to steer
-                if self.socket in events:
-                    self._answer(self.socket.recv_multipart())
-                if self.target.user_ctrl is not None and self.target.user_ctrl in events:
-                    self._relay_user_command()
-                if self.parent_sentinel is not None and self.parent_sentinel in events:
-                    poller.unregister(self.parent_sentinel)
-                    self._stop_unasked("parent process died")
-                if self.signal_fd is not None and self.signal_fd in events:
-                    os.read(self.signal_fd, 512)
-                    self._stop_unasked("signal")
-        except zmq.ContextTerminated:
-            return
+        while True:
+            try:
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self._handle(events, poller):
+                    return
+                self._run_due_timers()
+            except zmq.ContextTerminated:
+                return
+            except Exception as e:  # a bug must not end the control loop: contain and go on
+                print(f"procdevices: control loop error (please report): {e!r}", file=sys.stderr, flush=True)
 
+    def _handle(self, events: dict[Any, int], poller: zmq.Poller) -> bool:
+        """One turn of the loop; True when the worker says the device is done."""
+        if self.wake in events and self._read_wake():
+            return True
+        steering = self.target.steering
+        if steering is not None and steering.socket in events:
+            steering.collect()
+            if steering.unanswered_since() is None:
+                self._release_loop_waiters()
+        if self.socket in events:
+            for _ in range(BATCH):
+                try:
+                    frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._answer(frames)
+        if self.target.user_ctrl is not None and self.target.user_ctrl in events:
+            self._relay_user_commands()
+        if self.parent_sentinel is not None and self.parent_sentinel in events:
+            poller.unregister(self.parent_sentinel)
+            self._stop_unasked("parent process died")
+        if self.signal_fd is not None and self.signal_fd in events:
+            try:
+                os.read(self.signal_fd, 512)
+            except BlockingIOError:
+                pass
+            self._stop_unasked("signal")
+        return False
+
+    def _read_wake(self) -> bool:
+        while True:
+            try:
+                message = self.wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if message in (WAKE_STOPPED, WAKE_DEAD):
+                self.phase = LoopPhase(message.decode())
+                self._release_loop_waiters()
+            else:  # WAKE_EXIT, or the empty frame of older runtimes: nothing left to steer
+                return True
+
+    # -- timers ---------------------------------------------------------------------------
+    def _after(self, delay: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (self.clock() + delay, next(self._timer_ids), callback))
+
+    def _poll_timeout_ms(self) -> int | None:
+        if not self._timers:
+            return None
+        return max(0, int((self._timers[0][0] - self.clock()) * 1000) + 1)
+
+    def _run_due_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self._timers)
+            callback()
+
+    def _release_loop_waiters(self) -> None:
+        waiters, self._loop_waiters = self._loop_waiters, []
+        for waiter in waiters:
+            waiter()
+
+    # -- requests ---------------------------------------------------------------------------
     def _answer(self, frames: list[bytes]) -> None:
         identity, request = frames[0], frames[1:]
         if request_id_of(request) is None:
             return  # not our protocol: there is no request id to answer to
-        status: bytes
+        reply = _Reply(self.socket, identity, request[0])
         try:
             parsed = parse_device_request(request)
-            status, body = OK, self.handlers[parsed.command.value](parsed.payload)
+            self.handlers[parsed.command](parsed.payload, reply)
         except ProtocolError as e:
-            status, body = ERROR, device_error(e.code, e.message)
+            reply.error(e.code, e.message)
         except DeviceError as e:
-            status, body = ERROR, device_error(error_code_of(e), str(e))
+            reply.error(error_code_of(e), str(e))
+        except zmq.ContextTerminated:
+            raise
         except Exception as e:  # a bug in one handler must not end the control loop
             print(f"procdevices: control command failed (please report): {e!r}", file=sys.stderr, flush=True)
-            status, body = ERROR, device_error(ErrorCode.INTERNAL, f"internal error: {e!r}")
-        self.socket.send_multipart([identity, request[0], status, encode(body)])
+            reply.error(ErrorCode.INTERNAL, f"internal error: {e!r}")
+
+    def health(self) -> dict[str, Any]:
+        """The PING reply: see docs/devices.md, "Liveness: PING"."""
+        target, steering, now = self.target, self.target.steering, self.clock()
+        loop = self.phase.value
+        blocked_for: float | None = None
+        answered_ago: float | None = None
+        if self.phase is LoopPhase.RUNNING and target.loop_thread is not None and not target.loop_thread.is_alive():
+            loop = LoopPhase.DEAD.value
+        elif steering is not None:
+            since = steering.unanswered_since()
+            if self.phase is LoopPhase.RUNNING and since is not None and now - since >= PING_WAIT:
+                loop, blocked_for = "blocked", round(now - since, 3)
+            if steering.last_answer_at is not None:
+                answered_ago = round(now - steering.last_answer_at, 3)
+        return {
+            "pid": os.getpid(),
+            "paused": target.paused,
+            "stopping": target.stopping,
+            "loop": loop,
+            "blocked_for": blocked_for,
+            "blocked_side": target.blocked_side if blocked_for is not None else None,
+            "probed": steering is not None,
+            "answered_ago": answered_ago,
+            "stats": self._last_counters,
+        }
+
+    def _loop_blocked_for(self) -> float | None:
+        steering = self.target.steering
+        since = steering.unanswered_since() if steering is not None else None
+        if since is None or self.clock() - since < PING_WAIT:
+            return None
+        return self.clock() - since
 
     # -- commands -------------------------------------------------------------------------
-    def _ping(self, _: Any) -> dict[str, Any]:
-        if self.target.steering is not None:
-            # A STATISTICS round trip proves the forwarding loop runs, not just this thread.
-            self.target.steering.statistics(PROXY_ANSWER_TIMEOUT)
-        return {"pid": os.getpid(), "paused": self.target.paused}
+    def _ping(self, _: Any, reply: _Reply) -> None:
+        steering = self.target.steering
+        if steering is None or self.phase is not LoopPhase.RUNNING or self._loop_blocked_for() is not None:
+            reply.ok(self.health())
+            return
+        if not steering.waiting_for(steer.STATISTICS):
+            steering.send(steer.STATISTICS, self._remember_counters)
 
-    def _stats(self, _: Any) -> dict[str, int]:
-        return self._require_steering("stats").statistics(PROXY_ANSWER_TIMEOUT).as_dict()
+        def answer() -> None:
+            reply.ok(self.health())
 
-    def _pause(self, _: Any) -> dict[str, Any]:
-        steering = self._require_steering("pause")
-        steering.request(steer.pause_commands(self.target.ctx).pause, PROXY_ANSWER_TIMEOUT)
-        self.target.paused = True
-        return {"paused": True}
+        self._loop_waiters.append(answer)
+        self._after(PING_WAIT, answer)
 
-    def _resume(self, _: Any) -> dict[str, Any]:
-        steering = self._require_steering("resume")
-        steering.request(steer.pause_commands(self.target.ctx).resume, PROXY_ANSWER_TIMEOUT)
-        self.target.paused = False
-        return {"paused": False}
+    def _remember_counters(self, frames: list[bytes]) -> None:
+        if len(frames) == 8:
+            self._last_counters = steer.decode_statistics(frames).as_dict()
 
-    def _stop(self, _: Any) -> dict[str, Any]:
+    def _stats(self, _: Any, reply: _Reply) -> None:
+        steering = self._require_running_loop("stats")
+        blocked_for = self._loop_blocked_for()
+        if blocked_for is not None:
+            raise ControlTimeout(
+                f"the forwarding loop has been blocked for {blocked_for:.3g}s (a send waits on a full "
+                "peer); its counters are unavailable until it moves"
+            )
+
+        def counters(frames: list[bytes]) -> None:
+            if len(frames) != 8:  # cannot happen with libzmq's REP; never let it escape
+                reply.error(ErrorCode.INTERNAL, f"STATISTICS answered with {len(frames)} frames")
+                return
+            reply.ok(steer.decode_statistics(frames).as_dict())
+
+        if not steering.send(steer.STATISTICS, counters):
+            raise ControlTimeout("the forwarding loop is not taking commands")
+        self._after(STATS_WAIT, lambda: reply.error(
+            ErrorCode.TIMEOUT, f"the forwarding loop did not answer STATISTICS within {STATS_WAIT:.3g}s"))
+
+    def _steer_pause(self, paused: bool, reply: _Reply) -> None:
+        steering = self._require_running_loop("pause" if paused else "resume")
+        commands = steer.pause_commands(self.target.ctx)
+        command = commands.pause if paused else commands.resume
+
+        def done(_: list[bytes]) -> None:
+            self.target.paused = paused
+            reply.ok({"paused": paused})
+
+        if not steering.send(command, done):
+            raise ControlTimeout("the forwarding loop is not taking commands")
+        self._after(PROXY_ANSWER_TIMEOUT, lambda: reply.error(
+            ErrorCode.TIMEOUT,
+            f"the forwarding loop did not answer {command.decode()} within {PROXY_ANSWER_TIMEOUT:.3g}s; "
+            "the command stays queued and takes effect when the loop serves its control socket again"))
+
+    def _stop(self, _: Any, reply: _Reply) -> None:
         self._begin_stop("control socket")
-        return {"stopping": True, "pid": os.getpid()}
+        reply.ok({"stopping": True, "pid": os.getpid()})
 
-    def _info(self, _: Any) -> dict[str, Any]:
+    def _info(self, _: Any, reply: _Reply) -> None:
         info = self.target.info()
         info.update(paused=self.target.paused, stopping=self.target.stopping)
-        return info
+        reply.ok(info)
 
-    def _require_steering(self, operation: str) -> steer.ProxySteering:
+    def _require_running_loop(self, operation: str) -> steer.ProxySteering:
         if self.target.steering is None:
             raise UnsupportedOperation(
                 f"{operation}: this device's forwarding loop has no control socket "
                 "(libzmq's monitored_queue, or a subclass with its own run_device); "
                 "only stop, ping and info are available"
             )
+        if self.phase is not LoopPhase.RUNNING:
+            raise DeviceNotRunning(f"{operation}: the forwarding loop has ended ({self.phase.value})")
         return self.target.steering
 
+    # -- stopping -----------------------------------------------------------------------------
     def _stop_unasked(self, reason: str) -> None:
         try:
             self._begin_stop(reason)
@@ -178,12 +387,11 @@ class ControlServer:
         if target.stopping:
             return
         if target.steering is not None:
-            try:
-                target.steering.request(steer.TERMINATE, PROXY_ANSWER_TIMEOUT)
-            except ControlTimeout:
-                if target.shutdown is None:
-                    raise
-                target.shutdown()  # the loop is stuck (e.g. on a capture socket): break it
+            if self.phase is LoopPhase.RUNNING:
+                if target.steering.send(steer.TERMINATE):
+                    self._after(PROXY_ANSWER_TIMEOUT, self._stop_stuck_loop)
+                else:
+                    self._stop_stuck_loop()
         elif target.shutdown is not None:
             target.shutdown()
         else:
@@ -195,36 +403,66 @@ class ControlServer:
         target.stopping = True
         target.stop_reason = reason
 
+    def _stop_stuck_loop(self) -> None:
+        """TERMINATE was not taken within PROXY_ANSWER_TIMEOUT: the loop is blocked in a send."""
+        if self.phase is not LoopPhase.RUNNING:
+            return
+        if self.target.shutdown is not None:
+            self.target.shutdown()  # breaks the blocking send (ETERM); queued messages are lost
+        else:
+            print(
+                "procdevices: the forwarding loop is blocked and its context is shared: "
+                "it stops when its blocking send completes",
+                file=sys.stderr, flush=True,
+            )
+
     # -- the user's own ctrl socket of a ProxySteerable --------------------------------------
-    def _relay_user_command(self) -> None:
-        """Pass a command from the user's ctrl socket to the proxy verbatim, as libzmq would
-        have received it, and answer the way libzmq would have answered."""
+    def _relay_user_commands(self) -> None:
+        """Pass commands from the user's ctrl socket to the proxy verbatim, as libzmq would
+        have received them, and answer (when the loop does) the way libzmq would have."""
         ctrl = self.target.user_ctrl
         assert ctrl is not None
-        frames = ctrl.recv_multipart()
+        for _ in range(BATCH):
+            try:
+                frames = ctrl.recv_multipart(zmq.NOBLOCK)
+            except zmq.ContextTerminated:
+                raise
+            except zmq.ZMQError:
+                return  # nothing more (Again), or a REP that owes its answer first (EFSM)
+            self._relay_one(ctrl, frames)
+
+    def _relay_one(self, ctrl: zmq.Socket[bytes], frames: list[bytes]) -> None:
         envelope: list[bytes] = []
         if ctrl.type == zmq.ROUTER:
             envelope, frames = frames[:1], frames[1:]
         if not frames:
             return
+        # Only the last frame: a multi-frame command would kill libzmq's proxy.
         command = frames[-1]
+        answers = ctrl.type not in (zmq.SUB, zmq.PULL) and (
+            command == steer.STATISTICS or ctrl.type in (zmq.REP, zmq.ROUTER) or _replies_on_any_socket()
+        )
+
+        def answer(reply: list[bytes]) -> None:
+            if answers:
+                try:
+                    ctrl.send_multipart(envelope + reply, zmq.NOBLOCK)
+                except zmq.ContextTerminated:
+                    raise
+                except zmq.ZMQError:
+                    pass  # a peer that went away or does not read
+
         steering = self.target.steering
-        if steering is None:
-            return
-        try:
-            reply = steering.request(command, PROXY_ANSWER_TIMEOUT)
-        except DeviceError as e:
-            # libzmq would not answer a stuck loop either; the control loop must live on so
-            # the device can still be stopped.
-            print(f"procdevices: ctrl command {command!r} not answered: {e}", file=sys.stderr, flush=True)
+        if steering is None or self.phase is not LoopPhase.RUNNING or not steering.send(command, answer):
+            # libzmq would not answer a loop that does not take commands either; a REP must
+            # still answer before it can receive again, so it gets libzmq's empty reply.
+            self.dropped_user_commands += 1
+            if ctrl.type == zmq.REP:
+                answer([b""])
             return
         if command == steer.TERMINATE:
             self.target.stopping = True
             self.target.stop_reason = "user ctrl socket"
-        if ctrl.type in (zmq.SUB, zmq.PULL):
-            return
-        if command == steer.STATISTICS or ctrl.type in (zmq.REP, zmq.ROUTER) or _replies_on_any_socket():
-            ctrl.send_multipart(envelope + reply)
 
 
 def _replies_on_any_socket() -> bool:

@@ -1,7 +1,8 @@
 """Talking to libzmq's steerable proxy through its control socket.
 
 Every forwarding device runs ``zmq_proxy_steerable`` with a REP control socket on an inproc
-address; the device's control loop holds the DEALER peer (:class:`ProxySteering`). REP is
+address; the device's control loop holds the DEALER peer (:class:`ProxySteering`), and never
+waits on it: a loop blocked by backpressure must not silence the control loop. REP is
 chosen on purpose: libzmq 4.3.5 answers every command on any socket type while libzmq master
 answers only on REP, so with REP both answer, and the envelope the DEALER adds is stripped
 before libzmq reads the command (a multi-frame command would kill the proxy).
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -34,37 +38,91 @@ def decode_statistics(frames: list[bytes]) -> DeviceStats:
     return DeviceStats.from_counters([struct.unpack("=Q", f)[0] for f in frames])
 
 
-class ProxySteering:
-    """The control loop's end of the proxy's control socket.
+@dataclass
+class _Outstanding:
+    command: bytes
+    sent_at: float
+    on_reply: Callable[[list[bytes]], None] | None
 
-    Strictly one command in flight. When a reply is late, the command is remembered as
-    pending and its reply is discarded before the next command, so answers never shift.
+
+class ProxySteering:
+    """The control loop's end of the proxy's control socket, never blocking on the loop.
+
+    Commands are sent without waiting; libzmq's REP answers them one at a time, in order, so
+    each reply is matched to the oldest outstanding command. The control loop polls
+    :attr:`socket` and calls :meth:`collect` when it is readable. While the forwarding loop is
+    blocked (a send waiting on a full peer) its replies simply stay outstanding:
+    :meth:`unanswered_since` says since when.
     """
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
-        self._socket: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-        self._socket.linger = 0
-        self._socket.connect(endpoint)
-        self._pending = 0
+    # A loop that answers nothing while commands pile up is blocked: more would only fill
+    # the pipe towards it. Send fails (returns False) beyond this many.
+    MAX_OUTSTANDING = 64
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.connect(endpoint)
+        self._clock = clock
+        self._outstanding: deque[_Outstanding] = deque()
+        self.last_statistics: DeviceStats | None = None
+        self.last_answer_at: float | None = None
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        self.socket.close(linger=0)
 
-    def request(self, command: bytes, timeout: float) -> list[bytes]:
-        timeout_ms = max(1, int(timeout * 1000))
-        while self._pending:
-            if not self._socket.poll(timeout_ms):
-                raise ControlTimeout(f"the forwarding loop has not answered {self._pending} earlier command(s)")
-            self._socket.recv_multipart()
-            self._pending -= 1
-        self._socket.send_multipart([b"", command])
-        if not self._socket.poll(timeout_ms):
-            self._pending += 1
-            raise ControlTimeout(f"the forwarding loop did not answer {command.decode()} within {timeout:.3g}s")
-        return self._socket.recv_multipart()[1:]
+    def send(self, command: bytes, on_reply: Callable[[list[bytes]], None] | None = None) -> bool:
+        """Queue ``command`` for the loop; ``on_reply(frames)`` runs when its answer comes."""
+        if len(self._outstanding) >= self.MAX_OUTSTANDING:
+            return False
+        try:
+            self.socket.send_multipart([b"", command], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._outstanding.append(_Outstanding(command, self._clock(), on_reply))
+        return True
+
+    def collect(self) -> int:
+        """Read every reply that has arrived and run its callback; returns how many."""
+        count = 0
+        while self._outstanding:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            entry = self._outstanding.popleft()
+            count += 1
+            self.last_answer_at = self._clock()
+            reply = frames[1:]
+            if entry.command == STATISTICS and len(reply) == 8:
+                self.last_statistics = decode_statistics(reply)
+            if entry.on_reply is not None:
+                entry.on_reply(reply)
+        return count
+
+    def unanswered_since(self) -> float | None:
+        """When the oldest command still waiting for the loop was sent; None if none waits."""
+        return self._outstanding[0].sent_at if self._outstanding else None
+
+    def waiting_for(self, command: bytes) -> bool:
+        return any(entry.command == command for entry in self._outstanding)
+
+    def call(self, command: bytes, timeout: float) -> list[bytes]:
+        """Send ``command`` and wait for its answer (only for private proxies, never for the
+        device's own loop: the control loop must not block)."""
+        answer: list[list[bytes]] = []
+        if not self.send(command, answer.append):
+            raise ControlTimeout(f"the forwarding loop is not taking commands ({command.decode()})")
+        deadline = self._clock() + timeout
+        while not answer:
+            remaining = deadline - self._clock()
+            if remaining <= 0 or not self.socket.poll(max(1, int(remaining * 1000))):
+                raise ControlTimeout(f"the forwarding loop did not answer {command.decode()} within {timeout:.3g}s")
+            self.collect()
+        return answer[0]
 
     def statistics(self, timeout: float) -> DeviceStats:
-        return decode_statistics(self.request(STATISTICS, timeout))
+        return decode_statistics(self.call(STATISTICS, timeout))
 
 
 @dataclass(frozen=True)
@@ -124,11 +182,11 @@ def _command_pauses(ctx: zmq.Context[zmq.Socket[bytes]], command: bytes) -> bool
     proxy.start()
     steering = ProxySteering(ctx, f"{base}-ctrl")
     try:
-        steering.request(command, timeout=5.0)
+        steering.call(command, timeout=5.0)
         sender.send(b"probe")
         steering.statistics(timeout=5.0)
         forwarded = steering.statistics(timeout=5.0).front_msgs_in
-        steering.request(TERMINATE, timeout=5.0)
+        steering.call(TERMINATE, timeout=5.0)
         proxy.join(5.0)
         return forwarded == 0
     finally:

@@ -13,24 +13,27 @@ changes (see docs/devices.md):
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.connection import wait as wait_for
-from typing import Any
+from typing import Any, ClassVar
 
 import zmq
 from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command, DeviceStats
-from procdevices.devices import launch
+from procdevices.devices import drain, launch
 from procdevices.devices import runtime as rt
+from procdevices.devices.roles import SocketSetup, role_methods
 from procdevices.errors import (
     ControlTimeout,
     DeviceError,
@@ -45,12 +48,29 @@ Context = zmq.Context[Socket]
 # reserved (the same bound as pyzmq's).
 _RESERVE_DRAWS = 5
 
+# Socket types whose send blocks at the high-water mark (the others drop, or cannot send).
+_BLOCKING_SEND = frozenset({zmq.PUSH, zmq.DEALER, zmq.PAIR, zmq.REQ})
 
-def _uses_proxy_control(run_device: Callable[..., None]) -> Callable[..., None]:
-    """Marks a run_device that forwards with zmq_proxy_steerable on the runtime's control
-    socket, so the control loop may steer it (pause, resume, stats, a probing ping)."""
-    run_device._procdevices_steerable = True  # type: ignore[attr-defined]
-    return run_device
+
+def _reports_ready(setup: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
+    """Readiness is reported when the outermost ``_setup_sockets`` returns: a subclass may
+    override it (pyzmq style, calling super() and adding sockets) or call it from its own
+    ``run_device``, and the device is still ready only once all its sockets are built.
+    Applied at class creation (see ``Device.__init_subclass__``), never to a live object."""
+
+    @functools.wraps(setup)
+    def setup_then_report(self: Device) -> tuple[Any, ...]:
+        self._setup_depth += 1
+        try:
+            sockets = setup(self)
+        finally:
+            self._setup_depth -= 1
+        if self._setup_depth == 0:
+            self._sockets_ready()
+        return sockets
+
+    setup_then_report._reports_ready = True  # type: ignore[attr-defined]
+    return setup_then_report
 
 
 class Device:
@@ -59,9 +79,18 @@ class Device:
     Pass socket types, not sockets: ``Device(zmq.QUEUE, zmq.ROUTER, zmq.DEALER)``. Sockets
     are built in the thread or process that runs the device. ``out_type < 0`` means one
     socket that is proxied to itself.
+
+    Subclassing: the socket roles of a class are ``socket_roles`` (each with pyzmq's four
+    recording methods, made by :func:`~procdevices.devices.roles.role_methods`).
+    ``steerable`` says whether ``run_device`` forwards with ``zmq.proxy_steerable`` on the
+    runtime's control socket (through ``_forward``), which is what lets the control loop
+    pause, resume, count and probe the loop. A subclass that defines its own ``run_device``
+    is taken as not steerable unless it declares ``steerable = True`` itself.
     """
 
     context_factory: Callable[[], Context] = zmq.Context.instance
+    steerable: ClassVar[bool] = True
+    socket_roles: ClassVar[tuple[str, ...]] = ("in", "out")
 
     daemon: bool
     done: bool
@@ -69,6 +98,22 @@ class Device:
     in_type: int
     out_type: int
     control_endpoint: str | None
+    stop_linger: float | None = 1.0
+    """Seconds a stopping device gives its queued messages: the drain of what is queued in
+    its sockets and the LINGER of their close share this one deadline. Applied only on the
+    stop path; ``None`` keeps each socket's own LINGER (with LINGER -1 and a peer that never
+    connects, such a device never exits). Set it on the instance, or in a subclass's body."""
+
+    bind_in, bind_in_to_random_port, connect_in, setsockopt_in = role_methods("in")
+    bind_out, bind_out_to_random_port, connect_out, setsockopt_out = role_methods("out")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        setup = cls.__dict__.get("_setup_sockets")
+        if setup is not None and not getattr(setup, "_reports_ready", False):
+            cls._setup_sockets = _reports_ready(setup)  # type: ignore[method-assign]
+        if "run_device" in cls.__dict__ and "steerable" not in cls.__dict__:
+            cls.steerable = False
 
     def __init__(self, device_type: int = QUEUE, in_type: int | None = None, out_type: int | None = None) -> None:
         self.device_type = device_type
@@ -78,62 +123,24 @@ class Device:
             raise TypeError("out_type must be specified")
         self.in_type = in_type
         self.out_type = out_type
-        self._in_binds: list[str] = []
-        self._in_connects: list[str] = []
-        self._in_sockopts: list[tuple[int, Any]] = []
-        self._out_binds: list[str] = []
-        self._out_connects: list[str] = []
-        self._out_sockopts: list[tuple[int, Any]] = []
+        self._setups: dict[str, SocketSetup] = {}
         self._random_addrs: list[str] = []
         self.daemon = True
         self.done = False
         self._sockets: list[Socket] = []
+        self._role_sockets: dict[str, Socket] = {}
+        self._setup_depth = 0
+        # When a stop's drain and final LINGER must be over (monotonic); set when the loop ends.
+        self._stop_deadline: float | None = None
         # Where the control socket binds; chosen at start when left None.
         self.control_endpoint = None
         self._runtime: rt.DeviceRuntime | None = None
         self._ready: rt.ReadyInfo | None = None
         self._client: ControlClient | None = None
 
-    # -- recording socket setup (pyzmq API) -------------------------------------------------
-    def bind_in(self, addr: str) -> None:
-        """Enqueue ZMQ address for binding on in_socket."""
-        self._in_binds.append(addr)
-
-    def bind_in_to_random_port(self, addr: str, *args: int, **kwargs: int) -> int:
-        """Reserve a random port on ``addr`` and enqueue it for binding on in_socket.
-
-        Takes ``min_port``, ``max_port`` (exclusive) and ``max_tries`` like
-        ``Socket.bind_to_random_port``; raises ``zmq.ZMQBindError`` when none is free.
-        """
-        port = self._reserve_random_port(addr, *args, **kwargs)
-        self.bind_in(f"{addr}:{port}")
-        return port
-
-    def connect_in(self, addr: str) -> None:
-        """Enqueue ZMQ address for connecting on in_socket."""
-        self._in_connects.append(addr)
-
-    def setsockopt_in(self, opt: int, value: Any) -> None:
-        """Enqueue setsockopt(opt, value) for in_socket."""
-        self._in_sockopts.append((opt, value))
-
-    def bind_out(self, addr: str) -> None:
-        """Enqueue ZMQ address for binding on out_socket."""
-        self._out_binds.append(addr)
-
-    def bind_out_to_random_port(self, addr: str, *args: int, **kwargs: int) -> int:
-        """Like :meth:`bind_in_to_random_port`, for out_socket."""
-        port = self._reserve_random_port(addr, *args, **kwargs)
-        self.bind_out(f"{addr}:{port}")
-        return port
-
-    def connect_out(self, addr: str) -> None:
-        """Enqueue ZMQ address for connecting on out_socket."""
-        self._out_connects.append(addr)
-
-    def setsockopt_out(self, opt: int, value: Any) -> None:
-        """Enqueue setsockopt(opt, value) for out_socket."""
-        self._out_sockopts.append((opt, value))
+    # -- recording socket setup (pyzmq API: the role methods above) ---------------------------
+    def _setup_of(self, role: str) -> SocketSetup:
+        return self._setups.setdefault(role, SocketSetup())
 
     def _reserve_random_port(self, addr: str, *args: int, **kwargs: int) -> int:
         # The port is only held while this throw-away socket lives: another process may take
@@ -150,23 +157,39 @@ class Device:
         return port
 
     # -- in the worker ----------------------------------------------------------------------
+    @_reports_ready
     def _setup_sockets(self) -> tuple[Any, ...]:
+        """Build every socket of ``socket_roles``, in pyzmq's order: in and out (sockopts of
+        both, then binds, then connects), then each further role. A role whose type is None
+        (ProxySteerable without ctrl) gives None. Returns the sockets in role order."""
         ctx: Context = self.context_factory()
         self._context = ctx
-        bound = self._bound
         ins = self._new_socket(ctx, "in", self.in_type)
-        if self.out_type < 0:
-            outs = ins
-        else:
-            outs = self._new_socket(ctx, "out", self.out_type)
-        # Sockopts before any bind or connect (IDENTITY must be), then binds, then connects.
-        rt.apply_sockopts("in", ins, self._in_sockopts)
-        rt.apply_sockopts("out", outs, self._out_sockopts)
-        rt.bind_all("in", ins, self._in_binds, bound("in"))
-        rt.bind_all("out", outs, self._out_binds, bound("out"))
-        rt.connect_all("in", ins, self._in_connects)
-        rt.connect_all("out", outs, self._out_connects)
-        return ins, outs
+        outs = ins if self.out_type < 0 else self._new_socket(ctx, "out", self.out_type)
+        pair = (("in", ins), ("out", outs))
+        for role, sock in pair:
+            rt.apply_sockopts(role, sock, self._setup_of(role).sockopts)
+            self._bound_linger(sock)
+        for role, sock in pair:
+            rt.bind_all(role, sock, self._setup_of(role).binds, self._bound(role))
+        for role, sock in pair:
+            rt.connect_all(role, sock, self._setup_of(role).connects)
+        self._role_sockets = {"in": ins, "out": outs}
+        sockets: list[Socket | None] = [ins, outs]
+        for role in self.socket_roles[2:]:
+            socket_type: int | None = getattr(self, f"{role}_type")
+            if socket_type is None:
+                sockets.append(None)
+                continue
+            sock = self._new_socket(ctx, role, socket_type)
+            setup = self._setup_of(role)
+            rt.apply_sockopts(role, sock, setup.sockopts)
+            self._bound_linger(sock)
+            rt.bind_all(role, sock, setup.binds, self._bound(role))
+            rt.connect_all(role, sock, setup.connects)
+            self._role_sockets[role] = sock
+            sockets.append(sock)
+        return tuple(sockets)
 
     def _new_socket(self, ctx: Context, role: str, socket_type: int) -> Socket:
         sock = rt.make_socket(ctx, role, socket_type)
@@ -176,26 +199,48 @@ class Device:
     def _bound(self, role: str) -> list[str]:
         return self._runtime.bound(role) if self._runtime is not None else []
 
-    @_uses_proxy_control
+    def _sockets_ready(self) -> None:
+        runtime = self._runtime
+        if runtime is not None:
+            self._attach_user_ctrl(runtime)
+            runtime.sockets_built(self._context, type(self).steerable, self._describe, self._blocking_side())
+
+    def _blocking_side(self) -> str | None:
+        """The one socket whose send can block libzmq's loop, if only one can (for PING's
+        ``blocked_side``): a send blocks on PUSH, DEALER, PAIR and REQ; the loop sends through
+        in only what came from out, and the reverse."""
+        candidates = []
+        if self.out_type < 0:
+            if self.in_type in _BLOCKING_SEND:
+                candidates.append("in")
+        else:
+            if self.in_type in _BLOCKING_SEND and drain.receives(self.out_type):
+                candidates.append("in")
+            if self.out_type in _BLOCKING_SEND and drain.receives(self.in_type):
+                candidates.append("out")
+        mon_type: int | None = getattr(self, "mon_type", None)
+        if "mon" in self._role_sockets and mon_type in _BLOCKING_SEND:
+            candidates.append("mon")
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _two_way(self) -> bool:
+        """Whether anything ever goes back through the in socket."""
+        return self.out_type < 0 or (drain.receives(self.out_type) and drain.sends(self.in_type))
+
     def run_device(self) -> None:
         """The runner method. Do not call it directly; call ``start()``."""
-        ins, outs = self._setup_sockets()
-        self._forward(ins, outs, None)
+        sockets = self._setup_sockets()
+        self._forward(sockets[0], sockets[1], sockets[2] if len(sockets) > 2 else None)
 
     def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
         runtime = self._runtime
         control = runtime.proxy_control if runtime is not None else None
         zmq.proxy_steerable(ins, outs, mons, control)
 
-    def _close_sockets(self) -> None:
-        """Close the sockets this device created, each with its own LINGER."""
-        for s in self._sockets:
-            if s and not s.closed:
-                s.close()
-
     def run(self) -> None:
-        """Run the device in this thread: build sockets, serve control, forward."""
-        if self._runtime is None:
+        """Run the device in this thread: build sockets, serve control, forward, and on a
+        stop drain what is queued and close within ``stop_linger``."""
+        if self._runtime is None or self._runtime.finished:
             self._runtime = rt.DeviceRuntime(
                 self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
                 rt.NullReporter(),
@@ -204,31 +249,77 @@ class Device:
             )
         runtime = self._runtime
         self.control_endpoint = runtime.control_endpoint
-        steerable = getattr(type(self).run_device, "_procdevices_steerable", False)
-        setup = self._setup_sockets
-
-        def setup_then_report() -> tuple[Any, ...]:
-            sockets = setup()
-            self._attach_user_ctrl(runtime)
-            runtime.sockets_built(self._context, steerable, self._describe)
-            return sockets
-
-        # Readiness is reported when the outermost _setup_sockets returns, so a subclass
-        # whose run_device calls _setup_sockets itself is reported ready too.
-        self._setup_sockets = setup_then_report  # type: ignore[method-assign]
+        self.done = False
+        self._stop_deadline = None
+        outcome = rt.LoopOutcome.DEAD
         try:
             self.run_device()
+            outcome = rt.LoopOutcome.RETURNED
         except ZMQError as e:
             if e.errno not in {ETERM, ENOTSOCK}:
                 raise
+            outcome = rt.LoopOutcome.BROKEN
         finally:
-            del self._setup_sockets
-            self.done = True
-            runtime.finish()
-            self._close_sockets()
+            try:
+                runtime.loop_ended(outcome)
+                self._end_gracefully(outcome)
+            finally:
+                runtime.finish()
+                self._close_sockets(self._remaining_linger_ms() if outcome is not rt.LoopOutcome.DEAD else None)
+                self.done = True
+
+    def _end_gracefully(self, outcome: rt.LoopOutcome) -> None:
+        """After libzmq's loop returned from a stop: stop input, deliver what is queued."""
+        deadline = time.monotonic() + (self.stop_linger if self.stop_linger is not None else 1.0)
+        self._stop_deadline = deadline
+        ins, outs = self._role_sockets.get("in"), self._role_sockets.get("out")
+        if outcome is not rt.LoopOutcome.RETURNED or not type(self).steerable or ins is None or outs is None:
+            return
+        two_way = self._two_way()
+        if not two_way:
+            drain.stop_input(ins, self._bound("in"), self._setup_of("in").connects)
+        try:
+            result = drain.drain(ins, outs, deadline, two_way=two_way)
+        except ZMQError as e:  # the context went away under us (a shutdown): nothing to save
+            print(f"procdevices: {type(self).__name__}: drain at stop failed: {e}", file=sys.stderr, flush=True)
+            return
+        if result.forwarded or result.returned or not result.complete:
+            print(f"procdevices: {type(self).__name__}: stop: {result.describe()}", file=sys.stderr, flush=True)
+
+    def _bound_linger(self, sock: Socket) -> None:
+        """Cap the socket's LINGER at ``stop_linger`` as soon as it is built. LINGER only acts
+        when a socket closes, which a device does only when it stops, so this changes nothing
+        before the stop. It cannot wait for the stop: when a stop has to shut the context
+        down (a loop blocked in a send), libzmq refuses every setsockopt (ETERM) and a LINGER
+        of -1 would keep the context, and the process, alive for ever."""
+        if self.stop_linger is not None:
+            sock.linger = _min_linger(int(sock.linger), int(self.stop_linger * 1000))
+
+    def _remaining_linger_ms(self) -> int | None:
+        """What is left of the stop deadline, for the LINGER of the final close."""
+        if self.stop_linger is None:
+            return None
+        deadline = self._stop_deadline
+        remaining = self.stop_linger if deadline is None else deadline - time.monotonic()
+        return max(0, int(remaining * 1000))
+
+    def _close_sockets(self, linger_ms: int | None = None) -> None:
+        """Close the sockets this device created: on the stop path with at most ``linger_ms``
+        of LINGER (never more than the socket's own), else with each socket's own LINGER."""
+        for s in self._sockets:
+            if not s or s.closed:
+                continue
+            linger = None
+            if linger_ms is not None:
+                try:
+                    linger = _min_linger(int(s.linger), linger_ms)
+                except ZMQError:
+                    linger = None  # the context is terminating: LINGER was capped at setup
+            s.close(linger=linger)
 
     def _attach_user_ctrl(self, runtime: rt.DeviceRuntime) -> None:
-        """Hook for ProxySteerable: hand the user's ctrl socket to the control loop."""
+        """Hand the user's ctrl socket (ProxySteerable) to the control loop."""
+        runtime.user_ctrl = self._role_sockets.get("ctrl")
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -269,14 +360,22 @@ class Device:
         return self._runtime.control_ctx if self._runtime is not None else None
 
     def ping(self, timeout: float = 1.0) -> float:
-        """Round-trip time, in seconds, of a probe through the control socket into the
-        forwarding loop. Raises ControlTimeout when the loop does not answer in time."""
+        """Round-trip time, in seconds, of a PING through the control socket. The control
+        thread answers even while the forwarding loop is blocked; :meth:`health` says how
+        the loop is doing. Raises ControlTimeout when the device does not answer at all."""
         started = time.perf_counter()
         self._control().request(Command.PING, timeout)
         return time.perf_counter() - started
 
+    def health(self, timeout: float = 1.0) -> dict[str, Any]:
+        """The PING reply: ``{"pid", "paused", "stopping", "loop", "blocked_for",
+        "blocked_side", "probed", "answered_ago"}`` (docs/devices.md, "Liveness")."""
+        result: dict[str, Any] = self._control().request(Command.PING, timeout)
+        return result
+
     def stats(self, timeout: float = 2.0) -> DeviceStats:
-        """Message and byte counters of the forwarding loop since it started."""
+        """Message and byte counters of the forwarding loop since it started. Raises
+        ControlTimeout at once while the loop is blocked (its counters are out of reach)."""
         return DeviceStats(**self._control().request(Command.STATS, timeout))
 
     def pause(self, timeout: float = 2.0) -> None:
@@ -314,6 +413,9 @@ class Device:
         for runtime_only in ("launcher", "_runtime", "_ready", "_client", "_context", "_reporter", "_conn"):
             state.pop(runtime_only, None)
         state["_sockets"] = []
+        state["_role_sockets"] = {}
+        state["_setup_depth"] = 0
+        state["_stop_deadline"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -463,6 +565,15 @@ class ProcessDevice(BackgroundDevice):
         cleanup_dir: str | None = getattr(self, "_cleanup_dir", None)
         if cleanup_dir:
             shutil.rmtree(cleanup_dir, ignore_errors=True)
+
+
+def _min_linger(a: int, b: int) -> int:
+    """The shorter of two LINGER values, where a negative one means for ever."""
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return min(a, b)
 
 
 __all__ = ["Device", "ThreadDevice", "ProcessDevice"]

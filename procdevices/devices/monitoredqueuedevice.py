@@ -8,15 +8,21 @@ context support ``stop()``; ``pause()``, ``resume()`` and ``stats()`` raise
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import zmq
 from zmq.devices.monitoredqueue import monitored_queue
 
 from procdevices.devices.proxydevice import ProcessProxy, Proxy, ProxyBase, ThreadProxy
 
+Socket = zmq.Socket[bytes]
+
 
 class MonitoredQueueBase(ProxyBase):
     """Prefixes monitor copies with ``in_prefix`` or ``out_prefix`` by direction."""
 
+    # libzmq's monitored_queue takes no control socket: the control loop cannot steer it.
+    steerable: ClassVar[bool] = False
     _in_prefix = b""
     _out_prefix = b""
 
@@ -30,8 +36,7 @@ class MonitoredQueueBase(ProxyBase):
         self._in_prefix = in_prefix
         self._out_prefix = out_prefix
 
-    def run_device(self) -> None:
-        ins, outs, mons = self._setup_sockets()
+    def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
         monitored_queue(ins, outs, mons, self._in_prefix, self._out_prefix)
 
 

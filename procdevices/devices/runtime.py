@@ -8,12 +8,15 @@ sockets, starts the control loop, reports readiness, then runs the forwarding lo
                                   │ DeviceRuntime.sockets_built(): control thread up
     parent: start() returns ◄─────┤ ready report (pid, bound endpoints) over a pipe
                                   │ zmq.proxy_steerable(in, out, mon, inproc REP)
-    parent: stop() ──control──►   │ TERMINATE → loop returns → sockets closed with LINGER
+    parent: stop() ──control──►   │ TERMINATE → loop returns → in stops taking input,
+                                  │ what is queued is delivered (drain.py), sockets closed
+                                  │ with LINGER bounded by stop_linger
                                   ▼ context terminated, control ipc file removed, exit 0
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import pickle
 import shutil
@@ -30,7 +33,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import zmq
 
-from procdevices.control.server import ControlServer, ControlTarget
+from procdevices.control.server import (
+    MAX_CONTROL_MESSAGE,
+    WAKE_DEAD,
+    WAKE_EXIT,
+    WAKE_STOPPED,
+    ControlServer,
+    ControlTarget,
+)
 from procdevices.control.steering import ProxySteering
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
 
@@ -145,6 +155,14 @@ def _option_name(option: int) -> str:
 
 # -- the per-run state of a device in its worker ------------------------------------------
 
+class LoopOutcome(enum.Enum):
+    """How a device's forwarding loop ended."""
+
+    RETURNED = "returned"  # a TERMINATE (or a run_device that returned): a graceful stop
+    BROKEN = "broken"  # its context was shut down under it (ETERM): a forced stop
+    DEAD = "dead"  # it raised: nobody asked it to end
+
+
 class DeviceRuntime:
     """Owns a running device's control loop and the steps around its forwarding loop."""
 
@@ -180,6 +198,7 @@ class DeviceRuntime:
         self._private_sockets: list[Socket] = []
         self._terminator: threading.Thread | None = None
         self._target: ControlTarget | None = None
+        self.finished = False  # a runtime serves one run: a device run again gets a new one
 
     @property
     def stop_reason(self) -> str:
@@ -194,8 +213,13 @@ class DeviceRuntime:
             self.reported = True
             self.reporter.failed(error)
 
-    def sockets_built(self, ctx: Context, steerable: bool, info: Callable[[], dict[str, Any]]) -> None:
-        """Start the control loop, then tell the parent the device is ready."""
+    def sockets_built(
+        self, ctx: Context, steerable: bool, info: Callable[[], dict[str, Any]], blocked_side: str | None = None
+    ) -> None:
+        """Start the control loop, then tell the parent the device is ready. Called once, by
+        the thread that runs the forwarding loop; later calls do nothing."""
+        if self._control_thread is not None:
+            return
         self.ctx = ctx
         steering = None
         if steerable:
@@ -207,6 +231,7 @@ class DeviceRuntime:
         # context (the only way to stop a loop without a control socket) leaves it working.
         self.control_ctx = zmq.Context()
         control = self._private(self.control_ctx, zmq.ROUTER)
+        control.maxmsgsize = MAX_CONTROL_MESSAGE
         try:
             control.bind(self.control_endpoint)
         except zmq.ZMQError as e:
@@ -224,6 +249,8 @@ class DeviceRuntime:
             info=info,
             shutdown=self._shutdown_context if self.private_context else None,
             user_ctrl=self.user_ctrl,
+            loop_thread=threading.current_thread(),
+            blocked_side=blocked_side,
         )
         self._target = target
         server = ControlServer(target, control, wake_rx, self.parent_sentinel, self.signal_fd)
@@ -259,13 +286,26 @@ class DeviceRuntime:
         self._private_sockets.append(sock)
         return sock
 
-    def finish(self) -> None:
-        """After the forwarding loop: stop the control loop and release what we own."""
+    @property
+    def stop_requested(self) -> bool:
+        return self._target is not None and self._target.stopping
+
+    def loop_ended(self, outcome: LoopOutcome) -> None:
+        """Tell the control loop the forwarding loop has returned; it keeps answering (PING
+        says "stopped" or "dead") while the worker drains and closes."""
+        self._tell_control(WAKE_DEAD if outcome is LoopOutcome.DEAD else WAKE_STOPPED)
+
+    def _tell_control(self, message: bytes) -> None:
         if self._wake is not None:
             try:
-                self._wake.send(b"", zmq.NOBLOCK)
+                self._wake.send(message, zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the control loop has ended already (its context or ctrl socket went)
+
+    def finish(self) -> None:
+        """After the forwarding loop: stop the control loop and release what we own."""
+        self.finished = True
+        self._tell_control(WAKE_EXIT)
         if self._control_thread is not None:
             self._control_thread.join(5.0)
         for sock in self._private_sockets:
@@ -341,6 +381,9 @@ def process_main(conn: Connection, job: Job | None) -> None:
     # Ctrl-C reaches the whole foreground process group; the parent decides how its devices
     # stop, through their control sockets.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A terminal hangup is not the device's business either: it follows its parent (the
+    # parent's death sentinel) and its supervisor (control socket, SIGTERM).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if job is None:
         try:
             job = conn.recv()

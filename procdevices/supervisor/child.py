@@ -71,6 +71,9 @@ class Child:
     probe_due: float | None = None
     probe_in_flight: bool = False
     traffic: Traffic = field(default_factory=Traffic)  # across restarts, read on the probe tick
+    # A reload removes this instance once its process is gone, starting the successor if any.
+    retiring: bool = False
+    successor: Child | None = field(default=None, repr=False)
     # Told of every transition (old, new, event): the event stream and metrics hang here.
     observer: Callable[[Child, State, State, Event], None] | None = field(default=None, repr=False, compare=False)
 

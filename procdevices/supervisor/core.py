@@ -17,10 +17,10 @@ from typing import Any, Protocol
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, device_error
 from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.logs import Log
-from procdevices.supervisor import policy
+from procdevices.supervisor import policy, reload
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import Topology
-from procdevices.supervisor.events import EventSink, discard, event
+from procdevices.supervisor.config import ConfigError, Topology
+from procdevices.supervisor.events import EventSink, decision_event, discard, state_event
 from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess, Launcher
@@ -48,6 +48,8 @@ class Supervisor:
         log: Log,
         notify: Notify,
         events: EventSink = discard,
+        load: Callable[[str | None], Topology] | None = None,
+        make_child: reload.ChildFactory | None = None,
     ) -> None:
         self.topology = topology
         self.children = children
@@ -58,6 +60,9 @@ class Supervisor:
         self.log = log
         self.notify = notify
         self.events = events
+        self._load = load
+        self._make_child = make_child
+        self.running_topology = topology  # the file's, with any `scale` applied
         for child in children:
             child.observer = self._on_transition
         self.health = Health(self._kill_unhealthy, clock)
@@ -129,7 +134,11 @@ class Supervisor:
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            self.log(f"received {name}: configuration reload is not supported yet; ignored", level=logging.WARNING)
+            self.log(f"received {name}: reloading {self.topology.source}")
+            try:
+                self.reload(None)
+            except ProtocolError as e:
+                self.log(f"reload refused: {e.message}", level=logging.ERROR)
             return
         self.begin_shutdown(f"received {name}")
 
@@ -177,7 +186,9 @@ class Supervisor:
             level = logging.INFO if child.state in (State.STOPPED, State.EXITED) else logging.WARNING
             self.log(line, device=child.name, level=logging.ERROR if child.state is State.FATAL else level)
             self._emit_decision(child, code, now)
-        if child.state is State.STOPPED and child.restart_after_stop and not self.shutting_down:
+        if child.state is State.STOPPED and (child.retiring or child.successor is not None):
+            self._remove(child)
+        elif child.state is State.STOPPED and child.restart_after_stop and not self.shutting_down:
             child.restart_after_stop = False
             child.forget_failures()
             child.fire(Event.START)
@@ -205,6 +216,7 @@ class Supervisor:
             "source": self.topology.source,
             "shutting_down": self.shutting_down,
             "pool_idle": self.launcher.idle_workers(),
+            "scaled": self.scaled(),
             **self.extra_status,
         }
 
@@ -235,6 +247,83 @@ class Supervisor:
         now = self.clock()
         for child in self.children:
             self._stop(child, now)
+
+    def child_named(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def reload(self, path: str | None) -> dict[str, Any]:
+        """Re-read the topology (``path``, else the file ``up`` started with) and apply the
+        difference (reload.py). An invalid file changes nothing."""
+        if self._load is None or self._make_child is None:
+            raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot reload")
+        if self.shutting_down:
+            raise ProtocolError(ErrorCode.REFUSED, "the supervisor is shutting down")
+        try:
+            topology = self._load(path)
+        except ConfigError as e:
+            self.log(f"reload refused, nothing changed: invalid configuration: {e}", level=logging.ERROR)
+            raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
+        if topology.supervisor.run_dir != self.topology.supervisor.run_dir:
+            message = f"run_dir cannot change while running ({self.topology.supervisor.run_dir} -> {topology.supervisor.run_dir})"
+            self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)
+            raise ProtocolError(ErrorCode.INVALID_CONFIG, message)
+        summary = self._apply(topology)
+        if topology.supervisor.pool_size != self.topology.supervisor.pool_size:
+            self.launcher.resize(topology.supervisor.pool_size)
+            summary["pool_size"] = [str(topology.supervisor.pool_size)]
+        self.topology = topology
+        self.log(f"reloaded {topology.source}: " + _summary_line(summary))
+        return summary
+
+    def scale(self, name: str, replicas: int) -> dict[str, Any]:
+        """Run ``replicas`` instances of device ``name`` (the file is not changed)."""
+        if self._make_child is None or self.shutting_down:
+            raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot scale now")
+        summary = self._apply(reload.scaled(self.running_topology, name, replicas))
+        self.log(f"scaled {name} to {replicas}: " + _summary_line(summary), device=name)
+        return summary
+
+    def _apply(self, topology: Topology) -> dict[str, Any]:
+        assert self._make_child is not None
+        running = {c.name: reload.Instance(c.device_name, c.config) for c in self.children if not c.retiring}
+        summary = reload.apply(reload.plan(running, reload.instances(topology)), self, self._make_child)
+        self.running_topology = topology
+        return summary
+
+    def scaled(self) -> dict[str, dict[str, int]]:
+        """Devices whose number of instances differs from the file's (after `scale`)."""
+        in_file = {d.name: d.replicas for d in self.topology.devices}
+        return {
+            d.name: {"file": in_file[d.name], "running": d.replicas}
+            for d in self.running_topology.devices
+            if d.name in in_file and in_file[d.name] != d.replicas
+        }
+
+    def adopt(self, child: Child) -> None:
+        """A new device instance (a reload or a scale added it): started at once."""
+        child.observer = self._on_transition
+        self.children.append(child)
+        if not self.shutting_down:
+            self.start(child)
+
+    def retire(self, child: Child) -> None:
+        """Stop this instance through its control socket and forget it once it is gone."""
+        child.retiring = True
+        child.restart_after_stop = False
+        if child.process is None:
+            self._remove(child)
+        else:
+            self._stop(child, self.clock())
+
+    def replace(self, child: Child, successor: Child) -> None:
+        """Run ``successor`` instead of ``child``, once ``child``'s process is gone (it may
+        hold the addresses the successor binds)."""
+        child.successor = successor
+        child.restart_after_stop = False
+        if child.process is None:
+            self._remove(child, start_successor=child.state is not State.STOPPED)
+        else:
+            self._stop(child, self.clock())
 
     def ask(self, child: Child, command: Command, timeout: float, answer: DeviceAnswer) -> None:
         if child.control is None:
@@ -274,6 +363,20 @@ class Supervisor:
         if child.control is not None:
             child.control.send(Command.STOP, now, child.config.stop_timeout, lambda ok, body: None)
 
+    def _remove(self, child: Child, *, start_successor: bool = True) -> None:
+        self.children.remove(child)
+        if child.control is not None:
+            self.watcher.unwatch(child.control.pollable)
+            child.control.close()
+            child.control = None
+        self._state_dirty = True
+        successor, child.successor = child.successor, None
+        if successor is not None:
+            successor.observer = self._on_transition
+            self.children.append(successor)
+            if start_successor and not self.shutting_down:
+                self.start(successor)
+
     def _escalate(self, child: Child, now: float) -> None:
         stop, process = child.stop, child.process
         if stop is None or process is None:
@@ -307,36 +410,12 @@ class Supervisor:
         child.process.kill()
 
     def _on_transition(self, child: Child, old: State, new: State, why: Event) -> None:
-        explained = why in (Event.EXIT_RESTART, Event.EXIT_FINAL, Event.FAIL, Event.STOPPED)
-        self.events(
-            event(
-                "state",
-                device=child.device_name,
-                instance=child.name,
-                **{"from": old.value, "to": new.value},
-                event=why.value,
-                reason=child.last_exit if explained else why.value.lower(),
-                pid=child.process.pid if child.process is not None else None,
-            )
-        )
+        self.events(state_event(child, old, new, why))
 
     def _emit_decision(self, child: Child, code: int | None, now: float) -> None:
-        action = {State.BACKOFF: "restart", State.FATAL: "give_up", State.EXITED: "stay_down"}.get(child.state)
-        if action is None:
-            return  # a requested stop: no decision to make
-        delay = round(child.retry_at - now, 6) if child.retry_at is not None else None
-        self.events(
-            event(
-                "decision",
-                device=child.device_name,
-                instance=child.name,
-                action=action,
-                delay=delay,
-                exit_code=code,
-                restarts=child.restarts,
-                reason=child.last_exit,
-            )
-        )
+        decision = decision_event(child, code, now)
+        if decision is not None:
+            self.events(decision)
 
     def _maybe_announce_ready(self) -> None:
         if self.announced_ready or self.shutting_down:
@@ -352,3 +431,8 @@ class Supervisor:
 def _read(child: Child) -> None:
     if child.control is not None:
         child.control.on_readable()
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    parts = [f"{what} {', '.join(names)}" for what, names in summary.items() if names and what != "unchanged"]
+    return "; ".join(parts) or "nothing changed"

@@ -19,6 +19,8 @@ from typing import Any
 import zmq
 
 from procdevices.control.protocol import encode
+from procdevices.supervisor.child import Child
+from procdevices.supervisor.states import Event, State
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -37,6 +39,36 @@ def event(kind: str, **fields: Any) -> dict[str, Any]:
 
 def discard(_: dict[str, Any]) -> None:
     pass
+
+
+def state_event(child: Child, old: State, new: State, why: Event) -> dict[str, Any]:
+    explained = why in (Event.EXIT_RESTART, Event.EXIT_FINAL, Event.FAIL, Event.STOPPED)
+    return event(
+        "state",
+        device=child.device_name,
+        instance=child.name,
+        **{"from": old.value, "to": new.value},
+        event=why.value,
+        reason=child.last_exit if explained else why.value.lower(),
+        pid=child.process.pid if child.process is not None else None,
+    )
+
+
+def decision_event(child: Child, code: int | None, now: float) -> dict[str, Any] | None:
+    """What was decided after an unrequested exit; None after a requested stop."""
+    action = {State.BACKOFF: "restart", State.FATAL: "give_up", State.EXITED: "stay_down"}.get(child.state)
+    if action is None:
+        return None
+    return event(
+        "decision",
+        device=child.device_name,
+        instance=child.name,
+        action=action,
+        delay=round(child.retry_at - now, 6) if child.retry_at is not None else None,
+        exit_code=code,
+        restarts=child.restarts,
+        reason=child.last_exit,
+    )
 
 
 class EventPublisher:

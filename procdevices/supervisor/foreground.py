@@ -48,6 +48,7 @@ def run_one(topology: Topology, name: str) -> int:
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+
     def on_signal(signum: int, frame: object) -> None:
         # The wake-up fd already told the control loop, which stops the device through its
         # control socket; here we only tell a service manager that the stop has begun.

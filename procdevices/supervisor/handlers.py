@@ -46,6 +46,10 @@ class Verbs(Protocol):
 
     def ask(self, child: Child, command: Command, timeout: float, answer: DeviceAnswer) -> None: ...
 
+    def reload(self, path: str | None) -> dict[str, Any]: ...
+
+    def scale(self, name: str, replicas: int) -> dict[str, Any]: ...
+
     def now(self) -> float: ...
 
 
@@ -61,6 +65,8 @@ class CommandHandlers:
             SupervisorCommand.PAUSE: self.pause,
             SupervisorCommand.RESUME: self.resume,
             SupervisorCommand.DOWN: self.down,
+            SupervisorCommand.RELOAD: self.reload,
+            SupervisorCommand.SCALE: self.scale,
         }
 
     def handle(self, request: SupervisorRequest, reply: Reply) -> None:
@@ -99,6 +105,12 @@ class CommandHandlers:
         describe = self.supervisor.describe()
         reply(_ok({"pid": describe["pid"], "stopping": [c.name for c in self.supervisor.select(None)]}))
         self.supervisor.begin_shutdown("down requested")
+
+    def reload(self, request: SupervisorRequest, reply: Reply) -> None:
+        reply(_ok(self.supervisor.reload(request.args.get("config"))))
+
+    def scale(self, request: SupervisorRequest, reply: Reply) -> None:
+        reply(_ok(self.supervisor.scale(request.args["name"], request.args["replicas"])))
 
     def pause(self, request: SupervisorRequest, reply: Reply) -> None:
         self._forward(Command.PAUSE, request, reply, _set_paused(True))

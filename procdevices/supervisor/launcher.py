@@ -84,6 +84,10 @@ class Launcher(Protocol):
         """Top up the warm pool, if a worker was handed out since the last refill."""
         ...
 
+    def resize(self, size: int) -> None:
+        """Keep ``size`` idle workers from now on."""
+        ...
+
     def release(self) -> None:
         """Let idle workers go (shutdown has begun)."""
         ...
@@ -184,6 +188,8 @@ class PoolLike(Protocol):
 
     def processes(self) -> Iterator[BaseProcess]: ...
 
+    size: int
+
     def close(self) -> None: ...
 
 
@@ -220,6 +226,10 @@ class ProcessLauncher:
 
     def release(self) -> None:
         self.pool.release()
+
+    def resize(self, size: int) -> None:
+        self.pool.size = size
+        self._pool_short = True
 
     def idle_workers(self) -> int:
         return sum(1 for _ in self.pool.processes())

@@ -96,6 +96,7 @@ def current_run_token() -> str | None:
 
 # -- the state file ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DeviceRecord:
     name: str
@@ -132,7 +133,12 @@ def parse_state(data: bytes) -> RunState:
         if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX:
             raise StateCorrupt(f"device {name[:40]!r}: pid {str(pid)[:40]!r} is not a pid")
         created = record.get("create_time")
-        if not isinstance(created, int | float) or isinstance(created, bool) or not math.isfinite(created) or created < 0:
+        if (
+            not isinstance(created, int | float)
+            or isinstance(created, bool)
+            or not math.isfinite(created)
+            or created < 0
+        ):
             raise StateCorrupt(f"device {name[:40]!r}: create_time {str(created)[:40]!r} is not a time")
         endpoint = record.get("control_endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
@@ -142,7 +148,9 @@ def parse_state(data: bytes) -> RunState:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -150,6 +158,7 @@ def _one_line(e: BaseException) -> str:
 
 
 # -- the run directory ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -178,8 +187,10 @@ class RunDir:
         for path in sockets:
             size = len(os.fsencode(path))
             if size > IPC_PATH_MAX:
-                raise RunDirError(f"run dir {self.path}: socket path {path} is {size} bytes, "
-                                  f"over the {IPC_PATH_MAX}-byte unix socket limit; use a shorter run dir")
+                raise RunDirError(
+                    f"run dir {self.path}: socket path {path} is {size} bytes, "
+                    f"over the {IPC_PATH_MAX}-byte unix socket limit; use a shorter run dir"
+                )
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -225,8 +236,10 @@ class RunDir:
             except OSError as e:
                 raise self._path_error(e) from None
             if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-                raise RunDirError(f"run dir {self.path}: parent {parent} is writable by others "
-                                  f"(mode {stat.S_IMODE(st.st_mode):04o}) and not sticky")
+                raise RunDirError(
+                    f"run dir {self.path}: parent {parent} is writable by others "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}) and not sticky"
+                )
 
     def _path_error(self, e: OSError) -> RunDirError:
         if e.errno == errno.ENOTDIR:
@@ -378,8 +391,9 @@ def _check_private_dir(path: Path, st: os.stat_result) -> None:
     if st.st_uid != os.geteuid():
         raise RunDirError(f"run dir {path} is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})")
     if st.st_mode & 0o022:
-        raise RunDirError(f"run dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                          "its content cannot be trusted")
+        raise RunDirError(
+            f"run dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}); its content cannot be trusted"
+        )
 
 
 def _make_private(fd: int, path: Path) -> None:
@@ -415,6 +429,7 @@ def _holder_pid(lock: IO[str]) -> str:
 
 
 # -- leftovers ------------------------------------------------------------------------------
+
 
 def identify(pid: int, create_time: float, token: str | None) -> psutil.Process | None:
     """The process with this pid, only if it is verifiably the device recorded: ours (same
@@ -454,8 +469,10 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
     if state.token is None and state.devices:
         # Written before run tokens existed (or forged): nothing in it can be verified.
         run_dir.clear_state()
-        return [f"warning: state file {run_dir.state_file} has no run token: its {len(state.devices)} "
-                "recorded device(s) cannot be verified and are left alone"]
+        return [
+            f"warning: state file {run_dir.state_file} has no run token: its {len(state.devices)} "
+            "recorded device(s) cannot be verified and are left alone"
+        ]
     done: list[str] = []
     leftovers: list[psutil.Process] = []
     for record in state.devices:
@@ -465,7 +482,7 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
         endpoint = record.control_endpoint
         ctl_prefix = f"ipc://{run_dir.path}/ctl/"
         # Only our own control sockets: a state file must not make us connect elsewhere.
-        if endpoint is None or not endpoint.startswith(ctl_prefix) or "/" in endpoint[len(ctl_prefix):]:
+        if endpoint is None or not endpoint.startswith(ctl_prefix) or "/" in endpoint[len(ctl_prefix) :]:
             endpoint = None
         stopped = False
         if endpoint is not None:

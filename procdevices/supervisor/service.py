@@ -1,6 +1,6 @@
 """``up``: put the supervisor together from its parts, run it, take it apart.
 
-Topology ──plan_children──► [Child] ──► Supervisor ◄── EventLoop ◄── fds, signals, timers
+Topology ──child_factory──► [Child] ──► Supervisor ◄── EventLoop ◄── fds, signals, timers
                                            │   ▲
                        ProcessLauncher ◄───┘   └── CommandHandlers ◄── RequestServer
 """
@@ -12,13 +12,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
 from procdevices.logs import Log, to_logger
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import Topology
+from procdevices.supervisor.config import DeviceConfig, Topology
 from procdevices.supervisor.core import Supervisor
 from procdevices.supervisor.events import EventPublisher, event, events_endpoint
 from procdevices.supervisor.handlers import CommandHandlers
@@ -26,33 +27,43 @@ from procdevices.supervisor.launcher import ProcessLauncher
 from procdevices.supervisor.loop import EventLoop, RequestServer
 from procdevices.supervisor.metrics import MetricsServer, start_metrics
 from procdevices.supervisor.notify import sd_notify
+from procdevices.supervisor.reload import ChildFactory
 from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import State
 
 
-def plan_children(topology: Topology, run_dir: RunDir) -> list[Child]:
-    """One Child per device instance, its device built and pickled once, up front."""
-    children = []
-    for config in topology.devices:
-        for instance in config.instances():
-            endpoint = run_dir.device_control_endpoint(instance.name)
-            pickled = pickle_device(build_device(instance, endpoint))
-            children.append(Child(instance, config.name, endpoint, pickled))
-    return children
+def child_factory(run_dir: RunDir) -> ChildFactory:
+    def make_child(instance: DeviceConfig, device: str) -> Child:
+        """One device instance, its device built and pickled once, up front."""
+        endpoint = run_dir.device_control_endpoint(instance.name)
+        return Child(instance, device, endpoint, pickle_device(build_device(instance, endpoint)))
+
+    return make_child
 
 
-def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None, *, metrics: str | None = None) -> int:
+def run_supervisor(
+    topology: Topology,
+    run_dir: RunDir,
+    log: Log | None = None,
+    load: Callable[[str | None], Topology] | None = None,
+    *,
+    metrics: str | None = None,
+) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
-    ``metrics`` ("HOST:PORT") overrides the topology's; MetricsUnavailable, before any
-    device starts, when it cannot be served."""
+
+    ``load(path)`` re-reads the topology for a reload (``path`` None: the file ``up``
+    started with); without it the supervisor refuses to reload. ``metrics`` ("HOST:PORT")
+    overrides the topology's; MetricsUnavailable, before any device starts, when it cannot
+    be served."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
     launcher = ProcessLauncher(topology.supervisor.pool_size)
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
+    make_child = child_factory(run_dir)
     supervisor = Supervisor(
         topology,
-        plan_children(topology, run_dir),
+        [make_child(i, d.name) for d in topology.devices for i in d.instances()],
         launcher=launcher,
         watcher=loop,
         store=run_dir,
@@ -60,6 +71,8 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None, 
         log=log,
         notify=sd_notify,
         events=publish,
+        load=load,
+        make_child=make_child,
     )
     supervisor.extra_status.update(run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint)
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)

@@ -147,7 +147,7 @@ def _program(
     device, _, replica = instance.name.partition(".")
     what = f"device {device!r}" + (f", replica {replica}" if replica else "")
     return [
-        f"; {what}: {instance.kind}, restart = \"{instance.restart.value}\", "
+        f'; {what}: {instance.kind}, restart = "{instance.restart.value}", '
         f"stop_timeout {instance.stop_timeout:g} s + kill_timeout {instance.kill_timeout:g} s",
         f"[program:{section}]",
         f"process_name = {instance.name}",

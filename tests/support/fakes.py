@@ -19,7 +19,7 @@ from procdevices.control.protocol import Command, ErrorCode, device_error
 from procdevices.devices.runtime import ReadyInfo
 from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import Topology, parse_topology
+from procdevices.supervisor.config import DeviceConfig, Topology, parse_topology
 from procdevices.supervisor.core import Supervisor
 from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import Resources
@@ -166,6 +166,9 @@ class FakeLauncher:
     def release(self) -> None:
         self.released = True
 
+    def resize(self, size: int) -> None:
+        self.resized_to = size
+
     def idle_workers(self) -> int:
         return self.idle
 
@@ -225,10 +228,16 @@ def topology(devices: dict[str, dict[str, Any]], base_dir: Path, **defaults: Any
     return parse_topology(data, source="<test>", base_dir=base_dir)
 
 
+def make_child(instance: DeviceConfig, device: str) -> Child:
+    return Child(instance, device, f"ipc://fake/{instance.name}.sock", b"")
+
+
 class Harness:
     """A Supervisor wired to fakes, plus verbs that script its history."""
 
-    def __init__(self, topo: Topology, *, idle_workers: int = 0) -> None:
+    def __init__(
+        self, topo: Topology, *, idle_workers: int = 0, load: Callable[[str | None], Topology] | None = None
+    ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher(idle_workers)
         self.watcher = FakeWatcher()
@@ -236,11 +245,7 @@ class Harness:
         self.lines: list[str] = []
         self.notes: list[str] = []
         self.events: list[dict[str, Any]] = []
-        children = [
-            Child(instance, config.name, f"ipc://fake/{instance.name}.sock", b"")
-            for config in topo.devices
-            for instance in config.instances()
-        ]
+        children = [make_child(instance, config.name) for config in topo.devices for instance in config.instances()]
         self.sup = Supervisor(
             topo,
             children,
@@ -251,6 +256,8 @@ class Harness:
             log=self.log,
             notify=self.notes.append,
             events=self.events.append,
+            load=load,
+            make_child=make_child,
         )
         self.handlers = CommandHandlers(self.sup)
         # Devices answer their liveness probes unless the test says otherwise.

@@ -53,18 +53,26 @@ CTRL_DEFAULT_TYPE = "PAIR"
 _NO, _OPT, _REQ = Presence.NONE, Presence.OPTIONAL, Presence.REQUIRED
 
 KIND_TABLE: tuple[KindSpec, ...] = (
-    KindSpec("queue", "ROUTER", "DEALER", _NO, _NO, False, Factory.DEVICE, zmq.QUEUE,
-             "request/reply broker"),
-    KindSpec("forwarder", "SUB", "PUB", _NO, _NO, False, Factory.DEVICE, zmq.FORWARDER,
-             "pub/sub hub", subscribe_all=True),
-    KindSpec("streamer", "PULL", "PUSH", _NO, _NO, False, Factory.DEVICE, zmq.STREAMER,
-             "pipeline fan-in/fan-out"),
-    KindSpec("proxy", "ROUTER", "DEALER", _OPT, _NO, False, Factory.PROXY, zmq.QUEUE,
-             "`zmq.proxy` with any socket types"),
-    KindSpec("steerable", "ROUTER", "DEALER", _OPT, _OPT, False, Factory.STEERABLE, zmq.QUEUE,
-             "`zmq.proxy_steerable`"),
-    KindSpec("monitored_queue", "ROUTER", "DEALER", _REQ, _NO, True, Factory.MONITORED_QUEUE, zmq.QUEUE,
-             "queue that copies traffic to `mon`"),
+    KindSpec("queue", "ROUTER", "DEALER", _NO, _NO, False, Factory.DEVICE, zmq.QUEUE, "request/reply broker"),
+    KindSpec(
+        "forwarder", "SUB", "PUB", _NO, _NO, False, Factory.DEVICE, zmq.FORWARDER, "pub/sub hub", subscribe_all=True
+    ),
+    KindSpec("streamer", "PULL", "PUSH", _NO, _NO, False, Factory.DEVICE, zmq.STREAMER, "pipeline fan-in/fan-out"),
+    KindSpec(
+        "proxy", "ROUTER", "DEALER", _OPT, _NO, False, Factory.PROXY, zmq.QUEUE, "`zmq.proxy` with any socket types"
+    ),
+    KindSpec("steerable", "ROUTER", "DEALER", _OPT, _OPT, False, Factory.STEERABLE, zmq.QUEUE, "`zmq.proxy_steerable`"),
+    KindSpec(
+        "monitored_queue",
+        "ROUTER",
+        "DEALER",
+        _REQ,
+        _NO,
+        True,
+        Factory.MONITORED_QUEUE,
+        zmq.QUEUE,
+        "queue that copies traffic to `mon`",
+    ),
 )
 
 KIND_SPECS: dict[str, KindSpec] = {spec.name: spec for spec in KIND_TABLE}

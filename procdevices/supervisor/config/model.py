@@ -103,9 +103,7 @@ class DeviceConfig:
         """Replica ``index`` (0-based): ``{replica}`` in every endpoint replaced by
         ``str(index)``, named ``name.index`` when there is more than one replica."""
         if not 0 <= index < self.replicas:
-            raise IndexError(
-                f"replica index {index} out of range for {self.name!r} ({self.replicas} replicas)"
-            )
+            raise IndexError(f"replica index {index} out of range for {self.name!r} ({self.replicas} replicas)")
 
         def expand(spec: SocketSpec | None) -> SocketSpec | None:
             return None if spec is None else spec._for_replica(index)

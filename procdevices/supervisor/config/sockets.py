@@ -62,8 +62,9 @@ _NON_NEGATIVE = frozenset(
 )
 
 
-def parse_socket(value: object, prefix: str, default_type: str, replicas: int, base_dir: str,
-                 trial: LibzmqTrial) -> SocketSpec:
+def parse_socket(
+    value: object, prefix: str, default_type: str, replicas: int, base_dir: str, trial: LibzmqTrial
+) -> SocketSpec:
     table = as_table(value, prefix)
     check_keys(table, SOCKET_KEYS, prefix)
     type_name = default_type
@@ -130,8 +131,11 @@ def parse_sockopts(value: object, prefix: str, socket_type: str) -> list[tuple[s
         if option in READ_ONLY_OPTIONS:
             raise Invalid(key, f"socket option '{name}' is read-only")
         if option in _PROCESS_LOCAL_OPTIONS:
-            raise Invalid(key, f"socket option '{name}' cannot be configured: a file descriptor "
-                               "number means nothing inside a device process")
+            raise Invalid(
+                key,
+                f"socket option '{name}' cannot be configured: a file descriptor "
+                "number means nothing inside a device process",
+            )
         if option in seen:
             raise Invalid(key, f"socket option '{name}' is set twice (also as '{seen[option]}')")
         seen[option] = name
@@ -167,8 +171,9 @@ def parse_sockopts(value: object, prefix: str, socket_type: str) -> list[tuple[s
             if option in _NON_NEGATIVE:
                 low = 0
             if not low <= converted <= high:
-                raise Invalid(key, f"socket option '{option.name}' must be between {low} and {high}, "
-                                   f"got {show(converted)}")
+                raise Invalid(
+                    key, f"socket option '{option.name}' must be between {low} and {high}, got {show(converted)}"
+                )
         if option in _CURVE_KEYS and isinstance(converted, bytes):
             _check_curve_key(key, option.name, converted)
         result.append((name, int(option), converted))

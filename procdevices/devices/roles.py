@@ -1,0 +1,95 @@
+"""The socket roles of a device (in, out, mon, ctrl) and the pyzmq methods that record them.
+
+pyzmq writes ``bind_X``, ``connect_X``, ``setsockopt_X`` and ``bind_X_to_random_port`` out
+by hand for every role. Here one table (:data:`ROLES`) describes the roles, and
+:func:`role_methods` makes the four methods of a role, so a device class declares a role in
+one line of its body::
+
+    bind_mon, bind_mon_to_random_port, connect_mon, setsockopt_mon = role_methods("mon")
+
+Why plain functions assigned in the class body, and not a metaclass, ``__getattr__`` or a
+descriptor: they are ordinary functions (``inspect.signature`` shows pyzmq's parameters,
+``help()`` shows their docstrings, pickling never sees them), and mypy types the assignment
+from :class:`RoleMethods`, so ``dev.bind_mon(42)`` is a type error under ``--strict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    what: str  # how pyzmq's docstrings call the socket
+
+
+# Setup order in the worker follows this table (after pyzmq: in and out first, then mon, ctrl).
+ROLES: dict[str, Role] = {
+    role.name: role
+    for role in (
+        Role("in", "in_socket"),
+        Role("out", "out_socket"),
+        Role("mon", "mon_socket"),
+        Role("ctrl", "ctrl_socket"),
+    )
+}
+
+
+@dataclass
+class SocketSetup:
+    """What the parent records for one socket; the worker replays it (sockopts first)."""
+
+    binds: list[str] = field(default_factory=list)
+    connects: list[str] = field(default_factory=list)
+    sockopts: list[tuple[int, Any]] = field(default_factory=list)
+
+
+class RecordsSetup(Protocol):
+    """What the generated methods need from a device."""
+
+    def _setup_of(self, role: str) -> SocketSetup: ...
+    def _reserve_random_port(self, addr: str, *args: int, **kwargs: int) -> int: ...
+
+
+class RoleMethods(NamedTuple):
+    bind: Callable[[Any, str], None]
+    bind_to_random_port: Callable[..., int]
+    connect: Callable[[Any, str], None]
+    setsockopt: Callable[[Any, int, Any], None]
+
+
+def role_methods(name: str) -> RoleMethods:
+    """pyzmq's four recording methods for the role ``name`` (a key of :data:`ROLES`)."""
+    what = ROLES[name].what
+
+    def bind(self: RecordsSetup, addr: str) -> None:
+        self._setup_of(name).binds.append(addr)
+
+    def bind_to_random_port(self: RecordsSetup, addr: str, *args: int, **kwargs: int) -> int:
+        port = self._reserve_random_port(addr, *args, **kwargs)
+        self._setup_of(name).binds.append(f"{addr}:{port}")
+        return port
+
+    def connect(self: RecordsSetup, addr: str) -> None:
+        self._setup_of(name).connects.append(addr)
+
+    def setsockopt(self: RecordsSetup, opt: int, value: Any) -> None:
+        self._setup_of(name).sockopts.append((opt, value))
+
+    bind.__doc__ = f"Enqueue ZMQ address for binding on {what}.\n\nSee zmq.Socket.bind for details."
+    bind_to_random_port.__doc__ = (
+        f"Reserve a random port on ``addr`` and enqueue it for binding on {what}.\n\n"
+        "Takes ``min_port``, ``max_port`` (exclusive) and ``max_tries`` like "
+        "``zmq.Socket.bind_to_random_port``; raises ``zmq.ZMQBindError`` when no port is free. "
+        "The port is only reserved until this call returns (as in pyzmq)."
+    )
+    connect.__doc__ = f"Enqueue ZMQ address for connecting on {what}.\n\nSee zmq.Socket.connect for details."
+    setsockopt.__doc__ = f"Enqueue setsockopt(opt, value) for {what}.\n\nSee zmq.Socket.setsockopt for details."
+    methods = RoleMethods(bind, bind_to_random_port, connect, setsockopt)
+    for method, public in zip(methods, (f"bind_{name}", f"bind_{name}_to_random_port", f"connect_{name}", f"setsockopt_{name}"), strict=True):
+        method.__name__ = public
+        method.__qualname__ = public
+    return methods

@@ -1,0 +1,162 @@
+"""Live changes: what a reload (or a scale) changes, device instance by device instance.
+
+    new Topology ──plan()──► Plan (pure: which instances keep, update, restart, stop, start)
+                                 │
+                                 └──apply()──► Supervisor verbs (adopt, retire, replace, update)
+
+What counts as a change (docs/cli.md, "reload"): an instance whose *process* would run
+differently (kind, sockets, socket options, prefixes, stop_linger) is restarted with the new
+configuration; one whose supervision settings alone changed (restart policy, backoff,
+intensity, probe, timeouts, memory limit) keeps its process and gets the new settings; an
+instance that is gone is stopped through its control socket; a new one is started; the rest
+is untouched (same pid, no message lost). Replicas are instances: a change of ``replicas``
+starts or stops only the difference (from 1 to more, the single ``NAME`` becomes ``NAME.0``:
+that one is restarted under its new name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from procdevices.control.protocol import ErrorCode, ProtocolError
+from procdevices.supervisor.child import Child
+from procdevices.supervisor.config import DeviceConfig, Topology
+
+# What the device process itself runs with; anything else of a DeviceConfig is supervision.
+PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger")
+
+
+def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in PROCESS_FIELDS)
+
+
+@dataclass(frozen=True)
+class Instance:
+    device: str  # the [devices.NAME] it belongs to
+    config: DeviceConfig  # the instance's own config (replica expanded)
+
+
+@dataclass
+class Plan:
+    unchanged: list[str] = field(default_factory=list)
+    updated: list[Instance] = field(default_factory=list)  # same process, new supervision settings
+    restarted: list[Instance] = field(default_factory=list)  # a new process with the new config
+    stopped: list[str] = field(default_factory=list)
+    started: list[Instance] = field(default_factory=list)
+    # A new instance that binds what a stopped one holds starts once that one has exited.
+    handovers: list[tuple[str, Instance]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, list[str]]:
+        return {
+            "unchanged": sorted(self.unchanged),
+            "updated": sorted(i.config.name for i in self.updated),
+            "restarted": sorted(i.config.name for i in self.restarted),
+            "stopped": sorted([*self.stopped, *(old for old, _ in self.handovers)]),
+            "started": sorted([*(i.config.name for i in self.started), *(i.config.name for _, i in self.handovers)]),
+        }
+
+
+def instances(topology: Topology) -> dict[str, Instance]:
+    return {i.name: Instance(d.name, i) for d in topology.devices for i in d.instances()}
+
+
+def plan(running: dict[str, Instance], wanted: dict[str, Instance]) -> Plan:
+    """Pure: what turns the instances ``running`` into the instances ``wanted``."""
+    result = Plan()
+    for name, old in running.items():
+        new = wanted.get(name)
+        if new is None or new.device != old.device:
+            result.stopped.append(name)
+            if new is not None:
+                result.started.append(new)
+        elif new.config == old.config:
+            result.unchanged.append(name)
+        elif runs_the_same(old.config, new.config):
+            result.updated.append(new)
+        else:
+            result.restarted.append(new)
+    result.started += [new for name, new in wanted.items() if name not in running]
+    _pair_handovers(result, running)
+    return result
+
+
+def _binds(config: DeviceConfig) -> set[str]:
+    return {e for _, spec in config.sockets() for e in spec.bind if not e.endswith(":*")}
+
+
+def _pair_handovers(result: Plan, running: dict[str, Instance]) -> None:
+    for new in list(result.started):
+        wants = _binds(new.config)
+        holder = next((old for old in result.stopped if wants & _binds(running[old].config)), None)
+        if holder is not None:
+            result.stopped.remove(holder)
+            result.started.remove(new)
+            result.handovers.append((holder, new))
+
+
+def scaled(topology: Topology, device: str, replicas: int) -> Topology:
+    """``topology`` with ``device`` at ``replicas`` instances; ProtocolError when that cannot
+    run (an unknown device, a count out of range, replicas that would bind the same address)."""
+    names = [d.name for d in topology.devices]
+    if device not in names:
+        raise ProtocolError(ErrorCode.NO_SUCH_DEVICE, f"no device named {device!r} (devices: {', '.join(names)})")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"scale: replicas must be 1 to {MAX_REPLICAS}, not {replicas}")
+    devices = tuple(dataclasses.replace(d, replicas=replicas) if d.name == device else d for d in topology.devices)
+    result = dataclasses.replace(topology, devices=devices)
+    _check_binds(result, device)
+    return result
+
+
+MAX_REPLICAS = 64  # as the settings table allows in a file
+
+
+def _check_binds(topology: Topology, device: str) -> None:
+    """Replicas of a bind without ``{replica}`` (other than a ``:*`` port) would collide."""
+    owner: dict[str, str] = {}
+    for instance in topology.instances():
+        for _, spec in instance.sockets():
+            for endpoint in spec.bind:
+                if endpoint.endswith(":*"):
+                    continue
+                if endpoint in owner:
+                    raise ProtocolError(
+                        ErrorCode.REFUSED,
+                        f"scale {device}: {instance.name} would bind {endpoint} like {owner[endpoint]}; "
+                        "write {replica} into the endpoint (or use port *) to run several replicas",
+                    )
+                owner[endpoint] = instance.name
+
+
+class Adopter(Protocol):
+    """The supervisor verbs a plan is applied through."""
+
+    def adopt(self, child: Child) -> None: ...
+
+    def retire(self, child: Child) -> None: ...
+
+    def replace(self, child: Child, successor: Child) -> None: ...
+
+    def child_named(self, name: str) -> Child: ...
+
+
+# Builds the Child of one instance: (its config, the device it belongs to).
+ChildFactory = Callable[[DeviceConfig, str], Child]
+
+
+def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[str, Any]:
+    for instance in result.updated:
+        child = supervisor.child_named(instance.config.name)
+        child.config = instance.config
+    for instance in result.restarted:
+        supervisor.replace(supervisor.child_named(instance.config.name), make_child(instance.config, instance.device))
+    for name in result.stopped:
+        supervisor.retire(supervisor.child_named(name))
+    for old, instance in result.handovers:
+        supervisor.replace(supervisor.child_named(old), make_child(instance.config, instance.device))
+    for instance in result.started:
+        supervisor.adopt(make_child(instance.config, instance.device))
+    return result.summary()
