@@ -32,15 +32,13 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from procdevices.control.protocol import Command, ErrorCode
 from procdevices.logs import Log
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config.settings import split_host_port
-from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.states import State
-from procdevices.supervisor.traffic import COUNTERS, parse_counters
+from procdevices.supervisor.traffic import COUNTERS
 
 LABELS = ("device", "instance", "kind")
 # Probe round trips are sub-millisecond on an idle machine, seconds when one is overloaded
@@ -53,17 +51,13 @@ class MetricsUnavailable(Exception):
 
 
 class Supervised(Protocol):
-    """What the metrics read of the supervisor (and the one verb they use)."""
+    """What the metrics read of the supervisor."""
 
     @property
     def children(self) -> list[Child]: ...
 
     @property
     def health(self) -> Health: ...
-
-    def ask(self, child: Child, command: Command, timeout: float, answer: DeviceAnswer) -> None: ...
-
-    def now(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ class Metrics:
         self.read_usage: ReadUsage = read_usage if read_usage is not None else PsutilReader()
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the supervisor's own process_* metrics
-        self.usage: dict[str, Usage] = {}
+        self.usage: dict[int, Usage] = {}  # by id(child)
         self.rtt = Histogram(
             "procdevices_device_probe_rtt_seconds",
             "Round-trip time of each answered liveness probe.",
@@ -136,9 +130,10 @@ class Metrics:
         )
         for child in supervisor.children:
             self.rtt.labels(*_labels(child))  # every instance has a histogram from the start
-        self._counting: set[str] = set()  # instances with a STATS request in flight
-        self._uncountable: set[str] = set()  # kinds without a steerable loop (monitored_queue)
-        self._answered_at: dict[str, float] = {}  # when our own last STATS answer was sampled
+        # Instances by id(): a Child is not hashable, and a successor after a reload is a new
+        # Child even under the same name.
+        self._seen = {id(c) for c in supervisor.children}
+        self._rtt_labels = {_labels(c) for c in supervisor.children}
         self.collector = DeviceCollector(supervisor, self.usage, log)
         self.registry.register(self.collector)
         supervisor.health.rtt_observers.append(self.on_probe)
@@ -146,8 +141,9 @@ class Metrics:
     def on_probe(self, child: Child, rtt: float) -> None:
         """An answered probe (supervisor thread): observe its RTT, sample the process."""
         try:
+            if id(child) not in self._seen or len(self.supervisor.children) != len(self._seen):
+                self._forget_gone()
             self.rtt.labels(*_labels(child)).observe(rtt)
-            self._count_traffic(child)
             process = child.process
             if process is None:
                 return
@@ -155,46 +151,27 @@ class Metrics:
             if sample is None:
                 return
             cpu, rss = sample
-            previous = self.usage.get(child.name)
+            previous = self.usage.get(id(child))
             create_time = process.create_time()
             if previous is None:
-                self.usage[child.name] = Usage(process.pid, create_time, 0.0, cpu, rss)
+                self.usage[id(child)] = Usage(process.pid, create_time, 0.0, cpu, rss)
             else:
-                self.usage[child.name] = previous.sampled(process.pid, create_time, cpu, rss)
+                self.usage[id(child)] = previous.sampled(process.pid, create_time, cpu, rss)
         except Exception:
             # The probe's own bookkeeping runs after the observers: it must not pay for a bug here.
             self.collector.failed("sampling " + child.name)
 
-    def _count_traffic(self, child: Child) -> None:
-        """Ask the device for its counters when its probe answers do not bring them.
-
-        The supervisor reads the counters from a PING answer's ``stats`` when the device puts
-        them there; devices that answer PING without them would leave the totals frozen
-        between two ``stats`` commands. Then, and only then, one STATS request follows the
-        probe: still on the probe tick, never per scrape. Devices whose PING carries the
-        counters get no extra request (their last sample is always fresh)."""
-        if child.name in self._counting or child.name in self._uncountable:
-            return
-        samples = child.traffic.samples
-        now = self.supervisor.now()
-        latest = samples[-1][0] if samples else None
-        if latest is not None and latest != self._answered_at.get(child.name):
-            if now - latest < 1.5 * child.config.probe.interval:
-                return  # a fresh sample that is not our own: the probe answers carry them
-        self._counting.add(child.name)
-        self.supervisor.ask(child, Command.STATS, child.config.probe.timeout, self._counted)
-
-    def _counted(self, child: Child, ok: bool, body: object) -> None:
-        self._counting.discard(child.name)
-        if not ok:
-            if isinstance(body, dict) and body.get("code") == ErrorCode.UNSUPPORTED.value:
-                self._uncountable.add(child.name)
-            return
-        counters = parse_counters(body)
-        if counters is not None and child.process is not None:
-            now = self.supervisor.now()
-            child.traffic.observe(counters, now)
-            self._answered_at[child.name] = now
+    def _forget_gone(self) -> None:
+        """A reload or a scale changed the instances: drop what belonged to those that are
+        gone (their series end; a successor of the same name starts its own from zero)."""
+        children = list(self.supervisor.children)
+        self._seen = {id(c) for c in children}
+        for key in [k for k in self.usage if k not in self._seen]:
+            del self.usage[key]
+        current = {_labels(c) for c in children}
+        for labels in self._rtt_labels - current:
+            self.rtt.remove(*labels)
+        self._rtt_labels = current
 
     def detach(self) -> None:
         observers = self.supervisor.health.rtt_observers
@@ -218,7 +195,7 @@ class Row:
 
 
 class DeviceCollector(Collector):
-    def __init__(self, supervisor: Supervised, usage: dict[str, Usage], log: Log) -> None:
+    def __init__(self, supervisor: Supervised, usage: dict[int, Usage], log: Log) -> None:
         self.supervisor = supervisor
         self.usage = usage
         self.log = log
@@ -227,7 +204,7 @@ class DeviceCollector(Collector):
         self._lock = threading.Lock()
         # Counters never go backwards, even if a scrape catches the supervisor between the
         # two steps of folding an ended process's traffic into the totals.
-        self._high: dict[tuple[str, str], int] = {}
+        self._high: dict[tuple[int, str], int] = {}  # by (id(child), counter)
         self.errors = 0
 
     def failed(self, what: str) -> None:
@@ -239,25 +216,28 @@ class DeviceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rows = []
-        for child in list(self.supervisor.children):
+        children = list(self.supervisor.children)
+        for child in children:
             try:
                 rows.append(self._row(child))
             except Exception:
                 self.failed("reading " + child.name)
         with self._lock:
             errors = self.errors
+            live = {id(c) for c in children}
+            self._high = {k: v for k, v in self._high.items() if k[0] in live}
         yield from families(rows, errors)
 
     def _row(self, child: Child) -> Row:
         state = child.state
         process = child.process
-        usage = self.usage.get(child.name)
+        usage = self.usage.get(id(child))
         live = state in (State.STARTING, State.RUNNING, State.STOPPING) and process is not None
         current = usage is not None and live and process is not None and usage.pid == process.pid
         totals = child.traffic.totals()
         with self._lock:
             for key in COUNTERS:
-                mark = (child.name, key)
+                mark = (id(child), key)
                 totals[key] = self._high[mark] = max(self._high.get(mark, 0), totals[key])
         return Row(
             labels=_labels(child),

@@ -13,7 +13,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.fakes import Harness, topology
 
-from procdevices.control.protocol import Command, ErrorCode, device_error
 from procdevices.supervisor.config import ConfigError, parse_topology
 from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.launcher import DeviceProcess
@@ -261,29 +260,27 @@ def test_the_metrics_setting_is_off_by_default_and_validated(tmp_path: Path) -> 
         parse_topology({"supervisor": {"metrics": 9464}, "devices": devices}, source="<t>", base_dir=tmp_path)
 
 
-def test_without_counters_in_the_probe_answer_one_stats_request_follows_the_probe(two: Harness) -> None:
-    metrics, scrape = wired(two)
-    two.ready("a", "b")
-    two.ping_reply["b"] = stats(front_msgs_in=9)  # b's answers carry its counters
-    two.advance(1.0)
-    assert two.control("a").waiting(Command.STATS)
-    two.control("a").answer(Command.STATS, True, {**dict.fromkeys(COUNTERS, 0), "front_msgs_in": 42})
-    assert scrape("procdevices_device_messages_total", side="front", direction="in") == 42
-    assert scrape("procdevices_device_messages_total", "b", side="front", direction="in") == 9
-    two.advance(3.0)
-    assert two.control("a").sent.count(Command.STATS) == 4, "one request per probe"
-    # Only at its first probe, before anything showed that its answers carry the counters.
-    assert two.control("b").sent.count(Command.STATS) == 1, "a device whose PING carries counters was asked again"
+def test_instances_a_scale_removes_leave_the_metrics_and_new_ones_join(tmp_path: Path) -> None:
+    replicated = {
+        "in": {"bind": [f"ipc://{tmp_path}/p-{{replica}}-in"]},
+        "out": {"bind": [f"ipc://{tmp_path}/p-{{replica}}-out"]},
+    }
+    harness = Harness(topology({"pipe": {"replicas": 2, **replicated}}, tmp_path)).start()
+    metrics = Metrics(harness.sup, harness.log, read_usage=FakeUsage())
 
+    def instances(name: str) -> set[str]:
+        text = prometheus_client.generate_latest(metrics.registry).decode()
+        family = next(f for f in text_string_to_metric_families(text) if f.name == name)
+        return {s.labels["instance"] for s in family.samples}
 
-def test_one_request_in_flight_and_none_for_a_kind_without_counters(tmp_path: Path) -> None:
-    slow = {"interval": 1.0, "timeout": 3.0, "failures": 2}  # a request outlives the next probe
-    two = Harness(topology({"a": {}, "b": {}}, tmp_path, probe=slow)).start()
-    metrics, scrape = wired(two)
-    two.ready("a", "b")
-    two.advance(1.0)
-    two.advance(1.0)
-    assert two.control("a").sent.count(Command.STATS) == 1, "asked again while a request was in flight"
-    two.control("a").answer(Command.STATS, False, device_error(ErrorCode.UNSUPPORTED, "no control socket"))
-    two.advance(3.0)
-    assert two.control("a").sent.count(Command.STATS) == 1, "asked again although the kind cannot count"
+    harness.ready("pipe.0", "pipe.1")
+    harness.request("scale", name="pipe", replicas=3)
+    harness.ready("pipe.2")
+    harness.advance(1.0)
+    assert instances("procdevices_device_up") == {"pipe.0", "pipe.1", "pipe.2"}
+    assert instances("procdevices_device_probe_rtt_seconds") == {"pipe.0", "pipe.1", "pipe.2"}
+    harness.request("scale", name="pipe", replicas=2)
+    harness.exit("pipe.2", 0)
+    harness.advance(1.0)
+    assert instances("procdevices_device_up") == {"pipe.0", "pipe.1"}
+    assert instances("procdevices_device_probe_rtt_seconds") == {"pipe.0", "pipe.1"}
