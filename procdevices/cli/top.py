@@ -145,18 +145,28 @@ def device_table(status: dict[str, Any], sort: str, *, styled: bool) -> Table:
 
     table = Table(
         box=box.SIMPLE_HEAD if styled else None,
+        show_edge=False,
         header_style="bold" if styled else "",
         pad_edge=False,
+        # The box's own separator is one column: a terminal may be only 80 wide.
+        padding=(0, 0 if styled else 2, 0, 0),
     )
-    for index, name in enumerate((*COLUMNS, "LAST EXIT")):
+    cells = rows(sorted_devices(status["devices"], sort))
+    names = (*COLUMNS, "LAST EXIT")
+    for index, name in enumerate(names):
+        if name == "LAST EXIT":
+            # The one column that gives way in a narrow terminal: folded, never cut.
+            table.add_column(name, overflow="fold")
+            continue
+        widest = max((len(row[index]) for row in cells), default=0)
         right = 2 <= index < len(COLUMNS)
-        table.add_column(name, justify="right" if right else "left", no_wrap=name != "LAST EXIT")
-    for cells in rows(sorted_devices(status["devices"], sort)):
-        state = cells[1]
+        table.add_column(name, justify="right" if right else "left", no_wrap=True, min_width=max(widest, len(name)))
+    for row in cells:
+        state = row[1]
         style = ""
         if styled:
             style = "red" if state.startswith(("FATAL", "BACKOFF")) else "yellow" if "(" in state else ""
-        table.add_row(*cells, style=style)
+        table.add_row(*row, style=style)
     return table
 
 
