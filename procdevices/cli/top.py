@@ -174,6 +174,9 @@ def top(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
+    if args.once and console.is_terminal:
+        console.print(frame(_status(args), args.sort, styled=True))
+        return exitcodes.EXIT_OK
     if args.once or not console.is_terminal:
         return _print_frames(args, console)
     try:
