@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from cli_support import CLI, RUN_DIR, Up, cli, describe, push_pull, wait_for, write_topology
+from cli_support import CLI, RUN_DIR, Up, cli, describe, finish_cli, push_pull, wait_for, write_topology
 from prometheus_client.parser import text_string_to_metric_families
 
 from procdevices.exitcodes import EXIT_CONFIG, EXIT_NOT_RUNNING, EXIT_OK
@@ -251,6 +253,22 @@ def test_top_once_renders_every_device(short_tmp: Path) -> None:
         one = up.cli("top", "broker.1", "--once", "--sort", "restarts")
         assert one.returncode == EXIT_OK, describe(one)
         assert [line.split()[0] for line in one.stdout.splitlines()[2:] if line.strip()] == ["broker.1"]
+
+        # Without --once and without a terminal: frame after frame until Ctrl-C, which exits 0.
+        follower = up.start_cli("top", "-n", "0.1")
+        try:
+            assert follower.stdout is not None
+            headers = 0
+            deadline = time.monotonic() + 20
+            while headers < 2 and time.monotonic() < deadline:
+                if select.select([follower.stdout], [], [], 1.0)[0]:
+                    headers += follower.stdout.readline().startswith("supervisor pid ")
+            assert headers == 2, "top printed no second frame"
+            follower.send_signal(signal.SIGINT)
+        finally:
+            result = finish_cli(follower)
+        assert result.returncode == EXIT_OK, describe(result)
+        assert "Traceback" not in result.stderr, result.stderr
         assert up.cli("down").returncode == 0
         assert up.wait_exit() == EXIT_OK
 
