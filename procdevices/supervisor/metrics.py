@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from procdevices.logs import Log
+from procdevices.logs import Log, to_logger
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.health import Health
@@ -343,9 +343,10 @@ class MetricsServer:
         self.thread.join(5.0)
 
 
-def start_metrics(supervisor: Supervised, address: str, log: Log) -> MetricsServer:
+def start_metrics(supervisor: Supervised, address: str, log: Log | None = None) -> MetricsServer:
     """Serve ``/metrics`` at ``address`` ("HOST:PORT", port 0: any free one) in a daemon
     thread; MetricsUnavailable with one line when it cannot listen there."""
+    log = log or to_logger()
     try:
         host, port = split_host_port(address)
     except ValueError as e:
