@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import describe, write_topology
+from support.cli import describe, write_topology
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 STREAMER = """\
 [devices.pipe]

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import wait_for
+from support.cli import wait_for
 
 from procdevices.supervisor.notify import sd_notify
 

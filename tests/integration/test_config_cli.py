@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_support import Up, cli, describe
+from support.cli import Up, cli, describe
 
 GOOD = """\
 [supervisor]

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import Up, cli, describe
+from support.cli import Up, cli, describe
 
 from procdevices.supervisor.config import ConfigError, load_topology
 from procdevices.supervisor.config.source import MAX_FILE_SIZE
 
-CORPUS = Path(__file__).parent / "bad_configs"
+CORPUS = Path(__file__).resolve().parent.parent / "bad_configs"
 FILES = sorted(CORPUS.glob("*.toml"))
 EXPECT = "# expect: "
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from cli_support import (
+from support.cli import (
     Up,
     accepts_connections,
     cli,

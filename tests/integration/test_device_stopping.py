@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from device_support import recv_within
+from support.devices import recv_within
 
 from procdevices import ControlTimeout, ProcessDevice, ThreadProxy
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import zmq
-from device_support import health_when
+from support.devices import health_when
 
 from procdevices import ControlTimeout, ProcessDevice
 

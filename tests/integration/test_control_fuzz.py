@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
-from cli_support import Up, connect, push_pull, write_topology
+from support.cli import Up, connect, push_pull, write_topology
 
 STREAMER = """\
 [devices.pipe]

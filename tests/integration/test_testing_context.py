@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from cli_support import Ctx, connect, expect_silence, push_pull, recv_within, request_reply, wait_for
+from support.cli import Ctx, connect, expect_silence, push_pull, recv_within, request_reply, wait_for
 
 from procdevices.testing import FAST_DEFAULTS, TopologyError, prepare_topology, topology
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
-from cli_support import Ctx, push_pull, request_reply
+from support.cli import Ctx, push_pull, request_reply
 
 from procdevices.pytest_plugin import TopologyFactory
 from procdevices.testing import LiveTopology, TopologyError

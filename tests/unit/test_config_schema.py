@@ -32,7 +32,7 @@ from procdevices.supervisor.config.settings import (
 from procdevices.supervisor.config.source import MAX_FILE_SIZE
 from procdevices.supervisor.policy import Backoff, backoff_delay
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 TEXT = DOC.read_text(encoding="utf-8")
 
 

@@ -165,7 +165,7 @@ def test_crash_loop_to_fatal_then_stop_clears_it() -> None:
 
 # --- docs/states.md must show the same table --------------------------------
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "states.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "states.md"
 BEGIN = "<!-- transitions:begin -->"
 END = "<!-- transitions:end -->"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import CLI, Up, write_topology
+from support.cli import CLI, Up, write_topology
 
 STREAMER = """\
 [devices.pipe]

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from cli_support import CLI, RUN_DIR, Up, identify, push_pull, write_topology
+from support.cli import CLI, RUN_DIR, Up, identify, push_pull, write_topology
 
 from procdevices.supervisor.runstate import RUN_TOKEN_ENV
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cli_support import wait_for
+from support.cli import wait_for
 
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 MARK = "PROCDEVICES_TOOLKIT_TEST_MARK"
 
 # Warnings are errors in the user's run too: the toolkit must not leak a socket or a file.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.devices
-from device_support import health_when, recv_within
+from support.devices import health_when, recv_within
 
 import procdevices
 from procdevices import (

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
-from cli_support import wait_for
+from support.cli import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

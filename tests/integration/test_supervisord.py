@@ -39,9 +39,9 @@ from procdevices.supervisor.config import load_topology
 from procdevices.control.client import call_supervisor
 from procdevices.control.protocol import SupervisorCommand
 from procdevices.supervisor.supervisord import render_group, supervisord_quote
-from cli_support import wait_for
+from support.cli import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROCDEVICES_CONF = REPO / "supervisor.d" / "procdevices.conf"
 EXAMPLE_CONF = REPO / "supervisor.d" / "supervisord.conf.example"
 INSTANCES = ("relay", "stage.0", "stage.1")

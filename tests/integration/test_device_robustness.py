@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import zmq
-from device_support import health_when, recv_within
+from support.devices import health_when, recv_within
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from device_support import connect_pipe, health_when, recv_within
+from support.devices import connect_pipe, health_when, recv_within
 
 from procdevices import ProcessDevice, ProcessProxy
 

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from cli_support import (
+from support.cli import (
     Up,
     describe,
     finish_cli,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from cli_support import Up, describe, push_pull, wait_for, write_topology
+from support.cli import Up, describe, push_pull, wait_for, write_topology
 
 
 def streamer(name: str, *, kind: str = "streamer", replicas: int = 1) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cli_support import RUN_DIR, Up, cli, describe, wait_for, write_topology
+from support.cli import RUN_DIR, Up, cli, describe, wait_for, write_topology
 from test_rundir_state import CORRUPT_STATES, start_sleep
 
 from procdevices.supervisor.runstate import RUN_TOKEN_ENV

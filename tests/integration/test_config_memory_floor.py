@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import zmq
-from cli_support import Up, wait_for, write_topology
+from support.cli import Up, wait_for, write_topology
 
 from procdevices.supervisor.config.settings import MEMORY_LIMIT_FLOOR
 

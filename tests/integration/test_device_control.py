@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
-from device_support import connect_pipe, recv_within
+from support.devices import connect_pipe, recv_within
 
 from procdevices import (
     ControlTimeout,

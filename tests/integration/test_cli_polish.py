@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import CLI, Up, describe, write_topology
+from support.cli import CLI, Up, describe, write_topology
 
 import procdevices
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 STREAMER = """\
 [devices.pipe]
