@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import zmq
-from support.devices import health_when, recv_within
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.devices import health_when, recv_within
 
 from procdevices import ProcessProxySteerable
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, parse_device_request

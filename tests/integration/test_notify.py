@@ -62,7 +62,7 @@ class NotifySocket:
     def nothing_more(self) -> list[dict[str, str]]:
         """Datagrams still queued (none expected)."""
         self.sock.setblocking(False)
-        extra = []
+        extra: list[dict[str, str]] = []
         while True:
             try:
                 data = self.sock.recv(4096)

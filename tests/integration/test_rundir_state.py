@@ -18,9 +18,9 @@ from typing import Any
 
 import psutil
 import pytest
-from support.cli import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cli import wait_for
 
 from procdevices.supervisor import runstate
 from procdevices.supervisor.runstate import (

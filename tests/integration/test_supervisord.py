@@ -33,13 +33,13 @@ import zmq
 from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 from supervisor.xmlrpc import SupervisorTransport
+from support.cli import wait_for
 
-from procdevices.supervisor import policy
-from procdevices.supervisor.config import load_topology
 from procdevices.control.client import call_supervisor
 from procdevices.control.protocol import SupervisorCommand
+from procdevices.supervisor import policy
+from procdevices.supervisor.config import load_topology
 from procdevices.supervisor.supervisord import render_group, supervisord_quote
-from support.cli import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PROCDEVICES_CONF = REPO / "supervisor.d" / "procdevices.conf"
@@ -107,7 +107,7 @@ def alive(ident: tuple[int, float]) -> bool:
     """Running (not a zombie waiting for its reaper) and the very process recorded."""
     try:
         proc = psutil.Process(ident[0])
-        return abs(proc.create_time() - ident[1]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(abs(proc.create_time() - ident[1]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import textwrap
+from collections.abc import Mapping
 
 import pytest
 import zmq
@@ -30,7 +31,7 @@ def device_table(**extra: object) -> dict[str, object]:
     return {"kind": "queue", "in": {"bind": ["ipc://@in"]}, "out": {"bind": ["ipc://@out"]}, **extra}
 
 
-def topology(devices: dict[str, object], supervisor: dict[str, object] | None = None) -> Topology:
+def topology(devices: Mapping[str, object], supervisor: Mapping[str, object] | None = None) -> Topology:
     return parse_topology({"supervisor": supervisor or {}, "devices": devices}, source="mem.toml", base_dir=BASE)
 
 
@@ -100,7 +101,7 @@ def test_stop_linger_default_defaults_table_and_device() -> None:
 def test_build_device_carries_stop_linger() -> None:
     (config,) = topology({"a": device_table(stop_linger=0.25)}).instances()
     device = build_device(config, "ipc:///tmp/ctl.sock")
-    assert device.stop_linger == 0.25  # type: ignore[attr-defined]
+    assert device.stop_linger == 0.25
 
 
 # -- the kinds table, as build.py reads it ------------------------------------------------------

@@ -25,6 +25,7 @@ class _Me:
 
 class _Pool:
     def __init__(self, idle: int) -> None:
+        self.size = idle
         self.idle = idle
         self.taken: list[str] = []
         self.refills = 0
