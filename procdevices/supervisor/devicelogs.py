@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Generator
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3
