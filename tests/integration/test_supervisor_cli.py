@@ -182,7 +182,8 @@ def test_stop_start_restart_pause_resume_and_stats_from_the_cli(
         push.close()
         pull.close()
 
-        # -- stop: STOPPED, nothing listens any more; the neighbour is untouched
+        # -- stop: STOPPED; the neighbour is untouched. The supervisor keeps the stopped device's
+        # listening socket (own_sockets): a client connecting now waits for the next start.
         pid = devices["pipe"]["pid"]
         first_process = psutil.Process(pid)
         stopped = up.cli("stop", "pipe")
@@ -193,7 +194,7 @@ def test_stop_start_restart_pause_resume_and_stats_from_the_cli(
         assert (pipe["state"], pipe["pid"]) == ("STOPPED", None), pipe
         assert pipe["last_exit"] == "stopped through the control socket", pipe
         assert is_gone(first_process), "the stopped device's process is still running"
-        assert not accepts_connections(front), "the stopped device's in socket still accepts connections"
+        assert accepts_connections(front), "the supervisor no longer holds the stopped device's address"
         assert (now["hub"]["state"], now["hub"]["pid"]) == ("RUNNING", hub_pid), "stopping pipe touched hub"
 
         # -- start: RUNNING again, a new process, forwarding on the same endpoints

@@ -47,7 +47,8 @@ def test_a_consumer_that_stops_reading_for_30s_does_not_get_its_device_killed(sh
                 producer.send(b"%08d" % sent + PADDING, zmq.NOBLOCK)
                 sent += 1
             except zmq.Again:
-                if producer.poll(500, zmq.POLLOUT) == 0:
+                # Full until the device takes more: 2 s without room means every queue is full.
+                if producer.poll(2000, zmq.POLLOUT) == 0:
                     break
         assert sent > 1000, "the pipeline never filled up"
         assert up.cli("resume", "pipe").returncode == 0

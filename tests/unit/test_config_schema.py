@@ -79,6 +79,8 @@ def expected_type(setting: Setting) -> str:
 
 def expected_default(setting: Setting) -> str:
     default = setting.default
+    if isinstance(default, bool):
+        return "`true`" if default else "`false`"
     if default is None:
         return "none (no limit)"
     if isinstance(default, str):
