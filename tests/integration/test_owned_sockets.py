@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -60,11 +61,12 @@ def test_twenty_sigkill_restarts_refuse_no_connection_and_keep_the_port(
             pid = device["pid"]
             for _ in range(20):
                 os.kill(pid, signal.SIGKILL)
-                restarted = wait_for(
-                    lambda old=pid: (d := up.devices()["pipe"])["state"] == "RUNNING" and d["pid"] != old and d,
-                    30,
-                    "the device to run again",
-                )
+
+                def replaced(old: int = pid) -> dict[str, Any] | None:
+                    now: dict[str, Any] = up.devices()["pipe"]
+                    return now if now["state"] == "RUNNING" and now["pid"] != old else None
+
+                restarted = wait_for(replaced, 30, "the device to run again")
                 assert restarted["endpoints"]["in"] == [endpoint], "the port changed across a restart"
                 pid = restarted["pid"]
             wait_for(lambda: knocker.connects > 20, 30, "the knocker to get through")

@@ -23,6 +23,7 @@ def test_a_wildcard_port_is_resolved_once_and_kept(short_tmp: Path) -> None:
         port = int(endpoint.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # the kernel accepts into the backlog: no process of the device runs
+        assert owned.out is not None
         assert set(listeners.for_instance("pipe")) == {endpoint, *owned.out.bind}
     finally:
         listeners.close()
@@ -34,6 +35,7 @@ def test_ipc_files_are_made_and_removed(short_tmp: Path) -> None:
     (instance,) = topology({"pipe": {}}, short_tmp).instances()
     listeners = Listeners()
     owned = listeners.own(instance)
+    assert owned.out is not None
     paths = [Path(e[len("ipc://") :]) for e in (*owned.in_.bind, *owned.out.bind)]
     assert all(p.is_socket() for p in paths)
     listeners.release("pipe")
