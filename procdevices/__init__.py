@@ -34,18 +34,17 @@ _HOME = {
 __all__ = [*_DEVICES, "DeviceStats", *_ERRORS]
 
 if TYPE_CHECKING:
-    from procdevices.control.protocol import DeviceStats
+    # "X as X": an explicit re-export, for the type checker.
+    from procdevices.control.protocol import DeviceStats as DeviceStats
     from procdevices.devices import *  # noqa: F403
-    from procdevices.errors import (
-        ControlTimeout,
-        DeviceError,
-        DeviceExitedEarly,
-        DeviceNotRunning,
-        DeviceSetupError,
-        DeviceStartError,
-        RemoteError,
-        UnsupportedOperation,
-    )
+    from procdevices.errors import ControlTimeout as ControlTimeout
+    from procdevices.errors import DeviceError as DeviceError
+    from procdevices.errors import DeviceExitedEarly as DeviceExitedEarly
+    from procdevices.errors import DeviceNotRunning as DeviceNotRunning
+    from procdevices.errors import DeviceSetupError as DeviceSetupError
+    from procdevices.errors import DeviceStartError as DeviceStartError
+    from procdevices.errors import RemoteError as RemoteError
+    from procdevices.errors import UnsupportedOperation as UnsupportedOperation
 
 
 def __getattr__(name: str) -> Any:

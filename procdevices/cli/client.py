@@ -181,3 +181,33 @@ def scale(args: argparse.Namespace) -> int:
             return exitcodes.EXIT_OK if all(d["state"] == "RUNNING" for d in devices) else exitcodes.EXIT_FAILED
         time.sleep(0.05)  # the supervisor never blocks; this client polls its status
     raise _fail(f"scale {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+
+
+def logs(args: argparse.Namespace) -> int:
+    """A device's own output: the last lines, then (``-f``) what it appends."""
+    from procdevices.supervisor import devicelogs
+
+    directory = devicelogs.log_dir(run_dir(args))
+    paths = sorted(directory.glob(f"{args.name}.log")) or sorted(directory.glob(f"{args.name}.*.log"))
+    if not paths:
+        known = sorted(p.name.removesuffix(".log") for p in directory.glob("*.log")) if directory.is_dir() else []
+        raise _fail(
+            f"logs: no log of a device named {args.name!r} in {directory}"
+            + (f" (devices with logs: {', '.join(known)})" if known else ""),
+            exitcodes.EXIT_FAILED,
+        )
+    many = len(paths) > 1
+    for path in paths:
+        prefix = f"{path.name.removesuffix('.log')}: " if many else ""
+        for line in devicelogs.tail(path, args.lines):
+            print(prefix + line)
+    if not args.follow:
+        return exitcodes.EXIT_OK
+    if many:
+        raise _fail("logs -f follows one device process: name a replica (NAME.N)", exitcodes.EXIT_FAILED)
+    try:
+        for line in devicelogs.follow(paths[0]):
+            print(line, flush=True)
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    return exitcodes.EXIT_OK

@@ -58,6 +58,7 @@ COMMANDS = (
     Command("restart", client.lifecycle, "stop, then start a device", "required", wait=True),
     Command("pause", client.steer, "pause forwarding (messages wait in queues)", "required"),
     Command("resume", client.steer, "resume forwarding", "required"),
+    Command("logs", client.logs, "show a device process's own output (stdout and stderr)", "required"),
     Command("reload", client.reload, "re-read the topology and apply the difference (SIGHUP to `up` does the same)"),
     Command("scale", client.scale, "run N replicas of a device (the file is not changed)", "required", wait=True),
     Command("down", client.down, "stop every device and the supervisor; returns once it has exited"),
@@ -189,6 +190,8 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     )
     commands["completion"].add_argument("shell", choices=("bash", "zsh", "tcsh"))
     commands["scale"].add_argument("replicas", type=int, help="how many instances to run (1 to 64)")
+    commands["logs"].add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
+    commands["logs"].add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
     serve.add_up_arguments(commands["up"])
     top.add_arguments(commands["top"])
     return parser, commands

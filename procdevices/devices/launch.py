@@ -59,11 +59,12 @@ def pickle_device(device: object) -> bytes:
 
 def spawn_device(
     pickled_device: bytes, control_endpoint: str, *, label: str, daemon: bool = True,
-    cleanup_dir: str | None = None, process_class: Any = None,
+    cleanup_dir: str | None = None, process_class: Any = None, listeners: dict[str, Any] | None = None,
 ) -> PendingStart:
-    """Start a fresh spawned interpreter that runs the device."""
+    """Start a fresh spawned interpreter that runs the device. ``listeners``: endpoint →
+    :class:`~procdevices.devices.inherit.InheritedFd` of a listening socket it takes over."""
     parent_end, child_end = SPAWN.Pipe(duplex=True)
-    job = rt.Job(pickled_device, control_endpoint, cleanup_dir)
+    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, listeners)
     process = (process_class or SPAWN.Process)(
         target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
     )
@@ -97,12 +98,14 @@ class WorkerPool:
             child_end.close()
             self._idle.append(_Worker(process, parent_end))
 
-    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None:
+    def take(
+        self, pickled_device: bytes, control_endpoint: str, *, label: str, listeners: dict[str, Any] | None = None
+    ) -> PendingStart | None:
         """Hand the device to an idle worker; None when none is available."""
         while self._idle:
             worker = self._idle.pop(0)
             try:
-                worker.conn.send(rt.Job(pickled_device, control_endpoint, None))
+                worker.conn.send(rt.Job(pickled_device, control_endpoint, None, listeners))
             except OSError:
                 worker.process.join(0)
                 continue  # it died while idle; try the next one

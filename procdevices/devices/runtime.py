@@ -42,6 +42,8 @@ from procdevices.control.server import (
     ControlTarget,
 )
 from procdevices.control.steering import ProxySteering
+from procdevices.devices.inherit import INHERITED
+from procdevices.devices.inherit import adopt as adopt_listeners
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
 
 if TYPE_CHECKING:
@@ -127,10 +129,17 @@ def apply_sockopts(role: str, sock: Socket, options: Iterable[tuple[int, Any]]) 
 
 def bind_all(role: str, sock: Socket, addresses: Iterable[str], bound: list[str]) -> None:
     for address in addresses:
+        inherited = INHERITED.get(address)
         try:
+            if inherited is not None:
+                # The parent's listening socket (inherit.py): bind takes it over, and resets.
+                sock.setsockopt(zmq.USE_FD, inherited)
             sock.bind(address)
         except zmq.ZMQError as e:
             raise _setup_error(role, "bind to", address, e) from None
+        finally:
+            if inherited is not None:
+                sock.setsockopt(zmq.USE_FD, -1)
         bound.append(_endpoint_text(sock.last_endpoint))
 
 
@@ -332,8 +341,14 @@ class DeviceRuntime:
 
 
 def _ipc_paths(endpoints: dict[str, list[str]]) -> list[str]:
-    # libzmq leaves the socket file of a bound ipc endpoint behind; a stopped device should not.
-    return [e[len("ipc://"):] for bound in endpoints.values() for e in bound if e.startswith("ipc://")]
+    # libzmq leaves the socket file of a bound ipc endpoint behind; a stopped device should not
+    # (unless the socket is its parent's, which still listens on it).
+    return [
+        e[len("ipc://") :]
+        for bound in endpoints.values()
+        for e in bound
+        if e.startswith("ipc://") and e not in INHERITED
+    ]
 
 
 def _remove(path: str) -> None:
@@ -373,6 +388,8 @@ class Job:
     pickled_device: bytes
     control_endpoint: str
     cleanup_dir: str | None = None
+    # endpoint → listening socket owned by the parent (InheritedFd in the parent, int here)
+    listeners: dict[str, Any] | None = None
 
 
 def process_main(conn: Connection, job: Job | None) -> None:
@@ -390,6 +407,7 @@ def process_main(conn: Connection, job: Job | None) -> None:
         except (EOFError, OSError):
             _exit_now(0)  # the pool was closed, or its supervisor died, before any job came
         assert isinstance(job, Job)
+    adopt_listeners(job.listeners)
     wake_r, wake_w = pysocket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)

@@ -365,6 +365,8 @@ class Supervisor:
 
     def _remove(self, child: Child, *, start_successor: bool = True) -> None:
         self.children.remove(child)
+        if child.successor is None or child.successor.name != child.name:
+            self.launcher.forget(child.name)  # its listening sockets, unless its successor's
         if child.control is not None:
             self.watcher.unwatch(child.control.pollable)
             child.control.close()

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 import zmq
@@ -21,6 +21,7 @@ import zmq
 from procdevices.control.aclient import AsyncControl, ControlChannel
 from procdevices.devices import runtime as rt
 from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
+from procdevices.supervisor.listeners import Listeners
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class Launcher(Protocol):
         ...
 
     def idle_workers(self) -> int: ...
+
+    def forget(self, label: str) -> None:
+        """The device instance ``label`` is gone for good (a reload removed it)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -180,7 +185,9 @@ class SpawnedDevice:
 
 
 class PoolLike(Protocol):
-    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None: ...
+    def take(
+        self, pickled_device: bytes, control_endpoint: str, *, label: str, listeners: dict[str, Any] | None = None
+    ) -> PendingStart | None: ...
 
     def refill(self) -> None: ...
 
@@ -199,7 +206,15 @@ Spawn = Callable[..., PendingStart]
 class ProcessLauncher:
     """The real launcher: a warm worker when the pool has one, else a fresh spawn."""
 
-    def __init__(self, pool_size: int, *, pool: PoolLike | None = None, spawn: Spawn = spawn_device) -> None:
+    def __init__(
+        self,
+        pool_size: int,
+        *,
+        pool: PoolLike | None = None,
+        spawn: Spawn = spawn_device,
+        listeners: Listeners | None = None,
+    ) -> None:
+        self.listeners = listeners or Listeners()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size)
         self._spawn = spawn
@@ -207,12 +222,16 @@ class ProcessLauncher:
         self._channels: list[AsyncControl] = []
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
-        pending = self.pool.take(pickled_device, control_endpoint, label=label)
+        listeners = self.listeners.for_instance(label) or None
+        pending = self.pool.take(pickled_device, control_endpoint, label=label, listeners=listeners)
         if pending is not None:
             self._pool_short = True
         else:
-            pending = self._spawn(pickled_device, control_endpoint, label=label)
+            pending = self._spawn(pickled_device, control_endpoint, label=label, listeners=listeners)
         return SpawnedDevice(pending)
+
+    def forget(self, label: str) -> None:
+        self.listeners.release(label)
 
     def connect(self, control_endpoint: str) -> ControlChannel:
         channel = AsyncControl(self.ctx, control_endpoint)
@@ -238,5 +257,6 @@ class ProcessLauncher:
         for channel in self._channels:
             channel.close()
         self.pool.close()
+        self.listeners.close()
         with contextlib.suppress(zmq.ZMQError):
             self.ctx.term()

@@ -26,7 +26,7 @@ from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import DeviceConfig, Topology
 
 # What the device process itself runs with; anything else of a DeviceConfig is supervision.
-PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger")
+PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger", "own_sockets")
 
 
 def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:

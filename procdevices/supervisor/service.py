@@ -8,6 +8,7 @@ Topology ──child_factory──► [Child] ──► Supervisor ◄── Eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from procdevices.supervisor.core import Supervisor
 from procdevices.supervisor.events import EventPublisher, event, events_endpoint
 from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import ProcessLauncher
+from procdevices.supervisor.listeners import Listeners
 from procdevices.supervisor.loop import EventLoop, RequestServer
 from procdevices.supervisor.metrics import MetricsServer, start_metrics
 from procdevices.supervisor.notify import sd_notify
@@ -32,9 +34,16 @@ from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import State
 
 
-def child_factory(run_dir: RunDir) -> ChildFactory:
+def child_factory(run_dir: RunDir, listeners: Listeners, log: Log) -> ChildFactory:
     def make_child(instance: DeviceConfig, device: str) -> Child:
-        """One device instance, its device built and pickled once, up front."""
+        """One device instance, its listening sockets made (listeners.py), its device built
+        and pickled once, up front."""
+        try:
+            instance = listeners.own(instance)
+        except OSError as e:
+            # The device will try itself, and report the failure as a setup error (FATAL).
+            log(f"{instance.name}: {e}; the device will bind by itself", device=instance.name, level=logging.WARNING)
+            instance = dataclasses.replace(instance, own_sockets=False)
         endpoint = run_dir.device_control_endpoint(instance.name)
         return Child(instance, device, endpoint, pickle_device(build_device(instance, endpoint)))
 
@@ -58,9 +67,10 @@ def run_supervisor(
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
-    launcher = ProcessLauncher(topology.supervisor.pool_size)
+    listeners = Listeners()
+    launcher = ProcessLauncher(topology.supervisor.pool_size, listeners=listeners)
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
-    make_child = child_factory(run_dir)
+    make_child = child_factory(run_dir, listeners, log)
     supervisor = Supervisor(
         topology,
         [make_child(i, d.name) for d in topology.devices for i in d.instances()],

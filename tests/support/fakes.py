@@ -147,6 +147,7 @@ class FakeLauncher:
         self.refills = 0
         self.released = False
         self.idle = idle_workers
+        self.forgotten: list[str] = []
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> FakeProcess:
         if self.fail_with is not None:
@@ -168,6 +169,9 @@ class FakeLauncher:
 
     def resize(self, size: int) -> None:
         self.resized_to = size
+
+    def forget(self, label: str) -> None:
+        self.forgotten.append(label)
 
     def idle_workers(self) -> int:
         return self.idle

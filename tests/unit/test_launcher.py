@@ -25,12 +25,15 @@ class _Me:
 
 class _Pool:
     def __init__(self, idle: int) -> None:
+        self.size = idle
         self.idle = idle
         self.taken: list[str] = []
         self.refills = 0
         self.ends: list[Connection] = []
 
-    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None:
+    def take(
+        self, pickled_device: bytes, control_endpoint: str, *, label: str, listeners: dict[str, Any] | None = None
+    ) -> PendingStart | None:
         if not self.idle:
             return None
         self.idle -= 1
@@ -70,7 +73,7 @@ def test_a_warm_worker_is_used_when_the_pool_has_one(ends: list[Connection]) -> 
     pool.ends = ends
     spawned: list[str] = []
 
-    def spawn(pickled: bytes, endpoint: str, *, label: str) -> PendingStart:
+    def spawn(pickled: bytes, endpoint: str, *, label: str, listeners: Any = None) -> PendingStart:
         spawned.append(label)
         return _pending(ends, label)
 
@@ -87,7 +90,7 @@ def test_a_warm_worker_is_used_when_the_pool_has_one(ends: list[Connection]) -> 
 
 def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Connection]) -> None:
     pool = _Pool(idle=0)
-    launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label: _pending(ends, label))
+    launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label, listeners=None: _pending(ends, label))
     try:
         launcher.refill()  # at first the pool is empty: fill it
         launcher.refill()

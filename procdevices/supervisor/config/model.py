@@ -92,6 +92,7 @@ class DeviceConfig:
     kill_timeout: float = 2.0
     stop_linger: float = 1.0
     replicas: int = 1
+    own_sockets: bool = True
 
     def sockets(self) -> Iterator[tuple[str, SocketSpec]]:
         """The (role, spec) pairs of the sockets this device has."""

@@ -55,6 +55,7 @@ class ValueType(enum.Enum):
     CHOICE = "choice"
     MEMORY = "memory"
     PATH = "path"
+    BOOLEAN = "boolean"
     ADDRESS = "string (HOST:PORT)"
 
 
@@ -123,6 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kill_timeout", _S, 2.0, minimum=0, maximum=_DEADLINE),
     Setting("stop_linger", _S, 1.0, minimum=0, min_inclusive=True, maximum=_DEADLINE),
     Setting("replicas", _I, 1, minimum=1, min_inclusive=True, maximum=64),
+    Setting("own_sockets", ValueType.BOOLEAN, True),
 )
 
 DEVICE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope is Scope.DEVICE)
@@ -159,6 +161,10 @@ def parse_value(setting: Setting, value: object, key: str) -> object:
         if not value.isprintable():
             # It becomes part of every control socket path, and of messages.
             raise Invalid(key, f"'{value}' contains a control character")
+        return value
+    if setting.value_type is ValueType.BOOLEAN:
+        if not isinstance(value, bool):
+            raise expected(key, "true or false", value)
         return value
     if setting.value_type is ValueType.ADDRESS:
         if not isinstance(value, str):

@@ -1,0 +1,79 @@
+"""Listening sockets the supervisor owns (own_sockets): restarts refuse no client, ports stay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from support.cli import Up, push_pull, wait_for, write_topology
+
+# Restarts as fast as they come: this test kills on purpose, 20 times in a row.
+TCP_STREAMER = """\
+[devices.pipe]
+kind = "streamer"
+in  = { bind = ["tcp://127.0.0.1:*"] }
+out = { bind = ["ipc://out.sock"] }
+stable_after = 0.1
+backoff = { initial = 0.01, max = 0.05 }
+intensity = { max_restarts = 100, within = 60.0 }
+"""
+
+
+class Knocker(threading.Thread):
+    """Raw TCP connects to a port in a loop: counts the ones refused."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.connects = 0
+        self.refused = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10):
+                    self.connects += 1
+            except ConnectionRefusedError:
+                self.refused += 1
+            except OSError:
+                pass  # a reset by a device being killed is not a refusal
+
+
+@pytest.mark.timeout(180)
+def test_twenty_sigkill_restarts_refuse_no_connection_and_keep_the_port(
+    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    config = write_topology(short_tmp, TCP_STREAMER, pool_size=2)
+    with Up(config) as up:
+        device = up.wait_states()["pipe"]
+        (endpoint,) = device["endpoints"]["in"]
+        port = int(endpoint.rsplit(":", 1)[1])
+        knocker = Knocker(port)
+        knocker.start()
+        try:
+            pid = device["pid"]
+            for _ in range(20):
+                os.kill(pid, signal.SIGKILL)
+
+                def replaced(old: int = pid) -> dict[str, Any] | None:
+                    now: dict[str, Any] = up.devices()["pipe"]
+                    return now if now["state"] == "RUNNING" and now["pid"] != old else None
+
+                restarted = wait_for(replaced, 30, "the device to run again")
+                assert restarted["endpoints"]["in"] == [endpoint], "the port changed across a restart"
+                pid = restarted["pid"]
+            wait_for(lambda: knocker.connects > 20, 30, "the knocker to get through")
+        finally:
+            knocker.stop.set()
+            knocker.join(15)
+        assert knocker.refused == 0, f"{knocker.refused} of {knocker.connects + knocker.refused} connects refused"
+        assert up.devices()["pipe"]["restarts"] == 20
+        push_pull(zmq_ctx, endpoint, f"ipc://{short_tmp}/out.sock", [b"after twenty kills"])
+        assert "Address already in use" not in up.log(), up.log_tail()

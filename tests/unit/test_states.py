@@ -1,0 +1,196 @@
+"""Tests for the device state machine (procdevices.supervisor.states)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from procdevices.supervisor.states import (
+    RUNNING_STATES,
+    TRANSITIONS,
+    Event,
+    InvalidTransition,
+    State,
+    next_state,
+)
+
+S = State
+E = Event
+
+# The table exactly as specified, written out independently of the module so a
+# careless edit to TRANSITIONS is caught.
+EXPECTED: dict[tuple[State, Event], State] = {
+    (S.STOPPED, E.START): S.STARTING,
+    (S.STOPPED, E.STOP): S.STOPPED,
+    (S.EXITED, E.START): S.STARTING,
+    (S.EXITED, E.STOP): S.STOPPED,
+    (S.FATAL, E.START): S.STARTING,
+    (S.FATAL, E.STOP): S.STOPPED,
+    (S.STARTING, E.READY): S.RUNNING,
+    (S.STARTING, E.FAIL): S.FATAL,
+    (S.STARTING, E.EXIT_RESTART): S.BACKOFF,
+    (S.STARTING, E.EXIT_FINAL): S.EXITED,
+    (S.STARTING, E.STOP): S.STOPPING,
+    (S.RUNNING, E.EXIT_RESTART): S.BACKOFF,
+    (S.RUNNING, E.EXIT_FINAL): S.EXITED,
+    (S.RUNNING, E.FAIL): S.FATAL,
+    (S.RUNNING, E.STOP): S.STOPPING,
+    (S.BACKOFF, E.RETRY): S.STARTING,
+    (S.BACKOFF, E.START): S.STARTING,
+    (S.BACKOFF, E.STOP): S.STOPPED,
+    (S.BACKOFF, E.FAIL): S.FATAL,
+    (S.STOPPING, E.STOPPED): S.STOPPED,
+    (S.STOPPING, E.EXIT_RESTART): S.STOPPED,
+    (S.STOPPING, E.EXIT_FINAL): S.STOPPED,
+    (S.STOPPING, E.FAIL): S.STOPPED,
+    (S.STOPPING, E.STOP): S.STOPPING,
+}
+
+ALL_PAIRS = list(itertools.product(State, Event))
+INVALID_PAIRS = [pair for pair in ALL_PAIRS if pair not in EXPECTED]
+
+
+def test_enum_values_are_upper_case_names() -> None:
+    for state in State:
+        assert state.value == state.name
+    for event in Event:
+        assert event.value == event.name
+    assert State.RUNNING.value == "RUNNING"
+
+
+def test_table_is_exactly_the_specified_one() -> None:
+    assert dict(TRANSITIONS) == EXPECTED
+
+
+def test_table_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        TRANSITIONS[(S.STOPPED, E.READY)] = S.RUNNING  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("pair", "target"), EXPECTED.items(), ids=lambda v: str(v))
+def test_every_row(pair: tuple[State, Event], target: State) -> None:
+    state, event = pair
+    assert next_state(state, event) is target
+
+
+@pytest.mark.parametrize("pair", INVALID_PAIRS, ids=lambda p: f"{p[0].value}+{p[1].value}")
+def test_every_other_pair_is_invalid(pair: tuple[State, Event]) -> None:
+    state, event = pair
+    with pytest.raises(InvalidTransition):
+        next_state(state, event)
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [
+        (S.RUNNING, E.READY),  # second readiness report
+        (S.STOPPED, E.READY),  # report about a child we do not track
+        (S.RUNNING, E.START),  # would spawn a second child
+        (S.STARTING, E.START),
+        (S.STOPPING, E.START),  # must wait for the stop to finish
+        (S.STOPPED, E.RETRY),  # stale backoff timer
+        (S.BACKOFF, E.EXIT_RESTART),  # no child in BACKOFF
+        (S.RUNNING, E.STOPPED),  # STOPPED only completes a stop
+    ],
+)
+def test_notable_invalid_pairs(state: State, event: Event) -> None:
+    with pytest.raises(InvalidTransition) as info:
+        next_state(state, event)
+    # The message must name both so a log line is enough to debug it.
+    assert state.value in str(info.value)
+    assert event.value in str(info.value)
+    assert info.value.state is state
+    assert info.value.event is event
+
+
+def test_every_state_is_a_source() -> None:
+    assert {state for state, _ in TRANSITIONS} == set(State)
+
+
+def test_every_state_is_reachable_from_stopped() -> None:
+    seen = {S.STOPPED}
+    frontier = [S.STOPPED]
+    while frontier:
+        current = frontier.pop()
+        for (source, _), target in TRANSITIONS.items():
+            if source is current and target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    assert seen == set(State)
+
+
+def test_stop_is_accepted_in_every_state() -> None:
+    # "stop" must be safe on any device, whatever it is doing.
+    for state in State:
+        assert next_state(state, E.STOP) in {S.STOPPED, S.STOPPING}
+
+
+def test_stop_ends_up_stopped_without_a_child_and_stopping_with_one() -> None:
+    for state in State:
+        expected = S.STOPPING if state in RUNNING_STATES else S.STOPPED
+        assert next_state(state, E.STOP) is expected
+
+
+def test_running_states() -> None:
+    assert RUNNING_STATES == frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+
+
+def test_scripted_history() -> None:
+    script = [
+        (E.START, S.STARTING),
+        (E.READY, S.RUNNING),
+        (E.EXIT_RESTART, S.BACKOFF),  # crash
+        (E.RETRY, S.STARTING),
+        (E.READY, S.RUNNING),
+        (E.STOP, S.STOPPING),
+        (E.STOPPED, S.STOPPED),
+    ]
+    state = S.STOPPED
+    walked = []
+    for event, expected in script:
+        state = next_state(state, event)
+        walked.append(state)
+        assert state is expected
+    assert walked == [expected for _, expected in script]
+
+
+def test_crash_loop_to_fatal_then_stop_clears_it() -> None:
+    state = S.STOPPED
+    for event in (E.START, E.EXIT_RESTART, E.RETRY, E.FAIL, E.STOP):
+        state = next_state(state, event)
+    assert state is S.STOPPED
+
+
+# --- docs/states.md must show the same table --------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "states.md"
+BEGIN = "<!-- transitions:begin -->"
+END = "<!-- transitions:end -->"
+
+
+def _parse_doc_table(text: str) -> dict[tuple[State, Event], State]:
+    assert text.count(BEGIN) == 1 and text.count(END) == 1, "table markers missing in docs/states.md"
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    rows = [line.strip() for line in block.strip().splitlines() if line.strip()]
+    header, separator, *body = rows
+    assert [c.strip() for c in header.strip("|").split("|")] == ["From", "Event", "To"]
+    assert set(separator.replace("|", "").strip()) <= {"-", ":", " "}
+    table: dict[tuple[State, Event], State] = {}
+    for row in body:
+        source, event, target = (cell.strip().strip("`") for cell in row.strip("|").split("|"))
+        key = (State[source], Event[event])
+        assert key not in table, f"duplicate row in docs/states.md: {row}"
+        table[key] = State[target]
+    return table
+
+
+def test_doc_table_matches_transitions() -> None:
+    assert _parse_doc_table(DOC.read_text(encoding="utf-8")) == dict(TRANSITIONS)
+
+
+def test_doc_has_a_paragraph_per_state() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    for state in State:
+        assert f"**{state.value}**" in text
