@@ -78,7 +78,7 @@ def stats_lines(results: dict[str, dict[str, Any]]) -> str:
 def changes(what: str, summary: dict[str, list[str]]) -> str:
     """A reload's or scale's reply: one line per kind of change, per device."""
     lines = [f"{what}:"]
-    for kind in ("restarted", "started", "stopped", "updated", "unchanged", "pool_size"):
+    for kind in ("restarted", "started", "stopped", "updated", "unchanged", "pool_size", "not_applied"):
         names = summary.get(kind) or []
         if names:
             lines.append(f"  {kind:<10} {', '.join(names)}")

@@ -268,6 +268,10 @@ class Supervisor:
             self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)
             raise ProtocolError(ErrorCode.INVALID_CONFIG, message)
         summary = self._apply(topology)
+        if topology.supervisor.metrics != self.topology.supervisor.metrics:
+            # The HTTP server is bound once, before any device starts: a new address needs `up`.
+            self.log("reload: [supervisor] metrics changes take effect at the next `up`", level=logging.WARNING)
+            summary["not_applied"] = ["metrics"]
         if topology.supervisor.pool_size != self.topology.supervisor.pool_size:
             self.launcher.resize(topology.supervisor.pool_size)
             summary["pool_size"] = [str(topology.supervisor.pool_size)]

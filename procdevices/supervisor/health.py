@@ -61,10 +61,16 @@ class Health:
         if child.process is not process:
             return  # an answer about a process that is gone; the new one gets its own probes
         child.probe_in_flight = False
-        if ok:
-            rtt = max(0.0, self.clock() - sent_at)
-            for observe in self.rtt_observers:
-                observe(child, rtt)
+        try:
+            self._judge(child, ok, body)
+        finally:
+            # After the verdict: an observer (metrics) can never stand in its way.
+            if ok:
+                rtt = max(0.0, self.clock() - sent_at)
+                for observe in self.rtt_observers:
+                    observe(child, rtt)
+
+    def _judge(self, child: Child, ok: bool, body: Any) -> None:
         if child.state is not State.RUNNING:
             return
         loop = body.get("loop") if ok and isinstance(body, dict) else None
