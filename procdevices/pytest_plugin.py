@@ -31,14 +31,21 @@ _STARTED = pytest.StashKey[list["LiveTopology"]]()
 class TopologyFactory(Protocol):
     """The type of the ``procdevices_topology`` fixture, for annotating tests."""
 
-    def __call__(self, source: str | Mapping[str, Any], *, timeout: float = ...,
-                 states: Mapping[str, str] | None = ...,
-                 base_dir: str | os.PathLike[str] | None = ...) -> LiveTopology: ...
+    def __call__(
+        self,
+        source: str | Mapping[str, Any],
+        *,
+        timeout: float = ...,
+        states: Mapping[str, str] | None = ...,
+        base_dir: str | os.PathLike[str] | None = ...,
+    ) -> LiveTopology: ...
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    help = ("directory in which each topology gets its private directory (default /tmp; keep it short: "
-            "unix socket paths are limited to 107 bytes)")
+    help = (
+        "directory in which each topology gets its private directory (default /tmp; keep it short: "
+        "unix socket paths are limited to 107 bytes)"
+    )
     parser.addoption("--procdevices-base-dir", metavar="DIR", help=help)
     parser.addini("procdevices_base_dir", help)
 
@@ -56,11 +63,20 @@ def procdevices_topology(request: pytest.FixtureRequest) -> Iterator[TopologyFac
     started = request.node.stash.setdefault(_STARTED, [])
     configured = request.config.getoption("procdevices_base_dir") or request.config.getini("procdevices_base_dir")
 
-    def start(source: str | Mapping[str, Any], *, timeout: float = testing.DEFAULT_TIMEOUT,
-              states: Mapping[str, str] | None = None,
-              base_dir: str | os.PathLike[str] | None = None) -> LiveTopology:
-        topo = testing.LiveTopology(source, timeout=timeout, states=states, base_dir=base_dir or configured or None,
-                                    label=f"topology {len(started) + 1}")
+    def start(
+        source: str | Mapping[str, Any],
+        *,
+        timeout: float = testing.DEFAULT_TIMEOUT,
+        states: Mapping[str, str] | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> LiveTopology:
+        topo = testing.LiveTopology(
+            source,
+            timeout=timeout,
+            states=states,
+            base_dir=base_dir or configured or None,
+            label=f"topology {len(started) + 1}",
+        )
         started.append(topo)
         try:
             return topo.up()
@@ -78,7 +94,9 @@ def procdevices_topology(request: pytest.FixtureRequest) -> Iterator[TopologyFac
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
         for topo in item.stash.get(_STARTED, []):

@@ -115,6 +115,7 @@ class TopologyError(Exception):
 
 # -- the topology file --------------------------------------------------------------------------
 
+
 def prepare_topology(source: TopologySource, directory: Path) -> str:
     """The TOML text actually run for ``source`` in the private ``directory``.
 
@@ -163,8 +164,9 @@ def prepare_topology(source: TopologySource, directory: Path) -> str:
                 for direction in ("bind", "connect"):
                     endpoints = spec.get(direction)
                     if isinstance(endpoints, list):
-                        spec[direction] = [e.replace("{tmp}", str(directory)) if isinstance(e, str) else e
-                                           for e in endpoints]
+                        spec[direction] = [
+                            e.replace("{tmp}", str(directory)) if isinstance(e, str) else e for e in endpoints
+                        ]
     try:
         return _to_toml(data)
     except TypeError:
@@ -223,6 +225,7 @@ def _toml_value(value: object) -> str:
 
 # -- processes ----------------------------------------------------------------------------------
 
+
 def _alive(proc: psutil.Process) -> bool:
     """Running (a zombie runs nothing and holds no socket: it counts as gone)."""
     try:
@@ -271,6 +274,7 @@ def _short_tmp(base_dir: str | os.PathLike[str] | None) -> Path:
 
 # -- the running topology -----------------------------------------------------------------------
 
+
 class LiveTopology:
     """One supervised topology run for a test. Made by :func:`topology` (a context manager)
     or the ``procdevices_topology`` fixture.
@@ -279,9 +283,15 @@ class LiveTopology:
     file run), ``run_dir``, ``supervisor_pid``, ``returncode`` (of ``up``, once it exited).
     """
 
-    def __init__(self, source: TopologySource, *, timeout: float = DEFAULT_TIMEOUT,
-                 states: Mapping[str, str] | None = None,
-                 base_dir: str | os.PathLike[str] | None = None, label: str = "topology") -> None:
+    def __init__(
+        self,
+        source: TopologySource,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        states: Mapping[str, str] | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+        label: str = "topology",
+    ) -> None:
         self.label = label
         self._ready_states = dict(states or {})
         for state in self._ready_states.values():
@@ -313,16 +323,31 @@ class LiveTopology:
             self.config_path.write_text(prepare_topology(self._source, self.directory))
             with open(self.log_path, "wb") as log:
                 self._proc = subprocess.Popen(
-                    [*_CLI, "up", "-c", str(self.config_path)], cwd=self.directory, env=_clean_env(),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    [*_CLI, "up", "-c", str(self.config_path)],
+                    cwd=self.directory,
+                    env=_clean_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             self._log_reader = open(self.log_path, "rb")  # closed by close()
             self._leader = psutil.Process(self._proc.pid)
             self._watchdog = subprocess.Popen(
-                [sys.executable, "-m", "procdevices.testing", "--watchdog", str(self._proc.pid),
-                 repr(self._leader.create_time()), str(self.directory)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, env=_clean_env(),
+                [
+                    sys.executable,
+                    "-m",
+                    "procdevices.testing",
+                    "--watchdog",
+                    str(self._proc.pid),
+                    repr(self._leader.create_time()),
+                    str(self.directory),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=_clean_env(),
             )
             self.wait_states(self._ready_states, timeout=self.timeout)
         except BaseException:
@@ -333,8 +358,9 @@ class LiveTopology:
     def __enter__(self) -> LiveTopology:
         return self.up()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -366,8 +392,13 @@ class LiveTopology:
             if self._proc is not None and self._leader is not None:
                 if self._proc.poll() is None:
                     try:
-                        down = subprocess.run([*_CLI, "down", "-c", str(self.config_path)], cwd=self.directory,
-                                              env=_clean_env(), capture_output=True, timeout=_DOWN_TIMEOUT).returncode
+                        down = subprocess.run(
+                            [*_CLI, "down", "-c", str(self.config_path)],
+                            cwd=self.directory,
+                            env=_clean_env(),
+                            capture_output=True,
+                            timeout=_DOWN_TIMEOUT,
+                        ).returncode
                     except subprocess.TimeoutExpired:
                         down = None
                     if down != 0 and self._proc.poll() is None:
@@ -443,8 +474,12 @@ class LiveTopology:
         whatever the exit code."""
         try:
             return subprocess.run(
-                [*_CLI, *args, "-c", str(self.config_path)], cwd=self.directory, env=_clean_env(),
-                capture_output=True, text=True, timeout=timeout,
+                [*_CLI, *args, "-c", str(self.config_path)],
+                cwd=self.directory,
+                env=_clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             raise self._error(f"`procdevices {' '.join(args)}` did not finish within {timeout:g}s") from None
@@ -552,7 +587,7 @@ class LiveTopology:
         bound, port ``*`` resolved: ``topo.endpoints["broker"]["in"]`` ==
         ``["tcp://127.0.0.1:41234"]``. Keyed by instance name; a device with replicas is also
         listed under its own name, with the endpoints of all its instances in order. A fresh
-        status is read after any command (a restart binds new ports)."""
+        status is read after any command (with `own_sockets = false` a restart binds new ports)."""
         data = self._snapshot()
         result: dict[str, dict[str, list[str]]] = {}
         for entry in data["devices"]:
@@ -595,8 +630,9 @@ class LiveTopology:
         what = f"{'every device' if name is None else name} to be {state}"
         return self._settle(lambda data: {e["name"]: state for e in self._select(data, name)}, what, timeout)
 
-    def wait_states(self, states: Mapping[str, str] | None = None, *,
-                    timeout: float | None = None) -> dict[str, dict[str, Any]]:
+    def wait_states(
+        self, states: Mapping[str, str] | None = None, *, timeout: float | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Poll until every process is in its state from ``states`` (keys: device or instance
         names), RUNNING for the others; returns every entry by instance name. Fails fast as
         :meth:`wait_state` does (a device FATAL that should not be)."""
@@ -610,26 +646,29 @@ class LiveTopology:
             return {e["name"]: wanted.get(e["name"], wanted.get(e["device"], "RUNNING")) for e in data["devices"]}
 
         what = "every device to be RUNNING" + (
-            f" except {', '.join(f'{n} {s}' for n, s in wanted.items())}" if wanted else "")
+            f" except {', '.join(f'{n} {s}' for n, s in wanted.items())}" if wanted else ""
+        )
         return self._settle(targets, what, timeout)
 
-    def _settle(self, targets: Callable[[dict[str, Any]], dict[str, str]], what: str,
-                timeout: float | None) -> dict[str, dict[str, Any]]:
+    def _settle(
+        self, targets: Callable[[dict[str, Any]], dict[str, str]], what: str, timeout: float | None
+    ) -> dict[str, dict[str, Any]]:
         def settled(data: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
             wanted = targets(data)
             entries = [e for e in data["devices"] if e["name"] in wanted]
             fatal = [e for e in entries if e["state"] == "FATAL" != wanted[e["name"]]]
             if fatal:
-                raise self._error("; ".join(f"device {e['name']} is FATAL: {e['last_exit']}" for e in fatal)
-                                  + f" (while waiting for {what})")
+                raise self._error(
+                    "; ".join(f"device {e['name']} is FATAL: {e['last_exit']}" for e in fatal)
+                    + f" (while waiting for {what})"
+                )
             if all(e["state"] == wanted[e["name"]] for e in entries):
                 return {e["name"]: e for e in entries}
             return None
 
         return self._poll(settled, what, self.timeout if timeout is None else timeout)
 
-    def wait(self, predicate: Callable[[dict[str, Any]], _T | None], what: str, *,
-             timeout: float | None = None) -> _T:
+    def wait(self, predicate: Callable[[dict[str, Any]], _T | None], what: str, *, timeout: float | None = None) -> _T:
         """Poll ``status --json`` until ``predicate(status)`` returns something truthy; return
         it. TopologyError "timed out after Ns waiting for WHAT" at the deadline."""
         return self._poll(predicate, what, self.timeout if timeout is None else timeout)
@@ -645,9 +684,15 @@ class LiveTopology:
                 if value:
                     return value
             if time.monotonic() >= deadline:
-                seen = "no answer from the supervisor yet" if data is None else ", ".join(
-                    f"{d['name']} {d['state']}" + (f" ({d['last_exit']})" if d["last_exit"] and d["state"] != "RUNNING" else "")
-                    for d in data["devices"])
+                seen = (
+                    "no answer from the supervisor yet"
+                    if data is None
+                    else ", ".join(
+                        f"{d['name']} {d['state']}"
+                        + (f" ({d['last_exit']})" if d["last_exit"] and d["state"] != "RUNNING" else "")
+                        for d in data["devices"]
+                    )
+                )
                 raise self._error(f"timed out after {timeout:g}s waiting for {what}; last seen: {seen}")
             time.sleep(_POLL_INTERVAL if data is not None else _FILE_POLL_INTERVAL)
 
@@ -656,8 +701,10 @@ class LiveTopology:
         code = self._proc.wait()
         log = self.log
         if code == 78:
-            reason = next((line for line in reversed(log.splitlines()) if "invalid configuration" in line),
-                          "invalid configuration")
+            reason = next(
+                (line for line in reversed(log.splitlines()) if "invalid configuration" in line),
+                "invalid configuration",
+            )
             return self._error(reason)
         return self._error(f"the supervisor exited with {code} while waiting for {what}")
 
@@ -673,8 +720,7 @@ class LiveTopology:
         if not chosen:
             raise self._error(f"no device named {name!r} (devices: {', '.join(e['name'] for e in entries)})")
         if single and len(chosen) > 1:
-            raise self._error(f"{name} runs {len(chosen)} processes ({', '.join(e['name'] for e in chosen)}): "
-                              "name one")
+            raise self._error(f"{name} runs {len(chosen)} processes ({', '.join(e['name'] for e in chosen)}): name one")
         return chosen
 
     # -- faults -----------------------------------------------------------------------------------
@@ -712,14 +758,18 @@ class LiveTopology:
         return f"<LiveTopology {self.label} {self.directory}>"
 
 
-
 def _check_state(state: str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}: expected one of {', '.join(STATES)}")
 
 
-def topology(source: TopologySource, *, timeout: float = DEFAULT_TIMEOUT, states: Mapping[str, str] | None = None,
-             base_dir: str | os.PathLike[str] | None = None) -> LiveTopology:
+def topology(
+    source: TopologySource,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    states: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> LiveTopology:
     """A supervised topology for a test, as a context manager::
 
         with procdevices.testing.topology(TOML_TEXT_OR_DICT) as topo:
@@ -735,6 +785,7 @@ def topology(source: TopologySource, *, timeout: float = DEFAULT_TIMEOUT, states
 
 
 # -- the watchdog -------------------------------------------------------------------------------
+
 
 def _watchdog(leader_pid: int, leader_created: float, directory: str) -> None:
     """Wait for EOF on stdin. "done" first: the test process cleaned up. Anything else: it

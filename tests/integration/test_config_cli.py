@@ -33,18 +33,37 @@ out = { bind = ["ipc://a-out.sock"] }
 
 # (id, TOML text after `[supervisor] run_dir = "run"`, key path, reason): one per kind of mistake.
 BAD = [
-    ("unknown-kind", A_DEVICE.replace('"queue"', '"quoue"'),
-     "devices.a.kind", "unknown kind 'quoue'"),
-    ("unknown-socket-type", A_DEVICE.replace("in  = {", 'in  = { type = "ROUTR",'),
-     "devices.a.in.type", "unknown socket type 'ROUTR'"),
-    ("invalid-endpoint", A_DEVICE.replace("ipc://a-in.sock", "tcp://127.0.0.1"),
-     "devices.a.in.bind[0]", "invalid endpoint 'tcp://127.0.0.1'"),
-    ("duplicate-bind", A_DEVICE + A_DEVICE.replace("[devices.a]", "[devices.b]"),
-     "devices.b.in.bind[0]", "is already bound by devices.a.in.bind[0]"),
-    ("missing-key", A_DEVICE.replace('out = { bind = ["ipc://a-out.sock"] }\n', ""),
-     "devices.a.out", "missing required key 'out'"),
-    ("wrong-type", 'pool_size = "two"\n\n' + A_DEVICE,  # under [supervisor]
-     "supervisor.pool_size", "expected an integer, got string"),
+    ("unknown-kind", A_DEVICE.replace('"queue"', '"quoue"'), "devices.a.kind", "unknown kind 'quoue'"),
+    (
+        "unknown-socket-type",
+        A_DEVICE.replace("in  = {", 'in  = { type = "ROUTR",'),
+        "devices.a.in.type",
+        "unknown socket type 'ROUTR'",
+    ),
+    (
+        "invalid-endpoint",
+        A_DEVICE.replace("ipc://a-in.sock", "tcp://127.0.0.1"),
+        "devices.a.in.bind[0]",
+        "invalid endpoint 'tcp://127.0.0.1'",
+    ),
+    (
+        "duplicate-bind",
+        A_DEVICE + A_DEVICE.replace("[devices.a]", "[devices.b]"),
+        "devices.b.in.bind[0]",
+        "is already bound by devices.a.in.bind[0]",
+    ),
+    (
+        "missing-key",
+        A_DEVICE.replace('out = { bind = ["ipc://a-out.sock"] }\n', ""),
+        "devices.a.out",
+        "missing required key 'out'",
+    ),
+    (
+        "wrong-type",
+        'pool_size = "two"\n\n' + A_DEVICE,  # under [supervisor]
+        "supervisor.pool_size",
+        "expected an integer, got string",
+    ),
     ("not-toml", "[devices.a\nkind = 'queue'\n", "", "invalid TOML"),
 ]
 

@@ -30,7 +30,7 @@ EXPECT = "# expect: "
 def expectation(path: Path) -> tuple[str, str]:
     first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8")
     assert first.startswith(EXPECT), f"{path.name}: first line must be '{EXPECT}KEY | REASON'"
-    key, sep, reason = first[len(EXPECT):].partition(" | ")
+    key, sep, reason = first[len(EXPECT) :].partition(" | ")
     assert sep and reason, f"{path.name}: first line must be '{EXPECT}KEY | REASON'"
     return key, reason
 
@@ -157,7 +157,10 @@ def test_check_on_a_fifo_exits_78(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     result = subprocess.run(
         [sys.executable, "-m", "procdevices", "check", "-c", str(fifo)],
-        capture_output=True, text=True, timeout=20, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=tmp_path,
     )
     assert result.returncode == 78, result.stderr
     assert result.stderr == f"procdevices: invalid configuration: {fifo}: is a FIFO, not a regular file\n"

@@ -29,14 +29,19 @@ def test_a_device_growing_past_a_limit_above_the_floor_is_restarted_then_given_u
     limit_mib = MEMORY_LIMIT_FLOOR // 1024**2 + 16
     # RCVHWM = 0 and no peer on `out`: the proxy blocks on its send, so everything fed to `in`
     # piles up inside the device process, and its RSS grows until the supervisor kills it.
-    config = write_topology(short_tmp, PIPELINE + """
+    config = write_topology(
+        short_tmp,
+        PIPELINE
+        + """
 [devices.hog]
 kind = "queue"
 in = { bind = ["ipc://hog-in"], sockopts = { RCVHWM = 0 } }
 out = { bind = ["ipc://hog-out"] }
 memory_limit = "LIMIT"
 intensity = { max_restarts = 2, within = 60.0 }
-""".replace("LIMIT", f"{limit_mib}MiB"), pool_size=0)
+""".replace("LIMIT", f"{limit_mib}MiB"),
+        pool_size=0,
+    )
     with Up(config) as up:
         up.wait_states({"pipe": "RUNNING", "hog": "RUNNING"})
         feeder = zmq_ctx.socket(zmq.DEALER)

@@ -89,7 +89,10 @@ def start(args: list[str], short_tmp: Path, notify: NotifySocket) -> subprocess.
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
     return subprocess.Popen(
         [sys.executable, "-m", "procdevices", *args, "-c", str(topo)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=short_tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=short_tmp,
     )
 
 
@@ -109,7 +112,8 @@ def finish(process: subprocess.Popen[bytes], signalled: bool) -> tuple[int, str]
 
 @pytest.mark.timeout(60)
 def test_up_notifies_ready_once_every_device_runs_and_stopping_on_sigterm(
-        short_tmp: Path, notify_socket: NotifySocket) -> None:
+    short_tmp: Path, notify_socket: NotifySocket
+) -> None:
     up = start(["up"], short_tmp, notify_socket)
     signalled = False
     try:
@@ -175,6 +179,7 @@ def test_run_notifies_ready_and_stopping(short_tmp: Path, notify_socket: NotifyS
 
 # -- sd_notify itself ---------------------------------------------------------------------------
 
+
 def test_sd_notify_without_notify_socket_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert sd_notify("READY=1") is False
@@ -205,7 +210,6 @@ def test_sd_notify_to_nobody_is_not_an_error(monkeypatch: pytest.MonkeyPatch, sh
     assert sd_notify("READY=1") is False
 
 
-
 BIND_CONFLICT = """\
 [supervisor]
 run_dir = "run"
@@ -226,7 +230,8 @@ out = {{ bind = ["ipc://taken-out.sock"] }}
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("trial", range(8))
 def test_ready_is_sent_once_even_when_the_last_device_to_start_fails(
-        short_tmp: Path, notify_socket: NotifySocket, trial: int) -> None:
+    short_tmp: Path, notify_socket: NotifySocket, trial: int
+) -> None:
     """A setup error (the port is taken) makes its device FATAL; whichever device finishes
     starting last, READY=1 must come exactly once, or systemd waits in "activating" for ever."""
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -236,8 +241,13 @@ def test_ready_is_sent_once_even_when_the_last_device_to_start_fails(
         topo = short_tmp / "topo.toml"
         topo.write_text(BIND_CONFLICT.format(port=holder.getsockname()[1]))
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path)}
-        up = subprocess.Popen([sys.executable, "-m", "procdevices", "up", "-c", str(topo)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=short_tmp)
+        up = subprocess.Popen(
+            [sys.executable, "-m", "procdevices", "up", "-c", str(topo)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=short_tmp,
+        )
         try:
             ready, sender = notify_socket.receive(timeout=30)
             assert ready.get("READY") == "1" and ready.get("STATUS") == "1 devices running", ready

@@ -25,20 +25,23 @@ def test_a_wheel_installed_elsewhere_runs_up_from_another_directory(short_tmp: P
     wheels, target, elsewhere = short_tmp / "wheels", short_tmp / "site", short_tmp / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], capture_output=True,
-                           text=True, timeout=200)
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=200
+    )
     assert built.returncode == 0, describe(built)
     [wheel] = wheels.glob("procdevices-*.whl")
     # Only procdevices itself into a directory of its own; its dependencies come from this
     # environment. PYTHONPATH puts it ahead of the editable checkout.
-    installed = subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
-                               capture_output=True, text=True, timeout=120)
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=120
+    )
     assert installed.returncode == 0, describe(installed)
     env = {**os.environ, "PYTHONPATH": str(target)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60
+        )
 
     where = run("-c", "import procdevices; print(procdevices.__file__)")
     assert where.stdout.strip().startswith(str(target)), describe(where)
@@ -48,8 +51,15 @@ def test_a_wheel_installed_elsewhere_runs_up_from_another_directory(short_tmp: P
     assert program.returncode == 0 and "[program:procdevices]" in program.stdout, describe(program)
 
     config = write_topology(short_tmp, STREAMER, pool_size=1)
-    up = subprocess.Popen([sys.executable, "-m", "procdevices", "up", "-c", str(config)], cwd=elsewhere, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "procdevices", "up", "-c", str(config)],
+        cwd=elsewhere,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert up.stderr is not None
         for line in up.stderr:

@@ -61,6 +61,7 @@ def test_check_passes_and_up_runs_with_a_fresh_run_dir(config: Path) -> None:
 
 # -- corrupt state ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("content", [c for _, c in CORRUPT_STATES], ids=[i for i, _ in CORRUPT_STATES])
 @pytest.mark.timeout(60)
 def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, content: bytes) -> None:
@@ -71,7 +72,8 @@ def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, c
         up.wait_states()
         warnings = [line for line in up.log().splitlines() if "corrupt state file" in line]
         assert len(warnings) == 1 and warnings[0].split(" ", 1)[1].startswith(
-            f"WARNING procdevices: ignoring corrupt state file {run_dir}/state.json: "), up.log_tail()
+            f"WARNING procdevices: ignoring corrupt state file {run_dir}/state.json: "
+        ), up.log_tail()
         assert "Traceback" not in up.log()
         # The running supervisor has replaced it with its own, valid state.
         recorded = json.loads((run_dir / "state.json").read_text())
@@ -79,6 +81,7 @@ def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, c
 
 
 # -- trust ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def bystander() -> Iterator[subprocess.Popen[bytes]]:
@@ -101,8 +104,15 @@ def test_up_never_signals_a_planted_process_without_the_run_token(
     run_dir = config.parent / RUN_DIR
     run_dir.mkdir(mode=0o700)
     ps = psutil.Process(bystander.pid)
-    state: dict[str, object] = {"devices": {"pipe": {"pid": ps.pid, "create_time": ps.create_time(),
-                                                     "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock"}}}
+    state: dict[str, object] = {
+        "devices": {
+            "pipe": {
+                "pid": ps.pid,
+                "create_time": ps.create_time(),
+                "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock",
+            }
+        }
+    }
     if token is not None:
         state["token"] = token
     (run_dir / "state.json").write_text(json.dumps(state))
@@ -124,10 +134,21 @@ def test_up_stops_a_real_leftover_that_carries_the_recorded_token(config: Path) 
     leftover = start_sleep("the-dead-run")
     try:
         ps = psutil.Process(leftover.pid)
-        (run_dir / "state.json").write_text(json.dumps({
-            "token": "the-dead-run", "supervisor": {"pid": 1, "create_time": 0.0},
-            "devices": {"pipe": {"pid": ps.pid, "create_time": ps.create_time(),
-                                 "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock"}}}))
+        (run_dir / "state.json").write_text(
+            json.dumps(
+                {
+                    "token": "the-dead-run",
+                    "supervisor": {"pid": 1, "create_time": 0.0},
+                    "devices": {
+                        "pipe": {
+                            "pid": ps.pid,
+                            "create_time": ps.create_time(),
+                            "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock",
+                        }
+                    },
+                }
+            )
+        )
         with Up(config) as up:
             up.wait_states()
             # Nothing listens on its control socket: `up` falls back to SIGTERM.
@@ -189,6 +210,7 @@ def test_a_run_dir_writable_by_others_is_refused(config: Path) -> None:
 
 # -- bad paths --------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(60)
 def test_a_run_dir_that_is_a_file_or_under_a_file_is_refused(config: Path) -> None:
     file = config.parent / "file"
@@ -247,6 +269,7 @@ def test_a_run_dir_flag_too_long_for_the_sockets_is_refused(short_tmp: Path, roo
 
 
 # -- a full disk --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def full_run_dir(short_tmp: Path) -> Iterator[Path]:

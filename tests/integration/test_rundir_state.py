@@ -92,6 +92,7 @@ def _plant(run_dir: Path, token: str | None, proc: psutil.Process, name: str = "
 
 # -- state.json: reading -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("content", [c for _, c in CORRUPT_STATES], ids=[i for i, _ in CORRUPT_STATES])
 def test_a_corrupt_state_file_is_ignored_with_one_warning_and_removed(short_tmp: Path, content: bytes) -> None:
     run_dir = RunDir(short_tmp / "run")
@@ -100,7 +101,9 @@ def test_a_corrupt_state_file_is_ignored_with_one_warning_and_removed(short_tmp:
     with pytest.raises(StateCorrupt):
         parse_state(content)
     lines = stop_leftovers(run_dir)
-    assert len(lines) == 1 and lines[0].startswith(f"warning: ignoring corrupt state file {run_dir.state_file}: "), lines
+    assert len(lines) == 1 and lines[0].startswith(f"warning: ignoring corrupt state file {run_dir.state_file}: "), (
+        lines
+    )
     assert "\n" not in lines[0]
     assert not run_dir.state_file.exists()
 
@@ -118,17 +121,31 @@ def test_a_state_file_that_is_a_directory_or_a_fifo_is_ignored(short_tmp: Path) 
 
 def _json_values() -> st.SearchStrategy[Any]:
     scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
-    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                        max_leaves=12)
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+        max_leaves=12,
+    )
 
 
 def _state_like() -> st.SearchStrategy[bytes]:
     """Documents shaped like a state file, with arbitrary values where the fields go."""
-    record = st.fixed_dictionaries({}, optional={"pid": _json_values() | st.integers(), "create_time": _json_values(),
-                                                 "control_endpoint": _json_values()})
-    doc = st.fixed_dictionaries({}, optional={"token": _json_values(), "supervisor": _json_values(),
-                                              "devices": st.dictionaries(st.text(max_size=6), record | _json_values(), max_size=3)
-                                              | _json_values()})
+    record = st.fixed_dictionaries(
+        {},
+        optional={
+            "pid": _json_values() | st.integers(),
+            "create_time": _json_values(),
+            "control_endpoint": _json_values(),
+        },
+    )
+    doc = st.fixed_dictionaries(
+        {},
+        optional={
+            "token": _json_values(),
+            "supervisor": _json_values(),
+            "devices": st.dictionaries(st.text(max_size=6), record | _json_values(), max_size=3) | _json_values(),
+        },
+    )
     return doc.map(lambda d: json.dumps(d).encode())
 
 
@@ -147,6 +164,7 @@ def test_any_bytes_in_the_state_file_never_make_leftover_handling_raise(content:
 
 # -- state.json: writing -------------------------------------------------------------------
 
+
 def test_write_state_records_the_issued_token_and_reads_back(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runstate, "_issued_token", None)
     monkeypatch.delenv(RUN_TOKEN_ENV, raising=False)
@@ -159,7 +177,9 @@ def test_write_state_records_the_issued_token_and_reads_back(short_tmp: Path, mo
     token = issue_run_token()
     assert token != "inherited-from-a-parent" and os.environ[RUN_TOKEN_ENV] == token
     assert issue_run_token() == token, "a second call must not orphan the devices already started"
-    run_dir.write_state({"pipe": {"pid": 42, "create_time": 1.5, "control_endpoint": run_dir.device_control_endpoint("pipe")}})
+    run_dir.write_state(
+        {"pipe": {"pid": 42, "create_time": 1.5, "control_endpoint": run_dir.device_control_endpoint("pipe")}}
+    )
     state = run_dir.read_state()
     assert state is not None and state.token == token
     assert [(d.name, d.pid, d.create_time) for d in state.devices] == [("pipe", 42, 1.5)]
@@ -240,6 +260,7 @@ def test_a_real_full_filesystem_gives_StateWriteError_and_leaves_no_temp_file(fu
 
 
 # -- validation and creation ----------------------------------------------------------------
+
 
 def test_a_missing_run_dir_is_created_0700_with_its_parents(short_tmp: Path) -> None:
     run_dir = RunDir(short_tmp / "a" / "b" / "run")
@@ -397,6 +418,7 @@ def test_only_sockets_nobody_listens_on_are_removed(short_tmp: Path) -> None:
 
 # -- trust: which process may be signalled --------------------------------------------------
 
+
 def test_identify_needs_the_token_in_the_process_environment(sleeper: subprocess.Popen[bytes]) -> None:
     proc = psutil.Process(sleeper.pid)
     assert identify(proc.pid, proc.create_time(), None) is None
@@ -433,7 +455,8 @@ def test_stop_leftovers_never_signals_a_planted_process_without_the_token(
     _plant(run_dir.path, None, proc)
     assert stop_leftovers(run_dir, stop_timeout=0.5) == [
         f"warning: state file {run_dir.state_file} has no run token: its 1 recorded device(s) cannot be "
-        "verified and are left alone"]
+        "verified and are left alone"
+    ]
     assert sleeper.poll() is None
     _plant(run_dir.path, "forged", proc)
     assert stop_leftovers(run_dir, stop_timeout=0.5) == []
@@ -447,7 +470,9 @@ def test_stop_leftovers_terminates_a_real_leftover_of_the_recorded_run(short_tmp
         _plant(run_dir.path, "the-run", psutil.Process(leftover.pid))
         # No control socket: the planted record has none, so SIGTERM it is.
         ps = psutil.Process(leftover.pid)
-        assert stop_leftovers(run_dir, stop_timeout=5.0) == [f"sent SIGTERM to leftover device pipe (pid {leftover.pid})"]
+        assert stop_leftovers(run_dir, stop_timeout=5.0) == [
+            f"sent SIGTERM to leftover device pipe (pid {leftover.pid})"
+        ]
         assert not ps.is_running(), "stop_leftovers waits for (and, being its parent here, reaps) the leftover"
     finally:
         leftover.kill()
@@ -464,13 +489,26 @@ def test_a_recorded_control_endpoint_outside_our_ctl_dir_is_never_used(short_tmp
             listener.listen()
             ps = psutil.Process(leftover.pid)
             run_dir.path.mkdir(mode=0o700)
-            run_dir.state_file.write_text(json.dumps({"token": "the-run", "devices": {"pipe": {
-                "pid": ps.pid, "create_time": ps.create_time(), "control_endpoint": f"ipc://{elsewhere}"}}}))
-            assert stop_leftovers(run_dir, stop_timeout=5.0) == [f"sent SIGTERM to leftover device pipe (pid {leftover.pid})"]
+            run_dir.state_file.write_text(
+                json.dumps(
+                    {
+                        "token": "the-run",
+                        "devices": {
+                            "pipe": {
+                                "pid": ps.pid,
+                                "create_time": ps.create_time(),
+                                "control_endpoint": f"ipc://{elsewhere}",
+                            }
+                        },
+                    }
+                )
+            )
+            assert stop_leftovers(run_dir, stop_timeout=5.0) == [
+                f"sent SIGTERM to leftover device pipe (pid {leftover.pid})"
+            ]
             listener.setblocking(False)
             with pytest.raises(BlockingIOError):
                 listener.accept()
     finally:
         leftover.kill()
         leftover.wait(10)
-

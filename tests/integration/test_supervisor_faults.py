@@ -52,9 +52,11 @@ def pipe_forwards(ctx: Ctx, tmp: Path, payload: bytes = b"work") -> None:
 
 def replaced(name: str, old_pid: int, restarts: int) -> Callable[[dict[str, dict[str, Any]]], bool]:
     """A wait_states check: ``name`` runs as a new process after ``restarts`` restarts."""
+
     def check(devices: dict[str, dict[str, Any]]) -> bool:
         d = devices[name]
         return d["pid"] not in (None, old_pid) and d["restarts"] == restarts
+
     return check
 
 
@@ -73,15 +75,17 @@ def test_killed_and_hung_devices_are_replaced(short_tmp: Path, zmq_ctx: Ctx) -> 
         try:
             # -- kill -9: the exit is seen at once (process sentinel), the device restarted
             killed_proc.send_signal(signal.SIGKILL)
-            devices = up.wait_states(check=replaced("broker", killed, 1), timeout=15,
-                                     what="broker to be restarted after kill -9")
+            devices = up.wait_states(
+                check=replaced("broker", killed, 1), timeout=15, what="broker to be restarted after kill -9"
+            )
             assert "SIGKILL" in devices["broker"]["last_exit"], devices["broker"]
             broker_forwards(zmq_ctx, short_tmp)
 
             # -- SIGSTOP: alive but silent; probes (0.2 s, 2 failures) declare it hung, kill it
             hung_proc.send_signal(signal.SIGSTOP)
-            devices = up.wait_states(check=replaced("pipe", hung, 1), timeout=15,
-                                     what="the stopped pipe to be found hung and replaced")
+            devices = up.wait_states(
+                check=replaced("pipe", hung, 1), timeout=15, what="the stopped pipe to be found hung and replaced"
+            )
             assert "hung" in devices["pipe"]["last_exit"], devices["pipe"]
             wait_for(lambda: is_gone(hung_proc), 5, "the hung process to be killed and reaped")
             pipe_forwards(zmq_ctx, short_tmp)
@@ -107,12 +111,16 @@ def test_a_device_that_cannot_bind_is_fatal_at_once_and_the_others_keep_forwardi
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        config = write_topology(short_tmp, NEIGHBOURS + f"""
+        config = write_topology(
+            short_tmp,
+            NEIGHBOURS
+            + f"""
 [devices.blocked]
 kind = "streamer"
 in  = {{ bind = ["tcp://127.0.0.1:{port}"] }}
 out = {{ bind = ["tcp://127.0.0.1:*"] }}
-""")
+""",
+        )
         with Up(config) as up:
             devices = up.wait_states({"blocked": "FATAL"})
             blocked = devices["blocked"]
@@ -145,20 +153,25 @@ out = {{ bind = ["tcp://127.0.0.1:*"] }}
 def test_a_crash_loop_ends_fatal_after_the_restart_intensity(short_tmp: Path, zmq_ctx: Ctx) -> None:
     """intensity { max_restarts = 2, within = 30 }: two kills are restarted, the third is
     one too many; the neighbour keeps forwarding; an operator `start` revives the device."""
-    config = write_topology(short_tmp, NEIGHBOURS + """
+    config = write_topology(
+        short_tmp,
+        NEIGHBOURS
+        + """
 [devices.crashy]
 kind = "streamer"
 in  = { bind = ["ipc://crashy-in.sock"] }
 out = { bind = ["ipc://crashy-out.sock"] }
 intensity = { max_restarts = 2, within = 30 }
-""")
+""",
+    )
     with Up(config) as up:
         devices = up.wait_states()
         for kill in (1, 2):
             pid = devices["crashy"]["pid"]
             psutil.Process(pid).kill()
-            devices = up.wait_states(check=replaced("crashy", pid, kill), timeout=15,
-                                     what=f"crashy to be restarted after kill {kill}")
+            devices = up.wait_states(
+                check=replaced("crashy", pid, kill), timeout=15, what=f"crashy to be restarted after kill {kill}"
+            )
             assert f"restart {kill} of 2 allowed in 30s" in devices["crashy"]["last_exit"], devices["crashy"]
 
         psutil.Process(devices["crashy"]["pid"]).kill()
@@ -203,13 +216,13 @@ def test_a_signalled_supervisor_stops_every_device_through_its_control_socket(
 
 
 @pytest.mark.timeout(90)
-def test_a_killed_supervisor_leaves_no_device_and_the_next_up_starts_cleanly(
-    short_tmp: Path, zmq_ctx: Ctx
-) -> None:
+def test_a_killed_supervisor_leaves_no_device_and_the_next_up_starts_cleanly(short_tmp: Path, zmq_ctx: Ctx) -> None:
     # A fixed tcp port: a device surviving its supervisor would keep it and make the next
     # `up` fail with "Address already in use" (an ipc bind would silently take over instead).
     port = free_tcp_port()
-    config = write_topology(short_tmp, f"""
+    config = write_topology(
+        short_tmp,
+        f"""
 [devices.broker]
 kind = "queue"
 in  = {{ bind = ["tcp://127.0.0.1:{port}"] }}
@@ -219,7 +232,8 @@ out = {{ bind = ["ipc://broker-out.sock"] }}
 kind = "streamer"
 in  = {{ bind = ["ipc://pipe-in.sock"] }}
 out = {{ bind = ["ipc://pipe-out.sock"] }}
-""")
+""",
+    )
     front, back = f"tcp://127.0.0.1:{port}", f"ipc://{short_tmp}/broker-out.sock"
     with Up(config, label="first") as first:
         devices = first.wait_states()
@@ -233,8 +247,12 @@ out = {{ bind = ["ipc://pipe-out.sock"] }}
         status_command = first.start_cli("status")
         try:
             # The devices watch their parent and stop on their own...
-            wait_for(lambda: all(is_gone(p) for p in procs), 2.5,
-                     "the devices of the killed supervisor to exit", detail=first.describe_leftovers)
+            wait_for(
+                lambda: all(is_gone(p) for p in procs),
+                2.5,
+                "the devices of the killed supervisor to exit",
+                detail=first.describe_leftovers,
+            )
             # ...and so does everything else it started (pool worker, resource tracker).
             first.assert_nothing_left(timeout=3.0)
         finally:

@@ -35,19 +35,33 @@ def test_next_up_stops_a_recorded_leftover_and_removes_stale_sockets(
     # foreground here), carrying that run's token and recorded in the run state the way a
     # supervisor records its devices.
     token = "0123456789abcdef"
-    leftover = subprocess.Popen([*CLI, "run", "pipe", "-c", str(config)], cwd=short_tmp,
-                                env={**os.environ, RUN_TOKEN_ENV: token},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leftover = subprocess.Popen(
+        [*CLI, "run", "pipe", "-c", str(config)],
+        cwd=short_tmp,
+        env={**os.environ, RUN_TOKEN_ENV: token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert leftover.stdout is not None
         assert "ready" in leftover.stdout.readline()
         proc = psutil.Process(leftover.pid)
-        (run_dir / "state.json").write_text(json.dumps({
-            "token": token,
-            "supervisor": {"pid": 1, "create_time": 0.0},
-            "devices": {"pipe": {"pid": proc.pid, "create_time": proc.create_time(),
-                                 "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock"}},
-        }))
+        (run_dir / "state.json").write_text(
+            json.dumps(
+                {
+                    "token": token,
+                    "supervisor": {"pid": 1, "create_time": 0.0},
+                    "devices": {
+                        "pipe": {
+                            "pid": proc.pid,
+                            "create_time": proc.create_time(),
+                            "control_endpoint": f"ipc://{run_dir}/ctl/pipe.sock",
+                        }
+                    },
+                }
+            )
+        )
         # And a socket file nobody listens on any more.
         stale = run_dir / "ctl" / "gone.sock"
         with socket.socket(socket.AF_UNIX) as sock:
@@ -82,10 +96,14 @@ def test_a_reused_pid_is_never_touched(short_tmp: Path) -> None:
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         created = psutil.Process(bystander.pid).create_time()
-        (run_dir / "state.json").write_text(json.dumps({
-            "supervisor": {"pid": 1, "create_time": 0.0},
-            "devices": {"pipe": {"pid": bystander.pid, "create_time": created - 100.0}},
-        }))
+        (run_dir / "state.json").write_text(
+            json.dumps(
+                {
+                    "supervisor": {"pid": 1, "create_time": 0.0},
+                    "devices": {"pipe": {"pid": bystander.pid, "create_time": created - 100.0}},
+                }
+            )
+        )
         with Up(config) as up:
             up.wait_states({"pipe": "RUNNING"})
             assert identify(bystander.pid) is not None
@@ -101,16 +119,23 @@ def test_a_device_that_dies_before_ready_is_retried_not_fatal_at_once(short_tmp:
     # A spawned interpreter needs far more than 50 ms: every start is killed by start_timeout
     # before it reports. That is an exit like any other (another try may succeed), so the
     # restart policy applies until the intensity limit, not FATAL on the first try.
-    config = write_topology(short_tmp, PIPELINE + """
+    config = write_topology(
+        short_tmp,
+        PIPELINE
+        + """
 [devices.slow]
 kind = "queue"
 in = { bind = ["ipc://slow-in"] }
 out = { bind = ["ipc://slow-out"] }
 start_timeout = 0.05
 intensity = { max_restarts = 2, within = 60.0 }
-""", pool_size=0)
+""",
+        pool_size=0,
+    )
     with Up(config) as up:
         slow = up.wait_states({"pipe": "RUNNING", "slow": "FATAL"})["slow"]
         assert slow["restarts"] == 2, slow
-        assert slow["last_exit"] == "not ready within start_timeout 0.05s; gave up: 3 restarts within 60s (limit 2)", slow
+        assert slow["last_exit"] == "not ready within start_timeout 0.05s; gave up: 3 restarts within 60s (limit 2)", (
+            slow
+        )
         assert up.log().count("not ready within start_timeout 0.05s; killing pid") == 3, up.log_tail()

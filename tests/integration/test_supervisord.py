@@ -70,6 +70,7 @@ out = { bind = ["ipc://stage-{replica}-out.sock"] }
 
 # -- helpers ----------------------------------------------------------------------------------
 
+
 def endpoints(directory: Path, instance: str) -> tuple[str, str]:
     stem = instance.replace(".", "-")
     return f"ipc://{directory}/{stem}-in.sock", f"ipc://{directory}/{stem}-out.sock"
@@ -134,8 +135,9 @@ def write_topology(directory: Path) -> Path:
 class Supervisord:
     """A foreground supervisord in ``directory`` with ``include`` (absolute paths)."""
 
-    def __init__(self, directory: Path, include: list[Path], env: dict[str, str] | None = None,
-                 conf: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path, include: list[Path], env: dict[str, str] | None = None, conf: Path | None = None
+    ) -> None:
         """With ``conf``, that file is used as is; it must keep its socket and log next to itself."""
         self.directory = directory
         self.socket = directory / "sd.sock" if conf is None else conf.parent / "supervisor.sock"
@@ -169,7 +171,10 @@ class Supervisord:
         self.output = open(directory / "supervisord.out", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
-            env=environment, stdout=self.output, stderr=subprocess.STDOUT, cwd=directory,
+            env=environment,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
         )
         self.seen: set[tuple[int, float]] = {identity(self.process.pid)}
         wait_for(self._up, 20, "supervisord to answer on its socket")
@@ -198,8 +203,9 @@ class Supervisord:
                 pass
         return info
 
-    def running(self, name: str, timeout: float = 20.0, not_pid: int | None = None,
-                allow_backoff: bool = False) -> dict[str, Any]:
+    def running(
+        self, name: str, timeout: float = 20.0, not_pid: int | None = None, allow_backoff: bool = False
+    ) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             info = self.info(name)
             failed = ("FATAL",) if allow_backoff else ("FATAL", "BACKOFF")
@@ -215,7 +221,9 @@ class Supervisord:
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     @staticmethod
@@ -261,6 +269,7 @@ def supervisord(short_tmp: Path) -> Iterator[Callable[..., Supervisord]]:
 
 # -- rendering (no processes) -----------------------------------------------------------------
 
+
 def read_with_supervisord(conf: Path) -> Any:
     """supervisord's own reading of a configuration file: its process group configs."""
     options = ServerOptions()
@@ -272,8 +281,7 @@ def read_with_supervisord(conf: Path) -> Any:
 def supervisord_main_conf(directory: Path, include: Path) -> Path:
     conf = directory / "main.conf"
     conf.write_text(
-        f"[supervisord]\nlogfile = {directory}/x.log\npidfile = {directory}/x.pid\n"
-        f"[include]\nfiles = {include}\n"
+        f"[supervisord]\nlogfile = {directory}/x.log\npidfile = {directory}/x.pid\n[include]\nfiles = {include}\n"
     )
     return conf
 
@@ -301,7 +309,9 @@ def test_procdevices_conf_settings_as_supervisord_reads_them(short_tmp: Path, mo
     assert program.stdout_logfile == str(PROCDEVICES_CONF.parent / "procdevices.log")
 
 
-def test_example_conf_includes_procdevices_conf_relative_to_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_example_conf_includes_procdevices_conf_relative_to_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # includes and %(here)s do not depend on the current directory
     section = read_with_supervisord(EXAMPLE_CONF)
     assert [g.name for g in section.process_group_configs] == ["procdevices"]
@@ -312,13 +322,17 @@ def test_example_conf_includes_procdevices_conf_relative_to_itself(tmp_path: Pat
 
 def test_render_group_as_supervisord_reads_it(short_tmp: Path) -> None:
     topo = short_tmp / "topo.toml"
-    topo.write_text(TOPOLOGY + '\n[devices.edge]\nkind = "queue"\nrestart = "on-failure"\nstop_timeout = 1.5\n'
-                    'kill_timeout = 0.25\nin = { bind = ["ipc://e-in.sock"] }\nout = { bind = ["ipc://e-out.sock"] }\n'
-                    '\n[devices.once]\nkind = "queue"\nrestart = "never"\nintensity = { max_restarts = 7, within = 9.0 }\n'
-                    'in = { bind = ["ipc://o-in.sock"] }\nout = { bind = ["ipc://o-out.sock"] }\n')
+    topo.write_text(
+        TOPOLOGY + '\n[devices.edge]\nkind = "queue"\nrestart = "on-failure"\nstop_timeout = 1.5\n'
+        'kill_timeout = 0.25\nin = { bind = ["ipc://e-in.sock"] }\nout = { bind = ["ipc://e-out.sock"] }\n'
+        '\n[devices.once]\nkind = "queue"\nrestart = "never"\nintensity = { max_restarts = 7, within = 9.0 }\n'
+        'in = { bind = ["ipc://o-in.sock"] }\nout = { bind = ["ipc://o-out.sock"] }\n'
+    )
     topology = load_topology(topo)
     group_conf = short_tmp / "group.conf"
-    group_conf.write_text(render_group(topology, config_path=Path("topo.toml"), python="/opt/py/bin/python3", cwd=short_tmp))
+    group_conf.write_text(
+        render_group(topology, config_path=Path("topo.toml"), python="/opt/py/bin/python3", cwd=short_tmp)
+    )
     section = read_with_supervisord(supervisord_main_conf(short_tmp, group_conf))
     [group] = section.process_group_configs
     assert group.name == "procdevices"
@@ -326,7 +340,16 @@ def test_render_group_as_supervisord_reads_it(short_tmp: Path) -> None:
     assert sorted(programs) == sorted([*INSTANCES, "edge", "once"])
     for name, program in programs.items():
         assert shlex.split(program.command) == [
-            "/opt/py/bin/python3", "-m", "procdevices", "run", name, "-c", str(topo), "--run-dir", str(short_tmp / "run")]
+            "/opt/py/bin/python3",
+            "-m",
+            "procdevices",
+            "run",
+            name,
+            "-c",
+            str(topo),
+            "--run-dir",
+            str(short_tmp / "run"),
+        ]
         assert program.directory == str(short_tmp)
         assert program.stopsignal == signal.SIGTERM and program.stopasgroup is False and program.killasgroup is True
         assert program.exitcodes == [0] and program.redirect_stderr is True
@@ -338,13 +361,28 @@ def test_render_group_as_supervisord_reads_it(short_tmp: Path) -> None:
     assert programs["once"].startretries == 7 and programs["edge"].startretries == 5  # intensity.max_restarts
 
 
-@pytest.mark.parametrize("path", ["/srv/a b/t.toml", "/srv/100%/t.toml", "/srv/x #y/t.toml", "/srv/x ;y/t.toml",
-                                  "/srv/it's/t.toml", '/srv/"q"/$HOME/t.toml', "/srv/\\n/t.toml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/srv/a b/t.toml",
+        "/srv/100%/t.toml",
+        "/srv/x #y/t.toml",
+        "/srv/x ;y/t.toml",
+        "/srv/it's/t.toml",
+        '/srv/"q"/$HOME/t.toml',
+        "/srv/\\n/t.toml",
+    ],
+)
 def test_every_path_survives_supervisord_syntax(short_tmp: Path, path: str) -> None:
     conf = short_tmp / "p.conf"
     conf.write_text(f"[program:p]\ncommand = {supervisord_quote('/bin/true')} -c {supervisord_quote(path)} --next\n")
     section = read_with_supervisord(supervisord_main_conf(short_tmp, conf))
-    assert shlex.split(section.process_group_configs[0].process_configs[0].command) == ["/bin/true", "-c", path, "--next"]
+    assert shlex.split(section.process_group_configs[0].process_configs[0].command) == [
+        "/bin/true",
+        "-c",
+        path,
+        "--next",
+    ]
 
 
 def test_render_group_refuses_what_supervisord_cannot_carry(short_tmp: Path) -> None:
@@ -357,9 +395,11 @@ def test_render_group_refuses_what_supervisord_cannot_carry(short_tmp: Path) -> 
 
 # -- one program running `procdevices up` -------------------------------------------------------
 
+
 @pytest.mark.timeout(60)
-def test_up_runs_forwards_and_stops_through_control_sockets(short_tmp: Path, supervisord: Callable[..., Supervisord],
-                                                            zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+def test_up_runs_forwards_and_stops_through_control_sockets(
+    short_tmp: Path, supervisord: Callable[..., Supervisord], zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
     topo = write_topology(short_tmp)
     sd = supervisord(include=[PROCDEVICES_CONF], env={"PROCDEVICES_CONFIG": str(topo)})
     procdevices = identity(sd.running("procdevices")["pid"])
@@ -386,8 +426,9 @@ def test_up_runs_forwards_and_stops_through_control_sockets(short_tmp: Path, sup
 
 
 @pytest.mark.timeout(90)
-def test_sigkill_of_up_is_restarted_and_forwards_again(short_tmp: Path, supervisord: Callable[..., Supervisord],
-                                                       zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+def test_sigkill_of_up_is_restarted_and_forwards_again(
+    short_tmp: Path, supervisord: Callable[..., Supervisord], zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
     topo = write_topology(short_tmp)
     sd = supervisord(include=[PROCDEVICES_CONF], env={"PROCDEVICES_CONFIG": str(topo)})
     first = sd.running("procdevices")
@@ -423,7 +464,8 @@ def set_child_subreaper(on: bool) -> None:
 
 @pytest.mark.timeout(90)
 def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves(
-        short_tmp: Path, supervisord: Callable[..., Supervisord]) -> None:
+    short_tmp: Path, supervisord: Callable[..., Supervisord]
+) -> None:
     """Like a container whose PID 1 does not reap: this test process becomes the subreaper of the
     orphaned devices and leaves them zombies until the restarted `up` is ready."""
     topo = write_topology(short_tmp)
@@ -440,8 +482,11 @@ def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves
         os.kill(first["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
         # They stop by themselves at once (and stay zombies: we are their parent now).
-        wait_for(lambda: all(psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in old.values()), 10,
-                 "the orphaned devices to exit")
+        wait_for(
+            lambda: all(psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in old.values()),
+            10,
+            "the orphaned devices to exit",
+        )
         # A restart costs an interpreter start and three device spawns: ~1.5 s here. (With the bug:
         # STOP timeout 1 s + SIGTERM wait 3 s + SIGKILL wait 3 s before anything starts.)
         new = wait_for(lambda: device_pids(topo), 6.0 - (time.monotonic() - killed_at), "devices RUNNING again")
@@ -458,8 +503,9 @@ def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves
 
 
 @pytest.mark.timeout(60)
-def test_quick_start_example(short_tmp: Path, supervisord: Callable[..., Supervisord],
-                             zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+def test_quick_start_example(
+    short_tmp: Path, supervisord: Callable[..., Supervisord], zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
     """`PROCDEVICES_CONFIG=... supervisord -c supervisor.d/supervisord.conf.example`, on a copy of
     supervisor.d/ (everything supervisord writes goes next to the example)."""
     copy = short_tmp / "sd"
@@ -476,12 +522,15 @@ def test_quick_start_example(short_tmp: Path, supervisord: Callable[..., Supervi
 
 
 @pytest.mark.timeout(60)
-def test_missing_procdevices_config_fails_only_this_program(short_tmp: Path, supervisord: Callable[..., Supervisord]) -> None:
+def test_missing_procdevices_config_fails_only_this_program(
+    short_tmp: Path, supervisord: Callable[..., Supervisord]
+) -> None:
     sd = supervisord(include=[PROCDEVICES_CONF], env={})
     # An exit within startsecs is a failed start: supervisord logs the code, keeps no exitstatus,
     # and goes BACKOFF (then FATAL after startretries), never RUNNING.
-    wait_for(lambda: "exited: procdevices (exit status 78; not expected)" in sd.read(sd.log), 20,
-             "procdevices to exit 78")
+    wait_for(
+        lambda: "exited: procdevices (exit status 78; not expected)" in sd.read(sd.log), 20, "procdevices to exit 78"
+    )
     assert sd.info("procdevices")["statename"] in ("BACKOFF", "STARTING", "FATAL")
     assert "PROCDEVICES_CONFIG is not set" in sd.program_log("procdevices")
     assert sd.rpc("getState")["statename"] == "RUNNING"  # supervisord itself is fine
@@ -489,14 +538,19 @@ def test_missing_procdevices_config_fails_only_this_program(short_tmp: Path, sup
 
 # -- one program per device process (supervisord-conf) ------------------------------------------
 
+
 @pytest.mark.timeout(90)
-def test_per_device_programs_restart_only_the_killed_device(short_tmp: Path, supervisord: Callable[..., Supervisord],
-                                                            zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+def test_per_device_programs_restart_only_the_killed_device(
+    short_tmp: Path, supervisord: Callable[..., Supervisord], zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
     topo = write_topology(short_tmp)
     group_conf = short_tmp / "group.conf"
     generated = subprocess.run(
         [sys.executable, "-m", "procdevices", "supervisord-conf", "-c", str(topo), "-o", str(group_conf)],
-        capture_output=True, text=True, timeout=30, cwd=short_tmp,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=short_tmp,
     )
     assert generated.returncode == 0, generated.stderr
     sd = supervisord(include=[group_conf])

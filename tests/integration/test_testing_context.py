@@ -55,6 +55,7 @@ def assert_gone(supervisor_pid: int, directory: Path, device_pids: list[int]) ->
 
 # -- the file actually run ------------------------------------------------------------------------
 
+
 def test_prepared_topology_is_private_fast_and_keeps_what_the_user_set(tmp_path: Path) -> None:
     private = Path("/tmp/pdt-x")
     text = textwrap.dedent("""\
@@ -118,16 +119,19 @@ def test_dicts_become_toml_that_reads_back_identically() -> None:
 
 
 def test_importing_procdevices_imports_neither_the_toolkit_nor_pytest() -> None:
-    probe = ("import sys, procdevices, procdevices.cli; "
-             "assert 'procdevices.testing' not in sys.modules, 'testing imported'; "
-             "assert 'pytest' not in sys.modules, 'pytest imported'; "
-             "import procdevices.testing; "
-             "assert 'pytest' not in sys.modules and '_pytest' not in sys.modules, 'testing imports pytest'")
+    probe = (
+        "import sys, procdevices, procdevices.cli; "
+        "assert 'procdevices.testing' not in sys.modules, 'testing imported'; "
+        "assert 'pytest' not in sys.modules, 'pytest imported'; "
+        "import procdevices.testing; "
+        "assert 'pytest' not in sys.modules and '_pytest' not in sys.modules, 'testing imports pytest'"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 
 
 # -- running ----------------------------------------------------------------------------------------
+
 
 def test_topology_runs_real_traffic_and_leaves_nothing(zmq_ctx: Ctx) -> None:
     text = textwrap.dedent("""\
@@ -147,7 +151,10 @@ def test_topology_runs_real_traffic_and_leaves_nothing(zmq_ctx: Ctx) -> None:
         assert len(str(directory)) < 30 and directory.is_dir()
         devices = topo.devices()
         assert {name: d["state"] for name, d in devices.items()} == {
-            "broker": "RUNNING", "stage.0": "RUNNING", "stage.1": "RUNNING"}
+            "broker": "RUNNING",
+            "stage.0": "RUNNING",
+            "stage.1": "RUNNING",
+        }
         assert topo.status()["supervisor"]["run_dir"] == str(directory / "run")
 
         endpoints = topo.endpoints
@@ -217,8 +224,11 @@ def test_helpers_drive_the_devices(zmq_ctx: Ctx) -> None:
         with pytest.raises(TopologyError, match="already running: broker"):
             topo.start("broker")
         # A wait that times out names what it awaited and what it saw.
-        with pytest.raises(TopologyError, match=r"timed out after 0.3s waiting for broker to be STOPPED; "
-                                                r"last seen: broker RUNNING"):
+        with pytest.raises(
+            TopologyError,
+            match=r"timed out after 0.3s waiting for broker to be STOPPED; "
+            r"last seen: broker RUNNING",
+        ):
             topo.wait_state("broker", "STOPPED", timeout=0.3)
         with pytest.raises(ValueError, match="unknown state 'RUNING'"):
             topo.wait_state("broker", "RUNING")
@@ -258,14 +268,17 @@ def test_a_clean_up_interrupted_half_way_is_finished_by_the_watchdog(monkeypatch
 
 # -- not coming up ------------------------------------------------------------------------------
 
+
 def test_an_invalid_topology_fails_with_the_one_line_reason() -> None:
     bad = {"devices": {"broker": {**BROKER["devices"]["broker"], "kind": "quoue"}}}
     with pytest.raises(TopologyError) as failure:
         topology(bad).__enter__()
     error = failure.value
     assert error.reason.startswith("procdevices: invalid configuration: /tmp/pdt-")
-    assert error.reason.endswith("devices.broker.kind: unknown kind 'quoue': expected one of queue, forwarder, "
-                                 "streamer, proxy, steerable, monitored_queue; did you mean 'queue'?")
+    assert error.reason.endswith(
+        "devices.broker.kind: unknown kind 'quoue': expected one of queue, forwarder, "
+        "streamer, proxy, steerable, monitored_queue; did you mean 'queue'?"
+    )
     assert "\n" not in error.reason
     assert error.reason in error.log and error.log in str(error)
     directory = Path(error.reason.split(": ")[2]).parent
@@ -276,8 +289,9 @@ def test_a_start_that_times_out_names_what_it_awaited_and_stops_the_supervisor()
     topo = topology(BROKER, timeout=0.01)
     with pytest.raises(TopologyError) as failure:
         topo.up()
-    assert failure.value.reason == ("timed out after 0.01s waiting for every device to be RUNNING; "
-                                    "last seen: no answer from the supervisor yet")
+    assert failure.value.reason == (
+        "timed out after 0.01s waiting for every device to be RUNNING; last seen: no answer from the supervisor yet"
+    )
     assert_gone(topo.supervisor_pid, topo.directory, [])
     assert topo.returncode is not None
 
@@ -287,16 +301,25 @@ def test_a_device_that_cannot_bind_fails_with_its_last_exit() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        topo = topology({"devices": {
-            "ok": BROKER["devices"]["broker"],
-            "blocked": {"kind": "streamer", "in": {"bind": [f"tcp://127.0.0.1:{port}"]},
-                        "out": {"bind": ["tcp://127.0.0.1:*"]}},
-        }})
+        topo = topology(
+            {
+                "devices": {
+                    "ok": BROKER["devices"]["broker"],
+                    "blocked": {
+                        "kind": "streamer",
+                        "in": {"bind": [f"tcp://127.0.0.1:{port}"]},
+                        "out": {"bind": ["tcp://127.0.0.1:*"]},
+                    },
+                }
+            }
+        )
         with pytest.raises(TopologyError) as failure:
             topo.up()
     reason = failure.value.reason
-    assert reason.startswith(f"device blocked is FATAL: could not start: in socket: bind to tcp://127.0.0.1:{port} "
-                             "failed: Address already in use"), reason
+    assert reason.startswith(
+        f"device blocked is FATAL: could not start: in socket: bind to tcp://127.0.0.1:{port} "
+        "failed: Address already in use"
+    ), reason
     assert reason.endswith("(while waiting for every device to be RUNNING)")
     assert "blocked: FATAL" in failure.value.log
     assert_gone(topo.supervisor_pid, topo.directory, [])
@@ -304,6 +327,7 @@ def test_a_device_that_cannot_bind_fails_with_its_last_exit() -> None:
 
 
 # -- the watchdog -------------------------------------------------------------------------------
+
 
 def test_the_watchdog_cleans_up_after_a_test_process_that_died() -> None:
     script = textwrap.dedent("""\
@@ -318,9 +342,12 @@ def test_the_watchdog_cleans_up_after_a_test_process_that_died() -> None:
     assert result.returncode == -signal.SIGKILL, result.stderr
     supervisor, device, directory = result.stdout.split()
     try:
-        wait_for(lambda: not session_of(int(supervisor)) and not Path(directory).exists(), 20.0,
-                 "the watchdog to stop the orphaned topology and remove its directory",
-                 detail=lambda: f"left: {session_of(int(supervisor))}, directory exists: {Path(directory).exists()}")
+        wait_for(
+            lambda: not session_of(int(supervisor)) and not Path(directory).exists(),
+            20.0,
+            "the watchdog to stop the orphaned topology and remove its directory",
+            detail=lambda: f"left: {session_of(int(supervisor))}, directory exists: {Path(directory).exists()}",
+        )
         assert not psutil.pid_exists(int(device)) or psutil.Process(int(device)).status() == psutil.STATUS_ZOMBIE
     finally:
         # Should the watchdog fail, the next tests must not inherit its topology.

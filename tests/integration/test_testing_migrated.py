@@ -49,6 +49,7 @@ def test_killed_and_hung_devices_are_replaced(procdevices_topology: TopologyFact
     hung = psutil.Process(topo.pid("pipe"))
     hung.suspend()
     try:
+
         def replaced(status: dict[str, Any]) -> dict[str, Any] | None:
             pipe: dict[str, Any] = next(d for d in status["devices"] if d["name"] == "pipe")
             return pipe if pipe["state"] == "RUNNING" and pipe["pid"] != hung.pid and pipe["restarts"] == 1 else None
@@ -64,17 +65,22 @@ def test_killed_and_hung_devices_are_replaced(procdevices_topology: TopologyFact
 
 
 def test_a_device_that_cannot_bind_is_fatal_at_once_and_the_others_keep_forwarding(
-        procdevices_topology: TopologyFactory, zmq_ctx: Ctx) -> None:
+    procdevices_topology: TopologyFactory, zmq_ctx: Ctx
+) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        topo = procdevices_topology(NEIGHBOURS + f"""
+        topo = procdevices_topology(
+            NEIGHBOURS
+            + f"""
 [devices.blocked]
 kind = "streamer"
 in  = {{ bind = ["tcp://127.0.0.1:{port}"] }}
 out = {{ bind = ["tcp://127.0.0.1:*"] }}
-""", states={"blocked": "FATAL"})
+""",
+            states={"blocked": "FATAL"},
+        )
         blocked = topo.device("blocked")
         assert f"bind to tcp://127.0.0.1:{port} failed: Address already in use" in blocked["last_exit"], blocked
         assert blocked["pid"] is None and blocked["restarts"] == 0
@@ -86,4 +92,3 @@ out = {{ bind = ["tcp://127.0.0.1:*"] }}
             topo.wait_state(None, "RUNNING", timeout=5)
         with pytest.raises(TopologyError, match="no device named 'nosuch'"):
             topo.wait_states({"nosuch": "STOPPED"})
-

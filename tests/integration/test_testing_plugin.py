@@ -222,9 +222,12 @@ def run_mark(monkeypatch: pytest.MonkeyPatch, short_tmp: Path) -> tuple[str, Pat
 def assert_nothing_left(mark: str, base: Path) -> None:
     try:
         # A crashed worker's watchdog finishes its clean-up after the run: poll, with a deadline.
-        wait_for(lambda: not marked(mark) and not any(base.iterdir()), 20.0,
-                 "every process and file of the user's run to be gone",
-                 detail=lambda: f"{describe(marked(mark))}\nfiles: {sorted(base.rglob('*'))}")
+        wait_for(
+            lambda: not marked(mark) and not any(base.iterdir()),
+            20.0,
+            "every process and file of the user's run to be gone",
+            detail=lambda: f"{describe(marked(mark))}\nfiles: {sorted(base.rglob('*'))}",
+        )
     finally:
         for proc in marked(mark):
             proc.kill()
@@ -244,7 +247,9 @@ def docs_example() -> str:
     return examples[0]
 
 
-def test_the_docs_example_without_pytest_runs_as_a_script(pytester: pytest.Pytester, run_mark: tuple[str, Path]) -> None:
+def test_the_docs_example_without_pytest_runs_as_a_script(
+    pytester: pytest.Pytester, run_mark: tuple[str, Path]
+) -> None:
     mark, _ = run_mark
     (script,) = [b for b in docs_blocks() if "class BrokerTest(unittest.TestCase)" in b]
     # The pytest example defines TOPOLOGY; the unittest case gets one test to run.
@@ -264,35 +269,40 @@ def test_the_docs_example_without_pytest_runs_as_a_script(pytester: pytest.Pytes
 
 
 def test_user_tests_run_in_parallel_pass_fail_and_leave_nothing(
-        pytester: pytest.Pytester, run_mark: tuple[str, Path]) -> None:
+    pytester: pytest.Pytester, run_mark: tuple[str, Path]
+) -> None:
     mark, base = run_mark
     pytester.makeini(INI)
     pytester.makeconftest(USER_CONFTEST)
     pytester.makepyfile(test_user=USER_TESTS, test_docs_example=docs_example())
-    result = pytester.runpytest_subprocess("-n", "4", "-p", "procdevices", *QUIET, f"--procdevices-base-dir={base}",
-                                           "-rA", timeout=50)
+    result = pytester.runpytest_subprocess(
+        "-n", "4", "-p", "procdevices", *QUIET, f"--procdevices-base-dir={base}", "-rA", timeout=50
+    )
     try:
         result.assert_outcomes(passed=6, failed=3)  # and no error: every teardown found nothing left
-        result.stdout.fnmatch_lines_random([
-            "PASSED test_user.py::test_request_reply",
-            "PASSED test_user.py::test_pubsub",
-            "PASSED test_user.py::test_pipeline_replicas",
-            "PASSED test_user.py::test_restart_and_pause",
-            "PASSED test_docs_example.py::test_request_reply_through_the_broker",
-            "PASSED test_docs_example.py::test_the_broker_comes_back_after_a_crash",
-            "FAILED test_user.py::test_fails_after_start - AssertionError: this test fails on purpose*",
-            "FAILED test_user.py::test_times_out - Failed: Timeout (>3.0s) from pytest-timeout.",
-            "FAILED test_user.py::test_crashes - worker 'gw*' crashed while running 'test_user.py::test_crashes'",
-            # A failed test carries its supervisor's log.
-            "*- procdevices topology 1 log -*",
-            "*procdevices: broker: RUNNING (pid *) in=tcp://127.0.0.1:* out=ipc://*/workers.sock",
-        ])
+        result.stdout.fnmatch_lines_random(
+            [
+                "PASSED test_user.py::test_request_reply",
+                "PASSED test_user.py::test_pubsub",
+                "PASSED test_user.py::test_pipeline_replicas",
+                "PASSED test_user.py::test_restart_and_pause",
+                "PASSED test_docs_example.py::test_request_reply_through_the_broker",
+                "PASSED test_docs_example.py::test_the_broker_comes_back_after_a_crash",
+                "FAILED test_user.py::test_fails_after_start - AssertionError: this test fails on purpose*",
+                "FAILED test_user.py::test_times_out - Failed: Timeout (>3.0s) from pytest-timeout.",
+                "FAILED test_user.py::test_crashes - worker 'gw*' crashed while running 'test_user.py::test_crashes'",
+                # A failed test carries its supervisor's log.
+                "*- procdevices topology 1 log -*",
+                "*procdevices: broker: RUNNING (pid *) in=tcp://127.0.0.1:* out=ipc://*/workers.sock",
+            ]
+        )
     finally:
         assert_nothing_left(mark, base)
 
 
 def test_a_topology_that_cannot_start_fails_the_test_with_the_reason_and_the_log(
-        pytester: pytest.Pytester, run_mark: tuple[str, Path]) -> None:
+    pytester: pytest.Pytester, run_mark: tuple[str, Path]
+) -> None:
     mark, base = run_mark
     pytester.makeini(INI)
     with socket.socket() as holder:
@@ -301,21 +311,24 @@ def test_a_topology_that_cannot_start_fails_the_test_with_the_reason_and_the_log
         port = holder.getsockname()[1]
         pytester.makeconftest(USER_CONFTEST)
         pytester.makepyfile(test_cannot_start=CANNOT_START.replace("PORT", str(port)))
-        result = pytester.runpytest_subprocess("-p", "procdevices", *QUIET, f"--procdevices-base-dir={base}", "-rA",
-                                               timeout=50)
+        result = pytester.runpytest_subprocess(
+            "-p", "procdevices", *QUIET, f"--procdevices-base-dir={base}", "-rA", timeout=50
+        )
     try:
         result.assert_outcomes(passed=1, failed=2)
-        result.stdout.fnmatch_lines_random([
-            "FAILED test_cannot_start.py::test_invalid - Failed: procdevices topology 1 did not come up: procdevices: "
-            f"invalid configuration: {base}/pdt-*/topology.toml: devices.broker.kind: unknown kind 'quoue': *did you "
-            "mean 'queue'?",
-            "FAILED test_cannot_start.py::test_bind_fails - Failed: procdevices topology 1 did not come up: device "
-            f"blocked is FATAL: could not start: in socket: bind to tcp://127.0.0.1:{port} failed: Address already "
-            "in use*",
-            "*- procdevices topology 1 log -*",
-            f"*procdevices: blocked: could not start: in socket: bind to tcp://127.0.0.1:{port} failed*",
-            "*procdevices: blocked: FATAL*",
-        ])
+        result.stdout.fnmatch_lines_random(
+            [
+                "FAILED test_cannot_start.py::test_invalid - Failed: procdevices topology 1 did not come up: procdevices: "
+                f"invalid configuration: {base}/pdt-*/topology.toml: devices.broker.kind: unknown kind 'quoue': *did you "
+                "mean 'queue'?",
+                "FAILED test_cannot_start.py::test_bind_fails - Failed: procdevices topology 1 did not come up: device "
+                f"blocked is FATAL: could not start: in socket: bind to tcp://127.0.0.1:{port} failed: Address already "
+                "in use*",
+                "*- procdevices topology 1 log -*",
+                f"*procdevices: blocked: could not start: in socket: bind to tcp://127.0.0.1:{port} failed*",
+                "*procdevices: blocked: FATAL*",
+            ]
+        )
         # The reason is the message, not a traceback into the toolkit.
         output = result.stdout.str()
         assert "pytest_plugin.py" not in output and "testing.py" not in output, output
@@ -325,10 +338,12 @@ def test_a_topology_that_cannot_start_fails_the_test_with_the_reason_and_the_log
 
 
 def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_disabled=textwrap.dedent("""\
+    pytester.makepyfile(
+        test_disabled=textwrap.dedent("""\
         def test_uses_the_fixture(procdevices_topology):
             pass
-        """))
+        """)
+    )
     result = pytester.runpytest_subprocess("-p", "no:procdevices", *QUIET, timeout=50)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'procdevices_topology' not found*"])

@@ -62,6 +62,7 @@ Sock = zmq.Socket[bytes]
 
 # -- polling ---------------------------------------------------------------------------------
 
+
 def wait_for(
     predicate: Callable[[], T | None],
     timeout: float,
@@ -84,6 +85,7 @@ def wait_for(
 
 
 # -- topology files and one-shot commands ---------------------------------------------------
+
 
 def write_topology(
     directory: Path,
@@ -108,15 +110,19 @@ def write_topology(
     return path
 
 
-def cli(*args: str, config: Path | None = None, cwd: Path | None = None,
-        timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, config: Path | None = None, cwd: Path | None = None, timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m procdevices ARGS [-c CONFIG]`` to completion and return the result."""
     command = [*CLI, *args]
     if config is not None:
         command += ["-c", str(config)]
     return subprocess.run(
-        command, cwd=cwd or (config.parent if config is not None else None),
-        capture_output=True, text=True, timeout=timeout,
+        command,
+        cwd=cwd or (config.parent if config is not None else None),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -126,8 +132,11 @@ def start_cli(*args: str, config: Path | None = None, cwd: Path | None = None) -
     if config is not None:
         command += ["-c", str(config)]
     return subprocess.Popen(
-        command, cwd=cwd or (config.parent if config is not None else None),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        cwd=cwd or (config.parent if config is not None else None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -139,18 +148,22 @@ def finish_cli(process: subprocess.Popen[str], timeout: float = CLI_TIMEOUT) -> 
         process.kill()
         stdout, stderr = process.communicate()
         args = " ".join(str(a) for a in process.args[2:])  # type: ignore[index]
-        pytest.fail(f"`{args}` did not finish within {timeout:g}s\n"
-                    f"--- stdout\n{stdout}--- stderr\n{stderr}", pytrace=False)
+        pytest.fail(
+            f"`{args}` did not finish within {timeout:g}s\n--- stdout\n{stdout}--- stderr\n{stderr}", pytrace=False
+        )
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def describe(result: subprocess.CompletedProcess[str]) -> str:
     """A command's exit code and output, for assertion messages."""
-    return (f"`{' '.join(result.args[2:])}` exited {result.returncode}\n"
-            f"--- stdout\n{result.stdout}--- stderr\n{result.stderr}")
+    return (
+        f"`{' '.join(result.args[2:])}` exited {result.returncode}\n"
+        f"--- stdout\n{result.stdout}--- stderr\n{result.stderr}"
+    )
 
 
 # -- processes --------------------------------------------------------------------------------
+
 
 def is_gone(proc: psutil.Process) -> bool:
     """Dead (a zombie counts: it runs nothing and holds no socket)."""
@@ -199,8 +212,11 @@ class Up:
     def start(self) -> Up:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [*CLI, "up", "-c", str(self.config)], cwd=self.directory,
-                stdout=out, stderr=err, start_new_session=True,
+                [*CLI, "up", "-c", str(self.config)],
+                cwd=self.directory,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
             )
         self.me = psutil.Process(self.proc.pid)
         return self
@@ -208,8 +224,9 @@ class Up:
     def __enter__(self) -> Up:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close(check=exc_type is None)
 
     @property
@@ -276,9 +293,14 @@ class Up:
         """name -> the device's status entry."""
         return {d["name"]: d for d in self.status()["devices"]}
 
-    def wait_states(self, states: dict[str, str] | None = None, *, timeout: float = SETTLE_TIMEOUT,
-                    check: Callable[[dict[str, dict[str, Any]]], bool] | None = None,
-                    what: str = "") -> dict[str, dict[str, Any]]:
+    def wait_states(
+        self,
+        states: dict[str, str] | None = None,
+        *,
+        timeout: float = SETTLE_TIMEOUT,
+        check: Callable[[dict[str, dict[str, Any]]], bool] | None = None,
+        what: str = "",
+    ) -> dict[str, dict[str, Any]]:
         """Poll ``status --json`` until every device is in its state from ``states`` (default
         RUNNING) and ``check(devices)`` holds; returns name -> status entry. Fails early,
         with the supervisor's log, if the supervisor exits."""
@@ -288,8 +310,10 @@ class Up:
         def settled() -> dict[str, dict[str, Any]] | None:
             nonlocal last
             if not self.running():
-                pytest.fail(f"the supervisor exited with {self.proc.returncode if self.proc else '?'}"
-                            f"\n{self.log_tail()}", pytrace=False)
+                pytest.fail(
+                    f"the supervisor exited with {self.proc.returncode if self.proc else '?'}\n{self.log_tail()}",
+                    pytrace=False,
+                )
             data = self.try_status()
             if data is None:
                 return None
@@ -306,8 +330,9 @@ class Up:
             states_now = {name: (d["state"], d["pid"], d["last_exit"]) for name, d in last.items()}
             return f"last seen: {states_now}\n{self.log_tail()}"
 
-        return wait_for(settled, timeout, what or f"the devices to settle ({wanted or 'all RUNNING'})",
-                        interval=0.1, detail=detail)
+        return wait_for(
+            settled, timeout, what or f"the devices to settle ({wanted or 'all RUNNING'})", interval=0.1, detail=detail
+        )
 
     # -- leftovers -----------------------------------------------------------------------
     def leftovers(self) -> list[psutil.Process]:
@@ -320,8 +345,12 @@ class Up:
             found[self.me.pid] = self.me
         for proc in psutil.process_iter():
             try:
-                if (proc.pid != self.me.pid and os.getsid(proc.pid) == self.me.pid
-                        and proc.create_time() >= self.me.create_time() - 0.05 and not is_gone(proc)):
+                if (
+                    proc.pid != self.me.pid
+                    and os.getsid(proc.pid) == self.me.pid
+                    and proc.create_time() >= self.me.create_time() - 0.05
+                    and not is_gone(proc)
+                ):
                     found[proc.pid] = proc
             except (OSError, psutil.Error):
                 continue
@@ -342,8 +371,9 @@ class Up:
     def assert_nothing_left(self, timeout: float) -> None:
         """Poll until no process of this run is alive (supervisor, devices, pool workers,
         resource tracker); fail naming the survivors."""
-        wait_for(lambda: not self.leftovers(), timeout, "every process of the run to end",
-                 detail=self.describe_leftovers)
+        wait_for(
+            lambda: not self.leftovers(), timeout, "every process of the run to end", detail=self.describe_leftovers
+        )
 
     def assert_clean_stop(self, names: list[str]) -> None:
         """After a graceful end: each device stopped through its control socket (no
@@ -351,8 +381,11 @@ class Up:
         log = self.log()
         for name in names:
             assert f"{name}: STOPPED (stopped through the control socket)\n" in log, self.log_tail()
-        escalations = [line for line in log.splitlines()
-                       if line.endswith(("; SIGTERM", "; SIGKILL")) or "stopped through the SIG" in line]
+        escalations = [
+            line
+            for line in log.splitlines()
+            if line.endswith(("; SIGTERM", "; SIGKILL")) or "stopped through the SIG" in line
+        ]
         assert not escalations, f"the stop escalated to signals: {escalations}"
         self.assert_nothing_left(timeout=5.0)
         run_dir = self.directory / RUN_DIR
@@ -382,6 +415,7 @@ class Up:
 
 
 # -- traffic --------------------------------------------------------------------------------
+
 
 def connect(ctx: Ctx, kind: int, endpoint: str, subscribe: bytes | None = None) -> Sock:
     sock: Sock = ctx.socket(kind)

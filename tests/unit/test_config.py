@@ -732,12 +732,32 @@ def test_unknown_key_with_suggestion(tmp_path: pathlib.Path) -> None:
     ("text", "key", "reason"),
     [
         ("[supervisr]\n" + MINIMAL_DEVICE, "supervisr", "unknown key 'supervisr'; did you mean 'supervisor'?"),
-        ("[supervisor]\npoolsize = 1\n" + MINIMAL_DEVICE, "supervisor.poolsize", "unknown key 'poolsize'; did you mean 'pool_size'?"),
+        (
+            "[supervisor]\npoolsize = 1\n" + MINIMAL_DEVICE,
+            "supervisor.poolsize",
+            "unknown key 'poolsize'; did you mean 'pool_size'?",
+        ),
         ("[supervisor.defaults]\nzzz = 1\n" + MINIMAL_DEVICE, "supervisor.defaults.zzz", "unknown key 'zzz'"),
-        (MINIMAL_DEVICE + "backoff = { maximum = 3 }\n", "devices.broker.backoff.maximum", "unknown key 'maximum'; did you mean 'max'?"),
-        (MINIMAL_DEVICE + "probe = { intervall = 3 }\n", "devices.broker.probe.intervall", "unknown key 'intervall'; did you mean 'interval'?"),
-        (MINIMAL_DEVICE + "intensity = { within_s = 3 }\n", "devices.broker.intensity.within_s", "unknown key 'within_s'; did you mean 'within'?"),
-        (MINIMAL_DEVICE.replace('5559"]', '5559"], binds = []'), "devices.broker.in.binds", "unknown key 'binds'; did you mean 'bind'?"),
+        (
+            MINIMAL_DEVICE + "backoff = { maximum = 3 }\n",
+            "devices.broker.backoff.maximum",
+            "unknown key 'maximum'; did you mean 'max'?",
+        ),
+        (
+            MINIMAL_DEVICE + "probe = { intervall = 3 }\n",
+            "devices.broker.probe.intervall",
+            "unknown key 'intervall'; did you mean 'interval'?",
+        ),
+        (
+            MINIMAL_DEVICE + "intensity = { within_s = 3 }\n",
+            "devices.broker.intensity.within_s",
+            "unknown key 'within_s'; did you mean 'within'?",
+        ),
+        (
+            MINIMAL_DEVICE.replace('5559"]', '5559"], binds = []'),
+            "devices.broker.in.binds",
+            "unknown key 'binds'; did you mean 'bind'?",
+        ),
     ],
 )
 def test_unknown_keys_everywhere(tmp_path: pathlib.Path, text: str, key: str, reason: str) -> None:
@@ -773,8 +793,17 @@ def test_bad_memory_limit(tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("512", 512), ("1KiB", 1024), ("2 MiB", 2 * 1024**2), ("1GiB", 1024**3), ("3KB", 3000),
-     ("5MB", 5 * 10**6), ("1.5GiB", 3 * 1024**3 // 2), ("64B", 64), ("1mib", 1024**2)],
+    [
+        ("512", 512),
+        ("1KiB", 1024),
+        ("2 MiB", 2 * 1024**2),
+        ("1GiB", 1024**3),
+        ("3KB", 3000),
+        ("5MB", 5 * 10**6),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("64B", 64),
+        ("1mib", 1024**2),
+    ],
 )
 def test_memory_size_units(value: str, expected: int) -> None:
     # The unit syntax, without the floor (which no size here reaches)
@@ -800,7 +829,7 @@ def test_memory_limit_float_rejected(tmp_path: pathlib.Path) -> None:
 
 
 def test_toml_syntax_error(tmp_path: pathlib.Path) -> None:
-    err, path = load_error(tmp_path, "[devices.a]\nkind = \"queue\"\nin = {\n")
+    err, path = load_error(tmp_path, '[devices.a]\nkind = "queue"\nin = {\n')
     assert err.file == str(path)
     assert err.key == ""
     assert err.reason.startswith("invalid TOML: ")

@@ -45,8 +45,14 @@ def test_validate_run_dir_accepts_a_run_dir_that_fits() -> None:
 
 def test_validate_run_dir_names_the_device_whose_control_socket_does_not_fit() -> None:
     name = "n" * 63
-    topo = topology({"short": device_table(), name: device_table(replicas=2, **{
-        "in": {"bind": ["ipc://@in{replica}"]}, "out": {"bind": ["ipc://@out{replica}"]}})})
+    topo = topology(
+        {
+            "short": device_table(),
+            name: device_table(
+                replicas=2, **{"in": {"bind": ["ipc://@in{replica}"]}, "out": {"bind": ["ipc://@out{replica}"]}}
+            ),
+        }
+    )
     # Room for "<dir>/ctl/<63 chars>.1.sock" (the last replica is the longest name) and no more.
     fits = pathlib.Path("/" + "d" * (IPC_PATH_MAX - len(f"/ctl/{name}.1.sock") - 1))
     validate_run_dir(topo, fits)
@@ -72,14 +78,16 @@ def test_the_loader_checks_control_socket_paths_for_the_files_run_dir(tmp_path: 
     name = "n" * 63
     run_dir = "/" + "d" * (IPC_PATH_MAX - len(f"/ctl/{name}.sock"))  # one byte too long
     path = tmp_path / "t.toml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         [supervisor]
         run_dir = "{run_dir}"
         [devices.{name}]
         kind = "queue"
         in = {{ bind = ["ipc://@in"] }}
         out = {{ bind = ["ipc://@out"] }}
-        """))
+        """)
+    )
     with pytest.raises(ConfigError) as info:
         load_topology(path)
     assert info.value.key == f"devices.{name}"
@@ -90,8 +98,10 @@ def test_the_loader_checks_control_socket_paths_for_the_files_run_dir(tmp_path: 
 
 def test_stop_linger_default_defaults_table_and_device() -> None:
     topo = topology(
-        {"a": device_table(), "b": device_table(**{"stop_linger": 0, "in": {"bind": ["ipc://@b"]},
-                                                   "out": {"bind": ["ipc://@c"]}})},
+        {
+            "a": device_table(),
+            "b": device_table(**{"stop_linger": 0, "in": {"bind": ["ipc://@b"]}, "out": {"bind": ["ipc://@c"]}}),
+        },
         {"defaults": {"stop_linger": 2.5}},
     )
     assert [d.stop_linger for d in topo.devices] == [2.5, 0.0]
@@ -158,12 +168,15 @@ def test_a_wildcard_first_conflicts_with_a_later_specific_host() -> None:
     with pytest.raises(ConfigError) as info:
         topology(devices)
     assert (info.value.key, info.value.reason) == (
-        "devices.b.out.bind[0]", "address tcp://127.0.0.1:7001 is already bound by devices.a.in.bind[0]")
+        "devices.b.out.bind[0]",
+        "address tcp://127.0.0.1:7001 is already bound by devices.a.in.bind[0]",
+    )
 
 
 def test_ports_are_compared_as_numbers() -> None:
-    devices = {"a": {"kind": "queue", "in": {"bind": ["tcp://127.0.0.1:7001"]},
-                     "out": {"bind": ["tcp://127.0.0.1:07001"]}}}
+    devices = {
+        "a": {"kind": "queue", "in": {"bind": ["tcp://127.0.0.1:7001"]}, "out": {"bind": ["tcp://127.0.0.1:07001"]}}
+    }
     with pytest.raises(ConfigError) as info:
         topology(devices)
     assert "already bound by devices.a.in.bind[0]" in info.value.reason
@@ -172,8 +185,11 @@ def test_ports_are_compared_as_numbers() -> None:
 def test_many_devices_with_distinct_binds_load() -> None:
     # Correctness at scale only; the time is measured by hand (see the report / docs).
     devices: dict[str, object] = {
-        f"d{i}": {"kind": "streamer", "in": {"bind": [f"tcp://127.0.0.1:{10000 + i}"]},
-                  "out": {"bind": [f"ipc://@d{i}"]}}
+        f"d{i}": {
+            "kind": "streamer",
+            "in": {"bind": [f"tcp://127.0.0.1:{10000 + i}"]},
+            "out": {"bind": [f"ipc://@d{i}"]},
+        }
         for i in range(500)
     }
     assert len(topology(devices).devices) == 500
@@ -189,6 +205,7 @@ def test_bindable_hosts_are_accepted(host: str) -> None:
 
 
 def test_connect_hosts_are_not_resolved() -> None:
-    topo = topology({"a": {"kind": "queue", "in": {"connect": ["tcp://nohost.invalid:7001"]},
-                           "out": {"bind": ["ipc://@o"]}}})
+    topo = topology(
+        {"a": {"kind": "queue", "in": {"connect": ["tcp://nohost.invalid:7001"]}, "out": {"bind": ["ipc://@o"]}}}
+    )
     assert topo.devices[0].in_.connect == ("tcp://nohost.invalid:7001",)

@@ -47,9 +47,7 @@ def test_defaults_and_frozen() -> None:
         Backoff().initial = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"initial": -1.0}, {"max": -0.1}, {"factor": 0.5}]
-)
+@pytest.mark.parametrize("kwargs", [{"initial": -1.0}, {"max": -0.1}, {"factor": 0.5}])
 def test_backoff_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Backoff(**kwargs)
