@@ -20,6 +20,9 @@ from procdevices.supervisor.traffic import parse_counters
 
 KillUnhealthy = Callable[[Child, str], None]
 
+# How long a forwarding loop must have waited in a send before status calls it blocked.
+BLOCKED_SHOWN_AFTER = 0.5
+
 
 class Health:
     """Runs the periodic checks of each RUNNING child; calls ``kill`` with the reason when
@@ -78,7 +81,9 @@ class Health:
             # The process and its control thread live, but nothing forwards any more.
             self.kill(child, "hung: its forwarding loop has ended")
             return
-        child.blocked = _blocked(body) if loop == "blocked" else None
+        blocked = _blocked(body) if loop == "blocked" else None
+        # A loop that waited a few tens of milliseconds on a busy machine is not worth a flag.
+        child.blocked = blocked if blocked is not None and blocked.seconds >= BLOCKED_SHOWN_AFTER else None
         counters = parse_counters(body.get("stats")) if ok and isinstance(body, dict) else None
         if counters is not None:
             child.traffic.observe(counters, self.clock())

@@ -393,3 +393,10 @@ def test_totals_read_on_the_probe_tick_survive_a_restart(two: Harness) -> None:
     two.ping_reply["a"] = {"loop": "running", "stats": {**counts, "front_msgs_in": 5}}
     two.advance(1.0)
     assert two.child("a").traffic.totals()["front_msgs_in"] == 705
+
+
+def test_a_wait_of_a_few_milliseconds_is_not_shown_as_blocked(two: Harness) -> None:
+    two.ready("a", "b")
+    two.ping_reply["a"] = {"loop": "blocked", "blocked_side": "out", "blocked_for": 0.06}
+    two.advance(1.0)
+    assert two.child("a").describe(two.clock.now)["blocked"] is None
