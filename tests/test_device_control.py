@@ -353,24 +353,6 @@ def test_ping_returns_a_small_round_trip_time(cls: type[Any], short_tmp: Path) -
         assert dev.info()["pid"] == (dev.pid if cls in PROCESS_CLASSES else os.getpid())
 
 
-# -- monitored_queue: no control socket ------------------------------------------------------
-
-@pytest.mark.parametrize("cls", [ProcessMonitoredQueue, OwnContextThreadMonitoredQueue], ids=lambda c: c.__name__)
-def test_monitored_queue_cannot_pause_but_stops(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
-    with pipeline(cls, zmq_ctx, short_tmp) as (dev, push, pull):
-        for operation in (dev.pause, dev.resume, dev.stats):
-            with pytest.raises(UnsupportedOperation, match="no control socket") as excinfo:
-                operation()
-            assert "monitored_queue" in str(excinfo.value)
-        # The refused commands left it forwarding.
-        push.send(b"still forwarding")
-        assert recv_within(pull) == [b"still forwarding"]
-        assert dev.ping() < 1.0
-    assert not dev.launcher.is_alive()
-    if cls is ProcessMonitoredQueue:
-        assert dev.exitcode == 0
-
-
 # -- the user's own ctrl socket of a ProxySteerable --------------------------------------------
 
 @pytest.mark.parametrize(

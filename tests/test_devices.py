@@ -441,7 +441,7 @@ class DeclaredSteerableThreadDevice(ThreadDevice):
 def test_steerability_is_declared_on_the_class() -> None:
     assert Device.steerable and ProcessProxySteerable.steerable
     for cls in (MonitoredQueue, ThreadMonitoredQueue, ProcessMonitoredQueue):
-        assert cls.steerable is False, cls
+        assert cls.steerable is True, cls
     assert OwnLoopThreadDevice.steerable is False
     assert DeclaredSteerableThreadDevice.steerable is True
 

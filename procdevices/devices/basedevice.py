@@ -31,6 +31,7 @@ from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command, DeviceStats
+from procdevices.control.steering import PauseCommands
 from procdevices.devices import drain, launch
 from procdevices.devices import runtime as rt
 from procdevices.devices.roles import SocketSetup, role_methods
@@ -203,7 +204,23 @@ class Device:
         runtime = self._runtime
         if runtime is not None:
             self._attach_user_ctrl(runtime)
-            runtime.sockets_built(self._context, type(self).steerable, self._describe, self._blocking_side())
+            runtime.sockets_built(
+                self._context,
+                type(self).steerable,
+                self._describe,
+                self._blocking_side(),
+                pause_commands=self._pause_commands(),
+            )
+
+    def _pause_commands(self) -> PauseCommands | None:
+        """The commands that pause and resume this device's loop; None: libzmq's proxy, whose
+        PAUSE and RESUME depend on the libzmq version (measured when first needed)."""
+        return None
+
+    def _relay_at_stop(self, source: Socket, frames: list[bytes]) -> list[bytes]:
+        """What the drain at stop sends for ``frames`` read from ``source``: as libzmq's
+        proxy would, the frames unchanged (a forwarding loop of another kind overrides it)."""
+        return frames
 
     def _blocking_side(self) -> str | None:
         """The one socket whose send can block libzmq's loop, if only one can (for PING's
@@ -279,7 +296,7 @@ class Device:
         if not two_way:
             drain.stop_input(ins, self._bound("in"), self._setup_of("in").connects)
         try:
-            result = drain.drain(ins, outs, deadline, two_way=two_way)
+            result = drain.drain(ins, outs, deadline, two_way=two_way, relay=self._relay_at_stop)
         except ZMQError as e:  # the context went away under us (a shutdown): nothing to save
             print(f"procdevices: {type(self).__name__}: drain at stop failed: {e}", file=sys.stderr, flush=True)
             return
@@ -513,9 +530,7 @@ class ProcessDevice(BackgroundDevice):
         try:
             if not wait_for(pending.waitables(), self.start_timeout):
                 self._kill()
-                raise DeviceStartError(
-                    f"{type(self).__name__} was not ready within {self.start_timeout}s; killed it"
-                )
+                raise DeviceStartError(f"{type(self).__name__} was not ready within {self.start_timeout}s; killed it")
             try:
                 self._ready = pending.result()
             except DeviceError:

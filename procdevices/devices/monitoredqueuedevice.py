@@ -1,28 +1,114 @@
-"""MonitoredQueue and its Thread/Process forms (pyzmq API).
+"""MonitoredQueue and its Thread/Process forms (pyzmq API), steerable like every device.
 
-libzmq's monitored_queue has no control socket, so it can only be stopped by shutting its
-context down: process devices (which own a fresh context) and thread devices with their own
-context support ``stop()``; ``pause()``, ``resume()`` and ``stats()`` raise
-:class:`~procdevices.errors.UnsupportedOperation`. Use a ``Proxy`` when you need those.
+libzmq has no monitored queue and pyzmq's (Cython) ``monitored_queue`` takes no control
+socket: it could only be stopped by terminating its context, and never paused or counted.
+So these devices forward with :func:`monitored_queue_steerable`, a loop with pyzmq's exact
+semantics (a ``prefix + message`` copy of every message to the monitor, the first two frames
+swapped when both sides are ROUTER) that also serves libzmq's steerable-proxy control
+protocol (PAUSE, RESUME, TERMINATE, STATISTICS) on the runtime's control socket. The price:
+the loop is Python, so each message costs a few microseconds more than in pyzmq's C loop
+(docs/performance.md has the figures).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import ClassVar
 
 import zmq
-from zmq.devices.monitoredqueue import monitored_queue
 
+from procdevices.control import steering as steer
 from procdevices.devices.proxydevice import ProcessProxy, Proxy, ProxyBase, ThreadProxy
 
 Socket = zmq.Socket[bytes]
+
+# Messages relayed from one socket before the loop polls again: the control socket and the
+# other direction are served at least this often, and one poll is paid per batch, not per
+# message.
+BATCH = 512
+
+_STATISTICS = struct.Struct("=8Q")
+
+
+def monitored_queue_steerable(
+    in_socket: Socket,
+    out_socket: Socket,
+    mon_socket: Socket | None,
+    control: Socket | None,
+    in_prefix: bytes = b"in",
+    out_prefix: bytes = b"out",
+) -> None:
+    """pyzmq's ``monitored_queue`` with libzmq's steerable control protocol on ``control``.
+
+    Returns on TERMINATE. PAUSE stops reading in and out (messages wait in their queues),
+    RESUME reads again: unlike libzmq 4.3.5's proxy, never swapped. STATISTICS answers
+    libzmq's eight counters (frames and bytes in and out of the frontend, then the backend).
+    Every other command gets one empty frame, as from libzmq.
+    """
+    swap_ids = in_socket.type == zmq.ROUTER and out_socket.type == zmq.ROUTER
+    # frontend msgs in, bytes in, msgs out, bytes out; then the same for the backend
+    counters = [0] * 8
+    sides = [(in_socket, out_socket, in_prefix, 0, 6)]
+    if out_socket is not in_socket:
+        sides.append((out_socket, in_socket, out_prefix, 4, 2))
+    active = zmq.Poller()
+    for source, *_ in sides:
+        active.register(source, zmq.POLLIN)
+    idle = zmq.Poller()
+    if control is not None:
+        active.register(control, zmq.POLLIN)
+        idle.register(control, zmq.POLLIN)
+    poller = active
+    noblock, again = zmq.NOBLOCK, zmq.Again
+    while True:
+        ready = dict(poller.poll())
+        if control is not None and control in ready:
+            command = control.recv_multipart()[-1]
+            if command == steer.TERMINATE:
+                control.send(b"")
+                return
+            if command == steer.STATISTICS:
+                control.send_multipart(_frames(counters))
+                continue
+            if command == steer.PAUSE:
+                poller = idle
+            elif command == steer.RESUME:
+                poller = active
+            control.send(b"")
+            if poller is idle:
+                continue
+        for source, target, prefix, src_at, dst_at in sides:
+            if source not in ready:
+                continue
+            for _ in range(BATCH):
+                try:
+                    msg = source.recv_multipart(noblock)
+                except again:
+                    break
+                if swap_ids:
+                    msg[0], msg[1] = msg[1], msg[0]
+                # The copy first, as pyzmq's loop starts with the prefix: once a peer has the
+                # message, the monitor has its copy (an observer never sees them reordered).
+                if mon_socket is not None:
+                    mon_socket.send_multipart([prefix, *msg])
+                target.send_multipart(msg)
+                frames = len(msg)
+                size = sum(map(len, msg))
+                counters[src_at] += frames
+                counters[src_at + 1] += size
+                counters[dst_at] += frames
+                counters[dst_at + 1] += size
+
+
+def _frames(counters: list[int]) -> list[bytes]:
+    packed = _STATISTICS.pack(*counters)
+    return [packed[i : i + 8] for i in range(0, 64, 8)]
 
 
 class MonitoredQueueBase(ProxyBase):
     """Prefixes monitor copies with ``in_prefix`` or ``out_prefix`` by direction."""
 
-    # libzmq's monitored_queue takes no control socket: the control loop cannot steer it.
-    steerable: ClassVar[bool] = False
+    steerable: ClassVar[bool] = True
     _in_prefix = b""
     _out_prefix = b""
 
@@ -37,20 +123,39 @@ class MonitoredQueueBase(ProxyBase):
         self._out_prefix = out_prefix
 
     def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
-        monitored_queue(ins, outs, mons, self._in_prefix, self._out_prefix)
+        runtime = self._runtime
+        control = runtime.proxy_control if runtime is not None else None
+        monitored_queue_steerable(ins, outs, mons, control, self._in_prefix, self._out_prefix)
+
+    def _pause_commands(self) -> steer.PauseCommands | None:
+        # Our own loop: PAUSE pauses, whatever libzmq's proxy does with it.
+        return steer.PauseCommands(pause=steer.PAUSE, resume=steer.RESUME)
+
+    def _relay_at_stop(self, source: Socket, frames: list[bytes]) -> list[bytes]:
+        """What the drain at stop sends for ``frames`` read from ``source``: the same as the
+        loop (ids swapped, a prefixed copy to the monitor)."""
+        ins = self._role_sockets.get("in")
+        outs = self._role_sockets.get("out")
+        mons = self._role_sockets.get("mon")
+        if ins is not None and outs is not None and ins.type == zmq.ROUTER and outs.type == zmq.ROUTER:
+            frames[0], frames[1] = frames[1], frames[0]
+        if mons is not None:
+            prefix = self._in_prefix if source is ins else self._out_prefix
+            mons.send_multipart([prefix, *frames])
+        return frames
 
 
 class MonitoredQueue(MonitoredQueueBase, Proxy):
-    """Run zmq.monitored_queue: like Proxy, but monitor copies carry a direction prefix, and
+    """Run a monitored queue: like Proxy, but monitor copies carry a direction prefix, and
     ROUTER on both sides is supported (routing ids are swapped)."""
 
 
 class ThreadMonitoredQueue(MonitoredQueueBase, ThreadProxy):
-    """Run zmq.monitored_queue in a background thread."""
+    """Run a monitored queue in a background thread."""
 
 
 class ProcessMonitoredQueue(MonitoredQueueBase, ProcessProxy):
-    """Run zmq.monitored_queue in a spawned process."""
+    """Run a monitored queue in a spawned process."""
 
 
-__all__ = ["MonitoredQueue", "ThreadMonitoredQueue", "ProcessMonitoredQueue"]
+__all__ = ["MonitoredQueue", "ThreadMonitoredQueue", "ProcessMonitoredQueue", "monitored_queue_steerable"]

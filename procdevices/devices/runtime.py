@@ -41,7 +41,7 @@ from procdevices.control.server import (
     ControlServer,
     ControlTarget,
 )
-from procdevices.control.steering import ProxySteering
+from procdevices.control.steering import PauseCommands, ProxySteering
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class EventReporter:
 
 # -- building sockets, with errors that say which socket, what and why ----------------------
 
+
 def _setup_error(role: str, action: str, target: str, e: zmq.ZMQError) -> DeviceSetupError:
     return DeviceSetupError(role, action, target, e.strerror, e.errno)
 
@@ -154,6 +155,7 @@ def _option_name(option: int) -> str:
 
 
 # -- the per-run state of a device in its worker ------------------------------------------
+
 
 class LoopOutcome(enum.Enum):
     """How a device's forwarding loop ended."""
@@ -214,7 +216,13 @@ class DeviceRuntime:
             self.reporter.failed(error)
 
     def sockets_built(
-        self, ctx: Context, steerable: bool, info: Callable[[], dict[str, Any]], blocked_side: str | None = None
+        self,
+        ctx: Context,
+        steerable: bool,
+        info: Callable[[], dict[str, Any]],
+        blocked_side: str | None = None,
+        *,
+        pause_commands: PauseCommands | None = None,
     ) -> None:
         """Start the control loop, then tell the parent the device is ready. Called once, by
         the thread that runs the forwarding loop; later calls do nothing."""
@@ -251,6 +259,7 @@ class DeviceRuntime:
             user_ctrl=self.user_ctrl,
             loop_thread=threading.current_thread(),
             blocked_side=blocked_side,
+            pause_commands=pause_commands,
         )
         self._target = target
         server = ControlServer(target, control, wake_rx, self.parent_sentinel, self.signal_fd)
@@ -265,9 +274,7 @@ class DeviceRuntime:
                 control.close(linger=200)
                 wake_rx.close(linger=0)
 
-        self._control_thread = threading.Thread(
-            target=serve, name="procdevices-control", daemon=True
-        )
+        self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
         self._control_thread.start()
         self.reported = True
         self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints))
@@ -316,24 +323,26 @@ class DeviceRuntime:
         """Last step of a run, after every socket is closed."""
         if self._terminator is not None:
             self._terminator.join()
-        # In a thread the caller's control client shares control_ctx (inproc) and closes it,
-        # and the device's context belongs to whoever made it (pyzmq never terms it).
-        if self.whole_process:
-            if self._terminator is None and self.ctx is not None:
+        # In a thread the caller's control client shares control_ctx (inproc) and closes it.
+        # A shared context (Context.instance) belongs to the program; a context the device's
+        # factory made for it alone is the device's to end, as nobody else would.
+        if self.whole_process or self.private_context:
+            if self._terminator is None and self.ctx is not None and not self.ctx.closed:
                 self.ctx.term()
+        if self.whole_process:
             if self.control_ctx is not None:
                 self.control_ctx.term()
         for path in _ipc_paths(self.endpoints):
             _remove(path)
         if self.control_endpoint.startswith("ipc://"):
-            _remove(self.control_endpoint[len("ipc://"):])
+            _remove(self.control_endpoint[len("ipc://") :])
         if self.cleanup_dir:
             shutil.rmtree(self.cleanup_dir, ignore_errors=True)
 
 
 def _ipc_paths(endpoints: dict[str, list[str]]) -> list[str]:
     # libzmq leaves the socket file of a bound ipc endpoint behind; a stopped device should not.
-    return [e[len("ipc://"):] for bound in endpoints.values() for e in bound if e.startswith("ipc://")]
+    return [e[len("ipc://") :] for bound in endpoints.values() for e in bound if e.startswith("ipc://")]
 
 
 def _remove(path: str) -> None:
@@ -344,6 +353,7 @@ def _remove(path: str) -> None:
 
 
 # -- worker entry points ------------------------------------------------------------------
+
 
 def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
     """Run ``device`` with ``runtime``; returns the exit code a process would use."""
@@ -373,6 +383,8 @@ class Job:
     pickled_device: bytes
     control_endpoint: str
     cleanup_dir: str | None = None
+    # A file that receives everything the process writes on fds 1 and 2 (Python and C).
+    log_path: str | None = None
 
 
 def process_main(conn: Connection, job: Job | None) -> None:
@@ -404,6 +416,12 @@ def process_main(conn: Connection, job: Job | None) -> None:
         signal_fd=wake_r.fileno(),
         cleanup_dir=job.cleanup_dir,
     )
+    if job.log_path is not None:
+        try:
+            redirect_output(job.log_path)
+        except OSError as e:
+            runtime.report_failure(DeviceStartError(f"cannot open the device's log {job.log_path}: {e}"))
+            _exit_now(1)
     try:
         device = pickle.loads(job.pickled_device)
     except Exception as e:
@@ -418,6 +436,27 @@ def process_main(conn: Connection, job: Job | None) -> None:
     code = run_in_worker(device, runtime)
     conn.close()
     _exit_now(code)
+
+
+def redirect_output(path: str) -> None:
+    """Make ``path`` (appended to, created 0600) this process's fds 1 and 2, so that what C
+    code writes lands there too, not only Python's ``print``; Python's streams become line
+    buffered so that a device's lines reach the file while it runs."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(1 if name == "stdout" else 2, "w", buffering=1, closefd=False))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
 
 
 def _exit_now(code: int) -> NoReturn:
