@@ -7,10 +7,15 @@ needs to start, which is what makes a supervised restart near-instant.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import pickle
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -19,6 +24,75 @@ from procdevices.devices import runtime as rt
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
+
+# -- starting a device process without re-running the user's main script -----------------
+#
+# spawn (and forkserver) make every child re-run the parent's ``__main__`` before anything
+# else (multiprocessing's preparation data ``init_main_from_path``/``init_main_from_name``),
+# so that objects defined there can be unpickled. A device whose classes all live in
+# importable modules needs nothing from ``__main__``; re-running it is worse than useless: a
+# script that starts its devices at module level (no ``if __name__ == "__main__":``, fine
+# under pyzmq's fork) starts them again in the child, where multiprocessing refuses with a
+# RuntimeError and the device never comes up. So for such devices the preparation data
+# leaves main out. The switch is per thread: other code of the program that spawns
+# processes at the same time gets multiprocessing's usual behaviour.
+
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+_without_main = threading.local()
+_patch_lock = threading.Lock()
+
+
+def _install_preparation_filter() -> None:
+    with _patch_lock:
+        original = spawn.get_preparation_data
+        if getattr(original, "_procdevices", False):
+            return
+
+        def get_preparation_data(name: str) -> dict[str, Any]:
+            data: dict[str, Any] = original(name)
+            if getattr(_without_main, "active", False):
+                for key in _MAIN_KEYS:
+                    data.pop(key, None)
+            return data
+
+        get_preparation_data._procdevices = True  # type: ignore[attr-defined]
+        spawn.get_preparation_data = get_preparation_data
+
+
+@contextlib.contextmanager
+def main_left_out() -> Iterator[None]:
+    """Processes started by this thread inside the block do not re-run ``__main__``."""
+    _install_preparation_filter()
+    _without_main.active = True
+    try:
+        yield
+    finally:
+        _without_main.active = False
+
+
+def needs_main(pickled_device: bytes) -> bool:
+    """Whether unpickling the device needs the parent's ``__main__`` (a class, or anything
+    else, defined there). Pickle names a global by its module, so a ``__main__`` global
+    shows as that string; a false positive only keeps multiprocessing's usual behaviour."""
+    return b"__main__" in pickled_device
+
+
+def main_hint(label: str) -> str:
+    """Why a device whose class lives in ``__main__`` may exit before it is ready."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) is None and not (path and os.path.isfile(path)):
+        return (
+            f"{label} is defined in a __main__ that a fresh interpreter cannot re-import (read "
+            f"from {path or 'stdin or -c'}): define the class in an importable module"
+        )
+    return (
+        f"{label} is defined in __main__ ({path}), so its process must re-run that script to "
+        "find the class. A script that creates and starts devices at module level starts them "
+        "again in that re-run, and multiprocessing refuses (RuntimeError in the device's "
+        'stderr). Fix: put the module-level code under `if __name__ == "__main__":`, or define '
+        "the class in an importable module"
+    )
 
 
 @dataclass
@@ -29,6 +103,8 @@ class PendingStart:
     conn: Connection
     label: str
     cleanup_dir: str | None = None
+    # Set when the device needs the parent's __main__: the likely cause of an early exit.
+    hint: str | None = None
 
     def waitables(self) -> list[Any]:
         return [self.conn, self.process.sentinel]
@@ -39,9 +115,10 @@ class PendingStart:
             kind, payload = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(1.0)
+            cause = self.hint or "is its class importable by a fresh interpreter?"
             raise DeviceExitedEarly(
                 f"{self.label} process exited with code {self.process.exitcode} before it was "
-                "ready (is its class importable by a fresh interpreter? its stderr has the traceback)"
+                f"ready ({cause}; its stderr has the traceback)"
             ) from None
         if kind == "ready":
             info: rt.ReadyInfo = payload
@@ -58,19 +135,32 @@ def pickle_device(device: object) -> bytes:
 
 
 def spawn_device(
-    pickled_device: bytes, control_endpoint: str, *, label: str, daemon: bool = True,
-    cleanup_dir: str | None = None, process_class: Any = None,
+    pickled_device: bytes,
+    control_endpoint: str,
+    *,
+    label: str,
+    daemon: bool = True,
+    cleanup_dir: str | None = None,
+    process_class: Any = None,
+    log_path: str | None = None,
 ) -> PendingStart:
-    """Start a fresh spawned interpreter that runs the device."""
+    """Start a fresh spawned interpreter that runs the device. ``log_path``: a file that
+    receives everything the device process writes to its stdout and stderr."""
     parent_end, child_end = SPAWN.Pipe(duplex=True)
-    job = rt.Job(pickled_device, control_endpoint, cleanup_dir)
+    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path)
     process = (process_class or SPAWN.Process)(
         target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
     )
     process.daemon = daemon
-    process.start()
+    hint = None
+    if needs_main(pickled_device):
+        hint = main_hint(label)
+        process.start()
+    else:
+        with main_left_out():
+            process.start()
     child_end.close()
-    return PendingStart(process, parent_end, label, cleanup_dir)
+    return PendingStart(process, parent_end, label, cleanup_dir, hint)
 
 
 @dataclass
@@ -93,16 +183,24 @@ class WorkerPool:
             parent_end, child_end = SPAWN.Pipe(duplex=True)
             process = SPAWN.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
             process.daemon = True
-            process.start()
+            # A pooled worker gets only devices the supervisor built from procdevices' own
+            # classes: the supervisor's __main__ is nothing it needs.
+            with main_left_out():
+                process.start()
             child_end.close()
             self._idle.append(_Worker(process, parent_end))
 
-    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None:
-        """Hand the device to an idle worker; None when none is available."""
+    def take(
+        self, pickled_device: bytes, control_endpoint: str, *, label: str, log_path: str | None = None
+    ) -> PendingStart | None:
+        """Hand the device to an idle worker; None when none is available (or when the device
+        needs the parent's ``__main__``, which pooled workers have not run)."""
+        if needs_main(pickled_device):
+            return None
         while self._idle:
             worker = self._idle.pop(0)
             try:
-                worker.conn.send(rt.Job(pickled_device, control_endpoint, None))
+                worker.conn.send(rt.Job(pickled_device, control_endpoint, None, log_path))
             except OSError:
                 worker.process.join(0)
                 continue  # it died while idle; try the next one
