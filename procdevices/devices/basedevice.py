@@ -16,23 +16,20 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.connection import wait as wait_for
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
-from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command, DeviceStats
 from procdevices.control.steering import PauseCommands
-from procdevices.devices import drain, launch
+from procdevices.devices import drain
 from procdevices.devices import runtime as rt
 from procdevices.devices.roles import SocketSetup, role_methods
 from procdevices.errors import (
@@ -41,6 +38,9 @@ from procdevices.errors import (
     DeviceNotRunning,
     DeviceStartError,
 )
+
+if TYPE_CHECKING:
+    from procdevices.control.client import ControlClient
 
 Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
@@ -369,6 +369,10 @@ class Device:
         if self._client is None:
             if self.control_endpoint is None:
                 raise DeviceNotRunning(f"{type(self).__name__} has not been started")
+            # Only callers of a device talk to its control socket: the device process itself
+            # never imports the client.
+            from procdevices.control.client import ControlClient
+
             self._client = ControlClient(self.control_endpoint, self._client_context())
         return self._client
 
@@ -509,6 +513,11 @@ class ProcessDevice(BackgroundDevice):
     context_factory = zmq.Context
 
     def start(self) -> None:
+        # Parent-side modules, imported here so that the device process never loads them.
+        import tempfile
+
+        from procdevices.devices import launch
+
         pickled = launch.pickle_device(self)
         cleanup_dir = None
         if self.control_endpoint is None or getattr(self, "_cleanup_dir", None):
@@ -579,6 +588,8 @@ class ProcessDevice(BackgroundDevice):
     def _cleanup(self) -> None:
         cleanup_dir: str | None = getattr(self, "_cleanup_dir", None)
         if cleanup_dir:
+            import shutil
+
             shutil.rmtree(cleanup_dir, ignore_errors=True)
 
 
