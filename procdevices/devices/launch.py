@@ -25,6 +25,43 @@ from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
 
+#: The start methods a device process may be made with. spawn: a fresh interpreter per
+#: device. forkserver: a fresh interpreter (the fork server) that has imported only pyzmq and
+#: procdevices, and never created a zmq.Context or a thread, forks each device: the child
+#: inherits nothing it could trip over, at the cost of a fork instead of an interpreter.
+START_METHODS = ("spawn", "forkserver")
+
+#: What the fork server imports before it forks anything: the modules of every device class
+#: the supervisor builds, and of the device process's entry point. None of them creates a
+#: zmq.Context or starts a thread at import (tests/test_device_start_methods.py checks).
+FORKSERVER_PRELOAD = [
+    "zmq",
+    "procdevices.devices.runtime",
+    "procdevices.devices.basedevice",
+    "procdevices.devices.proxydevice",
+    "procdevices.devices.proxysteerabledevice",
+    "procdevices.devices.monitoredqueuedevice",
+]
+
+
+def process_context(start_method: str) -> Any:
+    """multiprocessing's context for ``start_method`` (one of :data:`START_METHODS`)."""
+    if start_method == "spawn":
+        return SPAWN
+    if start_method == "forkserver":
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)
+        return context
+    raise ValueError(f"start method {start_method!r}: expected one of {', '.join(START_METHODS)}")
+
+
+def _parent_pid(start_method: str) -> int | None:
+    # A forked-by-the-server child's multiprocessing parent sentinel is the pipe its job came
+    # through, which reads EOF as soon as the job is written: useless as a death signal. It
+    # follows the launching process by pid instead.
+    return os.getpid() if start_method == "forkserver" else None
+
+
 # -- starting a device process without re-running the user's main script -----------------
 #
 # spawn (and forkserver) make every child re-run the parent's ``__main__`` before anything
@@ -143,12 +180,14 @@ def spawn_device(
     cleanup_dir: str | None = None,
     process_class: Any = None,
     log_path: str | None = None,
+    start_method: str = "spawn",
 ) -> PendingStart:
-    """Start a fresh spawned interpreter that runs the device. ``log_path``: a file that
-    receives everything the device process writes to its stdout and stderr."""
-    parent_end, child_end = SPAWN.Pipe(duplex=True)
-    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path)
-    process = (process_class or SPAWN.Process)(
+    """Start a device process (a fresh spawned interpreter, or a fork of the fork server).
+    ``log_path``: a file that receives everything the process writes to fds 1 and 2."""
+    context = process_context(start_method)
+    parent_end, child_end = context.Pipe(duplex=True)
+    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, _parent_pid(start_method))
+    process = (process_class or context.Process)(
         target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
     )
     process.daemon = daemon
@@ -172,16 +211,18 @@ class _Worker:
 class WorkerPool:
     """Keeps ``size`` idle, pre-imported device processes ready to take a device."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, start_method: str = "spawn") -> None:
         self.size = size
+        self.start_method = start_method
+        self._context = process_context(start_method)
         self._idle: list[_Worker] = []
         self._released: list[BaseProcess] = []
 
     def refill(self) -> None:
         self._idle = [w for w in self._idle if w.process.is_alive()]
         while len(self._idle) < self.size:
-            parent_end, child_end = SPAWN.Pipe(duplex=True)
-            process = SPAWN.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
+            parent_end, child_end = self._context.Pipe(duplex=True)
+            process = self._context.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
             process.daemon = True
             # A pooled worker gets only devices the supervisor built from procdevices' own
             # classes: the supervisor's __main__ is nothing it needs.
@@ -200,7 +241,9 @@ class WorkerPool:
         while self._idle:
             worker = self._idle.pop(0)
             try:
-                worker.conn.send(rt.Job(pickled_device, control_endpoint, None, log_path))
+                worker.conn.send(
+                    rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method))
+                )
             except OSError:
                 worker.process.join(0)
                 continue  # it died while idle; try the next one

@@ -385,6 +385,9 @@ class Job:
     cleanup_dir: str | None = None
     # A file that receives everything the process writes on fds 1 and 2 (Python and C).
     log_path: str | None = None
+    # The pid whose death stops the device, when multiprocessing's parent sentinel cannot
+    # tell (a child of the fork server); None: the sentinel.
+    parent_pid: int | None = None
 
 
 def process_main(conn: Connection, job: Job | None) -> None:
@@ -412,7 +415,7 @@ def process_main(conn: Connection, job: Job | None) -> None:
         job.control_endpoint,
         PipeReporter(conn),
         whole_process=True,
-        parent_sentinel=_parent_sentinel(),
+        parent_sentinel=_parent_sentinel(job.parent_pid),
         signal_fd=wake_r.fileno(),
         cleanup_dir=job.cleanup_dir,
     )
@@ -468,6 +471,15 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _parent_sentinel() -> int | None:
+def _parent_sentinel(parent_pid: int | None = None) -> int | None:
+    if parent_pid is not None:
+        try:
+            # Readable when that process exits. Opened at once, so the pid cannot have been
+            # reused: the launcher is waiting for this process's ready report.
+            return os.pidfd_open(parent_pid)
+        except ProcessLookupError:
+            _exit_now(0)  # the launcher is gone already: nobody to run the device for
+        except OSError:
+            return None  # no pidfds (Linux < 5.3): the supervisor's stop paths still apply
     parent = parent_process()
     return parent.sentinel if parent is not None else None

@@ -10,6 +10,7 @@ supervisor replace all of it with fakes driven by a scripted history.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -193,10 +194,12 @@ Spawn = Callable[..., PendingStart]
 class ProcessLauncher:
     """The real launcher: a warm worker when the pool has one, else a fresh spawn."""
 
-    def __init__(self, pool_size: int, *, pool: PoolLike | None = None, spawn: Spawn = spawn_device) -> None:
+    def __init__(
+        self, pool_size: int, *, pool: PoolLike | None = None, spawn: Spawn | None = None, start_method: str = "spawn"
+    ) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size)
-        self._spawn = spawn
+        self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size, start_method=start_method)
+        self._spawn: Spawn = spawn if spawn is not None else functools.partial(spawn_device, start_method=start_method)
         self._pool_short = True  # empty at first; after that, only a hand-out makes it short
         self._channels: list[AsyncControl] = []
 

@@ -45,7 +45,7 @@ def run_supervisor(topology: Topology, run_dir: RunDir, log: Log | None = None) 
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
-    launcher = ProcessLauncher(topology.supervisor.pool_size)
+    launcher = ProcessLauncher(topology.supervisor.pool_size, start_method=topology.supervisor.start_method.value)
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
     supervisor = Supervisor(
         topology,

@@ -7,6 +7,7 @@ together (``tests/test_config_schema.py``).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,9 +104,7 @@ class DeviceConfig:
         """Replica ``index`` (0-based): ``{replica}`` in every endpoint replaced by
         ``str(index)``, named ``name.index`` when there is more than one replica."""
         if not 0 <= index < self.replicas:
-            raise IndexError(
-                f"replica index {index} out of range for {self.name!r} ({self.replicas} replicas)"
-            )
+            raise IndexError(f"replica index {index} out of range for {self.name!r} ({self.replicas} replicas)")
 
         def expand(spec: SocketSpec | None) -> SocketSpec | None:
             return None if spec is None else spec._for_replica(index)
@@ -128,10 +127,18 @@ class DeviceConfig:
         return tuple(self.replica(i) for i in range(self.replicas))
 
 
+class StartMethod(enum.Enum):
+    """How the supervisor makes device processes (docs/configuration.md, ``start_method``)."""
+
+    SPAWN = "spawn"
+    FORKSERVER = "forkserver"
+
+
 @dataclass(frozen=True)
 class SupervisorConfig:
     run_dir: pathlib.Path
     pool_size: int = 2
+    start_method: StartMethod = StartMethod.SPAWN
 
     @property
     def control_endpoint(self) -> str:
