@@ -89,7 +89,8 @@ def test_every_kind_forwards_status_describes_each_process_and_down_stops_all(
         for replica in ("pipe.0", "pipe.1"):
             push_pull(zmq_ctx, ep[replica]["in"][0], ep[replica]["out"][0], [replica.encode(), b"2", b"3"])
         copy = request_reply_monitored(
-            zmq_ctx, ep["audited"]["in"][0], ep["audited"]["out"][0], ep["audited"]["mon"][0], b"watched")
+            zmq_ctx, ep["audited"]["in"][0], ep["audited"]["out"][0], ep["audited"]["mon"][0], b"watched"
+        )
         assert copy[0] in (b"in", b"out") and copy[-1] == b"watched", copy
 
         # -- the text form: a header, then per process a line and its resolved endpoints
@@ -121,7 +122,8 @@ def test_every_kind_forwards_status_describes_each_process_and_down_stops_all(
         assert f"pid {up.pid}" in second.stderr and str(short_tmp / "run") in second.stderr, describe(second)
         after = up.devices()
         assert {name: (d["state"], d["pid"]) for name, d in after.items()} == {
-            name: ("RUNNING", d["pid"]) for name, d in devices.items()}, "the refused `up` disturbed the running one"
+            name: ("RUNNING", d["pid"]) for name, d in devices.items()
+        }, "the refused `up` disturbed the running one"
 
         # -- down: every device stopped through its control socket, nothing left. `down` must
         # return although its caller (this test) reaps the supervisor only afterwards.
@@ -231,4 +233,3 @@ def test_commands_without_a_supervisor_exit_4(short_tmp: Path) -> None:
         assert result.returncode == 4, describe(result)
         assert f"no supervisor is running with run dir {short_tmp / 'run'}" in result.stderr, describe(result)
         assert result.stdout == "", describe(result)
-

@@ -207,7 +207,9 @@ class _Loader:
             allowed = kinds_allowing(role)
             if role in table and kind not in allowed:
                 plural = "kind" if len(allowed) == 1 else "kinds"
-                raise Invalid(f"{prefix}.{role}", f"'{role}' is only allowed for {plural} {one_of(allowed)}, not {kind}")
+                raise Invalid(
+                    f"{prefix}.{role}", f"'{role}' is only allowed for {plural} {one_of(allowed)}, not {kind}"
+                )
 
         own = parse_settings(table, prefix)
         resolved = settings.merged(defaults, own)
