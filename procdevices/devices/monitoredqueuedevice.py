@@ -59,7 +59,6 @@ def monitored_queue_steerable(
         active.register(control, zmq.POLLIN)
         idle.register(control, zmq.POLLIN)
     poller = active
-    noblock, again = zmq.NOBLOCK, zmq.Again
     while True:
         ready = dict(poller.poll())
         if control is not None and control in ready:
@@ -78,26 +77,55 @@ def monitored_queue_steerable(
             if poller is idle:
                 continue
         for source, target, prefix, src_at, dst_at in sides:
-            if source not in ready:
-                continue
-            for _ in range(BATCH):
-                try:
-                    msg = source.recv_multipart(noblock)
-                except again:
-                    break
-                if swap_ids:
-                    msg[0], msg[1] = msg[1], msg[0]
-                # The copy first, as pyzmq's loop starts with the prefix: once a peer has the
-                # message, the monitor has its copy (an observer never sees them reordered).
-                if mon_socket is not None:
-                    mon_socket.send_multipart([prefix, *msg])
-                target.send_multipart(msg)
-                frames = len(msg)
-                size = sum(map(len, msg))
-                counters[src_at] += frames
-                counters[src_at + 1] += size
-                counters[dst_at] += frames
-                counters[dst_at + 1] += size
+            if source in ready:
+                _relay(source, target, mon_socket, prefix, swap_ids, counters, src_at, dst_at)
+
+
+def _relay(
+    source: Socket,
+    target: Socket,
+    mon_socket: Socket | None,
+    prefix: bytes,
+    swap_ids: bool,
+    counters: list[int],
+    src_at: int,
+    dst_at: int,
+) -> None:
+    """Forward up to BATCH messages from ``source``. Written with the sockets' own recv, get
+    and send rather than recv_multipart/send_multipart: those are Python loops with checks,
+    and this is the per-message path (it roughly halves the Python work per message)."""
+    recv, more, send = source.recv, source.get, target.send
+    mon_send = mon_socket.send if mon_socket is not None else None
+    noblock, sndmore, rcvmore, again = zmq.NOBLOCK, zmq.SNDMORE, zmq.RCVMORE, zmq.Again
+    frames = size = 0
+    for _ in range(BATCH):
+        try:
+            msg = [recv(noblock)]
+        except again:
+            break
+        # A multipart message arrives whole: its other frames are already here.
+        while more(rcvmore):
+            msg.append(recv(noblock))
+        if swap_ids:
+            msg[0], msg[1] = msg[1], msg[0]
+        last = msg.pop()
+        # The copy first, as pyzmq's loop starts with the prefix: once a peer has the
+        # message, the monitor has its copy (an observer never sees them reordered).
+        if mon_send is not None:
+            mon_send(prefix, sndmore)
+            for frame in msg:
+                mon_send(frame, sndmore)
+            mon_send(last)
+        for frame in msg:
+            send(frame, sndmore)
+            size += len(frame)
+        send(last)
+        frames += len(msg) + 1
+        size += len(last)
+    counters[src_at] += frames
+    counters[src_at + 1] += size
+    counters[dst_at] += frames
+    counters[dst_at + 1] += size
 
 
 def _frames(counters: list[int]) -> list[bytes]:
