@@ -4,6 +4,7 @@ there, appended, in a file created 0600."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import sys
@@ -31,6 +32,8 @@ class TalkingDevice(ProcessDevice):
         print("python stderr line", file=sys.stderr)
         os.write(1, b"raw fd 1\n")
         os.write(2, b"raw fd 2\n")
+        # C code writes to fd 1 itself: only the dup2, not a replaced sys.stdout, catches it.
+        ctypes.CDLL(None).printf(b"C stdout line\n")
         super().run_device()
 
 
@@ -61,7 +64,7 @@ def _run_and_stop(pending: launch.PendingStart, control: str) -> None:
 
 def _expect_output(log: Path) -> None:
     text = log.read_text()
-    for line in ("python stdout line", "python stderr line", "raw fd 1", "raw fd 2"):
+    for line in ("python stdout line", "python stderr line", "raw fd 1", "raw fd 2", "C stdout line"):
         assert line in text, text
 
 

@@ -6,7 +6,7 @@ So these devices forward with :func:`monitored_queue_steerable`, a loop with pyz
 semantics (a ``prefix + message`` copy of every message to the monitor, the first two frames
 swapped when both sides are ROUTER) that also serves libzmq's steerable-proxy control
 protocol (PAUSE, RESUME, TERMINATE, STATISTICS) on the runtime's control socket. The price:
-the loop is Python, so each message costs a few microseconds more than in pyzmq's C loop
+the loop is Python, so each message costs about a microsecond of CPU more than in pyzmq's C loop
 (docs/performance.md has the figures).
 """
 
