@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import zmq
 
-from procdevices import DeviceStartError, ProcessDevice
+from procdevices import ProcessDevice
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command
 from procdevices.devices import launch
+from procdevices.errors import DeviceStartError
+from procdevices.supervisor.launcher import ProcessLauncher
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -109,3 +111,30 @@ def test_an_unusable_log_path_fails_the_start(short_tmp: Path) -> None:
             pending.process.kill()
             pending.process.join()
         pending.conn.close()
+
+
+def test_the_supervisors_launcher_passes_the_log_path(short_tmp: Path) -> None:
+    # spawn only: a fork server would outlive the test (it lives as long as its parent, the
+    # test process). Forked devices run the same process_main, which applies the log.
+    log = short_tmp / "device.log"
+    control = f"ipc://{short_tmp}/ctl"
+    launcher = ProcessLauncher(0)
+    device = launcher.launch(_device(short_tmp), control, "talking", log_path=str(log))
+    try:
+        report = device.report_fd
+        assert report is not None
+        assert wait([report, device.sentinel], 20), "the device was not ready in time"
+        device.read_report()
+        client = ControlClient(control)
+        try:
+            client.request(Command.STOP, 5.0)
+        finally:
+            client.close()
+        assert wait([device.sentinel], 10), "the device did not stop"
+    finally:
+        if not wait([device.sentinel], 0):
+            device.kill()
+        exitcode = device.reap()
+        launcher.close()
+    assert exitcode == 0
+    _expect_output(log)

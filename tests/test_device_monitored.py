@@ -39,7 +39,7 @@ def monitored(kind: str, in_type: int, out_type: int, short_tmp: Path) -> Iterat
         "thread-shared-context": ThreadMonitoredQueue,
         "process": ProcessMonitoredQueue,
     }[kind]
-    dev = cls(in_type, out_type, zmq.PUB, b"IN", b"OUT")
+    dev: Any = cls(in_type, out_type, zmq.PUB, b"IN", b"OUT")
     for role in ("in", "out", "mon"):
         getattr(dev, f"bind_{role}")(f"ipc://{short_tmp}/{role}")
     thread = None
@@ -74,7 +74,7 @@ def monitored(kind: str, in_type: int, out_type: int, short_tmp: Path) -> Iterat
 
 
 def connect(ctx: zmq.Context[Any], kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket[bytes]:
-    sock = ctx.socket(kind)
+    sock: zmq.Socket[bytes] = ctx.socket(kind)
     if identity is not None:
         sock.identity = identity
     if kind == zmq.SUB:

@@ -177,7 +177,9 @@ class SpawnedDevice:
 
 
 class PoolLike(Protocol):
-    def take(self, pickled_device: bytes, control_endpoint: str, *, label: str) -> PendingStart | None: ...
+    def take(
+        self, pickled_device: bytes, control_endpoint: str, *, label: str, log_path: str | None = None
+    ) -> PendingStart | None: ...
 
     def refill(self) -> None: ...
 
@@ -203,12 +205,17 @@ class ProcessLauncher:
         self._pool_short = True  # empty at first; after that, only a hand-out makes it short
         self._channels: list[AsyncControl] = []
 
-    def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
-        pending = self.pool.take(pickled_device, control_endpoint, label=label)
+    def launch(
+        self, pickled_device: bytes, control_endpoint: str, label: str, log_path: str | None = None
+    ) -> DeviceProcess:
+        """``log_path``: a file that gets everything the device process writes (fds 1, 2)."""
+        # Passed only when set, so pools and spawn functions without logs (test fakes) fit.
+        logs = {"log_path": log_path} if log_path is not None else {}
+        pending = self.pool.take(pickled_device, control_endpoint, label=label, **logs)
         if pending is not None:
             self._pool_short = True
         else:
-            pending = self._spawn(pickled_device, control_endpoint, label=label)
+            pending = self._spawn(pickled_device, control_endpoint, label=label, **logs)
         return SpawnedDevice(pending)
 
     def connect(self, control_endpoint: str) -> ControlChannel:
