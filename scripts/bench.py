@@ -4,6 +4,7 @@
     python scripts/bench.py              # full run (~6-10 min on 2 cores)
     python scripts/bench.py --quick      # < 2 min: fewer reps, messages and kills, 8 devices
     python scripts/bench.py --json out.json --reps 7
+    python scripts/bench.py --only startup --scale 256   # start-up, then 256 devices under one up
 
 What is measured (docs/performance.md explains each figure and the targets):
 
@@ -16,8 +17,13 @@ What is measured (docs/performance.md explains each figure and the targets):
               every device case is also a ratio to pyzmq's in the same repetition.
   latency     REQ -> ROUTER/DEALER queue -> REP echo, round trips interleaved in blocks over
               pyzmq's ProcessDevice, procdevices' ProcessDevice and a supervised queue.
+  mq          the same for a monitored queue (PUB monitor): pyzmq's ProcessMonitoredQueue
+              (libzmq's C loop, no control) against procdevices' (a steerable Python loop).
   startup     time until 1, 8, 32 devices all forward a message; memory (RSS, USS, PSS) per
-              device process.
+              device process; pyzmq's ProcessDevice with fork and with spawn (the like-for-like
+              base for procdevices' spawned devices), and `up` with spawn and forkserver.
+  scale       (--scale N) N devices as 4 x N/4 replicas over ipc under one `up`, with spawn and
+              with forkserver: time to all RUNNING, idle supervisor CPU, `down` time.
   restart     SIGKILL a supervised device: time until the replacement answers PING on its
               control socket, and until a message is forwarded again (warm pool vs pool 0).
   stop        SIGTERM to `up` until it exits, with its log checked for clean stops.
@@ -62,11 +68,9 @@ if __name__ != "__mp_main__":
     import zmq.devices
 
     import procdevices
-    from procdevices.control.client import ControlClient
-    from procdevices.control.protocol import Command
+    from procdevices.control.client import ControlClient, SupervisorUnreachable, call_supervisor
+    from procdevices.control.protocol import Command, SupervisorCommand
     from procdevices.errors import DeviceError
-    from procdevices.control.client import SupervisorUnreachable, call_supervisor
-    from procdevices.control.protocol import SupervisorCommand
 
 SPAWN = multiprocessing.get_context("spawn")
 now = time.perf_counter
@@ -75,10 +79,17 @@ KIB = 1024
 SIZES = (64, 4 * KIB)
 TRANSPORTS = ("ipc", "tcp")
 TP_CASES = ("direct", "pyzmq", "procdevices", "supervised")
+# A monitored queue (PULL -> PUSH, PUB monitor): libzmq's C loop (pyzmq) against procdevices'
+# steerable Python loop.
+MQ_CASES = ("pyzmq-mq", "procdevices-mq")
 LAT_CASES = ("pyzmq", "procdevices", "supervised")
 LABELS = {
     "direct": "direct PUSH->PULL (no device)",
     "pyzmq": "pyzmq ProcessDevice (fork)",
+    "pyzmq-spawn": "pyzmq ProcessDevice (spawn)",
+    "pyzmq-mq": "pyzmq ProcessMonitoredQueue (fork)",
+    "procdevices-mq": "procdevices ProcessMonitoredQueue",
+    "supervised-forkserver": "supervised (up, forkserver)",
     "procdevices": "procdevices ProcessDevice",
     "procdevices-threads": "procdevices ProcessDevice, N threads",
     "supervised": "supervised (up)",
@@ -101,21 +112,36 @@ class Profile:
 
 
 FULL = Profile(
-    name="full", reps=5,
+    name="full",
+    reps=5,
     tp_msgs={64: (150_000, 500_000), 4 * KIB: (20_000, 120_000)},
-    lat_warm=2_000, lat_trips=20_000, lat_block=500,
-    startup_ns=(1, 8, 32), startup_reps=3, kills=10, idle_seconds=30.0, big_n=32,
+    lat_warm=2_000,
+    lat_trips=20_000,
+    lat_block=500,
+    startup_ns=(1, 8, 32),
+    startup_reps=3,
+    kills=10,
+    idle_seconds=30.0,
+    big_n=32,
 )
 QUICK = Profile(
-    name="quick", reps=2,
+    name="quick",
+    reps=2,
     tp_msgs={64: (60_000, 120_000), 4 * KIB: (5_000, 25_000)},
-    lat_warm=1_000, lat_trips=4_000, lat_block=500,
-    startup_ns=(1, 8), startup_reps=1, kills=3, idle_seconds=10.0, big_n=8,
+    lat_warm=1_000,
+    lat_trips=4_000,
+    lat_block=500,
+    startup_ns=(1, 8),
+    startup_reps=1,
+    kills=3,
+    idle_seconds=10.0,
+    big_n=8,
 )
 
 
 # ------------------------------------------------------------------------------------------
 # small utilities
+
 
 class PhaseTimeout(Exception):
     pass
@@ -194,6 +220,7 @@ def kill_tree(pids: list[int]) -> None:
 
 # ------------------------------------------------------------------------------------------
 # spawned helper processes: sender, receiver, REQ client, REP echo
+
 
 def _worker_main(conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when helpers stop
@@ -296,12 +323,25 @@ def _receive(s: zmq.Socket[bytes], warm: int, timed: int, extra: int) -> dict[st
         for _ in range(extra):
             recv()
             drained += 1
-    return {"t_first": t_first, "t_last": t_last, "messages": timed, "size": len(last), "bytes": nbytes,
-            "lost": extra - drained}
+    return {
+        "t_first": t_first,
+        "t_last": t_last,
+        "messages": timed,
+        "size": len(last),
+        "bytes": nbytes,
+        "lost": extra - drained,
+    }
 
 
-def _latency(ctx: zmq.Context[zmq.Socket[bytes]], socks: list[zmq.Socket[bytes]], eps: dict[str, str],
-             warm: int, trips: int, block: int, timeout: float) -> dict[str, Any]:
+def _latency(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    socks: list[zmq.Socket[bytes]],
+    eps: dict[str, str],
+    warm: int,
+    trips: int,
+    block: int,
+    timeout: float,
+) -> dict[str, Any]:
     req: dict[str, zmq.Socket[bytes]] = {}
     for name, ep in eps.items():
         s = ctx.socket(zmq.REQ)
@@ -390,16 +430,28 @@ class Helpers:
 # ------------------------------------------------------------------------------------------
 # devices: pyzmq's, procdevices', and a supervised one
 
+
 def _ipc(tmp: str, tag: str) -> str:
     return f"ipc://{tmp}/{tag}"
 
 
 class PyzmqDevice:
     """pyzmq's ProcessDevice, used as-is: multiprocessing's default (global) start method,
-    which forks on Linux. It has no stop; it is terminated with SIGTERM."""
+    which forks on Linux, or spawn (``start_method="spawn"``: the same start method as
+    procdevices, for a like-for-like start-up and memory comparison). It has no stop; it is
+    terminated with SIGTERM. ``monitored``: a ProcessMonitoredQueue (PUB monitor)."""
 
-    def __init__(self, device_type: int, in_type: int, out_type: int) -> None:
-        self.dev = zmq.devices.ProcessDevice(device_type, in_type, out_type)
+    def __init__(
+        self, device_type: int, in_type: int, out_type: int, start_method: str | None = None, monitored: bool = False
+    ) -> None:
+        self.dev: Any
+        if monitored:
+            self.dev = zmq.devices.ProcessMonitoredQueue(in_type, out_type, zmq.PUB)  # type: ignore[no-untyped-call]
+            self.dev.bind_mon("tcp://127.0.0.1:*")
+        else:
+            self.dev = zmq.devices.ProcessDevice(device_type, in_type, out_type)
+        if start_method is not None:
+            self.dev._launch_class = multiprocessing.get_context(start_method).Process  # type: ignore[attr-defined]
 
     def bind(self, transport: str, tmp: str, tag: str) -> tuple[str, str]:
         if transport == "ipc":
@@ -431,10 +483,16 @@ class PyzmqDevice:
 
 
 class PdDevice:
-    """procdevices.ProcessDevice: spawn; start() returns when ready; stop() via control."""
+    """procdevices.ProcessDevice: spawn; start() returns when ready; stop() via control.
+    ``monitored``: a ProcessMonitoredQueue (PUB monitor)."""
 
-    def __init__(self, device_type: int, in_type: int, out_type: int) -> None:
-        self.dev = procdevices.ProcessDevice(device_type, in_type, out_type)
+    def __init__(self, device_type: int, in_type: int, out_type: int, monitored: bool = False) -> None:
+        self.dev: Any
+        if monitored:
+            self.dev = procdevices.ProcessMonitoredQueue(in_type, out_type, zmq.PUB)
+            self.dev.bind_mon("tcp://127.0.0.1:*")
+        else:
+            self.dev = procdevices.ProcessDevice(device_type, in_type, out_type)
 
     def bind(self, transport: str, tmp: str, tag: str) -> None:
         if transport == "ipc":
@@ -474,12 +532,12 @@ class NotReady(Exception):
 class Supervised:
     """`python -m procdevices up -c TOPOLOGY` as a subprocess in its own process group."""
 
-    def __init__(self, workdir: str, topology: str) -> None:
+    def __init__(self, workdir: str, topology: str, start_method: str = "spawn") -> None:
         self.dir = workdir
         self.path = os.path.join(workdir, "topology.toml")
         self.run_dir = os.path.join(workdir, "run")
         with open(self.path, "w") as f:
-            f.write(f'[supervisor]\nrun_dir = "{self.run_dir}"\n' + topology)
+            f.write(f'[supervisor]\nrun_dir = "{self.run_dir}"\nstart_method = "{start_method}"\n' + topology)
         self.sock = os.path.join(self.run_dir, "supervisor.sock")
         self.endpoint = f"ipc://{self.sock}"
         self.log_path = os.path.join(workdir, "up.log")
@@ -492,7 +550,10 @@ class Supervised:
         self.started_at = now()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "procdevices", "up", "-c", self.path],
-            cwd=self.dir, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             # Its own process group (to kill it whole), but the same session: with the kernel's
             # autogroup scheduling a new session would get a CPU share of its own and the
             # supervised device would not compete with sender and receiver like the others.
@@ -524,7 +585,10 @@ class Supervised:
         """`python -m procdevices status --json`, as a user would read the endpoints."""
         out = subprocess.run(
             [sys.executable, "-m", "procdevices", "status", "-c", self.path, "--json"],
-            cwd=self.dir, capture_output=True, timeout=30, check=True,
+            cwd=self.dir,
+            capture_output=True,
+            timeout=30,
+            check=True,
         )
         result: dict[str, Any] = json.loads(out.stdout)
         return result
@@ -591,15 +655,22 @@ def settle(sup: Supervised) -> None:
 
 def check_stop_log(text: str, n: int) -> dict[str, Any]:
     clean = len(re.findall(r"STOPPED \(stopped through the control socket\)", text))
-    escalations = [ln for ln in text.splitlines()
-                   if "after the control-socket stop; SIGTERM" in ln or "SIGKILL" in ln
-                   or "stopped through the SIGTERM" in ln]
-    return {"expected": n, "stopped_through_control_socket": clean, "escalations": escalations,
-            "ok": clean == n and not escalations}
+    escalations = [
+        ln
+        for ln in text.splitlines()
+        if "after the control-socket stop; SIGTERM" in ln or "SIGKILL" in ln or "stopped through the SIGTERM" in ln
+    ]
+    return {
+        "expected": n,
+        "stopped_through_control_socket": clean,
+        "escalations": escalations,
+        "ok": clean == n and not escalations,
+    }
 
 
 # ------------------------------------------------------------------------------------------
 # throughput
+
 
 @contextlib.contextmanager
 def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[str | None, str | None, int | None]]:
@@ -607,8 +678,8 @@ def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[s
     if case == "direct":
         yield None, None, None
         return
-    if case == "pyzmq":
-        d = PyzmqDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
+    if case in ("pyzmq", "pyzmq-mq"):
+        d = PyzmqDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH, monitored=case == "pyzmq-mq")
         try:
             eps = d.bind(transport, tmp, tag)
             d.start()
@@ -616,8 +687,8 @@ def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[s
         finally:
             d.stop()
         return
-    if case == "procdevices":
-        p = PdDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
+    if case in ("procdevices", "procdevices-mq"):
+        p = PdDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH, monitored=case == "procdevices-mq")
         try:
             p.bind(transport, tmp, tag)
             p.start()
@@ -641,8 +712,9 @@ def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[s
         sup.close()
 
 
-def run_tp_case(helpers: Helpers, case: str, transport: str, tmp: str, tag: str,
-                prof: Profile) -> dict[int, dict[str, Any]]:
+def run_tp_case(
+    helpers: Helpers, case: str, transport: str, tmp: str, tag: str, prof: Profile
+) -> dict[int, dict[str, Any]]:
     recv_w, send_w = helpers.workers[0], helpers.workers[1]
     results: dict[int, dict[str, Any]] = {}
     with tp_device(case, transport, tmp, tag) as (in_ep, out_ep, pid):
@@ -664,13 +736,18 @@ def run_tp_case(helpers: Helpers, case: str, transport: str, tmp: str, tag: str,
                 cpu1 = cpu_seconds([pid]) if pid else None
                 elapsed = done["t_last"] - done["t_first"]
                 n = done["messages"] - 1
-                results[size] = {"msgs_per_s": n / elapsed, "mb_per_s": n * size / elapsed / 1e6,
-                                 "seconds": elapsed, "messages": done["messages"], "warmup": warm,
-                                 "loadavg1": os.getloadavg()[0],
-                                 # CPU the device process used per forwarded message (warm-up
-                                 # included): insensitive to how the 2 CPUs were shared.
-                                 "device_cpu_us_per_msg": (cpu1 - cpu0) / (warm + timed + extra) * 1e6 if pid else None,
-                                 "lost": done["lost"]}
+                results[size] = {
+                    "msgs_per_s": n / elapsed,
+                    "mb_per_s": n * size / elapsed / 1e6,
+                    "seconds": elapsed,
+                    "messages": done["messages"],
+                    "warmup": warm,
+                    "loadavg1": os.getloadavg()[0],
+                    # CPU the device process used per forwarded message (warm-up
+                    # included): insensitive to how the 2 CPUs were shared.
+                    "device_cpu_us_per_msg": (cpu1 - cpu0) / (warm + timed + extra) * 1e6 if pid else None,
+                    "lost": done["lost"],
+                }
             except Exception as e:
                 record_error("throughput", f"{case} {transport} {size}B", e)
                 helpers.renew()
@@ -680,18 +757,20 @@ def run_tp_case(helpers: Helpers, case: str, transport: str, tmp: str, tag: str,
     return results
 
 
-def phase_throughput(helpers: Helpers, prof: Profile, tmp: str) -> dict[str, Any]:
-    # raw[transport][size][case] -> list of per-rep rates; ratios likewise (vs pyzmq, same rep)
-    raw: dict[str, Any] = {t: {s: {c: [] for c in TP_CASES} for s in SIZES} for t in TRANSPORTS}
-    mb: dict[str, Any] = {t: {s: {c: [] for c in TP_CASES} for s in SIZES} for t in TRANSPORTS}
-    cpu: dict[str, Any] = {t: {s: {c: [] for c in TP_CASES} for s in SIZES} for t in TRANSPORTS}
-    cpu_ratios: dict[str, Any] = {t: {s: {c: [] for c in TP_CASES} for s in SIZES} for t in TRANSPORTS}
-    ratios: dict[str, Any] = {t: {s: {c: [] for c in TP_CASES if c != "pyzmq"} for s in SIZES} for t in TRANSPORTS}
+def phase_throughput(
+    helpers: Helpers, prof: Profile, tmp: str, cases: tuple[str, ...] = TP_CASES, base_case: str = "pyzmq"
+) -> dict[str, Any]:
+    # raw[transport][size][case] -> list of per-rep rates; ratios likewise (vs base_case, same rep)
+    raw: dict[str, Any] = {t: {s: {c: [] for c in cases} for s in SIZES} for t in TRANSPORTS}
+    mb: dict[str, Any] = {t: {s: {c: [] for c in cases} for s in SIZES} for t in TRANSPORTS}
+    cpu: dict[str, Any] = {t: {s: {c: [] for c in cases} for s in SIZES} for t in TRANSPORTS}
+    cpu_ratios: dict[str, Any] = {t: {s: {c: [] for c in cases} for s in SIZES} for t in TRANSPORTS}
+    ratios: dict[str, Any] = {t: {s: {c: [] for c in cases if c != base_case} for s in SIZES} for t in TRANSPORTS}
     order_log = []
     samples: list[dict[str, Any]] = []
     for rep in range(prof.reps):
         for transport in rotate(TRANSPORTS, rep):
-            order = rotate(TP_CASES, rep)
+            order = rotate(cases, rep)
             order_log.append({"rep": rep, "transport": transport, "order": order})
             per_rep: dict[str, dict[int, dict[str, Any]]] = {}
             for case in order:
@@ -703,8 +782,8 @@ def phase_throughput(helpers: Helpers, prof: Profile, tmp: str) -> dict[str, Any
                     record_error("throughput", f"{case} {transport}", e)
                     helpers.renew()
             for size in SIZES:
-                base = per_rep.get("pyzmq", {}).get(size)
-                for case in TP_CASES:
+                base = per_rep.get(base_case, {}).get(size)
+                for case in cases:
                     r = per_rep.get(case, {}).get(size)
                     if r is None:
                         continue
@@ -713,29 +792,39 @@ def phase_throughput(helpers: Helpers, prof: Profile, tmp: str) -> dict[str, Any
                     mb[transport][size][case].append(r["mb_per_s"])
                     if r["device_cpu_us_per_msg"] is not None:
                         cpu[transport][size][case].append(r["device_cpu_us_per_msg"])
-                        if case not in ("pyzmq", "direct") and base is not None and base["device_cpu_us_per_msg"]:
+                        if case not in (base_case, "direct") and base is not None and base["device_cpu_us_per_msg"]:
                             cpu_ratios[transport][size][case].append(
-                                r["device_cpu_us_per_msg"] / base["device_cpu_us_per_msg"])
-                    if case != "pyzmq" and base is not None:
+                                r["device_cpu_us_per_msg"] / base["device_cpu_us_per_msg"]
+                            )
+                    if case != base_case and base is not None:
                         ratios[transport][size][case].append(r["msgs_per_s"] / base["msgs_per_s"])
-    out: dict[str, Any] = {"order": order_log, "samples": samples, "results": [],
-                           "losses": [{k: x[k] for k in ("rep", "transport", "size", "case", "lost")}
-                                      for x in samples if x.get("lost")]}
+    out: dict[str, Any] = {
+        "order": order_log,
+        "samples": samples,
+        "results": [],
+        "losses": [{k: x[k] for k in ("rep", "transport", "size", "case", "lost")} for x in samples if x.get("lost")],
+    }
     for t in TRANSPORTS:
         for s in SIZES:
-            for c in TP_CASES:
-                out["results"].append({
-                    "transport": t, "size": s, "case": c,
-                    "msgs_per_s": summary(raw[t][s][c]), "mb_per_s": summary(mb[t][s][c]),
-                    "ratio_vs_pyzmq": summary(ratios[t][s][c]) if c != "pyzmq" else None,
-                    "device_cpu_us_per_msg": summary(cpu[t][s][c]),
-                    "device_cpu_ratio_vs_pyzmq": summary(cpu_ratios[t][s][c]),
-                })
+            for c in cases:
+                out["results"].append(
+                    {
+                        "transport": t,
+                        "size": s,
+                        "case": c,
+                        "msgs_per_s": summary(raw[t][s][c]),
+                        "mb_per_s": summary(mb[t][s][c]),
+                        "ratio_vs_pyzmq": summary(ratios[t][s][c]) if c != base_case else None,
+                        "device_cpu_us_per_msg": summary(cpu[t][s][c]),
+                        "device_cpu_ratio_vs_pyzmq": summary(cpu_ratios[t][s][c]),
+                    }
+                )
     return out
 
 
 # ------------------------------------------------------------------------------------------
 # latency
+
 
 @contextlib.contextmanager
 def queue_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[str, str]]:
@@ -777,28 +866,43 @@ def phase_latency(helpers: Helpers, prof: Profile, tmp: str) -> dict[str, Any]:
         log(f"latency {transport}: {prof.lat_trips} round trips per device after {prof.lat_warm} warm-up")
         try:
             with deadline(240, f"latency {transport}"), contextlib.ExitStack() as stack:
-                eps = {c: stack.enter_context(queue_device(c, transport, tmp, f"l{transport}{c[:3]}")) for c in LAT_CASES}
+                eps = {
+                    c: stack.enter_context(queue_device(c, transport, tmp, f"l{transport}{c[:3]}")) for c in LAT_CASES
+                }
                 client, echoes = helpers.workers[0], helpers.workers[1:]
                 try:
-                    for echo, case in zip(echoes, LAT_CASES):
+                    for echo, case in zip(echoes, LAT_CASES, strict=False):
                         echo.call("echo", eps[case][1], 10.0)
-                    res = client.call("latency", {c: eps[c][0] for c in LAT_CASES}, prof.lat_warm,
-                                      prof.lat_trips, prof.lat_block, 10.0, timeout=200.0)
+                    res = client.call(
+                        "latency",
+                        {c: eps[c][0] for c in LAT_CASES},
+                        prof.lat_warm,
+                        prof.lat_trips,
+                        prof.lat_block,
+                        10.0,
+                        timeout=200.0,
+                    )
                 finally:
                     with contextlib.suppress(Exception):
                         helpers.reset()
             lat = {c: [v / 1000 for v in array.array("q", res[c])] for c in LAT_CASES}  # microseconds
             block = prof.lat_block
             rounds = len(lat["pyzmq"]) // block
-            block_p50 = {c: [median(lat[c][i * block:(i + 1) * block]) for i in range(rounds)] for c in LAT_CASES}
+            block_p50 = {c: [median(lat[c][i * block : (i + 1) * block]) for i in range(rounds)] for c in LAT_CASES}
             entry: dict[str, Any] = {}
             for c in LAT_CASES:
-                entry[c] = {"p50_us": percentile(lat[c], 50), "p99_us": percentile(lat[c], 99),
-                            "mean_us": statistics.fmean(lat[c]), "round_trips": len(lat[c])}
+                entry[c] = {
+                    "p50_us": percentile(lat[c], 50),
+                    "p99_us": percentile(lat[c], 99),
+                    "mean_us": statistics.fmean(lat[c]),
+                    "round_trips": len(lat[c]),
+                }
                 if c != "pyzmq":
                     entry[c]["p50_ratio"] = entry[c]["p50_us"] / entry["pyzmq"]["p50_us"]
                     entry[c]["p99_ratio"] = entry[c]["p99_us"] / entry["pyzmq"]["p99_us"]
-                    entry[c]["block_p50_ratio"] = summary([a / b for a, b in zip(block_p50[c], block_p50["pyzmq"])])
+                    entry[c]["block_p50_ratio"] = summary(
+                        [a / b for a, b in zip(block_p50[c], block_p50["pyzmq"], strict=True)]
+                    )
                     entry[c]["block_p50_ratio"].pop("samples", None)
             out[transport] = entry
         except Exception as e:
@@ -809,6 +913,7 @@ def phase_latency(helpers: Helpers, prof: Profile, tmp: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------
 # start-up, memory and stop of N devices
+
 
 class Prober:
     """Binds a PUSH and a PULL per device; each device connects its in (PULL) to the PUSH and
@@ -822,7 +927,7 @@ class Prober:
         self.outs = [_ipc(tmp, f"o{k}") for k in range(n)]
         self.push: list[zmq.Socket[bytes]] = []
         self.pull: list[zmq.Socket[bytes]] = []
-        for a, b in zip(self.ins, self.outs):
+        for a, b in zip(self.ins, self.outs, strict=True):
             p = self.ctx.socket(zmq.PUSH)
             p.linger = 0
             p.bind(a)
@@ -851,8 +956,9 @@ class Prober:
             left = end - t
             if left <= 0:
                 missing = [k for k in range(self.n) if k not in done]
-                raise PhaseTimeout(f"only {len(done)} of {self.n} devices forwarded within {timeout}s "
-                                   f"(missing replicas {missing})")
+                raise PhaseTimeout(
+                    f"only {len(done)} of {self.n} devices forwarded within {timeout}s (missing replicas {missing})"
+                )
             for k, at in list(resend_at.items()):
                 if t >= at and k not in done:
                     del resend_at[k]
@@ -895,9 +1001,12 @@ def startup_local(case: str, n: int, tmp: str) -> dict[str, Any]:
     prober = Prober(tmp, n)
     devices: list[Any] = []
     try:
-        cls = PyzmqDevice if case == "pyzmq" else PdDevice
         for k in range(n):
-            d = cls(zmq.STREAMER, zmq.PULL, zmq.PUSH)
+            d: PyzmqDevice | PdDevice
+            if case.startswith("pyzmq"):
+                d = PyzmqDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH, "spawn" if case == "pyzmq-spawn" else None)
+            else:
+                d = PdDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
             d.dev.connect_in(prober.ins[k])
             d.dev.connect_out(prober.outs[k])
             devices.append(d)
@@ -918,8 +1027,13 @@ def startup_local(case: str, n: int, tmp: str) -> dict[str, Any]:
             d.stop()
         stop_s = now() - t1
         devices = []
-        return {"all_forwarding_s": max(times), "first_forwarding_s": min(times),
-                "start_calls_s": started, "memory": mem, "stop_all_s": stop_s}
+        return {
+            "all_forwarding_s": max(times),
+            "first_forwarding_s": min(times),
+            "start_calls_s": started,
+            "memory": mem,
+            "stop_all_s": stop_s,
+        }
     finally:
         for d in devices:
             with contextlib.suppress(Exception):
@@ -927,13 +1041,18 @@ def startup_local(case: str, n: int, tmp: str) -> dict[str, Any]:
         prober.close()
 
 
-def startup_supervised(n: int, tmp: str) -> dict[str, Any]:
+def startup_supervised(n: int, tmp: str, start_method: str = "spawn") -> dict[str, Any]:
     prober = Prober(tmp, n)
-    sup = Supervised(tmp, (
-        '\n[devices.s]\nkind = "streamer"\n'
-        f"replicas = {n}\n"
-        f'in = {{ type = "PULL", connect = ["ipc://{tmp}/i{{replica}}"] }}\n'
-        f'out = {{ type = "PUSH", connect = ["ipc://{tmp}/o{{replica}}"] }}\n'))
+    sup = Supervised(
+        tmp,
+        (
+            '\n[devices.s]\nkind = "streamer"\n'
+            f"replicas = {n}\n"
+            f'in = {{ type = "PULL", connect = ["ipc://{tmp}/i{{replica}}"] }}\n'
+            f'out = {{ type = "PUSH", connect = ["ipc://{tmp}/o{{replica}}"] }}\n'
+        ),
+        start_method,
+    )
     try:
         t0 = now()
         sup.start()
@@ -946,9 +1065,15 @@ def startup_supervised(n: int, tmp: str) -> dict[str, Any]:
         restarts = sum(d["restarts"] for d in st["devices"])
         trouble = supervisor_trouble(sup) if restarts else ""
         stop_s = sup.terminate_and_time(30.0)
-        return {"all_forwarding_s": max(times), "first_forwarding_s": min(times), "memory": mem,
-                "restarts_during_startup": restarts, "trouble": trouble,
-                "stop_s": stop_s, "stop_log": check_stop_log(sup.log_text(), n)}
+        return {
+            "all_forwarding_s": max(times),
+            "first_forwarding_s": min(times),
+            "memory": mem,
+            "restarts_during_startup": restarts,
+            "trouble": trouble,
+            "stop_s": stop_s,
+            "stop_log": check_stop_log(sup.log_text(), n),
+        }
     finally:
         sup.close()
         prober.close()
@@ -969,7 +1094,7 @@ def supervisor_trouble(sup: Supervised) -> str:
 
 
 def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
-    cases = ("pyzmq", "procdevices", "procdevices-threads", "supervised")
+    cases = ("pyzmq", "pyzmq-spawn", "procdevices", "procdevices-threads", "supervised", "supervised-forkserver")
     raw: dict[int, dict[str, list[dict[str, Any]]]] = {n: {c: [] for c in cases} for n in prof.startup_ns}
     for rep in range(prof.startup_reps):
         for n in prof.startup_ns:
@@ -978,7 +1103,10 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
                 d = tempfile.mkdtemp(prefix="s-", dir=tmp)
                 try:
                     with deadline(120, f"startup {case} n={n}"):
-                        r = startup_supervised(n, d) if case == "supervised" else startup_local(case, n, d)
+                        if case.startswith("supervised"):
+                            r = startup_supervised(n, d, "forkserver" if case.endswith("forkserver") else "spawn")
+                        else:
+                            r = startup_local(case, n, d)
                     raw[n][case].append(r)
                 except Exception as e:
                     record_error("startup", f"{case} n={n}", e)
@@ -987,6 +1115,7 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
     out: dict[str, Any] = {"raw": {str(n): v for n, v in raw.items()}, "summary": []}
     for n in prof.startup_ns:
         base = summary([r["all_forwarding_s"] for r in raw[n]["pyzmq"]])
+        base_spawn = summary([r["all_forwarding_s"] for r in raw[n]["pyzmq-spawn"]])
         for c in cases:
             rs = raw[n][c]
             row = {"n": n, "case": c, "all_forwarding_s": summary([r["all_forwarding_s"] for r in rs])}
@@ -994,19 +1123,22 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
                 row["rss_mib"] = median([r["memory"]["rss_mib"] for r in rs if r["memory"]["rss_mib"]])
                 row["uss_mib"] = median([r["memory"]["uss_mib"] for r in rs if r["memory"]["uss_mib"]])
                 row["pss_mib"] = median([r["memory"]["pss_mib"] for r in rs if r["memory"]["pss_mib"]])
-            if c == "supervised":
+            if c.startswith("supervised"):
                 row["stop_s"] = summary([r["stop_s"] for r in rs])
                 row["stop_log_ok"] = all(r["stop_log"]["ok"] for r in rs) if rs else None
-            elif c != "pyzmq":
+            elif not c.startswith("pyzmq"):
                 row["stop_all_s"] = summary([r["stop_all_s"] for r in rs])
             if base["median"] and row["all_forwarding_s"]["median"]:
                 row["ratio_vs_pyzmq"] = row["all_forwarding_s"]["median"] / base["median"]
+            if base_spawn["median"] and row["all_forwarding_s"]["median"]:
+                row["ratio_vs_pyzmq_spawn"] = row["all_forwarding_s"]["median"] / base_spawn["median"]
             out["summary"].append(row)
     return out
 
 
 # ------------------------------------------------------------------------------------------
 # restart after SIGKILL
+
 
 class Traffic(threading.Thread):
     """After ``go`` is set: sends a message every ~1 ms (non-blocking) and records when the
@@ -1038,8 +1170,15 @@ def drain(sock: zmq.Socket[bytes]) -> None:
         sock.recv()
 
 
-def one_kill(sup: Supervised, name: str, ctl: str, push: zmq.Socket[bytes], pull: zmq.Socket[bytes],
-             ping_ctx: zmq.Context[zmq.Socket[bytes]], pool: int) -> dict[str, Any]:
+def one_kill(
+    sup: Supervised,
+    name: str,
+    ctl: str,
+    push: zmq.Socket[bytes],
+    pull: zmq.Socket[bytes],
+    ping_ctx: zmq.Context[zmq.Socket[bytes]],
+    pool: int,
+) -> dict[str, Any]:
     st = sup.wait_running(1, 30.0, pool_idle=pool)
     dev = st["devices"][0]
     old = dev["pid"]
@@ -1098,7 +1237,9 @@ def one_kill(sup: Supervised, name: str, ctl: str, push: zmq.Socket[bytes], pull
         "probe_ms": (t_probe - t0) * 1000,
         "forward_ms": (traffic.t_forwarded - t0) * 1000 if traffic.t_forwarded else None,
         "reaped_ms": (reaped[0] - t0) * 1000 if reaped else None,
-        "old_pid": old, "new_pid": new_pid, "new_from_warm_pool": new_pid in before,
+        "old_pid": old,
+        "new_pid": new_pid,
+        "new_from_warm_pool": new_pid in before,
     }
 
 
@@ -1136,9 +1277,11 @@ def restart_series(prof: Profile, tmp: str, pool: int | None) -> dict[str, Any]:
             try:
                 r = one_kill(sup, "r", ctl, push, pull, ping_ctx, effective_pool)
                 kills.append(r)
-                log(f"  kill {k + 1}/{prof.kills} (pool {effective_pool}): probe {r['probe_ms']:.1f} ms, "
+                log(
+                    f"  kill {k + 1}/{prof.kills} (pool {effective_pool}): probe {r['probe_ms']:.1f} ms, "
                     f"forward {r['forward_ms'] if r['forward_ms'] is None else round(r['forward_ms'], 1)} ms, "
-                    f"reaped {r['reaped_ms'] if r['reaped_ms'] is None else round(r['reaped_ms'], 1)} ms")
+                    f"reaped {r['reaped_ms'] if r['reaped_ms'] is None else round(r['reaped_ms'], 1)} ms"
+                )
             except Exception as e:
                 record_error("restart", f"pool {effective_pool} kill {k + 1}", e)
         restarts = sup.status(2.0)["devices"][0]["restarts"]
@@ -1156,9 +1299,15 @@ def restart_series(prof: Profile, tmp: str, pool: int | None) -> dict[str, Any]:
         s["worst"] = s.pop("max")
         return s
 
-    return {"pool_size": effective_pool, "kills": kills, "supervisor_restarts": restarts,
-            "probe_ms": stat("probe_ms"), "forward_ms": stat("forward_ms"), "reaped_ms": stat("reaped_ms"),
-            "topology": topology}
+    return {
+        "pool_size": effective_pool,
+        "kills": kills,
+        "supervisor_restarts": restarts,
+        "probe_ms": stat("probe_ms"),
+        "forward_ms": stat("forward_ms"),
+        "reaped_ms": stat("reaped_ms"),
+        "topology": topology,
+    }
 
 
 def phase_restart(prof: Profile, tmp: str) -> dict[str, Any]:
@@ -1180,6 +1329,7 @@ def phase_restart(prof: Profile, tmp: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # idle overhead and stop of big_n devices
 
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -1193,11 +1343,15 @@ def phase_overhead(prof: Profile, tmp: str) -> dict[str, Any]:
     n = prof.big_n
     log(f"overhead: {n} idle supervised devices for {prof.idle_seconds:.0f}s, then stop")
     d = tempfile.mkdtemp(prefix="o-", dir=tmp)
-    sup = Supervised(d, (
-        '\n[devices.idle]\nkind = "streamer"\n'
-        f"replicas = {n}\n"
-        f'in = {{ bind = ["ipc://{d}/i{{replica}}"] }}\n'
-        f'out = {{ bind = ["ipc://{d}/o{{replica}}"] }}\n'))
+    sup = Supervised(
+        d,
+        (
+            '\n[devices.idle]\nkind = "streamer"\n'
+            f"replicas = {n}\n"
+            f'in = {{ bind = ["ipc://{d}/i{{replica}}"] }}\n'
+            f'out = {{ bind = ["ipc://{d}/o{{replica}}"] }}\n'
+        ),
+    )
     try:
         with deadline(90 + prof.idle_seconds, "overhead"):
             sup.start()
@@ -1219,12 +1373,16 @@ def phase_overhead(prof: Profile, tmp: str) -> dict[str, Any]:
             stop_s = sup.terminate_and_time(30.0)
             check = check_stop_log(sup.log_text(), n)
         return {
-            "devices": n, "seconds": wall,
-            "supervisor_cpu_s": sup_cpu, "supervisor_pct_of_core": 100 * sup_cpu / wall,
-            "devices_cpu_s": d1 - d0, "devices_pct_of_core": 100 * (d1 - d0) / wall,
+            "devices": n,
+            "seconds": wall,
+            "supervisor_cpu_s": sup_cpu,
+            "supervisor_pct_of_core": 100 * sup_cpu / wall,
+            "devices_cpu_s": d1 - d0,
+            "devices_pct_of_core": 100 * (d1 - d0) / wall,
             "per_device_pct_of_core": 100 * (d1 - d0) / wall / max(1, len(devices)),
             "pool_and_tracker_cpu_s": o1 - o0,
-            "stop_s": stop_s, "stop_log": check,
+            "stop_s": stop_s,
+            "stop_log": check,
         }
     except Exception as e:
         record_error("overhead", f"{n} devices", e)
@@ -1235,7 +1393,74 @@ def phase_overhead(prof: Profile, tmp: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------
+# scale: N devices under one `up`
+
+
+def scale_run(n: int, start_method: str, idle_seconds: float, tmp: str) -> dict[str, Any]:
+    """N streamers as 4 devices x N/4 replicas over ipc: Popen of `up` until all RUNNING,
+    the idle supervisor's CPU, then `procdevices down` until it returns."""
+    per = n // 4
+    d = tempfile.mkdtemp(prefix="sc-", dir=tmp)
+    topology = "".join(
+        f'\n[devices.d{k}]\nkind = "streamer"\nreplicas = {per}\n'
+        f'in = {{ bind = ["ipc://{d}/{k}i{{replica}}"] }}\nout = {{ bind = ["ipc://{d}/{k}o{{replica}}"] }}\n'
+        for k in range(4)
+    )
+    sup = Supervised(d, topology, start_method)
+    try:
+        with deadline(240 + idle_seconds, f"scale {n} {start_method}"):
+            sup.start()
+            st = sup.wait_running(4 * per, 180.0)
+            running_s = now() - sup.started_at
+            restarts = sum(x["restarts"] for x in st["devices"])
+            time.sleep(2.0)  # the pool's fresh workers finish importing
+            up = psutil.Process(sup.pid)
+            c0, t0 = up.cpu_times(), now()
+            time.sleep(idle_seconds)
+            c1, wall = up.cpu_times(), now() - t0
+            idle_pct = 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / wall
+            t1 = now()
+            down = subprocess.run(
+                [sys.executable, "-m", "procdevices", "down", "-c", sup.path],
+                cwd=d,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            down_s = now() - t1
+            assert sup.pidfd is not None
+            exited = wait_pid_exit(sup.pidfd, 30.0)
+        return {
+            "devices": 4 * per,
+            "start_method": start_method,
+            "all_running_s": running_s,
+            "restarts_during_startup": restarts,
+            "idle_supervisor_pct_of_core": idle_pct,
+            "idle_seconds": wall,
+            "down_s": down_s,
+            "down_rc": down.returncode,
+            "up_exited": exited,
+            "stop_log": check_stop_log(sup.log_text(), 4 * per),
+        }
+    finally:
+        sup.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def phase_scale(n: int, prof: Profile, tmp: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method in ("spawn", "forkserver"):
+        log(f"scale: {n} devices under one up, {method}")
+        try:
+            out[method] = scale_run(n, method, min(prof.idle_seconds, 20.0), tmp)
+        except Exception as e:
+            record_error("scale", f"{n} {method}", e)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
 # report
+
 
 def fmt_rate(s: dict[str, Any], scale: float = 1.0, digits: int = 0) -> str:
     if not s or s.get("median") is None:
@@ -1254,42 +1479,61 @@ def print_report(res: dict[str, Any]) -> None:
     p = print
     meta = res["meta"]
     p()
-    p(f"procdevices bench ({meta['profile']}): {meta['cpu_model']}, {meta['nproc']} cpus, "
-      f"Python {meta['python']}, pyzmq {meta['pyzmq']}, libzmq {meta['libzmq']}")
+    p(
+        f"procdevices bench ({meta['profile']}): {meta['cpu_model']}, {meta['nproc']} cpus, "
+        f"Python {meta['python']}, pyzmq {meta['pyzmq']}, libzmq {meta['libzmq']}"
+    )
     if meta["profile"] == "quick":
-        p(f"QUICK: {res['profile']['reps']} reps, fewer messages, start-up N={list(res['profile']['startup_ns'])}, "
-          f"{res['profile']['kills']} kills, stop/overhead with {res['profile']['big_n']} devices (not 32)")
-    tp = res.get("throughput")
-    if tp:
+        p(
+            f"QUICK: {res['profile']['reps']} reps, fewer messages, start-up N={list(res['profile']['startup_ns'])}, "
+            f"{res['profile']['kills']} kills, stop/overhead with {res['profile']['big_n']} devices (not 32)"
+        )
+    for key, title in (("throughput", "THROUGHPUT"), ("mq", "MONITORED QUEUE THROUGHPUT (base: pyzmq's, fork)")):
+        tp = res.get(key)
+        if not tp:
+            continue
         p()
-        p("THROUGHPUT  median (min-max) over reps; ratio = rate / pyzmq ProcessDevice in the same rep")
+        p(f"{title}  median (min-max) over reps; ratio = rate / pyzmq's device in the same rep")
         p("            device CPU = CPU time of the device process per forwarded message (us), and its ratio")
-        p(f"{'transport':<5} {'size':>5}  {'case':<30} {'msgs/s':>26} {'MB/s':>20}  {'ratio vs pyzmq':>20}"
-          f"  {'device CPU us/msg':>20} {'CPU ratio':>20}")
+        p(
+            f"{'transport':<5} {'size':>5}  {'case':<36} {'msgs/s':>26} {'MB/s':>20}  {'ratio vs pyzmq':>20}"
+            f"  {'device CPU us/msg':>20} {'CPU ratio':>20}"
+        )
         for r in tp["results"]:
-            p(f"{r['transport']:<5} {r['size']:>5}  {LABELS[r['case']]:<30} {fmt_rate(r['msgs_per_s'], 1e3, 1) + ' k':>26} "
-              f"{fmt_rate(r['mb_per_s'], 1, 1):>20}  {fmt_ratio(r['ratio_vs_pyzmq']):>20}"
-              f"  {fmt_rate(r['device_cpu_us_per_msg'], 1, 2) if r['device_cpu_us_per_msg']['n'] else '-':>20}"
-              f" {fmt_ratio(r['device_cpu_ratio_vs_pyzmq']):>20}")
+            p(
+                f"{r['transport']:<5} {r['size']:>5}  {LABELS[r['case']]:<36} {fmt_rate(r['msgs_per_s'], 1e3, 1) + ' k':>26} "
+                f"{fmt_rate(r['mb_per_s'], 1, 1):>20}  {fmt_ratio(r['ratio_vs_pyzmq']):>20}"
+                f"  {fmt_rate(r['device_cpu_us_per_msg'], 1, 2) if r['device_cpu_us_per_msg']['n'] else '-':>20}"
+                f" {fmt_ratio(r['device_cpu_ratio_vs_pyzmq']):>20}"
+            )
         for x in tp.get("losses", []):
-            p(f"  note: {x['lost']} messages lost at the start of rep {x['rep'] + 1} {x['transport']} {x['size']} B "
-              f"{x['case']} (a pipe to the previous receiver; not counted, see _receive)")
+            p(
+                f"  note: {x['lost']} messages lost at the start of rep {x['rep'] + 1} {x['transport']} {x['size']} B "
+                f"{x['case']} (a pipe to the previous receiver; not counted, see _receive)"
+            )
     lat = res.get("latency")
     if lat:
         p()
         p("LATENCY  REQ -> ROUTER/DEALER queue -> REP echo, interleaved blocks (us)")
-        p(f"{'transport':<5} {'case':<34} {'p50':>8} {'p99':>8} {'p50 ratio':>10} {'p99 ratio':>10}  block-p50 ratio (min-max)")
+        p(
+            f"{'transport':<5} {'case':<34} {'p50':>8} {'p99':>8} {'p50 ratio':>10} {'p99 ratio':>10}  block-p50 ratio (min-max)"
+        )
         for t, entry in lat.items():
             for c in LAT_CASES:
                 e = entry[c]
-                p(f"{t:<5} {LABELS[c]:<34} {e['p50_us']:>8.1f} {e['p99_us']:>8.1f} "
-                  f"{e.get('p50_ratio', 1.0):>10.3f} {e.get('p99_ratio', 1.0):>10.3f}  {fmt_ratio(e.get('block_p50_ratio'))}")
+                p(
+                    f"{t:<5} {LABELS[c]:<34} {e['p50_us']:>8.1f} {e['p99_us']:>8.1f} "
+                    f"{e.get('p50_ratio', 1.0):>10.3f} {e.get('p99_ratio', 1.0):>10.3f}  {fmt_ratio(e.get('block_p50_ratio'))}"
+                )
     su = res.get("startup")
     if su:
         p()
         p("START-UP  seconds from the first start call (or Popen of `up`) until every device forwarded a message;")
         p("          memory per device process (median, MiB)")
-        p(f"{'N':>3} {'case':<38} {'all forwarding s':>24} {'vs pyzmq':>9} {'RSS':>7} {'USS':>7} {'PSS':>7}  stop")
+        p(
+            f"{'N':>3} {'case':<38} {'all forwarding s':>24} {'vs fork':>8} {'vs spawn':>9} {'RSS':>7} {'USS':>7} "
+            f"{'PSS':>7}  stop"
+        )
         for r in su["summary"]:
             stop = ""
             if "stop_s" in r:
@@ -1297,39 +1541,61 @@ def print_report(res: dict[str, Any]) -> None:
             elif "stop_all_s" in r:
                 stop = f"stop() x N sequential {fmt_rate(r['stop_all_s'], 1, 3)} s"
             ratio = f"{r['ratio_vs_pyzmq']:.2f}x" if r.get("ratio_vs_pyzmq") else "-"
+            ratio_spawn = f"{r['ratio_vs_pyzmq_spawn']:.2f}x" if r.get("ratio_vs_pyzmq_spawn") else "-"
             rss = f"{r['rss_mib']:.1f}" if r.get("rss_mib") else "-"
             uss = f"{r['uss_mib']:.1f}" if r.get("uss_mib") else "-"
             pss = f"{r['pss_mib']:.1f}" if r.get("pss_mib") else "-"
-            p(f"{r['n']:>3} {LABELS[r['case']]:<38} {fmt_rate(r['all_forwarding_s'], 1, 3):>24} {ratio:>9} "
-              f"{rss:>7} {uss:>7} {pss:>7}  {stop}")
+            p(
+                f"{r['n']:>3} {LABELS[r['case']]:<38} {fmt_rate(r['all_forwarding_s'], 1, 3):>24} {ratio:>8} {ratio_spawn:>9} "
+                f"{rss:>7} {uss:>7} {pss:>7}  {stop}"
+            )
     rs = res.get("restart")
     if rs:
         p()
         p("RESTART  SIGKILL of a supervised device -> replacement answers PING / forwards again (ms)")
-        for label, r in rs.items():
+        for r in rs.values():
             pr, fw, rp = r["probe_ms"], r["forward_ms"], r["reaped_ms"]
 
             def f(s: dict[str, Any]) -> str:
                 return "n/a" if s.get("median") is None else f"median {s['median']:.1f}  worst {s['worst']:.1f}"
 
-            p(f"pool_size={r['pool_size']}: {len(r['kills'])} kills; probe: {f(pr)}; forward: {f(fw)}; "
-              f"old process reaped: {f(rp)}; restarts counted {r['supervisor_restarts']}")
+            p(
+                f"pool_size={r['pool_size']}: {len(r['kills'])} kills; probe: {f(pr)}; forward: {f(fw)}; "
+                f"old process reaped: {f(rp)}; restarts counted {r['supervisor_restarts']}"
+            )
     ov = res.get("overhead")
     if ov:
         p()
-        p(f"IDLE/STOP  {ov['devices']} supervised devices, {ov['seconds']:.0f}s idle: supervisor "
-          f"{ov['supervisor_pct_of_core']:.2f}% of a core; devices total {ov['devices_pct_of_core']:.2f}% "
-          f"({ov['per_device_pct_of_core']:.3f}% each); pool+tracker {ov['pool_and_tracker_cpu_s']:.2f} cpu-s")
-        p(f"           SIGTERM -> up exited: {ov['stop_s']:.3f}s; log: {ov['stop_log']['stopped_through_control_socket']}"
-          f"/{ov['stop_log']['expected']} stopped through the control socket, escalations: {len(ov['stop_log']['escalations'])}")
+        p(
+            f"IDLE/STOP  {ov['devices']} supervised devices, {ov['seconds']:.0f}s idle: supervisor "
+            f"{ov['supervisor_pct_of_core']:.2f}% of a core; devices total {ov['devices_pct_of_core']:.2f}% "
+            f"({ov['per_device_pct_of_core']:.3f}% each); pool+tracker {ov['pool_and_tracker_cpu_s']:.2f} cpu-s"
+        )
+        p(
+            f"           SIGTERM -> up exited: {ov['stop_s']:.3f}s; log: {ov['stop_log']['stopped_through_control_socket']}"
+            f"/{ov['stop_log']['expected']} stopped through the control socket, escalations: {len(ov['stop_log']['escalations'])}"
+        )
+    sc = res.get("scale")
+    if sc:
+        p()
+        p("SCALE  N devices (4 x N/4 replicas, ipc) under one `up`")
+        for method, r in sc.items():
+            p(
+                f"{method:<10} {r['devices']} devices: all RUNNING {r['all_running_s']:.2f}s "
+                f"(restarts {r['restarts_during_startup']}); idle supervisor {r['idle_supervisor_pct_of_core']:.2f}% of a "
+                f"core over {r['idle_seconds']:.0f}s; `down` {r['down_s']:.2f}s (rc {r['down_rc']}); "
+                f"{r['stop_log']['stopped_through_control_socket']}/{r['devices']} stopped through the control socket"
+            )
     if res["errors"]:
         p()
         p(f"ERRORS ({len(res['errors'])}):")
         for e in res["errors"]:
             p(f"  {e['phase']} / {e['case']}: {e['error']}")
     p()
-    phases = ", ".join(f"{k} {v['seconds']:.0f}s (load {v['loadavg1_start']:.1f}->{v['loadavg1_end']:.1f})"
-                       for k, v in meta.get("phases", {}).items())
+    phases = ", ".join(
+        f"{k} {v['seconds']:.0f}s (load {v['loadavg1_start']:.1f}->{v['loadavg1_end']:.1f})"
+        for k, v in meta.get("phases", {}).items()
+    )
     p(f"phases: {phases}")
     p(f"wall time {res['meta']['wall_s']:.0f}s; JSON: {res['meta']['json']}")
 
@@ -1343,12 +1609,26 @@ def machine_meta() -> dict[str, Any]:
                 break
     commit = None
     with contextlib.suppress(Exception):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     return {
-        "nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-        "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "psutil": psutil.__version__,
-        "procdevices": procdevices.__version__, "commit": commit, "kernel": platform.release(),
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "psutil": psutil.__version__,
+        "procdevices": procdevices.__version__,
+        "commit": commit,
+        "kernel": platform.release(),
         "start_method_default": multiprocessing.get_start_method(allow_none=True) or "(unset: fork on Linux)",
         "loadavg_start": os.getloadavg(),
     }
@@ -1358,14 +1638,31 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short run (< 2 min): fewer reps/messages/kills, 8 devices")
     ap.add_argument("--reps", type=int, default=None, help="throughput repetitions (default 5, quick 2)")
-    ap.add_argument("--json", default="bench-results.json", help="where to write the results (default ./bench-results.json)")
-    ap.add_argument("--only", default="throughput,latency,startup,restart,overhead",
-                    help="comma-separated phases to run (default: all)")
+    ap.add_argument(
+        "--json", default="bench-results.json", help="where to write the results (default ./bench-results.json)"
+    )
+    ap.add_argument(
+        "--only",
+        default="throughput,mq,latency,startup,restart,overhead",
+        help="comma-separated phases to run (default: all but scale)",
+    )
+    ap.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run the scale phase: N devices (a multiple of 4, at most 256) under one up, "
+        "with spawn and with forkserver",
+    )
     args = ap.parse_args(argv)
     prof = QUICK if args.quick else FULL
     if args.reps:
         prof = Profile(**{**asdict(prof), "reps": args.reps})
     phases = [x.strip() for x in args.only.split(",") if x.strip()]
+    if args.scale is not None:
+        if args.scale % 4 or not 4 <= args.scale <= 256:
+            ap.error("--scale N: N must be a multiple of 4 between 4 and 256 (4 devices of at most 64 replicas)")
+        phases.append("scale")
     t_start = now()
     meta = machine_meta()
     meta.update(profile=prof.name, argv=sys.argv, json=os.path.abspath(args.json), phases={})
@@ -1378,17 +1675,22 @@ def main(argv: list[str] | None = None) -> int:
         h = helpers
         runners = {
             "throughput": lambda: phase_throughput(h, prof, tmp),
+            "mq": lambda: phase_throughput(h, prof, tmp, MQ_CASES, "pyzmq-mq"),
             "latency": lambda: phase_latency(h, prof, tmp),
             "startup": lambda: phase_startup(prof, tmp),
             "restart": lambda: phase_restart(prof, tmp),
             "overhead": lambda: phase_overhead(prof, tmp),
+            "scale": lambda: phase_scale(args.scale or 0, prof, tmp),
         }
         for name, run in runners.items():
             if name in phases:
                 load0, t0 = os.getloadavg()[0], now()
                 res[name] = run()
-                meta["phases"][name] = {"seconds": now() - t0, "loadavg1_start": load0,
-                                        "loadavg1_end": os.getloadavg()[0]}
+                meta["phases"][name] = {
+                    "seconds": now() - t0,
+                    "loadavg1_start": load0,
+                    "loadavg1_end": os.getloadavg()[0],
+                }
     except KeyboardInterrupt:
         log("interrupted; cleaning up")
         ERRORS.append({"phase": "run", "case": "-", "error": "interrupted", "traceback": ""})

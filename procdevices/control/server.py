@@ -91,6 +91,8 @@ class ControlTarget:
     loop_thread: threading.Thread | None = None
     # The one socket whose send can block the loop, by socket types; None when several can.
     blocked_side: str | None = None
+    # The commands that pause and resume the loop; None: libzmq's proxy (measured once).
+    pause_commands: steer.PauseCommands | None = None
     paused: bool = False
     stopping: bool = False
     stop_reason: str = ""
@@ -335,12 +337,16 @@ class ControlServer:
 
         if not steering.send(steer.STATISTICS, counters):
             raise ControlTimeout("the forwarding loop is not taking commands")
-        self._after(STATS_WAIT, lambda: reply.error(
-            ErrorCode.TIMEOUT, f"the forwarding loop did not answer STATISTICS within {STATS_WAIT:.3g}s"))
+        self._after(
+            STATS_WAIT,
+            lambda: reply.error(
+                ErrorCode.TIMEOUT, f"the forwarding loop did not answer STATISTICS within {STATS_WAIT:.3g}s"
+            ),
+        )
 
     def _steer_pause(self, paused: bool, reply: _Reply) -> None:
         steering = self._require_running_loop("pause" if paused else "resume")
-        commands = steer.pause_commands(self.target.ctx)
+        commands = self.target.pause_commands or steer.pause_commands(self.target.ctx)
         command = commands.pause if paused else commands.resume
 
         def done(_: list[bytes]) -> None:
@@ -349,10 +355,14 @@ class ControlServer:
 
         if not steering.send(command, done):
             raise ControlTimeout("the forwarding loop is not taking commands")
-        self._after(PROXY_ANSWER_TIMEOUT, lambda: reply.error(
-            ErrorCode.TIMEOUT,
-            f"the forwarding loop did not answer {command.decode()} within {PROXY_ANSWER_TIMEOUT:.3g}s; "
-            "the command stays queued and takes effect when the loop serves its control socket again"))
+        self._after(
+            PROXY_ANSWER_TIMEOUT,
+            lambda: reply.error(
+                ErrorCode.TIMEOUT,
+                f"the forwarding loop did not answer {command.decode()} within {PROXY_ANSWER_TIMEOUT:.3g}s; "
+                "the command stays queued and takes effect when the loop serves its control socket again",
+            ),
+        )
 
     def _stop(self, _: Any, reply: _Reply) -> None:
         self._begin_stop("control socket")
@@ -367,7 +377,7 @@ class ControlServer:
         if self.target.steering is None:
             raise UnsupportedOperation(
                 f"{operation}: this device's forwarding loop has no control socket "
-                "(libzmq's monitored_queue, or a subclass with its own run_device); "
+                "(a subclass with its own run_device); "
                 "only stop, ping and info are available"
             )
         if self.phase is not LoopPhase.RUNNING:
@@ -413,7 +423,8 @@ class ControlServer:
             print(
                 "procdevices: the forwarding loop is blocked and its context is shared: "
                 "it stops when its blocking send completes",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
 
     # -- the user's own ctrl socket of a ProxySteerable --------------------------------------

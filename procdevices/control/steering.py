@@ -59,7 +59,9 @@ class ProxySteering:
     # the pipe towards it. Send fails (returns False) beyond this many.
     MAX_OUTSTANDING = 64
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.socket: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.connect(endpoint)
@@ -149,9 +151,7 @@ def _probe_pause_commands(ctx: zmq.Context[zmq.Socket[bytes]]) -> PauseCommands:
         return PauseCommands(pause=PAUSE, resume=RESUME)
     if _command_pauses(ctx, RESUME):
         return PauseCommands(pause=RESUME, resume=PAUSE)
-    raise UnsupportedOperation(
-        f"libzmq {zmq.zmq_version()}: neither PAUSE nor RESUME pauses the steerable proxy"
-    )
+    raise UnsupportedOperation(f"libzmq {zmq.zmq_version()}: neither PAUSE nor RESUME pauses the steerable proxy")
 
 
 def _command_pauses(ctx: zmq.Context[zmq.Socket[bytes]], command: bytes) -> bool:
@@ -176,9 +176,7 @@ def _command_pauses(ctx: zmq.Context[zmq.Socket[bytes]], command: bytes) -> bool
     control = pair(zmq.REP, "ctrl", True)
     sender = pair(zmq.PAIR, "front", False)
     pair(zmq.PAIR, "back", False)
-    proxy = threading.Thread(
-        target=zmq.proxy_steerable, args=(front, back, None, control), daemon=True
-    )
+    proxy = threading.Thread(target=zmq.proxy_steerable, args=(front, back, None, control), daemon=True)
     proxy.start()
     steering = ProxySteering(ctx, f"{base}-ctrl")
     try:

@@ -16,22 +16,20 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.connection import wait as wait_for
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
-from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command, DeviceStats
-from procdevices.devices import drain, launch
+from procdevices.control.steering import PauseCommands
+from procdevices.devices import drain
 from procdevices.devices import runtime as rt
 from procdevices.devices.roles import SocketSetup, role_methods
 from procdevices.errors import (
@@ -40,6 +38,9 @@ from procdevices.errors import (
     DeviceNotRunning,
     DeviceStartError,
 )
+
+if TYPE_CHECKING:
+    from procdevices.control.client import ControlClient
 
 Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
@@ -203,7 +204,23 @@ class Device:
         runtime = self._runtime
         if runtime is not None:
             self._attach_user_ctrl(runtime)
-            runtime.sockets_built(self._context, type(self).steerable, self._describe, self._blocking_side())
+            runtime.sockets_built(
+                self._context,
+                type(self).steerable,
+                self._describe,
+                self._blocking_side(),
+                pause_commands=self._pause_commands(),
+            )
+
+    def _pause_commands(self) -> PauseCommands | None:
+        """The commands that pause and resume this device's loop; None: libzmq's proxy, whose
+        PAUSE and RESUME depend on the libzmq version (measured when first needed)."""
+        return None
+
+    def _relay_at_stop(self, source: Socket, frames: list[bytes]) -> list[bytes]:
+        """What the drain at stop sends for ``frames`` read from ``source``: as libzmq's
+        proxy would, the frames unchanged (a forwarding loop of another kind overrides it)."""
+        return frames
 
     def _blocking_side(self) -> str | None:
         """The one socket whose send can block libzmq's loop, if only one can (for PING's
@@ -279,7 +296,7 @@ class Device:
         if not two_way:
             drain.stop_input(ins, self._bound("in"), self._setup_of("in").connects)
         try:
-            result = drain.drain(ins, outs, deadline, two_way=two_way)
+            result = drain.drain(ins, outs, deadline, two_way=two_way, relay=self._relay_at_stop)
         except ZMQError as e:  # the context went away under us (a shutdown): nothing to save
             print(f"procdevices: {type(self).__name__}: drain at stop failed: {e}", file=sys.stderr, flush=True)
             return
@@ -352,6 +369,10 @@ class Device:
         if self._client is None:
             if self.control_endpoint is None:
                 raise DeviceNotRunning(f"{type(self).__name__} has not been started")
+            # Only callers of a device talk to its control socket: the device process itself
+            # never imports the client.
+            from procdevices.control.client import ControlClient
+
             self._client = ControlClient(self.control_endpoint, self._client_context())
         return self._client
 
@@ -492,6 +513,11 @@ class ProcessDevice(BackgroundDevice):
     context_factory = zmq.Context
 
     def start(self) -> None:
+        # Parent-side modules, imported here so that the device process never loads them.
+        import tempfile
+
+        from procdevices.devices import launch
+
         pickled = launch.pickle_device(self)
         cleanup_dir = None
         if self.control_endpoint is None or getattr(self, "_cleanup_dir", None):
@@ -513,9 +539,7 @@ class ProcessDevice(BackgroundDevice):
         try:
             if not wait_for(pending.waitables(), self.start_timeout):
                 self._kill()
-                raise DeviceStartError(
-                    f"{type(self).__name__} was not ready within {self.start_timeout}s; killed it"
-                )
+                raise DeviceStartError(f"{type(self).__name__} was not ready within {self.start_timeout}s; killed it")
             try:
                 self._ready = pending.result()
             except DeviceError:
@@ -564,6 +588,8 @@ class ProcessDevice(BackgroundDevice):
     def _cleanup(self) -> None:
         cleanup_dir: str | None = getattr(self, "_cleanup_dir", None)
         if cleanup_dir:
+            import shutil
+
             shutil.rmtree(cleanup_dir, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ This runs once per stop, never per message: the forwarding path is libzmq's alon
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -72,9 +73,18 @@ def stop_input(ins: Socket, bound: list[str], connected: list[str]) -> None:
             pass
 
 
-def drain(ins: Socket, outs: Socket, deadline: float, *, two_way: bool) -> DrainResult:
+def drain(
+    ins: Socket,
+    outs: Socket,
+    deadline: float,
+    *,
+    two_way: bool,
+    relay: Callable[[Socket, list[bytes]], list[bytes]] | None = None,
+) -> DrainResult:
     """Move what is queued in ``ins`` (and, for a two-way device, in ``outs``) to the other
-    side until the queues stay empty for QUIET seconds or ``deadline`` (monotonic) passes."""
+    side until the queues stay empty for QUIET seconds or ``deadline`` (monotonic) passes.
+    ``relay(source, frames)`` gives what to send for a message (a monitored queue swaps ids
+    and copies it to its monitor)."""
     started = time.monotonic()
     result = DrainResult()
     poller = zmq.Poller()
@@ -95,6 +105,8 @@ def drain(ins: Socket, outs: Socket, deadline: float, *, two_way: bool) -> Drain
             if source not in ready:
                 continue
             frames = source.recv_multipart(zmq.NOBLOCK)
+            if relay is not None:
+                frames = relay(source, frames)
             if not _send_before(target, frames, deadline):
                 result.complete = False
                 result.seconds = time.monotonic() - started

@@ -7,10 +7,15 @@ needs to start, which is what makes a supervised restart near-instant.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import pickle
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -19,6 +24,112 @@ from procdevices.devices import runtime as rt
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
+
+#: The start methods a device process may be made with. spawn: a fresh interpreter per
+#: device. forkserver: a fresh interpreter (the fork server) that has imported only pyzmq and
+#: procdevices, and never created a zmq.Context or a thread, forks each device: the child
+#: inherits nothing it could trip over, at the cost of a fork instead of an interpreter.
+START_METHODS = ("spawn", "forkserver")
+
+#: What the fork server imports before it forks anything: the modules of every device class
+#: the supervisor builds, and of the device process's entry point. None of them creates a
+#: zmq.Context or starts a thread at import (tests/test_device_start_methods.py checks).
+FORKSERVER_PRELOAD = [
+    "zmq",
+    "procdevices.devices.runtime",
+    "procdevices.devices.basedevice",
+    "procdevices.devices.proxydevice",
+    "procdevices.devices.proxysteerabledevice",
+    "procdevices.devices.monitoredqueuedevice",
+]
+
+
+def process_context(start_method: str) -> Any:
+    """multiprocessing's context for ``start_method`` (one of :data:`START_METHODS`)."""
+    if start_method == "spawn":
+        return SPAWN
+    if start_method == "forkserver":
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)
+        return context
+    raise ValueError(f"start method {start_method!r}: expected one of {', '.join(START_METHODS)}")
+
+
+def _parent_pid(start_method: str) -> int | None:
+    # A forked-by-the-server child's multiprocessing parent sentinel is the pipe its job came
+    # through, which reads EOF as soon as the job is written: useless as a death signal. It
+    # follows the launching process by pid instead.
+    return os.getpid() if start_method == "forkserver" else None
+
+
+# -- starting a device process without re-running the user's main script -----------------
+#
+# spawn (and forkserver) make every child re-run the parent's ``__main__`` before anything
+# else (multiprocessing's preparation data ``init_main_from_path``/``init_main_from_name``),
+# so that objects defined there can be unpickled. A device whose classes all live in
+# importable modules needs nothing from ``__main__``; re-running it is worse than useless: a
+# script that starts its devices at module level (no ``if __name__ == "__main__":``, fine
+# under pyzmq's fork) starts them again in the child, where multiprocessing refuses with a
+# RuntimeError and the device never comes up. So for such devices the preparation data
+# leaves main out. The switch is per thread: other code of the program that spawns
+# processes at the same time gets multiprocessing's usual behaviour.
+
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+_without_main = threading.local()
+_patch_lock = threading.Lock()
+
+
+def _install_preparation_filter() -> None:
+    with _patch_lock:
+        original = spawn.get_preparation_data
+        if getattr(original, "_procdevices", False):
+            return
+
+        def get_preparation_data(name: str) -> dict[str, Any]:
+            data: dict[str, Any] = original(name)
+            if getattr(_without_main, "active", False):
+                for key in _MAIN_KEYS:
+                    data.pop(key, None)
+            return data
+
+        get_preparation_data._procdevices = True  # type: ignore[attr-defined]
+        spawn.get_preparation_data = get_preparation_data
+
+
+@contextlib.contextmanager
+def main_left_out() -> Iterator[None]:
+    """Processes started by this thread inside the block do not re-run ``__main__``."""
+    _install_preparation_filter()
+    _without_main.active = True
+    try:
+        yield
+    finally:
+        _without_main.active = False
+
+
+def needs_main(pickled_device: bytes) -> bool:
+    """Whether unpickling the device needs the parent's ``__main__`` (a class, or anything
+    else, defined there). Pickle names a global by its module, so a ``__main__`` global
+    shows as that string; a false positive only keeps multiprocessing's usual behaviour."""
+    return b"__main__" in pickled_device
+
+
+def main_hint(label: str) -> str:
+    """Why a device whose class lives in ``__main__`` may exit before it is ready."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) is None and not (path and os.path.isfile(path)):
+        return (
+            f"{label} is defined in a __main__ that a fresh interpreter cannot re-import (read "
+            f"from {path or 'stdin or -c'}): define the class in an importable module"
+        )
+    return (
+        f"{label} is defined in __main__ ({path}), so its process must re-run that script to "
+        "find the class. A script that creates and starts devices at module level starts them "
+        "again in that re-run, and multiprocessing refuses (RuntimeError in the device's "
+        'stderr). Fix: put the module-level code under `if __name__ == "__main__":`, or define '
+        "the class in an importable module"
+    )
 
 
 @dataclass
@@ -29,6 +140,8 @@ class PendingStart:
     conn: Connection
     label: str
     cleanup_dir: str | None = None
+    # Set when the device needs the parent's __main__: the likely cause of an early exit.
+    hint: str | None = None
 
     def waitables(self) -> list[Any]:
         return [self.conn, self.process.sentinel]
@@ -39,9 +152,10 @@ class PendingStart:
             kind, payload = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(1.0)
+            cause = self.hint or "is its class importable by a fresh interpreter?"
             raise DeviceExitedEarly(
                 f"{self.label} process exited with code {self.process.exitcode} before it was "
-                "ready (is its class importable by a fresh interpreter? its stderr has the traceback)"
+                f"ready ({cause}; its stderr has the traceback)"
             ) from None
         if kind == "ready":
             info: rt.ReadyInfo = payload
@@ -58,20 +172,37 @@ def pickle_device(device: object) -> bytes:
 
 
 def spawn_device(
-    pickled_device: bytes, control_endpoint: str, *, label: str, daemon: bool = True,
-    cleanup_dir: str | None = None, process_class: Any = None, listeners: dict[str, Any] | None = None,
+    pickled_device: bytes,
+    control_endpoint: str,
+    *,
+    label: str,
+    daemon: bool = True,
+    cleanup_dir: str | None = None,
+    process_class: Any = None,
+    log_path: str | None = None,
+    start_method: str = "spawn",
+    listeners: dict[str, Any] | None = None,
 ) -> PendingStart:
-    """Start a fresh spawned interpreter that runs the device. ``listeners``: endpoint →
-    :class:`~procdevices.devices.inherit.InheritedFd` of a listening socket it takes over."""
-    parent_end, child_end = SPAWN.Pipe(duplex=True)
-    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, listeners)
-    process = (process_class or SPAWN.Process)(
+    """Start a device process (a fresh spawned interpreter, or a fork of the fork server).
+    ``log_path``: a file that receives everything the process writes to fds 1 and 2.
+    ``listeners``: endpoint → :class:`~procdevices.devices.inherit.InheritedFd` of a listening
+    socket it takes over."""
+    context = process_context(start_method)
+    parent_end, child_end = context.Pipe(duplex=True)
+    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, _parent_pid(start_method), listeners)
+    process = (process_class or context.Process)(
         target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
     )
     process.daemon = daemon
-    process.start()
+    hint = None
+    if needs_main(pickled_device):
+        hint = main_hint(label)
+        process.start()
+    else:
+        with main_left_out():
+            process.start()
     child_end.close()
-    return PendingStart(process, parent_end, label, cleanup_dir)
+    return PendingStart(process, parent_end, label, cleanup_dir, hint)
 
 
 @dataclass
@@ -83,29 +214,45 @@ class _Worker:
 class WorkerPool:
     """Keeps ``size`` idle, pre-imported device processes ready to take a device."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, start_method: str = "spawn") -> None:
         self.size = size
+        self.start_method = start_method
+        self._context = process_context(start_method)
         self._idle: list[_Worker] = []
         self._released: list[BaseProcess] = []
 
     def refill(self) -> None:
         self._idle = [w for w in self._idle if w.process.is_alive()]
         while len(self._idle) < self.size:
-            parent_end, child_end = SPAWN.Pipe(duplex=True)
-            process = SPAWN.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
+            parent_end, child_end = self._context.Pipe(duplex=True)
+            process = self._context.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
             process.daemon = True
-            process.start()
+            # A pooled worker gets only devices the supervisor built from procdevices' own
+            # classes: the supervisor's __main__ is nothing it needs.
+            with main_left_out():
+                process.start()
             child_end.close()
             self._idle.append(_Worker(process, parent_end))
 
     def take(
-        self, pickled_device: bytes, control_endpoint: str, *, label: str, listeners: dict[str, Any] | None = None
+        self,
+        pickled_device: bytes,
+        control_endpoint: str,
+        *,
+        label: str,
+        log_path: str | None = None,
+        listeners: dict[str, Any] | None = None,
     ) -> PendingStart | None:
-        """Hand the device to an idle worker; None when none is available."""
+        """Hand the device to an idle worker; None when none is available (or when the device
+        needs the parent's ``__main__``, which pooled workers have not run)."""
+        if needs_main(pickled_device):
+            return None
         while self._idle:
             worker = self._idle.pop(0)
             try:
-                worker.conn.send(rt.Job(pickled_device, control_endpoint, None, listeners))
+                worker.conn.send(
+                    rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method), listeners)
+                )
             except OSError:
                 worker.process.join(0)
                 continue  # it died while idle; try the next one

@@ -89,7 +89,9 @@ def role_methods(name: str) -> RoleMethods:
     connect.__doc__ = f"Enqueue ZMQ address for connecting on {what}.\n\nSee zmq.Socket.connect for details."
     setsockopt.__doc__ = f"Enqueue setsockopt(opt, value) for {what}.\n\nSee zmq.Socket.setsockopt for details."
     methods = RoleMethods(bind, bind_to_random_port, connect, setsockopt)
-    for method, public in zip(methods, (f"bind_{name}", f"bind_{name}_to_random_port", f"connect_{name}", f"setsockopt_{name}"), strict=True):
+    for method, public in zip(
+        methods, (f"bind_{name}", f"bind_{name}_to_random_port", f"connect_{name}", f"setsockopt_{name}"), strict=True
+    ):
         method.__name__ = public
         method.__qualname__ = public
     return methods

@@ -41,7 +41,7 @@ from procdevices.control.server import (
     ControlServer,
     ControlTarget,
 )
-from procdevices.control.steering import ProxySteering
+from procdevices.control.steering import PauseCommands, ProxySteering
 from procdevices.devices.inherit import INHERITED
 from procdevices.devices.inherit import adopt as adopt_listeners
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
@@ -107,6 +107,7 @@ class EventReporter:
 
 # -- building sockets, with errors that say which socket, what and why ----------------------
 
+
 def _setup_error(role: str, action: str, target: str, e: zmq.ZMQError) -> DeviceSetupError:
     return DeviceSetupError(role, action, target, e.strerror, e.errno)
 
@@ -163,6 +164,7 @@ def _option_name(option: int) -> str:
 
 
 # -- the per-run state of a device in its worker ------------------------------------------
+
 
 class LoopOutcome(enum.Enum):
     """How a device's forwarding loop ended."""
@@ -223,7 +225,13 @@ class DeviceRuntime:
             self.reporter.failed(error)
 
     def sockets_built(
-        self, ctx: Context, steerable: bool, info: Callable[[], dict[str, Any]], blocked_side: str | None = None
+        self,
+        ctx: Context,
+        steerable: bool,
+        info: Callable[[], dict[str, Any]],
+        blocked_side: str | None = None,
+        *,
+        pause_commands: PauseCommands | None = None,
     ) -> None:
         """Start the control loop, then tell the parent the device is ready. Called once, by
         the thread that runs the forwarding loop; later calls do nothing."""
@@ -260,6 +268,7 @@ class DeviceRuntime:
             user_ctrl=self.user_ctrl,
             loop_thread=threading.current_thread(),
             blocked_side=blocked_side,
+            pause_commands=pause_commands,
         )
         self._target = target
         server = ControlServer(target, control, wake_rx, self.parent_sentinel, self.signal_fd)
@@ -274,9 +283,7 @@ class DeviceRuntime:
                 control.close(linger=200)
                 wake_rx.close(linger=0)
 
-        self._control_thread = threading.Thread(
-            target=serve, name="procdevices-control", daemon=True
-        )
+        self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
         self._control_thread.start()
         self.reported = True
         self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints))
@@ -325,17 +332,19 @@ class DeviceRuntime:
         """Last step of a run, after every socket is closed."""
         if self._terminator is not None:
             self._terminator.join()
-        # In a thread the caller's control client shares control_ctx (inproc) and closes it,
-        # and the device's context belongs to whoever made it (pyzmq never terms it).
-        if self.whole_process:
-            if self._terminator is None and self.ctx is not None:
+        # In a thread the caller's control client shares control_ctx (inproc) and closes it.
+        # A shared context (Context.instance) belongs to the program; a context the device's
+        # factory made for it alone is the device's to end, as nobody else would.
+        if self.whole_process or self.private_context:
+            if self._terminator is None and self.ctx is not None and not self.ctx.closed:
                 self.ctx.term()
+        if self.whole_process:
             if self.control_ctx is not None:
                 self.control_ctx.term()
         for path in _ipc_paths(self.endpoints):
             _remove(path)
         if self.control_endpoint.startswith("ipc://"):
-            _remove(self.control_endpoint[len("ipc://"):])
+            _remove(self.control_endpoint[len("ipc://") :])
         if self.cleanup_dir:
             shutil.rmtree(self.cleanup_dir, ignore_errors=True)
 
@@ -359,6 +368,7 @@ def _remove(path: str) -> None:
 
 
 # -- worker entry points ------------------------------------------------------------------
+
 
 def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
     """Run ``device`` with ``runtime``; returns the exit code a process would use."""
@@ -388,6 +398,11 @@ class Job:
     pickled_device: bytes
     control_endpoint: str
     cleanup_dir: str | None = None
+    # A file that receives everything the process writes on fds 1 and 2 (Python and C).
+    log_path: str | None = None
+    # The pid whose death stops the device, when multiprocessing's parent sentinel cannot
+    # tell (a child of the fork server); None: the sentinel.
+    parent_pid: int | None = None
     # endpoint → listening socket owned by the parent (InheritedFd in the parent, int here)
     listeners: dict[str, Any] | None = None
 
@@ -418,10 +433,21 @@ def process_main(conn: Connection, job: Job | None) -> None:
         job.control_endpoint,
         PipeReporter(conn),
         whole_process=True,
-        parent_sentinel=_parent_sentinel(),
+        parent_sentinel=_parent_sentinel(job.parent_pid),
         signal_fd=wake_r.fileno(),
         cleanup_dir=job.cleanup_dir,
     )
+    if job.log_path is not None:
+        try:
+            redirect_output(job.log_path)
+        except OSError as e:
+            # A log that cannot be opened (a full disk) must not keep the device from running:
+            # its output stays where it was, and says why.
+            print(
+                f"procdevices: cannot open the device's log {job.log_path}: {e}; output stays here",
+                file=sys.stderr,
+                flush=True,
+            )
     try:
         device = pickle.loads(job.pickled_device)
     except Exception as e:
@@ -438,6 +464,27 @@ def process_main(conn: Connection, job: Job | None) -> None:
     _exit_now(code)
 
 
+def redirect_output(path: str) -> None:
+    """Make ``path`` (appended to, created 0600) this process's fds 1 and 2, so that what C
+    code writes lands there too, not only Python's ``print``; Python's streams become line
+    buffered so that a device's lines reach the file while it runs."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(1 if name == "stdout" else 2, "w", buffering=1, closefd=False))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+
+
 def _exit_now(code: int) -> NoReturn:
     """End the device process at once. Everything it owns is closed and terminated already;
     a full interpreter finalisation would only add ~50 ms of CPU per process, which is what
@@ -447,6 +494,15 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _parent_sentinel() -> int | None:
+def _parent_sentinel(parent_pid: int | None = None) -> int | None:
+    if parent_pid is not None:
+        try:
+            # Readable when that process exits. Opened at once, so the pid cannot have been
+            # reused: the launcher is waiting for this process's ready report.
+            return os.pidfd_open(parent_pid)
+        except ProcessLookupError:
+            _exit_now(0)  # the launcher is gone already: nobody to run the device for
+        except OSError:
+            return None  # no pidfds (Linux < 5.3): the supervisor's stop paths still apply
     parent = parent_process()
     return parent.sentinel if parent is not None else None

@@ -10,9 +10,11 @@ supervisor replace all of it with fakes driven by a scripted history.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
@@ -21,6 +23,7 @@ import zmq
 from procdevices.control.aclient import AsyncControl, ControlChannel
 from procdevices.devices import runtime as rt
 from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
+from procdevices.supervisor import devicelogs
 from procdevices.supervisor.listeners import Listeners
 
 
@@ -186,7 +189,13 @@ class SpawnedDevice:
 
 class PoolLike(Protocol):
     def take(
-        self, pickled_device: bytes, control_endpoint: str, *, label: str, listeners: dict[str, Any] | None = None
+        self,
+        pickled_device: bytes,
+        control_endpoint: str,
+        *,
+        label: str,
+        log_path: str | None = None,
+        listeners: dict[str, Any] | None = None,
     ) -> PendingStart | None: ...
 
     def refill(self) -> None: ...
@@ -211,23 +220,35 @@ class ProcessLauncher:
         pool_size: int,
         *,
         pool: PoolLike | None = None,
-        spawn: Spawn = spawn_device,
+        spawn: Spawn | None = None,
+        start_method: str = "spawn",
         listeners: Listeners | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.listeners = listeners or Listeners()
+        self.log_dir = log_dir
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size)
-        self._spawn = spawn
+        self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size, start_method=start_method)
+        self._spawn: Spawn = spawn if spawn is not None else functools.partial(spawn_device, start_method=start_method)
         self._pool_short = True  # empty at first; after that, only a hand-out makes it short
         self._channels: list[AsyncControl] = []
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
-        listeners = self.listeners.for_instance(label) or None
-        pending = self.pool.take(pickled_device, control_endpoint, label=label, listeners=listeners)
+        """A warm worker, else a new process; it takes over the listening sockets the
+        supervisor keeps for ``label`` and writes its output to ``<log_dir>/<label>.log``."""
+        extra: dict[str, Any] = {}  # only what is set, so pools and spawns of test fakes fit
+        listeners = self.listeners.for_instance(label)
+        if listeners:
+            extra["listeners"] = listeners
+        if self.log_dir is not None:
+            log = self.log_dir / f"{label}.log"
+            devicelogs.rotate_if_large(log)
+            extra["log_path"] = str(log)
+        pending = self.pool.take(pickled_device, control_endpoint, label=label, **extra)
         if pending is not None:
             self._pool_short = True
         else:
-            pending = self._spawn(pickled_device, control_endpoint, label=label, listeners=listeners)
+            pending = self._spawn(pickled_device, control_endpoint, label=label, **extra)
         return SpawnedDevice(pending)
 
     def forget(self, label: str) -> None:

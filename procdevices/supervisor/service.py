@@ -18,6 +18,7 @@ from collections.abc import Callable
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
 from procdevices.logs import Log, to_logger
+from procdevices.supervisor import devicelogs
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import DeviceConfig, Topology
@@ -68,7 +69,13 @@ def run_supervisor(
     clock = time.monotonic
     loop = EventLoop(clock, log)
     listeners = Listeners()
-    launcher = ProcessLauncher(topology.supervisor.pool_size, listeners=listeners)
+    devicelogs.prepare(run_dir.path)
+    launcher = ProcessLauncher(
+        topology.supervisor.pool_size,
+        start_method=topology.supervisor.start_method.value,
+        listeners=listeners,
+        log_dir=devicelogs.log_dir(run_dir.path),
+    )
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
     make_child = child_factory(run_dir, listeners, log)
     supervisor = Supervisor(

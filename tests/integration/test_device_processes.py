@@ -43,12 +43,11 @@ def wait_exited(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.
 
 
 def run_helper(script: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # -- spawn, whatever the global start method --------------------------------------------------
+
 
 def test_spawn_even_when_the_parent_chose_fork(helper_script: Callable[[str], str]) -> None:
     done = run_helper(helper_script("fork_start_method.py"))
@@ -62,10 +61,14 @@ def test_spawn_even_when_the_parent_chose_fork(helper_script: Callable[[str], st
 
 # -- the parent dies without stopping its devices --------------------------------------------
 
+
 def _start_orphaning_helper(script: str, directory: Path, mode: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     helper = subprocess.Popen(
         [sys.executable, script, str(directory), mode],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert helper.stdout is not None
     line = helper.stdout.readline()
@@ -78,8 +81,8 @@ def _start_orphaning_helper(script: str, directory: Path, mode: str) -> tuple[su
 def _files_of(report: dict[str, Any]) -> list[str]:
     files = []
     for device in report.values():
-        files.append(device["control"][len("ipc://"):])
-        files += [e[len("ipc://"):] for role in device["endpoints"].values() for e in role]
+        files.append(device["control"][len("ipc://") :])
+        files += [e[len("ipc://") :] for role in device["endpoints"].values() for e in role]
     return files
 
 
@@ -127,6 +130,7 @@ def test_parent_death_stops_every_device(
 
 # -- signals ---------------------------------------------------------------------------------------
 
+
 def test_sigterm_stops_a_device_cleanly(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
     dev = ProcessProxy(zmq.PULL, zmq.PUSH)
     dev.bind_in(f"ipc://{short_tmp}/in")
@@ -137,7 +141,7 @@ def test_sigterm_stops_a_device_cleanly(short_tmp: Path, zmq_ctx: zmq.Context[An
         push.send(b"before SIGTERM")
         assert recv_within(pull) == [b"before SIGTERM"]
         assert dev.control_endpoint is not None and dev.pid is not None
-        control = dev.control_endpoint[len("ipc://"):]
+        control = dev.control_endpoint[len("ipc://") :]
         os.kill(dev.pid, signal.SIGTERM)
         dev.launcher.join(5)
         assert dev.exitcode == 0

@@ -130,7 +130,9 @@ def test_fuzzing_both_control_sockets_leaves_the_device_forwarding(zmq_ctx: zmq.
             fuzz.send_multipart(malformed(rng, i))
             command = rng.randbytes(rng.randint(0, 12))
             if command not in _USER_CTRL_COMMANDS:
-                user_fuzz.send_multipart([rng.randbytes(rng.randint(0, 4)) for _ in range(rng.randint(0, 3))] + [command])
+                user_fuzz.send_multipart(
+                    [rng.randbytes(rng.randint(0, 4)) for _ in range(rng.randint(0, 3))] + [command]
+                )
             if i % 3 == 0 and sent_data < total_messages:
                 push.send(b"%d" % sent_data)
                 sent_data += 1

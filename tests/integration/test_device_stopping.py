@@ -25,7 +25,9 @@ pytestmark = pytest.mark.timeout(60)
 QUEUED = 10
 
 
-def device_holding_undeliverable(short_tmp: Path, zmq_ctx: zmq.Context[Any], stop_linger: float | None) -> ProcessDevice:
+def device_holding_undeliverable(
+    short_tmp: Path, zmq_ctx: zmq.Context[Any], stop_linger: float | None
+) -> ProcessDevice:
     """A started streamer whose out socket connects to a peer that never comes, holding QUEUED
     messages in its out queue, with the default LINGER (-1)."""
     dev = ProcessDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
@@ -66,7 +68,10 @@ def test_parent_killed_device_with_undeliverable_queue_exits(
 ) -> None:
     helper = subprocess.Popen(
         [sys.executable, helper_script("lingering_device.py"), str(short_tmp)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     device: psutil.Process | None = None
     try:

