@@ -59,8 +59,8 @@ class ControlTimeout(DeviceError):
 
 
 class UnsupportedOperation(DeviceError):
-    """The device kind cannot perform this control operation (for example, libzmq's
-    monitored_queue has no control socket, so it cannot be paused)."""
+    """The device cannot perform this control operation (for example, a subclass whose own
+    ``run_device`` has no control socket cannot be paused)."""
 
 
 class RemoteError(DeviceError):

@@ -156,6 +156,9 @@ def loads_bounded(frame: bytes, what: str) -> Any:
 def _nesting(frame: bytes) -> int:
     """An upper bound of the JSON nesting depth, found without parsing (brackets inside
     strings are skipped), so a 100,000-deep array is refused before json sees it."""
+    openers = frame.count(b"[") + frame.count(b"{")
+    if openers <= MAX_JSON_DEPTH:
+        return openers  # the common case, counted in C: no deeper than that many openers
     depth = deepest = 0
     in_string = escaped = False
     for byte in frame:
