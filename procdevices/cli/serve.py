@@ -10,7 +10,7 @@ from pathlib import Path
 from procdevices import exitcodes
 from procdevices.cli import locate
 from procdevices.supervisor.config import Topology
-from procdevices.supervisor.runstate import RunDir, RunDirBusy, RunDirError
+from procdevices.supervisor.runstate import RunDir, RunDirBusy
 
 
 def check(args: argparse.Namespace) -> int:
@@ -88,9 +88,6 @@ def up(args: argparse.Namespace) -> int:
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING
-    except RunDirError as e:
-        print(f"procdevices: {e}", file=sys.stderr)
-        return exitcodes.EXIT_CONFIG
 
 
 def _say(line: str) -> None:
