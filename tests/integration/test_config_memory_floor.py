@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import zmq
-from support.cli import Up, wait_for, write_topology
+from support.cli import Up, write_topology
 
 from procdevices.supervisor.config.settings import MEMORY_LIMIT_FLOOR
 
@@ -58,7 +58,7 @@ intensity = { max_restarts = 2, within = 60.0 }
                 feeder.send(chunk, zmq.NOBLOCK)
             return None
 
-        devices = wait_for(fatal, 40, "hog FATAL")
+        devices = up.wait_until(fatal, 40, "hog FATAL")
         hog = devices["hog"]
         assert hog["restarts"] == 2, hog
         assert "memory limit exceeded" in up.log(), up.log_tail()

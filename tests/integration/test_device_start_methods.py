@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from support.cli import Up, describe, push_pull, request_reply_monitored, wait_for, write_topology
+from support.cli import Up, describe, processes_exit, push_pull, request_reply_monitored, wait_for, write_topology
 
 from procdevices.devices.launch import FORKSERVER_PRELOAD
 
@@ -99,4 +99,9 @@ def test_forked_devices_stop_when_their_supervisor_is_killed(short_tmp: Path) ->
 
         # A forked device's multiprocessing parent is the fork server: it must follow the
         # supervisor itself (by pid), not the server.
-        wait_for(all_gone, 10.0, "the forked devices to stop after their supervisor's SIGKILL")
+        wait_for(
+            all_gone,
+            10.0,
+            "the forked devices to stop after their supervisor's SIGKILL",
+            wake=processes_exit(lambda: procs),
+        )

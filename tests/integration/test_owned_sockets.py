@@ -34,12 +34,14 @@ class Knocker(threading.Thread):
         self.stop = threading.Event()
         self.connects = 0
         self.refused = 0
+        self.progress = threading.Event()  # set on every connect: what a waiter wakes on
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=10):
                     self.connects += 1
+                    self.progress.set()
             except ConnectionRefusedError:
                 self.refused += 1
             except OSError:
@@ -66,10 +68,10 @@ def test_twenty_sigkill_restarts_refuse_no_connection_and_keep_the_port(
                     now: dict[str, Any] = up.devices()["pipe"]
                     return now if now["state"] == "RUNNING" and now["pid"] != old else None
 
-                restarted = wait_for(replaced, 30, "the device to run again")
+                restarted = up.wait_until(replaced, 30, "the device to run again")
                 assert restarted["endpoints"]["in"] == [endpoint], "the port changed across a restart"
                 pid = restarted["pid"]
-            wait_for(lambda: knocker.connects > 20, 30, "the knocker to get through")
+            wait_for(lambda: knocker.connects > 20, 30, "the knocker to get through", wake=knocker.progress.wait)
         finally:
             knocker.stop.set()
             knocker.join(15)

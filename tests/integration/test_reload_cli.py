@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support.cli import Up, describe, push_pull, wait_for, write_topology
+from support.cli import Up, describe, push_pull, write_topology
 
 
 def streamer(name: str, *, kind: str = "streamer", replicas: int = 1) -> str:
@@ -67,7 +67,7 @@ def test_sighup_reloads_the_file(short_tmp: Path) -> None:
         before = up.wait_states()["pipe"]["pid"]
         write_topology(short_tmp, streamer("pipe") + streamer("extra"), pool_size=0)
         up.signal(signal.SIGHUP)
-        wait_for(lambda: "extra" in pids(up), 20, "the reload to add the new device")
+        up.wait_until(lambda: "extra" in pids(up), 20, "the reload to add the new device")
         devices = up.wait_states({"pipe": "RUNNING", "extra": "RUNNING"})
         assert devices["pipe"]["pid"] == before
         assert "reloaded" in up.log() and up.running()
@@ -86,5 +86,5 @@ def test_scale_up_and_down(short_tmp: Path) -> None:
         assert status["supervisor"]["scaled"] == {"pipe": {"file": 2, "running": 4}}
         result = up.cli("scale", "pipe", "3")
         assert result.returncode == 0, describe(result)
-        wait_for(lambda: set(pids(up)) == {"pipe.0", "pipe.1", "pipe.2"}, 20, "pipe.3 to be gone")
+        up.wait_until(lambda: set(pids(up)) == {"pipe.0", "pipe.1", "pipe.2"}, 20, "pipe.3 to be gone")
         assert {n: pids(up)[n] for n in before} == before

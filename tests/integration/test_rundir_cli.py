@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.cli import RUN_DIR, Up, cli, describe, wait_for, write_topology
+from support.cli import RUN_DIR, Up, cli, describe, write_topology
 from test_rundir_state import CORRUPT_STATES, start_sleep
 
 from procdevices.supervisor.runstate import RUN_TOKEN_ENV
@@ -305,6 +305,6 @@ def test_up_supervises_on_a_full_disk_with_one_warning(short_tmp: Path, full_run
         assert not (full_run_dir / "state.json").exists()
         assert up.cli("down").returncode == 0
         assert up.wait_exit() == 0
-        wait_for(lambda: not up.leftovers(), 10.0, "every process of the run to end")
+        up.assert_nothing_left(timeout=10.0)
     assert "Traceback" not in up.log()
     assert sorted(p.name for p in full_run_dir.iterdir()) == ["ctl", "filler", "lock", "logs"], "a temp file was left"

@@ -20,6 +20,7 @@ from support.cli import (
     free_tcp_port,
     identify,
     is_gone,
+    processes_exit,
     push_pull,
     request_reply,
     wait_for,
@@ -87,7 +88,12 @@ def test_killed_and_hung_devices_are_replaced(short_tmp: Path, zmq_ctx: Ctx) -> 
                 check=replaced("pipe", hung, 1), timeout=15, what="the stopped pipe to be found hung and replaced"
             )
             assert "hung" in devices["pipe"]["last_exit"], devices["pipe"]
-            wait_for(lambda: is_gone(hung_proc), 5, "the hung process to be killed and reaped")
+            wait_for(
+                lambda: is_gone(hung_proc),
+                5,
+                "the hung process to be killed and reaped",
+                wake=processes_exit(lambda: [hung_proc]),
+            )
             pipe_forwards(zmq_ctx, short_tmp)
         finally:
             # If the supervisor did not kill it, don't leave it stopped (Up.close kills it).
@@ -251,6 +257,7 @@ out = {{ bind = ["ipc://pipe-out.sock"] }}
                 lambda: all(is_gone(p) for p in procs),
                 2.5,
                 "the devices of the killed supervisor to exit",
+                wake=processes_exit(lambda: procs),
                 detail=first.describe_leftovers,
             )
             # ...and so does everything else it started (pool worker, resource tracker).
@@ -275,7 +282,12 @@ def test_up_refuses_a_second_supervisor_on_the_same_run_dir_even_during_start(sh
     started, so two `up` launched together never both run."""
     config = write_topology(short_tmp, NEIGHBOURS, pool_size=0)
     with Up(config, label="a") as a, Up(config, label="b") as b:
-        wait_for(lambda: not (a.running() and b.running()), 20, "one of two racing `up` to give up")
+        wait_for(
+            lambda: not (a.running() and b.running()),
+            20,
+            "one of two racing `up` to give up",
+            wake=processes_exit(lambda: [p for p in (a.me, b.me) if p is not None]),
+        )
         loser, winner = (a, b) if not a.running() else (b, a)
         assert loser.wait_exit() == 4, loser.log()
         assert "another procdevices supervisor (pid " in loser.log(), loser.log()

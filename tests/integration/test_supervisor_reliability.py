@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from support.cli import Up, connect, wait_for, write_topology
+from support.cli import Up, connect, write_topology
 
 # out SNDHWM 100: below libzmq's burst of 1000, so a full consumer stops the loop inside a send
 # (with larger queues backpressure may also show as "running" between bursts: docs/devices.md).
@@ -69,7 +69,7 @@ def test_a_consumer_that_stops_reading_for_30s_does_not_get_its_device_killed(sh
         for expected in range(sent):
             assert consumer.poll(10_000), f"message {expected} of {sent} never arrived"
             assert consumer.recv()[:8] == b"%08d" % expected
-        wait_for(lambda: up.devices()["pipe"]["blocked"] is None, 10, "the device to say it flows again")
+        up.wait_until(lambda: up.devices()["pipe"]["blocked"] is None, 10, "the device to say it flows again")
         assert up.devices()["pipe"]["pid"] == before["pid"]
 
 
@@ -87,7 +87,7 @@ def test_a_terminal_hangup_kills_neither_up_nor_its_devices(short_tmp: Path, zmq
     with Up(config) as up:
         pid = up.wait_states({"pipe": "RUNNING"})["pipe"]["pid"]
         up.signal(signal.SIGHUP, group=True)  # what a closing terminal sends its session
-        wait_for(lambda: "received SIGHUP" in up.log(), 10, "the supervisor to log the SIGHUP")
+        up.wait_until(lambda: "received SIGHUP" in up.log(), 10, "the supervisor to log the SIGHUP")
         assert up.running(), up.log_tail()
         assert psutil.Process(pid).is_running() and up.devices()["pipe"]["pid"] == pid
         assert (short_tmp / "in.sock").exists() and (short_tmp / "out.sock").exists()

@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import zmq
 from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 from supervisor.xmlrpc import SupervisorTransport
-from support.cli import wait_for
+from support.cli import SupervisorEvents, processes_exit, wait_for
 
 from procdevices.control.client import call_supervisor
 from procdevices.control.protocol import SupervisorCommand
@@ -111,6 +111,29 @@ def alive(ident: tuple[int, float]) -> bool:
         return bool(abs(proc.create_time() - ident[1]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
+
+
+_subscribers: dict[Path, SupervisorEvents] = {}
+
+
+def changes(topo: Path) -> SupervisorEvents:
+    """A wake-up on the event stream of the procdevices supervisor that runs ``topo``."""
+    if topo not in _subscribers:
+        _subscribers[topo] = SupervisorEvents(load_topology(topo).supervisor.run_dir)
+    return _subscribers[topo]
+
+
+@pytest.fixture(autouse=True)
+def _close_subscribers() -> Iterator[None]:
+    yield
+    for subscriber in _subscribers.values():
+        subscriber.close()
+    _subscribers.clear()
+
+
+def live(idents: Iterable[tuple[int, float]]) -> list[psutil.Process]:
+    """The processes of ``idents`` that are still alive, for a wait on their exits."""
+    return [psutil.Process(pid) for pid, created in idents if alive((pid, created))]
 
 
 def device_pids(topo: Path) -> dict[str, int]:
@@ -246,7 +269,12 @@ class Supervisord:
             self.output.close()
 
     def assert_nothing_left(self) -> None:
-        wait_for(lambda: not [i for i in self.seen if alive(i)], 10, f"every process to exit: {self.seen}")
+        wait_for(
+            lambda: not [i for i in self.seen if alive(i)],
+            10,
+            f"every process to exit: {self.seen}",
+            wake=processes_exit(lambda: live(self.seen)),
+        )
 
 
 @pytest.fixture
@@ -403,7 +431,7 @@ def test_up_runs_forwards_and_stops_through_control_sockets(
     topo = write_topology(short_tmp)
     sd = supervisord(include=[PROCDEVICES_CONF], env={"PROCDEVICES_CONFIG": str(topo)})
     procdevices = identity(sd.running("procdevices")["pid"])
-    pids = wait_for(lambda: device_pids(topo), 20, "every device RUNNING in procdevices")
+    pids = wait_for(lambda: device_pids(topo), 20, "every device RUNNING in procdevices", wake=changes(topo))
     devices = {identity(pid) for pid in pids.values()}
     sd.seen |= devices
     for instance in INSTANCES:
@@ -432,17 +460,24 @@ def test_sigkill_of_up_is_restarted_and_forwards_again(
     topo = write_topology(short_tmp)
     sd = supervisord(include=[PROCDEVICES_CONF], env={"PROCDEVICES_CONFIG": str(topo)})
     first = sd.running("procdevices")
-    old = {identity(pid) for pid in wait_for(lambda: device_pids(topo), 20, "devices RUNNING").values()}
+    old = {
+        identity(pid) for pid in wait_for(lambda: device_pids(topo), 20, "devices RUNNING", wake=changes(topo)).values()
+    }
     sd.seen |= old
     logfile = Path(first["stdout_logfile"])
     offset = logfile.stat().st_size
 
     os.kill(first["pid"], signal.SIGKILL)
     second = sd.running("procdevices", not_pid=first["pid"])
-    new = wait_for(lambda: device_pids(topo), 30, "devices RUNNING again")
+    new = wait_for(lambda: device_pids(topo), 30, "devices RUNNING again", wake=changes(topo))
     sd.seen |= {identity(pid) for pid in new.values()}
     # The orphaned devices noticed their parent's death and stopped by themselves.
-    wait_for(lambda: not [i for i in old if alive(i)], 10, "the orphaned devices to exit")
+    wait_for(
+        lambda: not [i for i in old if alive(i)],
+        10,
+        "the orphaned devices to exit",
+        wake=processes_exit(lambda: live(old)),
+    )
     for instance in INSTANCES:
         forwards(zmq_ctx, *endpoints(short_tmp, instance))
     after = logfile.read_text()[offset:]
@@ -474,7 +509,7 @@ def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves
     try:
         sd = supervisord(include=[PROCDEVICES_CONF], env={"PROCDEVICES_CONFIG": str(topo)})
         first = sd.running("procdevices")
-        old = wait_for(lambda: device_pids(topo), 20, "devices RUNNING")
+        old = wait_for(lambda: device_pids(topo), 20, "devices RUNNING", wake=changes(topo))
         sd.seen |= {identity(pid) for pid in old.values()}
         logfile = Path(first["stdout_logfile"])
         offset = logfile.stat().st_size
@@ -489,7 +524,9 @@ def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves
         )
         # A restart costs an interpreter start and three device spawns: ~1.5 s here. (With the bug:
         # STOP timeout 1 s + SIGTERM wait 3 s + SIGKILL wait 3 s before anything starts.)
-        new = wait_for(lambda: device_pids(topo), 6.0 - (time.monotonic() - killed_at), "devices RUNNING again")
+        new = wait_for(
+            lambda: device_pids(topo), 6.0 - (time.monotonic() - killed_at), "devices RUNNING again", wake=changes(topo)
+        )
         sd.seen |= {identity(pid) for pid in new.values()}
         after = logfile.read_text()[offset:]
         assert "leftover" not in after and "Traceback" not in after, after
@@ -515,7 +552,9 @@ def test_quick_start_example(
     topo = write_topology(short_tmp)
     sd = supervisord(include=[], env={"PROCDEVICES_CONFIG": str(topo)}, conf=copy / EXAMPLE_CONF.name)
     sd.running("procdevices")
-    sd.seen |= {identity(pid) for pid in wait_for(lambda: device_pids(topo), 20, "devices RUNNING").values()}
+    sd.seen |= {
+        identity(pid) for pid in wait_for(lambda: device_pids(topo), 20, "devices RUNNING", wake=changes(topo)).values()
+    }
     forwards(zmq_ctx, *endpoints(short_tmp, "relay"))
     status = sd.ctl("status")
     assert re.search(r"^procdevices\s+RUNNING\s+pid", status.stdout, re.M), status.stdout

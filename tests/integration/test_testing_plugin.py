@@ -54,6 +54,7 @@ def nothing_left_behind():
 USER_TESTS = '''
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -155,7 +156,7 @@ def test_fails_after_start(procdevices_topology):
 @pytest.mark.timeout(3)
 def test_times_out(procdevices_topology):
     procdevices_topology(QUEUE)
-    time.sleep(60)
+    threading.Event().wait()  # hangs (nothing will set it) until pytest-timeout ends the test
 
 
 def test_crashes(procdevices_topology):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -68,20 +69,76 @@ def wait_for(
     timeout: float,
     what: str,
     *,
+    wake: Callable[[float], object] | None = None,
     interval: float = 0.05,
     detail: Callable[[], str] | None = None,
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy and return that; fail the test
-    with "timed out after Ns waiting for <what>" (plus ``detail()``) at the deadline."""
+    """Check ``predicate`` until it returns something truthy and return that; fail the test
+    with "timed out after Ns waiting for <what>" (plus ``detail()``) at the deadline.
+
+    Between checks it waits on ``wake(seconds)``, which returns when something that could
+    change the answer happened (the supervisor's event stream, a process exit) or the given
+    seconds passed. Only a condition with no event to wait on (a file another process
+    writes, a line in its log) is re-checked every ``interval`` instead."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             extra = f"\n{detail()}" if detail is not None else ""
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}{extra}", pytrace=False)
-        time.sleep(interval)
+        if wake is not None:
+            wake(min(left, WAKE_SLICE))
+        else:
+            time.sleep(min(left, interval))
+
+
+# A waker may miss an event (a subscriber that is still joining): re-check this often anyway.
+WAKE_SLICE = 1.0
+
+
+def processes_exit(procs: Callable[[], list[psutil.Process]]) -> Callable[[float], object]:
+    """A wake-up for waits on processes: returns as soon as one of ``procs()`` exits. It
+    waits on pidfds, so it reaps nothing (a Popen keeps its child's exit status)."""
+
+    def wake(seconds: float) -> None:
+        fds: list[int] = []
+        try:
+            for proc in procs():
+                try:
+                    fds.append(os.pidfd_open(proc.pid))
+                except ProcessLookupError:
+                    return  # already gone: let the caller look again at once
+            if fds:
+                select.select(fds, [], [], seconds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    return wake
+
+
+class SupervisorEvents:
+    """A wake-up for waits on a supervisor's state: its event stream (``events.sock``), to
+    which it publishes every state change and every command. Connected at once: libzmq keeps
+    trying until the supervisor binds it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.ctx: Ctx = zmq.Context()
+        self.sock: Sock = self.ctx.socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.subscribe(b"")
+        self.sock.connect(f"ipc://{run_dir}/events.sock")
+
+    def __call__(self, seconds: float) -> None:
+        if self.sock.poll(int(seconds * 1000)):
+            while self.sock.poll(0):
+                self.sock.recv()
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
 
 
 # -- topology files and one-shot commands ---------------------------------------------------
@@ -190,7 +247,12 @@ def kill_and_reap(procs: list[psutil.Process]) -> None:
                 proc.send_signal(sig)
             except psutil.Error:
                 pass
-    wait_for(lambda: all(is_gone(p) for p in procs), 10.0, "killed processes to end")
+    wait_for(
+        lambda: all(is_gone(p) for p in procs),
+        10.0,
+        "killed processes to end",
+        wake=processes_exit(lambda: [p for p in procs if not is_gone(p)]),
+    )
 
 
 class Up:
@@ -207,6 +269,9 @@ class Up:
         # Every device process seen in a status, keyed by pid (psutil.Process keeps the
         # create time, so a reused pid is never mistaken for it).
         self.devices_seen: dict[int, psutil.Process] = {}
+        from procdevices.cli.locate import client_run_dir
+
+        self.changes = SupervisorEvents(client_run_dir(str(config), None))
 
     # -- running ------------------------------------------------------------------------
     def start(self) -> Up:
@@ -331,8 +396,21 @@ class Up:
             return f"last seen: {states_now}\n{self.log_tail()}"
 
         return wait_for(
-            settled, timeout, what or f"the devices to settle ({wanted or 'all RUNNING'})", interval=0.1, detail=detail
+            settled,
+            timeout,
+            what or f"the devices to settle ({wanted or 'all RUNNING'})",
+            wake=self.until_changed,
+            detail=detail,
         )
+
+    def until_changed(self, seconds: float) -> None:
+        """Wait until the supervisor reports a change, or it exits, or ``seconds`` pass."""
+        if self.running():
+            self.changes(seconds)
+
+    def wait_until(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+        """``wait_for`` a condition of this supervisor's state, re-checked on its events."""
+        return wait_for(predicate, timeout, what, wake=self.until_changed, detail=self.log_tail)
 
     # -- leftovers -----------------------------------------------------------------------
     def leftovers(self) -> list[psutil.Process]:
@@ -372,7 +450,11 @@ class Up:
         """Poll until no process of this run is alive (supervisor, devices, pool workers,
         resource tracker); fail naming the survivors."""
         wait_for(
-            lambda: not self.leftovers(), timeout, "every process of the run to end", detail=self.describe_leftovers
+            lambda: not self.leftovers(),
+            timeout,
+            "every process of the run to end",
+            wake=processes_exit(self.leftovers),
+            detail=self.describe_leftovers,
         )
 
     def assert_clean_stop(self, names: list[str]) -> None:
@@ -396,6 +478,7 @@ class Up:
     def close(self, *, check: bool = True) -> None:
         """Kill the supervisor's process group if it still runs, reap it, then kill any
         process of the run that outlived it; with ``check``, fail if there was one."""
+        self.changes.close()
         if self.proc is None:
             return
         if self.proc.poll() is None:
