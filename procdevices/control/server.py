@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -96,7 +96,6 @@ class ControlTarget:
     paused: bool = False
     stopping: bool = False
     stop_reason: str = ""
-    extra_fds: list[int] = field(default_factory=list)
 
 
 class _Reply:
@@ -147,14 +146,10 @@ class ControlServer:
         self.signal_fd = signal_fd
         self.clock = clock
         self.phase = LoopPhase.RUNNING
-        self.dropped_user_commands = 0
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         # Run once the loop has answered everything outstanding (or the phase changed).
         self._loop_waiters: list[Callable[[], None]] = []
-        # The counters of the last STATISTICS a PING sent: they ride on PING's answer, so the
-        # supervisor learns a device's traffic on its probe tick at no extra cost.
-        self._last_counters: dict[str, int] | None = None
         self.handlers: dict[Command, Handler] = {
             Command.PING: self._ping,
             Command.STATS: self._stats,
@@ -291,7 +286,9 @@ class ControlServer:
             "blocked_side": target.blocked_side if blocked_for is not None else None,
             "probed": steering is not None,
             "answered_ago": answered_ago,
-            "stats": self._last_counters,
+            # The loop's last counters ride on PING's answer: the supervisor learns a device's
+            # traffic on its probe tick at no extra cost.
+            "stats": steering.last_statistics.as_dict() if steering and steering.last_statistics else None,
         }
 
     def _loop_blocked_for(self) -> float | None:
@@ -308,17 +305,13 @@ class ControlServer:
             reply.ok(self.health())
             return
         if not steering.waiting_for(steer.STATISTICS):
-            steering.send(steer.STATISTICS, self._remember_counters)
+            steering.send(steer.STATISTICS)
 
         def answer() -> None:
             reply.ok(self.health())
 
         self._loop_waiters.append(answer)
         self._after(PING_WAIT, answer)
-
-    def _remember_counters(self, frames: list[bytes]) -> None:
-        if len(frames) == 8:
-            self._last_counters = steer.decode_statistics(frames).as_dict()
 
     def _stats(self, _: Any, reply: _Reply) -> None:
         steering = self._require_running_loop("stats")
@@ -467,7 +460,6 @@ class ControlServer:
         if steering is None or self.phase is not LoopPhase.RUNNING or not steering.send(command, answer):
             # libzmq would not answer a loop that does not take commands either; a REP must
             # still answer before it can receive again, so it gets libzmq's empty reply.
-            self.dropped_user_commands += 1
             if ctrl.type == zmq.REP:
                 answer([b""])
             return

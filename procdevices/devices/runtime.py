@@ -302,10 +302,6 @@ class DeviceRuntime:
         self._private_sockets.append(sock)
         return sock
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._target is not None and self._target.stopping
-
     def loop_ended(self, outcome: LoopOutcome) -> None:
         """Tell the control loop the forwarding loop has returned; it keeps answering (PING
         says "stopped" or "dead") while the worker drains and closes."""
