@@ -49,8 +49,10 @@ def run_dir_override(flag: str | None) -> Path | None:
 
 def topology(config_flag: str | None, run_dir_flag: str | None) -> Topology:
     """The whole topology, validated (ConfigError otherwise), with the run dir override."""
-    path = config_path(config_flag)
-    override = run_dir_override(run_dir_flag)
+    return _load(config_path(config_flag), run_dir_override(run_dir_flag))
+
+
+def _load(path: Path | None, override: Path | None) -> Topology:
     if path is None:
         return default_topology(run_dir=override or default_run_dir())
     loaded = load_topology(path)
@@ -97,14 +99,4 @@ def reloader(config_flag: str | None, run_dir_flag: str | None) -> Callable[[str
     at start), or the file a `reload -c FILE` names; the run dir override of the start stays."""
     started_with = config_path(config_flag)
     override = run_dir_override(run_dir_flag)
-
-    def load(path: str | None) -> Topology:
-        chosen = Path(path) if path else started_with
-        if chosen is None:
-            return default_topology(run_dir=override or default_run_dir())
-        loaded = load_topology(chosen)
-        if override is None:
-            return loaded
-        return dataclasses.replace(loaded, supervisor=dataclasses.replace(loaded.supervisor, run_dir=override))
-
-    return load
+    return lambda path: _load(Path(path) if path else started_with, override)

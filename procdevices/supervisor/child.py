@@ -220,10 +220,7 @@ class Child:
             "cpu_percent": None,
             "rss": None,
             "zombie": False,
-            "traffic": {
-                "totals": self.traffic.totals(),
-                "rates": {k: round(v, 3) for k, v in self.traffic.rates().items()},
-            },
+            "traffic": self.traffic.summary(),
         }
         if self.process is not None and self.pid is not None:
             resources = self.process.resources()

@@ -127,7 +127,7 @@ class CommandHandlers:
             if counters is None:
                 return body
             child.traffic.observe(counters, self.supervisor.now())
-            return {**body, "totals": child.traffic.totals(), "rates": _rounded(child.traffic.rates())}
+            return {**body, **child.traffic.summary()}
 
         self._forward(Command.STATS, request, reply, with_history)
 
@@ -173,7 +173,3 @@ def _set_paused(paused: bool) -> Callable[[Child, Any], Any]:
         return body
 
     return record
-
-
-def _rounded(rates: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in rates.items()}

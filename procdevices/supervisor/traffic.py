@@ -62,6 +62,10 @@ class Traffic:
     def totals(self) -> dict[str, int]:
         return {k: self.ended[k] + self.current[k] for k in COUNTERS}
 
+    def summary(self) -> dict[str, dict[str, int] | dict[str, float]]:
+        """What status and stats show: the totals, and the rates to the millisecond."""
+        return {"totals": self.totals(), "rates": {k: round(v, 3) for k, v in self.rates().items()}}
+
     def rates(self) -> dict[str, float]:
         """Per-second rates over the samples kept; zeros until there are two."""
         if len(self.samples) < 2:
