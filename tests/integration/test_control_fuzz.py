@@ -15,13 +15,7 @@ from typing import Any
 import pytest
 import zmq
 from support.cli import Up, connect, push_pull, write_topology
-
-STREAMER = """\
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://in.sock"] }
-out = { bind = ["ipc://out.sock"] }
-"""
+from support.topologies import STREAMER
 
 # Exactly the requests that used to kill the supervisor, and their neighbours.
 KNOWN_BAD_REQUESTS = [

@@ -13,13 +13,7 @@ from typing import Any
 
 import pytest
 from support.cli import CLI, Up, write_topology
-
-STREAMER = """\
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://in.sock"] }
-out = { bind = ["ipc://out.sock"] }
-"""
+from support.topologies import STREAMER
 
 
 class Lines:

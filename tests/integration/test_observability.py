@@ -19,15 +19,9 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 from support.cli import CLI, RUN_DIR, Up, cli, describe, finish_cli, push_pull, wait_for, write_topology
+from support.topologies import STREAMER
 
 from procdevices.exitcodes import EXIT_CONFIG, EXIT_NOT_RUNNING, EXIT_OK
-
-STREAMER = """\
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://in.sock"] }
-out = { bind = ["ipc://out.sock"] }
-"""
 
 TWO_KINDS = (
     STREAMER

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 from support.cli import describe, write_topology
+from support.topologies import STREAMER
 
 REPO = Path(__file__).resolve().parents[2]
-
-STREAMER = """\
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://in.sock"] }
-out = { bind = ["ipc://out.sock"] }
-"""
 
 
 @pytest.mark.timeout(240)

@@ -26,21 +26,9 @@ from support.cli import (
     wait_for,
     write_topology,
 )
+from support.topologies import NEIGHBOURS
 
 Ctx = zmq.Context[zmq.Socket[bytes]]
-
-# A queue on ipc, a streamer on ipc, a forwarder on tcp port *.
-NEIGHBOURS = """\
-[devices.broker]
-kind = "queue"
-in  = { bind = ["ipc://broker-in.sock"] }
-out = { bind = ["ipc://broker-out.sock"] }
-
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://pipe-in.sock"] }
-out = { bind = ["ipc://pipe-out.sock"] }
-"""
 
 
 def broker_forwards(ctx: Ctx, tmp: Path) -> None:

@@ -11,6 +11,7 @@ import psutil
 import pytest
 import zmq
 from support.cli import Up, connect, write_topology
+from support.topologies import STREAMER
 
 # out SNDHWM 100: below libzmq's burst of 1000, so a full consumer stops the loop inside a send
 # (with larger queues backpressure may also show as "running" between bursts: docs/devices.md).
@@ -71,14 +72,6 @@ def test_a_consumer_that_stops_reading_for_30s_does_not_get_its_device_killed(sh
             assert consumer.recv()[:8] == b"%08d" % expected
         up.wait_until(lambda: up.devices()["pipe"]["blocked"] is None, 10, "the device to say it flows again")
         assert up.devices()["pipe"]["pid"] == before["pid"]
-
-
-STREAMER = """\
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://in.sock"] }
-out = { bind = ["ipc://out.sock"] }
-"""
 
 
 @pytest.mark.timeout(60)

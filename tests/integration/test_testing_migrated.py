@@ -12,21 +12,10 @@ from typing import Any
 import psutil
 import pytest
 from support.cli import Ctx, push_pull, request_reply
+from support.topologies import NEIGHBOURS
 
 from procdevices.pytest_plugin import TopologyFactory
 from procdevices.testing import LiveTopology, TopologyError
-
-NEIGHBOURS = """\
-[devices.broker]
-kind = "queue"
-in  = { bind = ["ipc://broker-in.sock"] }
-out = { bind = ["ipc://broker-out.sock"] }
-
-[devices.pipe]
-kind = "streamer"
-in  = { bind = ["ipc://pipe-in.sock"] }
-out = { bind = ["ipc://pipe-out.sock"] }
-"""
 
 
 def forwards(ctx: Ctx, topo: LiveTopology) -> None:
