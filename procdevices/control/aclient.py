@@ -1,8 +1,17 @@
-"""Non-blocking client of a device's control socket, for the supervisor's event loop.
+"""Non-blocking client of the devices' control sockets, for the supervisor's event loop.
 
 The blocking :class:`~procdevices.control.client.ControlClient` waits for each answer; this one
 sends, returns at once and calls back when the answer, a deadline or the device's exit comes.
-The loop polls :attr:`AsyncControl.pollable` and calls :meth:`AsyncControl.on_readable`.
+
+    Supervisor ──send()──► ControlConnection ─┐
+    (one per device)                          ├─► ControlRouter: one ROUTER ──► device ROUTERs
+                       callback ◄── reply ────┘        (connected to every control endpoint)
+
+One ROUTER reaches every device rather than a DEALER each: the loop then waits on one socket
+whatever the size of the topology, and a wake-up costs the same with 4 devices as with 256
+(a poll over hundreds of ZMQ sockets costs ~0.2 ms of CPU per call, paid on every wake-up).
+Each endpoint is connected once, under a routing id of its own (``ZMQ_CONNECT_ROUTING_ID``);
+the pipe, and so the routing id, outlives restarts of the device behind it, as a DEALER's does.
 """
 
 from __future__ import annotations
@@ -18,16 +27,18 @@ from procdevices.control.protocol import OK, Command, ErrorCode, ProtocolError, 
 # (ok, body): body is the device's result, or an error payload {"error": ..., "code": ...}.
 ReplyCallback = Callable[[bool, Any], None]
 
+# Every request the supervisor sends has no arguments: encode them once.
+_NO_ARGS = encode(None)
+
+# Replies read per wake-up, so a device that floods its control socket cannot starve the rest
+# of the loop (what is left is read on the next turn).
+MAX_REPLIES_PER_WAKEUP = 1024
+
 
 class ControlChannel(Protocol):
-    """What the supervisor needs of a control connection (tests supply a fake)."""
-
-    @property
-    def pollable(self) -> Any: ...
+    """What the supervisor needs of one device's control connection (tests supply a fake)."""
 
     def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None: ...
-
-    def on_readable(self) -> None: ...
 
     def expire(self, now: float) -> None: ...
 
@@ -38,58 +49,119 @@ class ControlChannel(Protocol):
     def close(self) -> None: ...
 
 
-class AsyncControl:
-    """One DEALER connected to one device; every request carries an id and a deadline."""
+class ControlRouter:
+    """One ROUTER connected to the control endpoint of every device; replies are matched to
+    their request by its id (unique across devices)."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
-        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.socket: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self.socket.linger = 0
-        self.socket.connect(endpoint)
-        self._pending: dict[bytes, tuple[float, ReplyCallback]] = {}
+        # A full queue to one device must say so (EAGAIN), not drop the request silently.
+        self.socket.router_mandatory = True
+        self._routing_ids = (b"d%d" % n for n in itertools.count(1))  # never a leading zero byte
+        # endpoint → (routing id, connections using it)
+        self._endpoints: dict[str, tuple[bytes, int]] = {}
+        self._waiting: dict[bytes, ControlConnection] = {}  # request id → its connection
 
-    @property
-    def pollable(self) -> zmq.Socket[bytes]:
-        return self.socket
+    def connect(self, endpoint: str) -> ControlConnection:
+        """A connection to the device at ``endpoint``. Two connections to one endpoint (a
+        device and its successor) share the ZMQ connection: replies find their request by id."""
+        routing_id, users = self._endpoints.get(endpoint, (b"", 0))
+        if not users:
+            routing_id = next(self._routing_ids)
+            self.socket.connect_routing_id = routing_id
+            self.socket.connect(endpoint)
+        self._endpoints[endpoint] = (routing_id, users + 1)
+        return ControlConnection(self, endpoint, routing_id)
 
-    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None:
+    def on_readable(self) -> None:
+        for _ in range(MAX_REPLIES_PER_WAKEUP):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # [routing id, request id, status, body]; anything else is not a reply of ours.
+            if len(frames) == 4 and (connection := self._waiting.pop(frames[1], None)) is not None:
+                connection.answered(frames[1], frames[2], frames[3])
+
+    def _send(self, connection: ControlConnection, command: Command) -> bytes | None:
         request_id = next(self._ids).to_bytes(8, "big")
         try:
-            self.socket.send_multipart([request_id, command.value, encode(None)], zmq.NOBLOCK)
-        except zmq.Again:
-            # Its queue is full: the device has not read a request for a long while.
+            self.socket.send_multipart([connection.routing_id, request_id, command.value, _NO_ARGS], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # EAGAIN: the device has not read a request for a long while; EHOSTUNREACH: no pipe.
+            return None
+        self._waiting[request_id] = connection
+        return request_id
+
+    def _forget(self, request_ids: list[bytes]) -> None:
+        for request_id in request_ids:
+            self._waiting.pop(request_id, None)
+
+    def _release(self, endpoint: str) -> None:
+        routing_id, users = self._endpoints.pop(endpoint, (b"", 0))
+        if users > 1:
+            self._endpoints[endpoint] = (routing_id, users - 1)
+        elif users == 1 and not self.socket.closed:
+            try:
+                self.socket.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # already gone
+
+    def close(self) -> None:
+        for connection in set(self._waiting.values()):
+            connection.fail_all("the supervisor is stopping")
+        self.socket.close(linger=0)
+
+
+class ControlConnection:
+    """One device's view of the router: its pending requests, each with a deadline."""
+
+    def __init__(self, router: ControlRouter, endpoint: str, routing_id: bytes) -> None:
+        self._router = router
+        self.endpoint = endpoint
+        self.routing_id = routing_id
+        self._pending: dict[bytes, tuple[float, ReplyCallback]] = {}
+        self._closed = False
+
+    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None:
+        request_id = None if self._closed else self._router._send(self, command)
+        if request_id is None:
             callback(False, device_error(ErrorCode.TIMEOUT, "the device's control queue is full"))
             return
         self._pending[request_id] = (now + timeout, callback)
 
-    def on_readable(self) -> None:
-        while self.socket.poll(0):
-            frames = self.socket.recv_multipart()
-            entry = self._pending.pop(frames[0], None) if len(frames) == 3 else None
-            if entry is None:
-                continue  # late (already timed out) or not a reply of ours
-            try:
-                body = loads_bounded(frames[2], "the device's reply")
-            except ProtocolError as e:
-                entry[1](False, device_error(e.code, e.message))
-                continue
-            entry[1](frames[1] == OK, body)
+    def answered(self, request_id: bytes, status: bytes, frame: bytes) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return  # late (already timed out)
+        try:
+            body = loads_bounded(frame, "the device's reply")
+        except ProtocolError as e:
+            entry[1](False, device_error(e.code, e.message))
+            return
+        entry[1](status == OK, body)
 
     def expire(self, now: float) -> None:
-        for request_id, (deadline, callback) in list(self._pending.items()):
-            if now >= deadline:
-                del self._pending[request_id]
-                callback(False, device_error(ErrorCode.TIMEOUT, "no answer before the deadline"))
+        late = [request_id for request_id, (deadline, _) in self._pending.items() if now >= deadline]
+        self._router._forget(late)
+        for request_id in late:
+            _, callback = self._pending.pop(request_id)
+            callback(False, device_error(ErrorCode.TIMEOUT, "no answer before the deadline"))
 
     def next_deadline(self) -> float | None:
         return min((d for d, _ in self._pending.values()), default=None)
 
     def fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
+        self._router._forget(list(pending))
         for _, callback in pending.values():
             callback(False, device_error(ErrorCode.NOT_RUNNING, reason))
 
     def close(self) -> None:
         self.fail_all("the device stopped")
-        self.socket.close(linger=0)
+        if not self._closed:
+            self._closed = True
+            self._router._release(self.endpoint)

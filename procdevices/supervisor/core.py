@@ -351,7 +351,6 @@ class Supervisor:
         self.watcher.watch(process.sentinel, lambda now: self.on_exit(child, process, now))
         if child.control is None:
             child.control = self.launcher.connect(child.control_endpoint)
-            self.watcher.watch(child.control.pollable, lambda now: _read(child), quiet=True)
         self._state_dirty = True
 
     def _stop(self, child: Child, now: float) -> None:
@@ -372,7 +371,6 @@ class Supervisor:
         if child.successor is None or child.successor.name != child.name:
             self.launcher.forget(child.name)  # its listening sockets, unless its successor's
         if child.control is not None:
-            self.watcher.unwatch(child.control.pollable)
             child.control.close()
             child.control = None
         self._state_dirty = True
@@ -432,11 +430,6 @@ class Supervisor:
             fatal = len(self.children) - running
             self.log(f"ready: {running} device process(es) running" + (f", {fatal} not" if fatal else ""))
             self.notify(f"READY=1\nSTATUS={running} devices running")
-
-
-def _read(child: Child) -> None:
-    if child.control is not None:
-        child.control.on_readable()
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

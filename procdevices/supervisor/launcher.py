@@ -3,7 +3,7 @@ supervisor's decisions and the operating system.
 
 :class:`Launcher` and :class:`DeviceProcess` are what the supervisor uses; the real ones take
 a warm worker from the pool (or spawn a fresh interpreter), follow the process with psutil
-and connect an :class:`~procdevices.control.aclient.AsyncControl`. Unit tests of the
+and reach it through the one :class:`~procdevices.control.aclient.ControlRouter`. Unit tests of the
 supervisor replace all of it with fakes driven by a scripted history.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import psutil
 import zmq
 
-from procdevices.control.aclient import AsyncControl, ControlChannel
+from procdevices.control.aclient import ControlChannel, ControlRouter
 from procdevices.devices import runtime as rt
 from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
 from procdevices.supervisor import devicelogs
@@ -231,7 +231,7 @@ class ProcessLauncher:
         self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size, start_method=start_method)
         self._spawn: Spawn = spawn if spawn is not None else functools.partial(spawn_device, start_method=start_method)
         self._pool_short = True  # empty at first; after that, only a hand-out makes it short
-        self._channels: list[AsyncControl] = []
+        self.controls = ControlRouter(self.ctx)
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
         """A warm worker, else a new process; it takes over the listening sockets the
@@ -255,9 +255,7 @@ class ProcessLauncher:
         self.listeners.release(label)
 
     def connect(self, control_endpoint: str) -> ControlChannel:
-        channel = AsyncControl(self.ctx, control_endpoint)
-        self._channels.append(channel)
-        return channel
+        return self.controls.connect(control_endpoint)
 
     def refill(self) -> None:
         if self._pool_short:
@@ -275,8 +273,7 @@ class ProcessLauncher:
         return sum(1 for _ in self.pool.processes())
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        self.controls.close()
         self.pool.close()
         self.listeners.close()
         with contextlib.suppress(zmq.ZMQError):

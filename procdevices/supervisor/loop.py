@@ -1,24 +1,27 @@
 """The event loop and the request server: the supervisor's only contact with file descriptors.
 
     device processes ── sentinel / ready pipe ──┐
-    device control sockets (DEALER) ────────────┤
+    device control sockets (one ROUTER) ────────┤
     supervisor.sock (ROUTER) ◄── CLI requests ──┼──► EventLoop ──► Supervisor (decisions)
     signal wake-up fd ◄── SIGTERM/SIGINT/SIGHUP ┘        │
                                                           └── tick() when a timer is due
 
-One zmq.Poller waits on everything; timers only set its timeout (the supervisor says when
+One epoll set waits on everything; timers only set its timeout (the supervisor says when
 its next deadline is). Every callback is guarded: a bug met while handling one event is
 logged and supervision goes on, because the devices must not pay for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import signal
 import socket as pysocket
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import zmq
 
@@ -59,25 +62,66 @@ class Supervised(Protocol):
     def flush(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Watch:
+    on_event: OnEvent
+    # A quiet event (a probe answer) changes no timer, so with many devices most wake-ups
+    # skip the walk over every child.
+    quiet: bool
+
+
+def _events(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.get(zmq.EVENTS))
+
+
 class EventLoop:
+    """Waits with epoll: a wake-up costs the same however many processes are watched.
+
+    zmq.Poller would rebuild and hand libzmq one poll item per watched object on every call
+    (~0.2 ms of CPU with 256 devices). Here plain descriptors (process sentinels, report pipes,
+    the signal wake-up) sit in an epoll set; a ZMQ socket is watched through its ``ZMQ_FD``,
+    which only says "look at ``ZMQ_EVENTS``" and can be consumed by any send or receive on the
+    socket. So before each wait the few watched sockets are asked for ``ZMQ_EVENTS``
+    directly, and the loop does not sleep while one of them has input.
+    """
+
     def __init__(self, clock: Clock, log: Log) -> None:
         self.clock = clock
         self.log = log
-        self.poller = zmq.Poller()
-        # pollable → (callback, quiet): a quiet event (a probe answer) changes no timer, so
-        # with many devices most wake-ups skip the walk over every child.
-        self._watches: dict[Any, tuple[OnEvent, bool]] = {}
+        self._epoll = select.epoll()
+        self._fds: dict[Any, int] = {}  # pollable → its descriptor
+        self._by_fd: dict[int, _Watch] = {}  # plain descriptors
+        self._sockets: dict[zmq.Socket[bytes], _Watch] = {}  # ZMQ sockets
         self._signals: list[int] = []
         self._on_signal: Callable[[int], None] | None = None
         self._wake: tuple[pysocket.socket, pysocket.socket] | None = None
 
     def watch(self, pollable: Any, on_event: OnEvent, *, quiet: bool = False) -> None:
-        self._watches[pollable] = (on_event, quiet)
-        self.poller.register(pollable, zmq.POLLIN)
+        self.unwatch(pollable)
+        watch = _Watch(on_event, quiet)
+        if isinstance(pollable, zmq.Socket):
+            fd = cast(int, pollable.get(zmq.FD))
+            self._sockets[pollable] = watch
+        else:
+            fd = pollable if isinstance(pollable, int) else pollable.fileno()
+            self._by_fd[fd] = watch
+        self._fds[pollable] = fd
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except FileExistsError:
+            # The number of a descriptor closed while still watched, now reused.
+            self._epoll.modify(fd, select.EPOLLIN)
 
     def unwatch(self, pollable: Any) -> None:
-        if self._watches.pop(pollable, None) is not None:
-            self.poller.unregister(pollable)
+        fd = self._fds.pop(pollable, None)
+        if fd is None:
+            return
+        if isinstance(pollable, zmq.Socket):
+            self._sockets.pop(pollable, None)
+        else:
+            self._by_fd.pop(fd, None)
+        with contextlib.suppress(OSError):  # already closed: epoll forgot it by itself
+            self._epoll.unregister(fd)
 
     def handle_signals(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:
         """Deliver these signals to ``on_signal`` from the loop, never from the handler."""
@@ -110,17 +154,26 @@ class EventLoop:
             if dirty:
                 earliest = supervised.next_deadline(now)
                 dirty = False
-            events = self.poller.poll(max(0, int((earliest - now) * 1000) + 1))
+            readable = self._readable_sockets()
+            # +1 ms: never wake up just before a deadline and spin until it comes.
+            timeout = 0.0 if readable else max(0.0, earliest - now) + 0.001
+            events = self._epoll.poll(timeout)
             now = self.clock()
-            for pollable, _ in events:
-                entry = self._watches.get(pollable)
-                if entry is not None:
-                    self.guarded(entry[0], now)
-                    dirty = dirty or not entry[1]
+            for fd, _ in events:
+                watch = self._by_fd.get(fd)
+                if watch is not None:
+                    self.guarded(watch.on_event, now)
+                    dirty = dirty or not watch.quiet
+            for watch in readable or self._readable_sockets():
+                self.guarded(watch.on_event, now)
+                dirty = dirty or not watch.quiet
             if dirty or now >= earliest:
                 self.guarded(supervised.tick, self.clock())
                 dirty = True
             self.guarded(lambda _: supervised.flush(), now)
+
+    def _readable_sockets(self) -> list[_Watch]:
+        return [watch for sock, watch in self._sockets.items() if not sock.closed and _events(sock) & zmq.POLLIN]
 
     def guarded(self, step: OnEvent, now: float) -> None:
         """A bug met while handling one event must not take every device down with the
@@ -136,6 +189,7 @@ class EventLoop:
             for end in self._wake:
                 end.close()
             self._wake = None
+        self._epoll.close()
 
 
 class RequestServer:

@@ -101,6 +101,8 @@ def run_supervisor(
             log(f"metrics: {metrics_server.url}")
         supervisor.extra_status["metrics"] = metrics_server.address if metrics_server is not None else None
         loop.watch(server.socket, server.on_readable)
+        # Probe answers change no timer: quiet, so they do not make the loop walk every device.
+        loop.watch(launcher.controls.socket, lambda now: launcher.controls.on_readable(), quiet=True)
         loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP), supervisor.on_signal)
         publish(event("supervisor", state="running", pid=os.getpid()))
         supervisor.start_all()

@@ -99,7 +99,6 @@ class FakeControl:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.pollable = next(_fds)
         self.pending: list[SentRequest] = []
         self.sent: list[Command] = []
         self.closed = False
@@ -118,9 +117,6 @@ class FakeControl:
 
     def waiting(self, command: Command) -> bool:
         return any(r.command is command for r in self.pending)
-
-    def on_readable(self) -> None:
-        pass
 
     def expire(self, now: float) -> None:
         for request in [r for r in self.pending if now >= r.deadline]:
