@@ -183,7 +183,7 @@ class Child:
             deadlines.append(self.probe_due)
         if self.control is not None and (d := self.control.next_deadline()) is not None:
             deadlines.append(d)
-        if self.state is State.STARTING:
+        if self.state is State.STARTING and self.process is not None:
             deadlines.append(self.spawned_at + self.config.start_timeout)
         if self.stop is not None:
             d = policy.next_stop_deadline(

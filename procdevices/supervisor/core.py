@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ class Supervisor:
         events: EventSink = discard,
         load: Callable[[str | None], Topology] | None = None,
         make_child: reload.ChildFactory | None = None,
+        max_starting: int | None = None,
     ) -> None:
         self.topology = topology
         self.children = children
@@ -71,6 +73,9 @@ class Supervisor:
         self.started_at = clock()
         self.extra_status: dict[str, Any] = {}
         self._state_dirty = True  # state.json is behind
+        # Devices being started at once; the rest wait in STARTING with no process yet.
+        self.max_starting = max_starting or policy.max_starting(os.cpu_count())
+        self._waiting_to_spawn: deque[Child] = deque()
         self._state_write_failing = False
 
     # -- the loop's questions ---------------------------------------------------------------------
@@ -78,6 +83,8 @@ class Supervisor:
         return self.shutting_down and not any(c.state in RUNNING_STATES or c.process is not None for c in self.children)
 
     def next_deadline(self, now: float) -> float:
+        if self._waiting_to_spawn and self._starting() < self.max_starting:
+            return now  # more devices to start: at once, after the events of this turn
         return min([now + 1.0, *(d for c in self.children if (d := c.next_deadline()) is not None)])
 
     def tick(self, now: float) -> None:
@@ -88,12 +95,17 @@ class Supervisor:
                 if not self.shutting_down:
                     child.fire(Event.RETRY)
                     self._spawn(child)
-            elif child.state is State.STARTING and now - child.spawned_at > child.config.start_timeout:
+            elif (
+                child.state is State.STARTING
+                and child.process is not None
+                and now - child.spawned_at > child.config.start_timeout
+            ):
                 self._kill_unhealthy(child, f"not ready within start_timeout {child.config.start_timeout}s")
             elif child.state is State.STOPPING:
                 self._escalate(child, now)
             elif child.state is State.RUNNING and child.probe_due is not None and now >= child.probe_due:
                 self.health.check(child, now)
+        self._spawn_waiting()
         if not self.shutting_down and not any(c.state is State.STARTING for c in self.children):
             # Spawning idle workers competes for CPU with starting devices: wait for them.
             self.launcher.refill()
@@ -128,7 +140,8 @@ class Supervisor:
     def start_all(self) -> None:
         for child in self.children:
             child.fire(Event.START)
-            self._spawn(child)
+            self._waiting_to_spawn.append(child)
+        self._spawn_waiting()
         self.log(f"supervising {len(self.children)} device process(es)")
 
     def on_signal(self, signum: int) -> None:
@@ -186,15 +199,19 @@ class Supervisor:
             level = logging.INFO if child.state in (State.STOPPED, State.EXITED) else logging.WARNING
             self.log(line, device=child.name, level=logging.ERROR if child.state is State.FATAL else level)
             self._emit_decision(child, code, now)
-        if child.state is State.STOPPED and (child.retiring or child.successor is not None):
+        if child.state is State.STOPPED:
+            self._after_stop(child)
+        elif child.state is State.FATAL:
+            self._maybe_announce_ready()
+
+    def _after_stop(self, child: Child) -> None:
+        if child.retiring or child.successor is not None:
             self._remove(child)
-        elif child.state is State.STOPPED and child.restart_after_stop and not self.shutting_down:
+        elif child.restart_after_stop and not self.shutting_down:
             child.restart_after_stop = False
             child.forget_failures()
             child.fire(Event.START)
             self._spawn(child)
-        elif child.state is State.FATAL:
-            self._maybe_announce_ready()
 
     # -- verbs (the command handlers use these) --------------------------------------------------
     def now(self) -> float:
@@ -337,6 +354,27 @@ class Supervisor:
 
     # -- inside -----------------------------------------------------------------------------------
     def _spawn(self, child: Child) -> None:
+        """Start ``child``'s process now, or as soon as fewer than ``max_starting`` devices
+        are starting (policy.max_starting says why), first come first started."""
+        self._waiting_to_spawn.append(child)  # first come, first started
+        self._spawn_waiting()
+
+    def _starting(self) -> int:
+        return sum(1 for c in self.children if c.state is State.STARTING and c.process is not None)
+
+    def _spawn_waiting(self) -> None:
+        if not self._waiting_to_spawn:
+            return
+        # A few per turn of the loop: between them it reads readiness reports and answers
+        # `status`, which a loop busy spawning hundreds of processes in a row could not.
+        room = min(policy.LAUNCHES_PER_TURN, self.max_starting - self._starting())
+        while room > 0 and self._waiting_to_spawn:
+            child = self._waiting_to_spawn.popleft()
+            if child.state is State.STARTING and child.process is None and child in self.children:
+                self._launch(child)
+                room -= 1
+
+    def _launch(self, child: Child) -> None:
         try:
             process = self.launcher.launch(child.pickled, child.control_endpoint, child.name)
         except OSError as e:  # out of processes or file descriptors: retrying cannot help now
@@ -361,6 +399,15 @@ class Supervisor:
                 child.retry_at = None
             return
         if child.state is State.STOPPING:
+            return
+        if child.state is State.STARTING and child.process is None:
+            # Still waiting for its turn to spawn: there is nothing to stop.
+            if child in self._waiting_to_spawn:
+                self._waiting_to_spawn.remove(child)
+            child.fire(Event.STOP)
+            child.fire(Event.STOPPED)
+            child.last_exit = "stopped before its process was started"
+            self._after_stop(child)
             return
         child.stop_begun(now)
         if child.control is not None:

@@ -341,3 +341,22 @@ def after_probe(state: ProbeState, ok: bool, failures_allowed: int) -> tuple[Pro
         return ProbeState(), False
     failed = state.consecutive_failures + 1
     return ProbeState(failed), failed >= failures_allowed
+
+
+# --------------------------------------------------------------------------
+# Start
+
+# Device processes being started at once, per CPU. Spawning every device of a big topology at
+# once shares the CPUs between all of them: under load each start then takes as long as all of
+# them and overruns its start_timeout (seen: 256 spawned devices on 2 loaded CPUs, 28 killed
+# for it). The bound is loose on purpose: fewer in flight also slowed a quiet machine's start
+# of 256 spawned devices (4 per CPU: 14-15 s against 12 s unbounded).
+STARTS_PER_CPU = 16
+
+# Processes started per turn of the supervisor's loop.
+LAUNCHES_PER_TURN = 8
+
+
+def max_starting(cpus: int | None) -> int:
+    """How many devices may be starting at once on a machine with ``cpus`` CPUs."""
+    return STARTS_PER_CPU * max(1, cpus or 1)

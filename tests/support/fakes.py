@@ -236,7 +236,12 @@ class Harness:
     """A Supervisor wired to fakes, plus verbs that script its history."""
 
     def __init__(
-        self, topo: Topology, *, idle_workers: int = 0, load: Callable[[str | None], Topology] | None = None
+        self,
+        topo: Topology,
+        *,
+        idle_workers: int = 0,
+        load: Callable[[str | None], Topology] | None = None,
+        max_starting: int | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher(idle_workers)
@@ -258,6 +263,7 @@ class Harness:
             events=self.events.append,
             load=load,
             make_child=make_child,
+            max_starting=max_starting,
         )
         self.handlers = CommandHandlers(self.sup)
         # Devices answer their liveness probes unless the test says otherwise.

@@ -400,3 +400,92 @@ def test_a_wait_of_a_few_milliseconds_is_not_shown_as_blocked(two: Harness) -> N
     two.ping_reply["a"] = {"loop": "blocked", "blocked_side": "out", "blocked_for": 0.06}
     two.advance(1.0)
     assert two.child("a").describe(two.clock.now)["blocked"] is None
+
+
+# -- a big topology starts a few devices at a time ------------------------------------------------
+@pytest.fixture
+def five(tmp_path: Path) -> Harness:
+    """Five devices, at most two of them starting at once."""
+    return Harness(topology({name: {} for name in "abcde"}, tmp_path), max_starting=2).start()
+
+
+def _launches(h: Harness) -> list[int]:
+    return [h.launches(name) for name in "abcde"]
+
+
+def test_only_max_starting_devices_are_spawned_at_once(five: Harness) -> None:
+    assert _launches(five) == [1, 1, 0, 0, 0]
+    assert [five.state(name) for name in "abcde"] == ["STARTING"] * 5
+    assert five.child("c").pid is None
+    five.ready("a")
+    five.advance(0.0)
+    assert _launches(five) == [1, 1, 1, 0, 0]
+    five.ready("b", "c")
+    five.advance(0.0)
+    assert _launches(five) == [1, 1, 1, 1, 1]
+    five.ready("d")
+    assert five.notes == []
+    five.ready("e")
+    assert five.notes == ["READY=1\nSTATUS=5 devices running"]
+
+
+def test_start_timeout_counts_from_the_spawn_not_from_the_wait(five: Harness) -> None:
+    five.advance(9.0)  # a and b take 9 s of their 10 s; c, d, e wait meanwhile
+    five.ready("a", "b")
+    five.advance(0.0)
+    five.advance(9.5)  # 18.5 s after `up`, but c and d were spawned 9.5 s ago
+    assert five.state("c") == five.state("d") == "STARTING"
+    assert not five.logged("not ready within start_timeout")
+    five.advance(0.6)  # now c and d are late
+    assert five.logged("c: not ready within start_timeout") and five.logged("d: not ready within start_timeout")
+    assert five.launches("e") == 0
+    five.exit("c", -9)
+    five.exit("d", -9)
+    five.advance(0.0)
+    assert five.launches("e") == 1  # a slot they left is taken
+
+
+def test_a_waiting_device_that_is_stopped_never_starts(five: Harness) -> None:
+    five.sup.stop(five.child("e"))
+    assert five.state("e") == "STOPPED"
+    assert five.child("e").last_exit == "stopped before its process was started"
+    five.ready("a", "b")
+    five.advance(0.0)
+    five.ready("c", "d")
+    five.advance(5.0)
+    assert _launches(five) == [1, 1, 1, 1, 0]
+    five.sup.start(five.child("e"))
+    assert five.launches("e") == 1
+
+
+def test_shutdown_while_devices_wait_to_start(five: Harness) -> None:
+    five.sup.begin_shutdown("test")
+    assert [five.state(name) for name in "abcde"] == ["STOPPING", "STOPPING", "STOPPED", "STOPPED", "STOPPED"]
+    five.exit("a", 0)
+    five.exit("b", 0)
+    five.advance(1.0)
+    assert five.sup.finished()
+    assert _launches(five) == [1, 1, 0, 0, 0]
+
+
+def test_restart_of_a_waiting_device_keeps_its_turn(five: Harness) -> None:
+    five.sup.restart(five.child("e"))
+    assert five.state("e") == "STARTING" and five.launches("e") == 0
+    five.ready("a", "b")
+    five.advance(0.0)
+    five.ready("c", "d")
+    five.advance(0.0)
+    assert five.launches("e") == 1
+
+
+def test_a_few_devices_are_spawned_per_turn_of_the_loop(tmp_path: Path) -> None:
+    """Between batches the loop reads readiness reports and answers `status`."""
+    names = [f"n{i}" for i in range(20)]
+    h = Harness(topology({name: {} for name in names}, tmp_path), max_starting=100).start()
+    assert len(h.launcher.launched) == 8
+    assert h.sup.next_deadline(h.clock.now) == h.clock.now  # the next batch is due at once
+    h.sup.tick(h.clock.now)
+    assert len(h.launcher.launched) == 16
+    h.sup.tick(h.clock.now)
+    assert len(h.launcher.launched) == 20
+    assert h.sup.next_deadline(h.clock.now) > h.clock.now
