@@ -71,9 +71,12 @@ static void *zmq_lib = NULL; /* the handle bind() holds, NULL until it succeeded
 /* command(): the loop returns (TERMINATE was answered) */
 #define TERMINATED (-2)
 
-/* Between two checks for Python signal handlers while the loop is busy (never blocked long
- * enough for a signal to interrupt a system call). */
-#define SIGNAL_CHECK_NS 10000000LL
+/* Python's signal handlers, in the main thread. A signal that comes while the loop waits in
+ * a system call interrupts it (EINTR): the handlers run at once. One that comes while the loop
+ * runs its own code only sets Python's flag; the loop looks at the flag (which takes the GIL)
+ * at most this long after it last did, and before it waits for good: a busy loop runs
+ * pending handlers within this time, an idle one never wakes for them. */
+#define SIGNAL_CHECK_NS 50000000LL
 
 typedef struct {
     void *in, *out, *mon, *ctrl;
@@ -85,6 +88,7 @@ typedef struct {
     uint64_t *counters;
     PyThreadState *ts; /* saved while the GIL is released */
     long long last_check_ns;
+    int ran; /* the loop ran its own code since it last looked for handlers */
     zmq_msg_t *frames; /* one message's frames, all initialised */
     size_t capacity;
     zmq_msg_t copy; /* the monitor's copy of a frame */
@@ -107,6 +111,7 @@ check_signals(loop_t *L)
     rc = PyErr_CheckSignals();
     L->ts = PyEval_SaveThread();
     L->last_check_ns = now_ns();
+    L->ran = 0;
     return rc < 0 ? RAISED : 0;
 }
 
@@ -288,15 +293,32 @@ serve(loop_t *L)
     }
     for (;;) {
         int active = !paused, skip = 0;
-        /* A loop that is always busy never blocks, so no signal ever interrupts it: look for
-         * Python's pending handlers every SIGNAL_CHECK_NS all the same. */
-        if (L->check_signals && now_ns() - L->last_check_ns >= SIGNAL_CHECK_NS)
-            if (check_signals(L) != 0)
-                return RAISED;
+        long timeout = -1;
+        if (L->check_signals && L->ran) {
+            /* A signal may have come while the loop ran its own code: not later than
+             * SIGNAL_CHECK_NS after the last look, run the handlers it left pending. */
+            long long since = now_ns() - L->last_check_ns;
+            if (since >= SIGNAL_CHECK_NS) {
+                if (check_signals(L) != 0)
+                    return RAISED;
+            }
+            else
+                timeout = (long)((SIGNAL_CHECK_NS - since + 999999) / 1000000);
+        }
         /* paused: ctrl_at >= 0, as only a command pauses */
-        while (zmq.poll(active ? items : &items[ctrl_at], active ? n : 1, -1) < 0)
+        while ((rc = zmq.poll(active ? items : &items[ctrl_at], active ? n : 1, timeout)) < 0)
             if ((rc = failed(L)) != 0)
                 return rc;
+        if (rc == 0) { /* the wait for the next look timed out */
+            if (check_signals(L) != 0)
+                return RAISED;
+            continue;
+        }
+        if (L->check_signals) {
+            if (timeout < 0) /* a signal during the wait would have interrupted it */
+                L->last_check_ns = now_ns();
+            L->ran = 1;
+        }
         if (ctrl_at >= 0 && (items[ctrl_at].revents & ZMQ_POLLIN)) {
             if ((rc = command(L, &paused, &skip)) != 0)
                 return rc;
@@ -323,7 +345,8 @@ PyDoc_STRVAR(run_doc,
 "0 for no monitor or no control socket) with the GIL released. counters: a writable\n"
 "buffer of eight native uint64, added to as messages are relayed (frontend frames in,\n"
 "bytes in, frames out, bytes out, then the backend). check_signals: run Python's signal\n"
-"handlers when a call is interrupted, and every 10 ms while busy (the main thread).\n"
+"handlers when a call is interrupted, and within 50 ms of a signal that came while the\n"
+"loop ran its own code (for the main thread).\n"
 "Returns 0 after TERMINATE, else the errno of the libzmq call that failed; raises what a\n"
 "signal handler raised.");
 
@@ -384,6 +407,7 @@ mqloop_run(PyObject *self, PyObject *args)
 
     L.ts = PyEval_SaveThread();
     L.last_check_ns = now_ns();
+    L.ran = 1; /* a signal may have come since Python last looked */
     rc = serve(&L);
     PyEval_RestoreThread(L.ts);
 
