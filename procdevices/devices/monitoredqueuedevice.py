@@ -130,6 +130,9 @@ def monitored_queue_steerable(
         counters = new_counters()
     elif counters.typecode != "Q" or len(counters) != 8:
         raise ValueError("counters: an array('Q') of 8, from new_counters()")
+    for sock in (in_socket, out_socket, mon_socket, control):
+        if sock is not None and sock.closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK)  # as pyzmq's own calls on a closed socket
     swap_ids = in_socket.type == zmq.ROUTER and out_socket.type == zmq.ROUTER
     if monitored_queue_loop() == "c":
         _run_c_loop(in_socket, out_socket, mon_socket, control, in_prefix, out_prefix, swap_ids, counters)
@@ -148,11 +151,7 @@ def _run_c_loop(
     counters: array.array[int],
 ) -> None:
     assert _c_loop is not None
-    handles = []
-    for sock in (in_socket, out_socket, mon_socket, control):
-        if sock is not None and sock.closed:
-            raise zmq.ZMQError(zmq.ENOTSOCK)  # as pyzmq's own calls on a closed socket
-        handles.append(sock.underlying if sock is not None else 0)
+    handles = [sock.underlying if sock is not None else 0 for sock in (in_socket, out_socket, mon_socket, control)]
     # Python's signal handlers only ever run in the main thread: elsewhere the loop need not
     # take the GIL to look for them.
     in_main_thread = threading.current_thread() is threading.main_thread()
