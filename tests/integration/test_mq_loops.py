@@ -10,10 +10,8 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import shutil
 import signal
 import sys
-import sysconfig
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 import zmq
-from support.devices import recv_within
+from support.devices import c_toolchain, recv_within
 
 from procdevices.devices import monitoredqueuedevice as mq
 from procdevices.devices.monitoredqueuedevice import monitored_queue_steerable, new_counters
@@ -474,18 +472,9 @@ def test_a_signal_ends_a_loop_that_never_waits(mq_loop: str, zmq_ctx: Context) -
 # -- which loop runs --------------------------------------------------------------------
 
 
-def _c_toolchain() -> tuple[bool, str]:
-    """Whether this machine could build the extension: the compiler setuptools uses (``$CC``,
-    else Python's own) on PATH, and Python's headers."""
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "").split()
-    compiler = shutil.which(cc[0]) if cc else None
-    headers = Path(sysconfig.get_paths()["include"], "Python.h")
-    return compiler is not None and headers.is_file(), f"compiler {cc[:1]} at {compiler}; {headers}"
-
-
 def test_the_c_loop_is_in_use_wherever_it_could_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(mq.LOOP_ENV, raising=False)
-    buildable, toolchain = _c_toolchain()
+    buildable, toolchain = c_toolchain()
     if buildable:
         assert mq.C_LOOP_UNAVAILABLE is None, f"{toolchain}, yet: {mq.C_LOOP_UNAVAILABLE}"
         assert mq.monitored_queue_loop() == "c"
