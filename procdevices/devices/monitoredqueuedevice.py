@@ -21,6 +21,7 @@ import os
 import struct
 import sys
 import threading
+from collections.abc import Iterator
 from types import ModuleType
 from typing import ClassVar, Literal
 
@@ -43,25 +44,20 @@ _STATISTICS = struct.Struct("=8Q")
 LOOP_ENV = "PROCDEVICES_MQ_LOOP"
 
 
-def _libzmq_candidates() -> list[str]:
+def _libzmq_candidates() -> Iterator[str]:
     """Where pyzmq's libzmq may be found, best first: pyzmq's backend extension (dlsym on it
     searches its dependencies, the libzmq it was linked with, bundled or the system's), then
-    every libzmq mapped into this process."""
-    paths = []
+    every libzmq mapped into this process (read only if the first fails)."""
     backend = sys.modules.get(zmq.backend.Socket.__module__)
     backend_file = getattr(backend, "__file__", None)
     if backend_file:
-        paths.append(backend_file)
+        yield backend_file
     try:
         with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                path = fields[5].strip() if len(fields) == 6 else ""
-                if os.path.basename(path).startswith("libzmq") and path not in paths:
-                    paths.append(path)
+            mapped = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
     except OSError:
-        pass
-    return paths
+        return
+    yield from sorted(path for path in mapped if os.path.basename(path).startswith("libzmq"))
 
 
 def _load_c_loop() -> tuple[ModuleType | None, str]:

@@ -494,3 +494,20 @@ def test_the_c_loop_drives_pyzmqs_own_libzmq() -> None:
         if len(fields) == 6 and os.path.basename(fields[5]).startswith("libzmq"):
             mapped.add(os.path.realpath(fields[5]))
     assert mapped == {mq.C_LOOP_LIBZMQ}
+
+
+def test_bind_resolves_through_libzmq_itself_and_refuses_what_is_not_loaded_or_not_libzmq() -> None:
+    """The second way to pyzmq's libzmq (its file, from /proc/self/maps) gives the very
+    functions the first did; a library that is not loaded is never loaded by bind()."""
+    if mq.C_LOOP_UNAVAILABLE is not None:
+        pytest.skip(f"the C loop is unavailable: {mq.C_LOOP_UNAVAILABLE}")
+    from procdevices.devices import _mqloop
+
+    assert mq.C_LOOP_LIBZMQ is not None
+    path, version = _mqloop.bind(mq.C_LOOP_LIBZMQ)  # a second bind must match the first
+    assert os.path.realpath(path) == mq.C_LOOP_LIBZMQ
+    assert version == zmq.zmq_version_info()
+    with pytest.raises(OSError, match="is not loaded"):
+        _mqloop.bind("/nonexistent/libzmq.so.5")
+    with pytest.raises(OSError, match="no zmq_msg_init"):
+        _mqloop.bind(_mqloop.__file__)  # loaded, but no libzmq in it or below it
