@@ -120,7 +120,7 @@ def monitored_queue_steerable(
 
     ``counters`` (from :func:`new_counters`) are the ones STATISTICS answers, added to as
     messages are relayed; passed in, they outlive the call, even one ended by an exception
-    (a signal handler's, run while the loop waits). Errors of libzmq raise ``zmq.ZMQError``.
+    (a signal handler's). Errors of libzmq raise ``zmq.ZMQError``.
     """
     if counters is None:
         counters = new_counters()
