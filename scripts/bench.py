@@ -18,7 +18,8 @@ What is measured (docs/performance.md explains each figure and the targets):
   latency     REQ -> ROUTER/DEALER queue -> REP echo, round trips interleaved in blocks over
               pyzmq's ProcessDevice, procdevices' ProcessDevice and a supervised queue.
   mq          the same for a monitored queue (PUB monitor): pyzmq's ProcessMonitoredQueue
-              (libzmq's C loop, no control) against procdevices' (a steerable Python loop).
+              (pyzmq's C loop, no control) against procdevices' (its steerable loop: C when
+              built, else Python; PROCDEVICES_MQ_LOOP=python forces Python; the report says).
   startup     time until 1, 8, 32 devices all forward a message; memory (RSS, USS, PSS) per
               device process; pyzmq's ProcessDevice with fork and with spawn (the like-for-like
               base for procdevices' spawned devices), and `up` with spawn and forkserver.
@@ -70,6 +71,7 @@ if __name__ != "__mp_main__":
     import procdevices
     from procdevices.control.client import ControlClient, SupervisorUnreachable, call_supervisor
     from procdevices.control.protocol import Command, SupervisorCommand
+    from procdevices.devices.monitoredqueuedevice import monitored_queue_loop
     from procdevices.errors import DeviceError
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -79,8 +81,8 @@ KIB = 1024
 SIZES = (64, 4 * KIB)
 TRANSPORTS = ("ipc", "tcp")
 TP_CASES = ("direct", "pyzmq", "procdevices", "supervised")
-# A monitored queue (PULL -> PUSH, PUB monitor): libzmq's C loop (pyzmq) against procdevices'
-# steerable Python loop.
+# A monitored queue (PULL -> PUSH, PUB monitor): pyzmq's C loop against procdevices' steerable
+# loop (meta["mq_loop"] says which: "c" or "python").
 MQ_CASES = ("pyzmq-mq", "procdevices-mq")
 LAT_CASES = ("pyzmq", "procdevices", "supervised")
 LABELS = {
@@ -1488,7 +1490,8 @@ def print_report(res: dict[str, Any]) -> None:
             f"QUICK: {res['profile']['reps']} reps, fewer messages, start-up N={list(res['profile']['startup_ns'])}, "
             f"{res['profile']['kills']} kills, stop/overhead with {res['profile']['big_n']} devices (not 32)"
         )
-    for key, title in (("throughput", "THROUGHPUT"), ("mq", "MONITORED QUEUE THROUGHPUT (base: pyzmq's, fork)")):
+    mq_title = f"MONITORED QUEUE THROUGHPUT (base: pyzmq's, fork; procdevices' loop: {meta.get('mq_loop')})"
+    for key, title in (("throughput", "THROUGHPUT"), ("mq", mq_title)):
         tp = res.get(key)
         if not tp:
             continue
@@ -1627,6 +1630,8 @@ def machine_meta() -> dict[str, Any]:
         "libzmq": zmq.zmq_version(),
         "psutil": psutil.__version__,
         "procdevices": procdevices.__version__,
+        # the loop procdevices' monitored queues run here (their processes inherit the environment)
+        "mq_loop": monitored_queue_loop(),
         "commit": commit,
         "kernel": platform.release(),
         "start_method_default": multiprocessing.get_start_method(allow_none=True) or "(unset: fork on Linux)",

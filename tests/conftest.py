@@ -5,6 +5,8 @@
 - ``zmq_ctx``: a fresh ``zmq.Context`` for the test's own sockets, destroyed with linger 0.
 - ``no_leftover_children`` (autouse): fails a test that leaves a child process behind.
 - ``helper_script``: the path of a script in ``tests/helpers/``, to run as a subprocess.
+- ``mq_loop``: runs the test once with the monitored queue's C loop, once with its Python
+  loop (through ``PROCDEVICES_MQ_LOOP``, which spawned device processes inherit).
 """
 
 from __future__ import annotations
@@ -70,6 +72,24 @@ def helper_script() -> Callable[[str], str]:
         return str(path)
 
     return locate
+
+
+@pytest.fixture(params=["c", "python"])
+def mq_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``"c"`` or ``"python"``: the loop every monitored queue of the test runs, in this
+    process and in the device processes it starts."""
+    from procdevices.devices import monitoredqueuedevice as mq
+
+    loop: str = request.param
+    if loop == "c":
+        if mq.C_LOOP_UNAVAILABLE is not None:
+            # tests/integration/test_mq_loops.py fails when it should have been built
+            pytest.skip(f"the C loop is unavailable: {mq.C_LOOP_UNAVAILABLE}")
+        monkeypatch.delenv(mq.LOOP_ENV, raising=False)
+    else:
+        monkeypatch.setenv(mq.LOOP_ENV, "python")
+    assert mq.monitored_queue_loop() == loop
+    return loop
 
 
 def _is_resource_tracker(proc: psutil.Process) -> bool:

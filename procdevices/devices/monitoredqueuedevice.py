@@ -5,15 +5,25 @@ socket: it could only be stopped by terminating its context, and never paused or
 So these devices forward with :func:`monitored_queue_steerable`, a loop with pyzmq's exact
 semantics (a ``prefix + message`` copy of every message to the monitor, the first two frames
 swapped when both sides are ROUTER) that also serves libzmq's steerable-proxy control
-protocol (PAUSE, RESUME, TERMINATE, STATISTICS) on the runtime's control socket. The price:
-the loop is Python, so each message costs about a microsecond of CPU more than in pyzmq's C loop
-(docs/performance.md has the figures).
+protocol (PAUSE, RESUME, TERMINATE, STATISTICS) on the runtime's control socket.
+
+The loop exists twice, with the same behaviour: in C (``_mqloop.c``, built at install when a
+C compiler is there; it runs with the GIL released, on the libzmq that pyzmq loaded) and in
+Python, the fallback. :func:`monitored_queue_loop` says which one runs; the environment
+variable ``PROCDEVICES_MQ_LOOP=python`` forces the Python loop. The Python loop costs about a
+microsecond of CPU more per message than pyzmq's C loop (docs/performance.md has the figures).
 """
 
 from __future__ import annotations
 
+import array
+import os
 import struct
-from typing import ClassVar
+import sys
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+from typing import ClassVar, Literal
 
 import zmq
 
@@ -29,6 +39,67 @@ BATCH = 512
 
 _STATISTICS = struct.Struct("=8Q")
 
+#: ``PROCDEVICES_MQ_LOOP=python`` in the environment of the process that runs the loop makes
+#: it the Python loop, even where the C loop is available.
+LOOP_ENV = "PROCDEVICES_MQ_LOOP"
+
+
+def _libzmq_candidates() -> Iterator[str]:
+    """Where pyzmq's libzmq may be found, best first: pyzmq's backend extension (dlsym on it
+    searches its dependencies, the libzmq it was linked with, bundled or the system's), then
+    every libzmq mapped into this process (read only if the first fails)."""
+    backend = sys.modules.get(zmq.backend.Socket.__module__)
+    backend_file = getattr(backend, "__file__", None)
+    if backend_file:
+        yield backend_file
+    try:
+        with open("/proc/self/maps") as maps:
+            mapped = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
+    except OSError:
+        return
+    yield from sorted(path for path in mapped if os.path.basename(path).startswith("libzmq"))
+
+
+def _load_c_loop() -> tuple[ModuleType | None, str]:
+    """The C loop bound to pyzmq's libzmq and the file of that libzmq; or None and why not."""
+    try:
+        from procdevices.devices import _mqloop
+    except ImportError as e:
+        return None, f"the extension procdevices.devices._mqloop is not built ({e})"
+    wanted = zmq.zmq_version_info()
+    errors = []
+    for path in _libzmq_candidates():
+        try:
+            libzmq, version = _mqloop.bind(path)
+        except (OSError, RuntimeError) as e:
+            errors.append(str(e))
+            continue
+        if version != wanted:
+            return None, f"{libzmq} is libzmq {version}, pyzmq runs {wanted}"
+        return _mqloop, os.path.realpath(libzmq)
+    return None, "pyzmq's libzmq was not found: " + ("; ".join(errors) or "no candidate")
+
+
+_c_loop, _c_loop_about = _load_c_loop()
+#: The libzmq file the C loop drives (the one pyzmq loaded), or None: the C loop is unavailable.
+C_LOOP_LIBZMQ: str | None = _c_loop_about if _c_loop is not None else None
+#: Why the C loop is unavailable, or None.
+C_LOOP_UNAVAILABLE: str | None = None if _c_loop is not None else _c_loop_about
+
+
+def monitored_queue_loop() -> Literal["c", "python"]:
+    """Which loop :func:`monitored_queue_steerable` runs, in this process, now: ``"c"``
+    when the C extension was built and found pyzmq's libzmq, unless ``PROCDEVICES_MQ_LOOP``
+    is ``python``; else ``"python"``."""
+    if _c_loop is None or os.environ.get(LOOP_ENV) == "python":
+        return "python"
+    return "c"
+
+
+def new_counters() -> array.array[int]:
+    """Eight zeroed counters for :func:`monitored_queue_steerable` (its STATISTICS)."""
+    return array.array("Q", bytes(_STATISTICS.size))
+
 
 def monitored_queue_steerable(
     in_socket: Socket,
@@ -37,6 +108,8 @@ def monitored_queue_steerable(
     control: Socket | None,
     in_prefix: bytes = b"in",
     out_prefix: bytes = b"out",
+    *,
+    counters: array.array[int] | None = None,
 ) -> None:
     """pyzmq's ``monitored_queue`` with libzmq's steerable control protocol on ``control``.
 
@@ -44,10 +117,56 @@ def monitored_queue_steerable(
     RESUME reads again: unlike libzmq 4.3.5's proxy, never swapped. STATISTICS answers
     libzmq's eight counters (frames and bytes in and out of the frontend, then the backend).
     Every other command gets one empty frame, as from libzmq.
+
+    ``counters`` (from :func:`new_counters`) are the ones STATISTICS answers, added to as
+    messages are relayed; passed in, they outlive the call, even one ended by an exception
+    (a signal handler's). Errors of libzmq raise ``zmq.ZMQError``.
     """
+    if counters is None:
+        counters = new_counters()
+    elif counters.typecode != "Q" or len(counters) != 8:
+        raise ValueError("counters: an array('Q') of 8, from new_counters()")
+    for sock in (in_socket, out_socket, mon_socket, control):
+        if sock is not None and sock.closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK)  # as pyzmq's own calls on a closed socket
     swap_ids = in_socket.type == zmq.ROUTER and out_socket.type == zmq.ROUTER
+    if monitored_queue_loop() == "c":
+        _run_c_loop(in_socket, out_socket, mon_socket, control, in_prefix, out_prefix, swap_ids, counters)
+    else:
+        _run_python_loop(in_socket, out_socket, mon_socket, control, in_prefix, out_prefix, swap_ids, counters)
+
+
+def _run_c_loop(
+    in_socket: Socket,
+    out_socket: Socket,
+    mon_socket: Socket | None,
+    control: Socket | None,
+    in_prefix: bytes,
+    out_prefix: bytes,
+    swap_ids: bool,
+    counters: array.array[int],
+) -> None:
+    assert _c_loop is not None
+    handles = [sock.underlying if sock is not None else 0 for sock in (in_socket, out_socket, mon_socket, control)]
+    # Python's signal handlers only ever run in the main thread: elsewhere the loop need not
+    # take the GIL to look for them.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    errno = _c_loop.run(*handles, in_prefix, out_prefix, swap_ids, BATCH, counters, in_main_thread)
+    if errno:
+        raise {zmq.EAGAIN: zmq.Again, zmq.ETERM: zmq.ContextTerminated}.get(errno, zmq.ZMQError)(errno)
+
+
+def _run_python_loop(
+    in_socket: Socket,
+    out_socket: Socket,
+    mon_socket: Socket | None,
+    control: Socket | None,
+    in_prefix: bytes,
+    out_prefix: bytes,
+    swap_ids: bool,
+    counters: array.array[int],
+) -> None:
     # frontend msgs in, bytes in, msgs out, bytes out; then the same for the backend
-    counters = [0] * 8
     sides = [(in_socket, out_socket, in_prefix, 0, 6)]
     if out_socket is not in_socket:
         sides.append((out_socket, in_socket, out_prefix, 4, 2))
@@ -87,7 +206,7 @@ def _relay(
     mon_socket: Socket | None,
     prefix: bytes,
     swap_ids: bool,
-    counters: list[int],
+    counters: array.array[int],
     src_at: int,
     dst_at: int,
 ) -> None:
@@ -128,7 +247,7 @@ def _relay(
     counters[dst_at + 1] += size
 
 
-def _frames(counters: list[int]) -> list[bytes]:
+def _frames(counters: array.array[int]) -> list[bytes]:
     packed = _STATISTICS.pack(*counters)
     return [packed[i : i + 8] for i in range(0, 64, 8)]
 
@@ -186,4 +305,11 @@ class ProcessMonitoredQueue(MonitoredQueueBase, ProcessProxy):
     """Run a monitored queue in a spawned process."""
 
 
-__all__ = ["MonitoredQueue", "ThreadMonitoredQueue", "ProcessMonitoredQueue", "monitored_queue_steerable"]
+__all__ = [
+    "MonitoredQueue",
+    "ThreadMonitoredQueue",
+    "ProcessMonitoredQueue",
+    "monitored_queue_steerable",
+    "monitored_queue_loop",
+    "new_counters",
+]

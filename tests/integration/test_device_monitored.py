@@ -1,6 +1,8 @@
 """Monitored queues are steerable like every device: stop, pause, resume, stats and PING's
 probe work for MonitoredQueue, ThreadMonitoredQueue (also on pyzmq's shared default context)
-and ProcessMonitoredQueue, with pyzmq's monitor prefixes and ROUTER/ROUTER id swap."""
+and ProcessMonitoredQueue, with pyzmq's monitor prefixes and ROUTER/ROUTER id swap; each test
+once with the C loop and once with the Python loop (``mq_loop``). The loops' exact semantics,
+side by side: tests/integration/test_mq_loops.py."""
 
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ def watch(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_pause_resume_stats_and_prefixes(kind: str, short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+def test_pause_resume_stats_and_prefixes(kind: str, mq_loop: str, short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
     with monitored(kind, zmq.PULL, zmq.PUSH, short_tmp) as dev:
         push = connect(zmq_ctx, zmq.PUSH, f"ipc://{short_tmp}/in")
         pull = connect(zmq_ctx, zmq.PULL, f"ipc://{short_tmp}/out")
@@ -145,7 +147,7 @@ def test_pause_resume_stats_and_prefixes(kind: str, short_tmp: Path, zmq_ctx: zm
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_router_router_swaps_ids_and_both_directions_are_prefixed(
-    kind: str, short_tmp: Path, zmq_ctx: zmq.Context[Any]
+    kind: str, mq_loop: str, short_tmp: Path, zmq_ctx: zmq.Context[Any]
 ) -> None:
     with monitored(kind, zmq.ROUTER, zmq.ROUTER, short_tmp) as dev:
         client = connect(zmq_ctx, zmq.DEALER, f"ipc://{short_tmp}/in", identity=b"client")
@@ -178,7 +180,7 @@ def test_router_router_swaps_ids_and_both_directions_are_prefixed(
         assert stats.front_msgs_in == stats.back_msgs_out > 0
 
 
-def test_the_loop_as_a_function_answers_libzmqs_protocol(zmq_ctx: zmq.Context[Any]) -> None:
+def test_the_loop_as_a_function_answers_libzmqs_protocol(mq_loop: str, zmq_ctx: zmq.Context[Any]) -> None:
     """monitored_queue_steerable speaks libzmq's steerable protocol, PAUSE meaning pause."""
     base = "inproc://mq-fn"
     ins, outs, mon, ctrl = (zmq_ctx.socket(t) for t in (zmq.PULL, zmq.PUSH, zmq.PUB, zmq.REP))
@@ -226,7 +228,7 @@ mon = { bind = ["ipc://audited-mon.sock"] }
 
 
 @pytest.mark.timeout(90)
-def test_supervised_monitored_queue_is_steerable(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+def test_supervised_monitored_queue_is_steerable(mq_loop: str, short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
     config = write_topology(short_tmp, MONITORED_TOPOLOGY)
     with Up(config) as up:
         up.wait_states()

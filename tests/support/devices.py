@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sysconfig
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -31,3 +35,13 @@ def health_when(dev: Any, state: str, timeout: float = 10.0) -> dict[str, Any]:
         if health["loop"] == state:
             return health
         assert time.monotonic() < deadline, f"the loop never became {state}: {health}"
+
+
+def c_toolchain() -> tuple[bool, str]:
+    """Whether this machine can build procdevices' C extension (the monitored queue's C loop):
+    the compiler setuptools uses (``$CC``, else Python's own) on PATH, and Python's headers;
+    and what was found, for messages."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "").split()
+    compiler = shutil.which(cc[0]) if cc else None
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    return compiler is not None and headers.is_file(), f"compiler {cc[:1]} at {compiler}; {headers}"
