@@ -94,8 +94,14 @@ def test_forked_devices_stop_when_their_supervisor_is_killed(short_tmp: Path) ->
         up.signal(signal.SIGKILL)
         assert up.wait_exit() == -signal.SIGKILL
 
+        def gone(p: psutil.Process) -> bool:
+            try:
+                return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:  # it ended between the two questions
+                return True
+
         def all_gone() -> bool:
-            return all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in procs)
+            return all(gone(p) for p in procs)
 
         # A forked device's multiprocessing parent is the fork server: it must follow the
         # supervisor itself (by pid), not the server.
