@@ -217,34 +217,39 @@ def _relay(
     mon_send = mon_socket.send if mon_socket is not None else None
     noblock, sndmore, rcvmore, again = zmq.NOBLOCK, zmq.SNDMORE, zmq.RCVMORE, zmq.Again
     frames = size = 0
-    for _ in range(BATCH):
-        try:
-            msg = [recv(noblock)]
-        except again:
-            break
-        # A multipart message arrives whole: its other frames are already here.
-        while more(rcvmore):
-            msg.append(recv(noblock))
-        if swap_ids:
-            msg[0], msg[1] = msg[1], msg[0]
-        last = msg.pop()
-        # The copy first, as pyzmq's loop starts with the prefix: once a peer has the
-        # message, the monitor has its copy (an observer never sees them reordered).
-        if mon_send is not None:
-            mon_send(prefix, sndmore)
+    try:
+        for _ in range(BATCH):
+            try:
+                msg = [recv(noblock)]
+            except again:
+                break
+            # A multipart message arrives whole: its other frames are already here.
+            while more(rcvmore):
+                msg.append(recv(noblock))
+            if swap_ids:
+                msg[0], msg[1] = msg[1], msg[0]
+            last = msg.pop()
+            # The copy first, as pyzmq's loop starts with the prefix: once a peer has the
+            # message, the monitor has its copy (an observer never sees them reordered).
+            if mon_send is not None:
+                mon_send(prefix, sndmore)
+                for frame in msg:
+                    mon_send(frame, sndmore)
+                mon_send(last)
+            message_size = len(last)
             for frame in msg:
-                mon_send(frame, sndmore)
-            mon_send(last)
-        for frame in msg:
-            send(frame, sndmore)
-            size += len(frame)
-        send(last)
-        frames += len(msg) + 1
-        size += len(last)
-    counters[src_at] += frames
-    counters[src_at + 1] += size
-    counters[dst_at] += frames
-    counters[dst_at + 1] += size
+                send(frame, sndmore)
+                message_size += len(frame)
+            # Counted before its last frame goes: a signal handler's exception can end the
+            # loop at any point, and once a peer may have the message it must be counted.
+            frames += len(msg) + 1
+            size += message_size
+            send(last)
+    finally:
+        counters[src_at] += frames
+        counters[src_at + 1] += size
+        counters[dst_at] += frames
+        counters[dst_at + 1] += size
 
 
 def _frames(counters: array.array[int]) -> list[bytes]:
