@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import compileall
 import contextlib
 import json
 import multiprocessing
@@ -1668,6 +1669,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.scale % 4 or not 4 <= args.scale <= 256:
             ap.error("--scale N: N must be a multiple of 4 between 4 and 256 (4 devices of at most 64 replicas)")
         phases.append("scale")
+    # Like pyzmq's from its wheel, procdevices' modules must be compiled before devices start:
+    # an editable install under PYTHONDONTWRITEBYTECODE=1 would otherwise compile them in
+    # every spawned device and count that as procdevices' start-up.
+    compileall.compile_dir(os.path.dirname(procdevices.__file__), quiet=1)
     t_start = now()
     meta = machine_meta()
     meta.update(profile=prof.name, argv=sys.argv, json=os.path.abspath(args.json), phases={})
