@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.cli import CLI, Up, describe, wait_for, write_topology
+from support.cli import CLI, Up, describe, readable, wait_for, write_topology
 
 PIPES = """\
 [devices.pipe]
@@ -54,11 +54,11 @@ def test_each_device_process_writes_its_own_log_and_logs_shows_it(short_tmp: Pat
                 nonlocal seen
                 with open(logs / "pipe.0.log", "a") as f:
                     f.write("while following\n")
-                if select.select([out], [], [], 0.2)[0]:
+                if select.select([out], [], [], 0)[0]:
                     seen += os.read(out, 4096)
                 return b"while following" in seen
 
-            wait_for(appended, 20, "logs -f to print an appended line")
+            wait_for(appended, 20, "logs -f to print an appended line", wake=readable(out))
         finally:
             follower.terminate()
             follower.communicate(timeout=10)

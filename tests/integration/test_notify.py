@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import wait_for
+from support.cli import FileChanges, wait_for
 
 from procdevices.supervisor.notify import sd_notify
 
@@ -145,7 +145,8 @@ def test_up_interrupted_before_ready_sends_no_ready(short_tmp: Path, notify_sock
         # Wait until the supervisor has its signal handlers: it has written its first state.json
         # (after installing them, when it spawns the devices).
         state = short_tmp / "run" / "state.json"
-        wait_for(lambda: state.exists() or up.poll() is not None, 20, "up to spawn its devices", interval=0.01)
+        with FileChanges(short_tmp, state.parent) as written:
+            wait_for(lambda: state.exists() or up.poll() is not None, 20, "up to spawn its devices", wake=written)
         assert up.poll() is None, "up exited before it was signalled"
         up.send_signal(signal.SIGINT)
         signalled = True

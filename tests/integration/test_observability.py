@@ -18,7 +18,7 @@ import psutil
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
-from support.cli import CLI, RUN_DIR, Up, cli, describe, finish_cli, push_pull, wait_for, write_topology
+from support.cli import CLI, RUN_DIR, Up, Wake, cli, describe, finish_cli, push_pull, wait_for, write_topology
 from support.topologies import STREAMER
 
 from procdevices.exitcodes import EXIT_CONFIG, EXIT_NOT_RUNNING, EXIT_OK
@@ -89,14 +89,16 @@ def front_in(samples: Samples) -> float:
     return count
 
 
-def scrape_until(address: str, messages: int) -> Samples:
-    """Scrapes until pipe's front-in counter has reached ``messages``; the last scrape."""
+def scrape_until(address: str, messages: int, wake: Wake) -> Samples:
+    """Scrapes until pipe's front-in counter has reached ``messages``; the last scrape. The
+    counter moves on the supervisor's probe tick, which publishes no event: ``wake`` (its
+    event stream) bounds each wait to WAKE_SLICE."""
 
     def reached() -> Samples | None:
         samples = scrape(address)
         return samples if front_in(samples) >= messages else None
 
-    return wait_for(reached, 20, f"the message counter to reach {messages}")
+    return wait_for(reached, 20, f"the message counter to reach {messages}", wake=wake)
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_counters_grow_with_traffic_and_never_go_backwards_across_a_sigkill(
         front, back = f"ipc://{short_tmp}/in.sock", f"ipc://{short_tmp}/out.sock"
         push_pull(ctx, front, back, [b"m%d" % i for i in range(50)])
         # The supervisor reads the device's counters on its probe tick (every 0.2 s here).
-        grown = scrape_until(address, 50)
+        grown = scrape_until(address, 50, up.changes)
         assert value(grown, "procdevices_device_messages_total", instance="pipe", side="back", direction="out") == 50
         assert value(grown, "procdevices_device_bytes_total", instance="pipe", side="front", direction="in") == sum(
             len(b"m%d" % i) for i in range(50)
@@ -144,7 +146,7 @@ def test_counters_grow_with_traffic_and_never_go_backwards_across_a_sigkill(
         )
 
         push_pull(ctx, front, back, [b"again"] * 10)
-        final = scrape_until(address, 60)
+        final = scrape_until(address, 60, up.changes)
         assert front_in(final) == 60
         cpu_after = value(final, "procdevices_device_cpu_seconds_total", instance="pipe")
         assert cpu_after is not None and cpu_after >= cpu_before, "CPU seconds went backwards across the restart"

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.cli import wait_for
+from support.cli import processes_exit, wait_for
 
 from procdevices.supervisor import runstate
 from procdevices.supervisor.runstate import (
@@ -75,7 +75,12 @@ def start_sleep(token: str | None = None, user: int | None = None) -> subprocess
     proc = subprocess.Popen(["sleep", "60"], env=env, user=user)
     if token is not None:
         ps = psutil.Process(proc.pid)
-        wait_for(lambda: ps.environ().get(RUN_TOKEN_ENV) == token, 10.0, "the new process's environment")
+        wait_for(
+            lambda: ps.environ().get(RUN_TOKEN_ENV) == token,
+            10.0,
+            "the new process's environment",
+            wake=processes_exit(lambda: [ps]),
+        )
     return proc
 
 

@@ -33,7 +33,7 @@ import zmq
 from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 from supervisor.xmlrpc import SupervisorTransport
-from support.cli import SupervisorEvents, processes_exit, wait_for
+from support.cli import FileChanges, SupervisorEvents, processes_exit, wait_for
 
 from procdevices.control.client import call_supervisor
 from procdevices.control.protocol import SupervisorCommand
@@ -200,7 +200,8 @@ class Supervisord:
             cwd=directory,
         )
         self.seen: set[tuple[int, float]] = {identity(self.process.pid)}
-        wait_for(self._up, 20, "supervisord to answer on its socket")
+        with FileChanges(self.socket.parent) as created:
+            wait_for(self._up, 20, "supervisord to answer on its socket", wake=created)
 
     def _up(self) -> bool:
         try:
@@ -235,7 +236,9 @@ class Supervisord:
             assert info["statename"] not in failed, (info, self.program_log(name))
             return info if info["statename"] == "RUNNING" and info["pid"] != not_pid else None
 
-        result: dict[str, Any] = wait_for(ready, timeout, f"{name} to be RUNNING")
+        # supervisord logs every state change of its programs.
+        with FileChanges(self.log) as logged:
+            result: dict[str, Any] = wait_for(ready, timeout, f"{name} to be RUNNING", wake=logged)
         return result
 
     def program_log(self, name: str) -> str:
@@ -516,12 +519,12 @@ def test_restart_after_sigkill_does_not_wait_for_devices_that_stopped_themselves
 
         os.kill(first["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
+
         # They stop by themselves at once (and stay zombies: we are their parent now).
-        wait_for(
-            lambda: all(psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in old.values()),
-            10,
-            "the orphaned devices to exit",
-        )
+        def running() -> list[psutil.Process]:
+            return [proc for p in old.values() if (proc := psutil.Process(p)).status() != psutil.STATUS_ZOMBIE]
+
+        wait_for(lambda: not running(), 10, "the orphaned devices to exit", wake=processes_exit(running))
         # A restart costs an interpreter start and three device spawns: ~1.5 s here. (With the bug:
         # STOP timeout 1 s + SIGTERM wait 3 s + SIGKILL wait 3 s before anything starts.)
         new = wait_for(
@@ -567,9 +570,13 @@ def test_missing_procdevices_config_fails_only_this_program(
     sd = supervisord(include=[PROCDEVICES_CONF], env={})
     # An exit within startsecs is a failed start: supervisord logs the code, keeps no exitstatus,
     # and goes BACKOFF (then FATAL after startretries), never RUNNING.
-    wait_for(
-        lambda: "exited: procdevices (exit status 78; not expected)" in sd.read(sd.log), 20, "procdevices to exit 78"
-    )
+    with FileChanges(sd.log) as logged:
+        wait_for(
+            lambda: "exited: procdevices (exit status 78; not expected)" in sd.read(sd.log),
+            20,
+            "procdevices to exit 78",
+            wake=logged,
+        )
     assert sd.info("procdevices")["statename"] in ("BACKOFF", "STARTING", "FATAL")
     assert "PROCDEVICES_CONFIG is not set" in sd.program_log("procdevices")
     assert sd.rpc("getState")["statename"] == "RUNNING"  # supervisord itself is fine

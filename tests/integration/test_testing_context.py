@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from support.cli import Ctx, connect, expect_silence, push_pull, recv_within, request_reply, wait_for
+from support.cli import Ctx, FileChanges, connect, expect_silence, push_pull, recv_within, request_reply, wait_for
 
 from procdevices.testing import FAST_DEFAULTS, TopologyError, prepare_topology, topology
 
@@ -342,12 +342,15 @@ def test_the_watchdog_cleans_up_after_a_test_process_that_died() -> None:
     assert result.returncode == -signal.SIGKILL, result.stderr
     supervisor, device, directory = result.stdout.split()
     try:
-        wait_for(
-            lambda: not session_of(int(supervisor)) and not Path(directory).exists(),
-            20.0,
-            "the watchdog to stop the orphaned topology and remove its directory",
-            detail=lambda: f"left: {session_of(int(supervisor))}, directory exists: {Path(directory).exists()}",
-        )
+        # The directory goes last, once the processes are gone.
+        with FileChanges(Path(directory).parent) as removed:
+            wait_for(
+                lambda: not session_of(int(supervisor)) and not Path(directory).exists(),
+                20.0,
+                "the watchdog to stop the orphaned topology and remove its directory",
+                wake=removed,
+                detail=lambda: f"left: {session_of(int(supervisor))}, directory exists: {Path(directory).exists()}",
+            )
         assert not psutil.pid_exists(int(device)) or psutil.Process(int(device)).status() == psutil.STATUS_ZOMBIE
     finally:
         # Should the watchdog fail, the next tests must not inherit its topology.

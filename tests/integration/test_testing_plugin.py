@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.cli import wait_for
+from support.cli import FileChanges, wait_for
 
 pytest_plugins = ["pytester"]
 
@@ -222,13 +222,16 @@ def run_mark(monkeypatch: pytest.MonkeyPatch, short_tmp: Path) -> tuple[str, Pat
 
 def assert_nothing_left(mark: str, base: Path) -> None:
     try:
-        # A crashed worker's watchdog finishes its clean-up after the run: poll, with a deadline.
-        wait_for(
-            lambda: not marked(mark) and not any(base.iterdir()),
-            20.0,
-            "every process and file of the user's run to be gone",
-            detail=lambda: f"{describe(marked(mark))}\nfiles: {sorted(base.rglob('*'))}",
-        )
+        # A crashed worker's watchdog finishes its clean-up after the run (its files go last):
+        # wait, with a deadline.
+        with FileChanges(base) as removed:
+            wait_for(
+                lambda: not marked(mark) and not any(base.iterdir()),
+                20.0,
+                "every process and file of the user's run to be gone",
+                wake=removed,
+                detail=lambda: f"{describe(marked(mark))}\nfiles: {sorted(base.rglob('*'))}",
+            )
     finally:
         for proc in marked(mark):
             proc.kill()

@@ -11,11 +11,14 @@
   being re-parented when the supervisor dies: ``leftovers`` finds them all.
 - traffic checks (request/reply, pub/sub, push/pull, the monitor socket) with deadlines, and
   ``expect_silence`` (a bounded poll) to prove that nothing flows.
-- ``wait_for``: the one polling loop: a predicate, a deadline, a clear failure message.
+- ``wait_for``: the one waiting loop: a predicate, a deadline, a clear failure message, and a
+  wake-up on the events that can change the answer (``SupervisorEvents``,
+  ``processes_exit``, ``FileChanges``, ``readable``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
@@ -64,22 +67,24 @@ Sock = zmq.Socket[bytes]
 # -- polling ---------------------------------------------------------------------------------
 
 
+Wake = Callable[[float], object]
+
+
 def wait_for(
     predicate: Callable[[], T | None],
     timeout: float,
     what: str,
     *,
-    wake: Callable[[float], object] | None = None,
-    interval: float = 0.05,
+    wake: Wake,
     detail: Callable[[], str] | None = None,
 ) -> T:
     """Check ``predicate`` until it returns something truthy and return that; fail the test
     with "timed out after Ns waiting for <what>" (plus ``detail()``) at the deadline.
 
     Between checks it waits on ``wake(seconds)``, which returns when something that could
-    change the answer happened (the supervisor's event stream, a process exit) or the given
-    seconds passed. Only a condition with no event to wait on (a file another process
-    writes, a line in its log) is re-checked every ``interval`` instead."""
+    change the answer happened (the supervisor's event stream, a process exit, a file
+    written or removed, a pipe with output) or the given seconds passed. Each wait is at
+    most WAKE_SLICE, so a wake-up that missed its event costs a second, not the test."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -89,17 +94,65 @@ def wait_for(
         if left <= 0:
             extra = f"\n{detail()}" if detail is not None else ""
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}{extra}", pytrace=False)
-        if wake is not None:
-            wake(min(left, WAKE_SLICE))
-        else:
-            time.sleep(min(left, interval))
+        wake(min(left, WAKE_SLICE))
 
 
 # A waker may miss an event (a subscriber that is still joining): re-check this often anyway.
 WAKE_SLICE = 1.0
 
 
-def processes_exit(procs: Callable[[], list[psutil.Process]]) -> Callable[[float], object]:
+def readable(*fds: int) -> Wake:
+    """A wake-up for output another process writes to a pipe we read."""
+    return lambda seconds: select.select(fds, [], [], seconds)
+
+
+class FileChanges:
+    """A wake-up for a condition on files another process writes: returns as soon as
+    something in one of ``paths`` (a file, or a directory's entries) is created, written,
+    moved or removed. A path that does not exist yet is watched from when it does (list its
+    parent first). Linux inotify, through libc: the standard library has no binding."""
+
+    _MASK = 0x2 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x4  # MODIFY CLOSE_WRITE MOVED_* CREATE DELETE* ATTRIB
+
+    def __init__(self, *paths: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self._unwatched = list(paths)
+        self._watch_new()
+
+    def _watch_new(self) -> bool:
+        """Watch the paths that exist now; True if there was one."""
+        added = [
+            path
+            for path in self._unwatched
+            if self._libc.inotify_add_watch(self.fd, os.fsencode(path), self._MASK) >= 0
+        ]
+        self._unwatched = [path for path in self._unwatched if path not in added]
+        return bool(added)
+
+    def __call__(self, seconds: float) -> None:
+        if self._unwatched and self._watch_new():
+            return  # what it holds may have changed before the watch began: look again now
+        if select.select([self.fd], [], [], seconds)[0]:
+            try:
+                while os.read(self.fd, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> FileChanges:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def processes_exit(procs: Callable[[], list[psutil.Process]]) -> Wake:
     """A wake-up for waits on processes: returns as soon as one of ``procs()`` exits. It
     waits on pidfds, so it reaps nothing (a Popen keeps its child's exit status)."""
 
