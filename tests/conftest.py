@@ -7,11 +7,13 @@
 - ``helper_script``: the path of a script in ``tests/helpers/``, to run as a subprocess.
 - ``mq_loop``: runs the test once with the monitored queue's C loop, once with its Python
   loop (through ``PROCDEVICES_MQ_LOOP``, which spawned device processes inherit).
+- ``immutable``: a directory nobody, root included, can write into (``chattr +i``).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,3 +132,15 @@ def no_leftover_children() -> Iterator[None]:
     yield
     leaked = leftover_children()
     assert not leaked, "the test left child processes running:\n  " + "\n  ".join(leaked)
+
+
+@pytest.fixture
+def immutable(short_tmp: Path) -> Iterator[Path]:
+    """A directory even root cannot write into (chattr +i: root ignores mode bits)."""
+    path = short_tmp / "frozen"
+    path.mkdir(mode=0o700)
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

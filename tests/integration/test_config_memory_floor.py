@@ -11,15 +11,9 @@ from typing import Any
 import pytest
 import zmq
 from support.cli import Up, write_topology
+from support.topologies import PIPELINE
 
 from procdevices.supervisor.config.settings import MEMORY_LIMIT_FLOOR
-
-PIPELINE = """
-[devices.pipe]
-kind = "streamer"
-in = { bind = ["ipc://pipe-in"] }
-out = { bind = ["ipc://pipe-out"] }
-"""
 
 
 @pytest.mark.timeout(60)

@@ -15,18 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 from support.cli import RUN_DIR, Up, cli, describe, write_topology
+from support.topologies import PIPELINE
 from test_rundir_state import CORRUPT_STATES, start_sleep
 
 from procdevices.supervisor.runstate import RUN_TOKEN_ENV
 
 NOBODY = 65534
-
-PIPELINE = """
-[devices.pipe]
-kind = "streamer"
-in = { bind = ["ipc://pipe-in"] }
-out = { bind = ["ipc://pipe-out"] }
-"""
 
 
 @pytest.fixture
@@ -219,18 +213,6 @@ def test_a_run_dir_that_is_a_file_or_under_a_file_is_refused(config: Path) -> No
         for result in check_and_up(config, "--run-dir", str(run_dir)):
             assert_refused(result, f"{file} is not a directory")
     assert file.read_text() == "not a directory"
-
-
-@pytest.fixture
-def immutable(short_tmp: Path) -> Iterator[Path]:
-    """Unwritable even for root, which ignores mode bits: chattr +i."""
-    path = short_tmp / "frozen"
-    path.mkdir(mode=0o700)
-    subprocess.run(["chattr", "+i", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 @pytest.mark.timeout(60)

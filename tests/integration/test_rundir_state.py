@@ -369,18 +369,6 @@ def test_paths_that_are_files_are_refused(short_tmp: Path) -> None:
             RunDir(short_tmp / below).prepare()
 
 
-@pytest.fixture
-def immutable(short_tmp: Path) -> Iterator[Path]:
-    """A directory even root cannot write into (chattr +i: root ignores mode bits)."""
-    path = short_tmp / "frozen"
-    path.mkdir(mode=0o700)
-    subprocess.run(["chattr", "+i", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def test_an_unwritable_run_dir_or_parent_is_refused(immutable: Path) -> None:
     with pytest.raises(RunDirError, match=f"run dir {immutable} is not writable"):
         RunDir(immutable).validate()

@@ -14,15 +14,9 @@ import psutil
 import pytest
 import zmq
 from support.cli import CLI, RUN_DIR, Up, identify, push_pull, write_topology
+from support.topologies import PIPELINE
 
 from procdevices.supervisor.runstate import RUN_TOKEN_ENV
-
-PIPELINE = """
-[devices.pipe]
-kind = "streamer"
-in = { bind = ["ipc://pipe-in"] }
-out = { bind = ["ipc://pipe-out"] }
-"""
 
 
 @pytest.mark.timeout(60)

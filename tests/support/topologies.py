@@ -9,6 +9,14 @@ in  = { bind = ["ipc://in.sock"] }
 out = { bind = ["ipc://out.sock"] }
 """
 
+# One streamer with its sockets named after it (pipe-in, pipe-out).
+PIPELINE = """\
+[devices.pipe]
+kind = "streamer"
+in = { bind = ["ipc://pipe-in"] }
+out = { bind = ["ipc://pipe-out"] }
+"""
+
 # A queue and a streamer side by side: what one device's fault must not touch.
 NEIGHBOURS = """\
 [devices.broker]
