@@ -17,6 +17,7 @@ from procdevices import exitcodes, logs
 from procdevices.cli import client, serve, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
+from procdevices.web import command as web
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -66,6 +67,7 @@ COMMANDS = (
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
     ),
     Command("top", top.top, "a live, refreshing view of every device process (Ctrl-C to leave)", "optional"),
+    Command("web", web.run, "serve a live picture of the topology in the browser (read-only unless --allow-actions)"),
     Command("run", serve.run, "run one device process in the foreground (supervisord's per-device mode)", "required"),
     Command(
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
@@ -194,6 +196,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     commands["logs"].add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
     serve.add_up_arguments(commands["up"])
     top.add_arguments(commands["top"])
+    web.add_arguments(commands["web"])
     return parser, commands
 
 
