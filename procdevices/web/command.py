@@ -23,9 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where to serve the page (default {DEFAULT_LISTEN}; port 0: any free port); "
         "an address other than loopback needs --token-file",
     )
-    parser.add_argument(
-        "--token-file", metavar="FILE", help="require the token in FILE (mode 600) on every request"
-    )
+    parser.add_argument("--token-file", metavar="FILE", help="require the token in FILE (mode 600) on every request")
     parser.add_argument(
         "--allow-actions",
         action="store_true",

@@ -153,7 +153,8 @@ def _merge_sockets(per_instance: list[list[dict[str, Any]]]) -> list[dict[str, A
     for sockets in per_instance:
         for socket in sockets:
             into = merged.setdefault(
-                socket["role"], {"role": socket["role"], "type": socket["type"], "bind": [], "connect": [], "rates": None}
+                socket["role"],
+                {"role": socket["role"], "type": socket["type"], "bind": [], "connect": [], "rates": None},
             )
             into["type"] = into["type"] or socket["type"]
             for field in ("bind", "connect"):
@@ -233,7 +234,9 @@ def _peer(key: SocketKey, kind: str, *endpoints: str) -> dict[str, Any]:
     }
 
 
-def sockets_from_topology(devices: Iterable[Any], instance_names: Iterable[str]) -> dict[str, dict[str, SocketTopology]]:
+def sockets_from_topology(
+    devices: Iterable[Any], instance_names: Iterable[str]
+) -> dict[str, dict[str, SocketTopology]]:
     """The socket specs of each running instance (``DeviceConfig`` from the loader), replicas
     expanded, including instances ``scale`` added beyond the file's ``replicas``."""
     by_name = {device.name: device for device in devices}

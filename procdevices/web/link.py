@@ -77,6 +77,7 @@ class SupervisorLink:
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.refresh()  # the first page or /api/state already has the supervisor's answer
         self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._follow())]
 
     async def close(self) -> None:
@@ -85,10 +86,16 @@ class SupervisorLink:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for subscriber in list(self.subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                subscriber.queue.put_nowait(None)
+        self.end_streams()
         self._ctx.destroy(linger=0)
+
+    def end_streams(self) -> None:
+        """Every open page's stream ends (the server is stopping): none is waited for."""
+        for subscriber in list(self.subscribers):
+            self.subscribers.discard(subscriber)
+            if subscriber.queue.full():
+                subscriber.queue.get_nowait()
+            subscriber.queue.put_nowait(None)
 
     def subscribe(self) -> Subscriber:
         subscriber = Subscriber()
@@ -106,9 +113,8 @@ class SupervisorLink:
             if not subscriber.send(kind, data):
                 # Too slow: dropped, never waited for. Its page reconnects and starts afresh.
                 self.subscribers.discard(subscriber)
-                with contextlib.suppress(asyncio.QueueFull):
-                    subscriber.queue.get_nowait()
-                    subscriber.queue.put_nowait(None)
+                subscriber.queue.get_nowait()
+                subscriber.queue.put_nowait(None)
 
     # -- status ------------------------------------------------------------------------------
     async def _poll(self) -> None:

@@ -56,9 +56,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.query.get("token")
     if request.path == "/" and token is not None and access.token_matches(token):
         # Opened once with the token: a cookie carries it from now on, out of the address bar.
-        response = web.HTTPSeeOther("/")
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
-        raise response
+        redirect = web.HTTPSeeOther("/")
+        redirect.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
+        raise redirect
     try:
         access.check(request.method, request.host, request.headers, request.cookies, request.scheme)
     except Refused as e:
@@ -141,6 +141,11 @@ def make_app(link: SupervisorLink, access: Access) -> web.Application:
         await link.close()
 
     app.cleanup_ctx.append(lifecycle)
+
+    async def end_streams(app: web.Application) -> None:
+        link.end_streams()
+
+    app.on_shutdown.append(end_streams)
     return app
 
 

@@ -238,8 +238,9 @@ function updateGroupState(card, instances) {
 }
 
 function sparkline(card, history) {
-  const width = 140, height = 26, window = 300;
+  // Spread over the history there is (at least a minute, at most the server's 5 minutes).
   const series = history || { t: [], in: [], out: [] };
+  const width = 140, height = 26, window = Math.max(60, ...series.t);
   const top = Math.max(1, ...series.in, ...series.out);
   for (const direction of ["in", "out"]) {
     const points = series.t.map((ago, k) => `${(width * (1 - ago / window)).toFixed(1)},${(height - 2 - (height - 4) * series[direction][k] / top).toFixed(1)}`);
