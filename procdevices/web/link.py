@@ -233,6 +233,10 @@ class SupervisorLink:
             kept.append({k: payload.get(k) for k in ("time", "from", "to", "reason", "pid")})
             del kept[:-TRANSITIONS_KEPT]
         self._broadcast("event", payload)
+        self.poke()
+
+    def poke(self) -> None:
+        """Ask ``status`` again now (after an event settles)."""
         self._wake.set()
 
 

@@ -121,7 +121,7 @@ async def action(request: web.Request) -> web.StreamResponse:
         reply: dict[str, Any] = await asyncio.to_thread(call_supervisor, link.endpoint, command, {"name": name})
     except SupervisorUnreachable as e:
         return web.json_response({"ok": False, "error": str(e)}, status=503)
-    link.on_event({"type": "web", "action": verb, "name": name})  # refresh now
+    link.poke()  # the page sees the outcome at once, not at the next poll
     return web.json_response(reply, status=200 if reply.get("ok") else 409)
 
 

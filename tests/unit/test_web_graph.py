@@ -54,7 +54,7 @@ def test_reference_seam_names_a_devices_socket() -> None:
     assert graph.reference_targets("@broker.out", keys) == [graph.SocketKey("broker", "out")]
     assert graph.reference_targets("ipc://@abstract", keys) == []
     assert graph.reference_targets("@nodot", keys) == []
-    bound = {key: [] for key in keys}
+    bound: dict[graph.SocketKey, list[str]] = {key: [] for key in keys}
     assert graph.connect_targets("@pipe.in", bound) == [graph.SocketKey("pipe", "in")]
 
 
