@@ -52,11 +52,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def cpu_percent(proc: psutil.Process, window: float) -> float:
-    before = proc.cpu_times()
+def cpu_percent(window: float, *procs: psutil.Process) -> list[float]:
+    """Each process's user + system CPU over ``window`` seconds, in % of one core."""
+    before = [p.cpu_times() for p in procs]
     time.sleep(window)
-    after = proc.cpu_times()
-    return 100.0 * ((after.user + after.system) - (before.user + before.system)) / window
+    after = [p.cpu_times() for p in procs]
+    return [100.0 * ((a.user + a.system) - (b.user + b.system)) / window for a, b in zip(after, before, strict=True)]
 
 
 def wait_running(config: Path, timeout: float = 60.0) -> None:
@@ -69,7 +70,8 @@ def wait_running(config: Path, timeout: float = 60.0) -> None:
     raise SystemExit("the devices did not reach RUNNING")
 
 
-def with_web(config: Path, supervisor: psutil.Process, window: float, chromium: str) -> float:
+def with_web(config: Path, supervisor: psutil.Process, window: float, chromium: str) -> list[float]:
+    """The supervisor's CPU and the web process's, with a page open."""
     from playwright.sync_api import sync_playwright
 
     web = subprocess.Popen(
@@ -85,7 +87,7 @@ def with_web(config: Path, supervisor: psutil.Process, window: float, chromium: 
                 page.goto(url)
                 page.wait_for_selector(".card")
                 time.sleep(2)  # settled: the first snapshots are in
-                return cpu_percent(supervisor, window)
+                return cpu_percent(window, supervisor, psutil.Process(web.pid))
             finally:
                 browser.close()
     finally:
@@ -109,16 +111,23 @@ def main() -> int:
             wait_running(config)
             time.sleep(5)
             supervisor = psutil.Process(up.pid)
-            alone, viewed = [], []
+            alone: list[float] = []
+            viewed: list[float] = []
+            web: list[float] = []
             for rep in range(args.reps):
-                alone.append(cpu_percent(supervisor, args.window))
-                viewed.append(with_web(config, supervisor, args.window, args.chromium))
+                alone.append(cpu_percent(args.window, supervisor)[0])
+                supervisor_cpu, web_cpu = with_web(config, supervisor, args.window, args.chromium)
+                viewed.append(supervisor_cpu)
+                web.append(web_cpu)
                 print(
-                    f"rep {rep + 1}: without web {alone[-1]:.2f} %, with web + browser {viewed[-1]:.2f} %", flush=True
+                    f"rep {rep + 1}: supervisor without web {alone[-1]:.2f} %, with web + browser {viewed[-1]:.2f} %"
+                    f" (the web process itself: {web[-1]:.2f} %)",
+                    flush=True,
                 )
             a, v = statistics.median(alone), statistics.median(viewed)
             print(
-                f"median over {args.reps} x {args.window:g} s: without {a:.2f} %, with {v:.2f} % (+{v - a:.2f} % of a core)"
+                f"median over {args.reps} x {args.window:g} s: supervisor without web {a:.2f} %, with {v:.2f} %"
+                f" (+{v - a:.2f} % of a core); the web process {statistics.median(web):.2f} %"
             )
             print(f"load average during the run: {os.getloadavg()[0]:.1f}")
         finally:

@@ -70,7 +70,8 @@ class SupervisorLink:
         self._sockets: graph.TopologySockets = {}
         self._topology_key: tuple[str, float, tuple[str, ...]] | None = None
         self._topology_error: str | None = None
-        self.state: dict[str, Any] = self._snapshot(None, "not asked yet", {})
+        self._last_status: dict[str, Any] | None = None
+        self.state: dict[str, Any] = self._snapshot(None, "not asked yet")
         self._wake = asyncio.Event()
         self._ctx = zmq.asyncio.Context()
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,11 +149,12 @@ class SupervisorLink:
             await self._load_topology(status)
             names = [d["name"] for d in status["devices"]]
             self._transitions = {n: self._transitions.get(n, []) for n in names}
-        self.state = self._snapshot(status, error, self._sockets, now)
+            self._last_status = status
+        self.state = self._snapshot(status, error, now)
         if status is not None:
             self.history.add(now, {g["device"]: g["rates"] for g in self.state["devices"]})
-            for group in self.state["devices"]:
-                group["history"] = self.history.series(group["device"], now)
+        for group in self.state["devices"]:
+            group["history"] = self.history.series(group["device"], now)
         self._broadcast("state", self.state)
 
     async def _load_topology(self, status: dict[str, Any]) -> None:
@@ -179,14 +181,10 @@ class SupervisorLink:
             self._topology_error = f"{source}: {e}"
             log.warning("web: cannot read the topology's sockets: %s", self._topology_error)
 
-    def _snapshot(
-        self,
-        status: dict[str, Any] | None,
-        error: str | None,
-        sockets: graph.TopologySockets,
-        now: float | None = None,
-    ) -> dict[str, Any]:
-        drawn = graph.build(status or {"devices": []}, sockets)
+    def _snapshot(self, status: dict[str, Any] | None, error: str | None, now: float | None = None) -> dict[str, Any]:
+        """``/api/state``. While the supervisor does not answer, the devices last seen are
+        still drawn (the page greys them) with ``reachable`` false."""
+        drawn = graph.build(status or self._last_status or {"devices": []}, self._sockets)
         for group in drawn["devices"]:
             for instance in group["instances"]:
                 instance["transitions"] = list(self._transitions.get(instance["name"], []))

@@ -11,6 +11,7 @@ as it is.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -195,6 +196,7 @@ def test_read_only_page_shows_the_topology_live(browser: Browser, default_like: 
         screenshot(page, "web-default.png")
         a_killed_device_restarts_without_reload(page, default_like)
         has_no_controls_and_refuses_actions(page, server, default_like)
+        greys_the_picture_when_the_supervisor_stops(page, default_like)
         assert not page.errors  # type: ignore[attr-defined]
 
 
@@ -267,6 +269,16 @@ def has_no_controls_and_refuses_actions(page: Page, server: Web, up: Up) -> None
     code, body = server.post("/api/devices/pipeline/pause", {"X-Procdevices-Action": "1"})
     assert code == 403 and "read-only" in body["error"]
     assert up.devices()["pipeline"]["paused"] is False
+
+
+def greys_the_picture_when_the_supervisor_stops(page: Page, up: Up) -> None:
+    result = up.cli("down")
+    assert result.returncode == 0, result.stderr
+    page.wait_for_function("() => document.body.dataset.reachable === 'false'", timeout=10000)
+    # The last picture stays, greyed, and says why.
+    assert page.locator(".card").count() == 3
+    assert "no supervisor is running" in page.locator("#problem").inner_text()
+    assert page.locator("#graph.unreachable").count() == 1
 
 
 class Traffic:
@@ -391,5 +403,21 @@ def test_token_and_listen_rules(short_tmp: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             body = json.loads(response.read())
         assert body["api"] == 1 and body["reachable"] is False and "no supervisor" in body["error"]
+        # Opened once with ?token=: a cookie the page's own requests then carry.
+        host, port = server.url.removeprefix("http://").strip("/").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.request("GET", "/?token=s3cret-s3cret-s3cret")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 303 and response.getheader("Location") == "/"
+            cookie = response.getheader("Set-Cookie") or ""
+            assert cookie.startswith("procdevices_web_token=s3cret-s3cret-s3cret;")
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            connection.request("GET", "/api/state", headers={"Cookie": cookie.split(";")[0]})
+            with connection.getresponse() as answer:
+                assert answer.status == 200 and json.loads(answer.read())["api"] == 1
+        finally:
+            connection.close()
     finally:
         server.close()

@@ -3,7 +3,7 @@
 // Data: GET /api/state once, then the server-sent events of /api/events: `state` (the whole
 // snapshot, after every change and every second while this page is open) and `event` (each
 // supervisor event as it happens, applied at once, so a restart that takes 30 ms still shows).
-// Drawing: device cards (HTML) in columns by data flow, arrows in one SVG layer computed from
+// Drawing: device cards (HTML) in a grid, columns by data flow, arrows in one SVG layer computed from
 // the cards' positions. The DOM is rebuilt only when the topology's structure changes;
 // otherwise values are updated in place (an expanded group stays expanded).
 "use strict";
@@ -69,39 +69,40 @@ function upstreamOf(edge) {
 }
 
 function layout(state) {
+  // Columns by data flow (longest path from the sources), rows so that a device lines up with
+  // what feeds it; a peer sits in its device's row, in the column before (clients of `in`) or
+  // after it. Returns grid cells: {col, row, items}.
   const names = state.devices.map((d) => d.device);
   const layer = Object.fromEntries(names.map((n) => [n, 1]));
   const flows = state.edges.map(upstreamOf).filter(([a, b]) => a !== b);
-  for (let round = 0; round < names.length; round++) {   // longest path; a cycle stops growing
+  for (let round = 0; round < names.length; round++) {   // a cycle stops growing after N rounds
     let changed = false;
     for (const [a, b] of flows) if (layer[b] < layer[a] + 1) { layer[b] = layer[a] + 1; changed = true; }
     if (!changed) break;
   }
-  const items = names.map((n) => ({ kind: "device", id: n, layer: layer[n] }));
-  for (const peer of state.peers) {
-    const before = peer.role === "in";
-    items.push({ kind: "peer", id: peer.id, peer, layer: layer[peer.device] + (before ? -1 : 1) });
-  }
-  const low = Math.min(...items.map((i) => i.layer));
-  const columns = [];
-  for (const item of items) (columns[item.layer - low] ||= []).push(item);
-  // Within a column: devices by the mean row of their neighbours to the left, then by name;
-  // peers next to their device.
+  const byColumn = new Map();
+  for (const n of names) byColumn.set(layer[n], [...(byColumn.get(layer[n]) || []), n]);
   const row = {};
-  for (const column of columns.filter(Boolean)) {
-    const key = (item) => {
-      if (item.kind === "peer") return [row[item.peer.device] ?? 0, 1, item.id];
-      const around = flows.filter(([, b]) => b === item.id).map(([a]) => row[a]).filter((r) => r !== undefined);
-      const mean = around.length ? around.reduce((x, y) => x + y, 0) / around.length : 0;
-      return [mean, 0, item.id];
-    };
-    column.sort((x, y) => {
-      const [a, b] = [key(x), key(y)];
-      return a[0] - b[0] || a[1] - b[1] || (a[2] < b[2] ? -1 : a[2] > b[2] ? 1 : 0);
-    });
-    column.forEach((item, index) => { if (item.kind === "device") row[item.id] = index; });
+  const fedFrom = (n) => {
+    const around = flows.filter(([, b]) => b === n).map(([a]) => row[a]).filter((r) => r !== undefined);
+    return around.length ? around.reduce((x, y) => x + y, 0) / around.length : 0;
+  };
+  for (const col of [...byColumn.keys()].sort((a, b) => a - b)) {
+    const column = byColumn.get(col);
+    column.sort((x, y) => fedFrom(x) - fedFrom(y) || (x < y ? -1 : x > y ? 1 : 0));
+    let next = 0;
+    for (const n of column) { row[n] = Math.max(next, Math.round(fedFrom(n))); next = row[n] + 1; }
   }
-  return columns.filter(Boolean);
+  const cells = new Map();
+  const put = (col, r, item) => {
+    const key = `${col},${r}`;
+    if (!cells.has(key)) cells.set(key, { col, row: r, items: [] });
+    cells.get(key).items.push(item);
+  };
+  for (const n of names) put(layer[n], row[n], { kind: "device", id: n });
+  for (const peer of state.peers) put(layer[peer.device] + (peer.role === "in" ? -1 : 1), row[peer.device], { kind: "peer", id: peer.id, peer });
+  const low = Math.min(...[...cells.values()].map((c) => c.col));
+  return [...cells.values()].map((c) => ({ ...c, col: c.col - low }));
 }
 
 function structureKey(state) {
@@ -130,13 +131,15 @@ function build(state) {
     const here = new Set(subset.devices.map((d) => d.device));
     subset.edges = state.edges.filter((e) => here.has(e.from.device) && here.has(e.to.device));
     subset.peers = state.peers.filter((p) => here.has(p.device));
-    const columns = el("div", { class: "columns" });
-    for (const column of layout(subset)) {
-      const node = el("div", { class: "column" });
-      for (const item of column) node.append(item.kind === "device" ? deviceCard(state.devices.find((d) => d.device === item.id), state) : peerPill(item.peer));
-      columns.append(node);
+    const grid = el("div", { class: "grid" });
+    for (const cell of layout(subset)) {
+      const node = el("div", { class: "cell" });
+      node.style.gridColumn = String(cell.col + 1);   // CSSOM: allowed by the page's CSP
+      node.style.gridRow = String(cell.row + 1);
+      for (const item of cell.items) node.append(item.kind === "device" ? deviceCard(state.devices.find((d) => d.device === item.id), state) : peerPill(item.peer));
+      grid.append(node);
     }
-    region.append(columns);
+    region.append(grid);
     root.append(region);
   }
 }
