@@ -4,7 +4,6 @@ stays cheap to load; aiohttp is imported when the command runs."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from procdevices import exitcodes
@@ -12,13 +11,21 @@ from procdevices import exitcodes
 DEFAULT_LISTEN = "127.0.0.1:9465"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from procdevices.cli.serve import _listen_address
+def listen_address(text: str) -> str:
+    from procdevices.supervisor.config.settings import split_host_port
 
+    try:
+        split_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_listen_address,
+        type=listen_address,
         default=DEFAULT_LISTEN,
         help=f"where to serve the page (default {DEFAULT_LISTEN}; port 0: any free port); "
         "an address other than loopback needs --token-file",
@@ -48,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"procdevices: web: --listen {args.listen} is not a loopback address: give --token-file", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
     run_dir = client_run_dir(args.config, args.run_dir)
+
+    import asyncio
 
     from procdevices.web.server import serve
 

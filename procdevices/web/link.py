@@ -120,7 +120,10 @@ class SupervisorLink:
     # -- status ------------------------------------------------------------------------------
     async def _poll(self) -> None:
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug here must not freeze the page: logged, tried again
+                log.exception("web: refreshing the state failed")
             interval = POLL_VIEWED if self.subscribers else POLL_IDLE
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)

@@ -98,8 +98,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 break
             kind, data = message
             await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the page left
     finally:
         link.unsubscribe(subscriber)
     return response
