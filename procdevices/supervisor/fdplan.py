@@ -34,7 +34,8 @@ PER_WORKER = 3  # a warm pool worker: sentinel and its two pipe ends
 # temporary file, psutil's /proc reads, a log rotation's two files, the signal wake-up pair.
 BASE = 48
 # Kept free at all times for clients: CLI commands on supervisor.sock, `events` and `top`
-# subscribers, scrapes of the metrics server (at most metrics.MAX_CONNECTIONS at once).
+# subscribers, scrapes of the metrics server (at most httpserve.MAX_CONNECTIONS at once, and
+# never below httpserve.RESERVE free).
 CLIENT_RESERVE = 128
 
 

@@ -169,6 +169,8 @@ class _Loader:
         assert isinstance(pool_size, int)
         metrics = resolved["metrics"]
         assert metrics is None or isinstance(metrics, str)
+        metrics_socket = resolved["metrics_socket"]
+        assert isinstance(metrics_socket, bool)
         defaults = Values("supervisor.defaults", {}, frozenset())
         if "defaults" in table:
             dprefix = f"{prefix}.defaults"
@@ -183,7 +185,13 @@ class _Loader:
         start_method = resolved["start_method"]
         assert isinstance(start_method, StartMethod)
         return (
-            SupervisorConfig(run_dir=run_dir, pool_size=pool_size, metrics=metrics, start_method=start_method),
+            SupervisorConfig(
+                run_dir=run_dir,
+                pool_size=pool_size,
+                metrics=metrics,
+                metrics_socket=metrics_socket,
+                start_method=start_method,
+            ),
             defaults,
         )
 

@@ -140,6 +140,7 @@ class SupervisorConfig:
     run_dir: pathlib.Path
     pool_size: int = 2
     metrics: str | None = None  # "HOST:PORT" to serve Prometheus metrics on; None: off
+    metrics_socket: bool = False  # also serve them on <run_dir>/metrics.sock (owner only)
     start_method: StartMethod = StartMethod.SPAWN
 
     @property

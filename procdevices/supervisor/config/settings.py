@@ -106,6 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_dir", ValueType.PATH, ".procdevices", scope=Scope.SUPERVISOR),
     Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR),
     Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR),
+    Setting("metrics_socket", ValueType.BOOLEAN, False, scope=Scope.SUPERVISOR),
     Setting(
         "start_method",
         ValueType.CHOICE,
