@@ -70,11 +70,13 @@ def run_supervisor(
     loop = EventLoop(clock, log)
     listeners = Listeners()
     devicelogs.prepare(run_dir.path)
+    rotation = devicelogs.Rotation(topology.supervisor.device_log_max_bytes, topology.supervisor.device_log_backups)
     launcher = ProcessLauncher(
         topology.supervisor.pool_size,
         start_method=topology.supervisor.start_method.value,
         listeners=listeners,
         log_dir=devicelogs.log_dir(run_dir.path),
+        log_rotation=rotation,
     )
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
     make_child = child_factory(run_dir, listeners, log)
@@ -96,6 +98,7 @@ def run_supervisor(
     metrics_address = metrics or topology.supervisor.metrics
     metrics_server: MetricsServer | None = None
     metrics_socket: MetricsServer | None = None
+    rotator = devicelogs.Rotator(devicelogs.log_dir(run_dir.path), rotation, log).start()
     try:
         if metrics_address is not None:
             metrics_server = start_metrics(supervisor, metrics_address, log)
@@ -114,6 +117,7 @@ def run_supervisor(
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)
     finally:
+        rotator.close()
         if metrics_server is not None:
             metrics_server.close()
         if metrics_socket is not None:
