@@ -24,6 +24,7 @@ from procdevices.supervisor import httpserve
 NOBODY = 65534
 FLOOD = 400
 LIMIT = 384  # below the flood: prometheus_client's server ran out of descriptors under it
+CONNECT_WAIT = 0.02  # a loopback connect the server takes completes in well under a millisecond
 
 
 def metrics_topology(directory: Path, extra: str) -> Path:
@@ -35,18 +36,19 @@ def metrics_topology(directory: Path, extra: str) -> Path:
 
 @contextlib.contextmanager
 def flood(host: str, port: int, count: int) -> Iterator[list[socket.socket]]:
-    """``count`` connections, half idle, half a request begun and never finished (slowloris).
-    Non-blocking connects: those beyond the server's backlog wait in the kernel, not here."""
+    """``count`` connections, one after the other as fast as they complete (what killed the
+    supervisor before: every one accepted, each holding a thread and a descriptor), half idle,
+    half a request begun and never finished (slowloris). A connect the server leaves in its
+    backlog is given up after CONNECT_WAIT here, and the kernel keeps trying it."""
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for i in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
             socks.append(sock)
-            sock.connect_ex((host, port))
-        for i, sock in enumerate(socks):
-            if i % 2:
-                with contextlib.suppress(OSError):
+            sock.settimeout(CONNECT_WAIT)
+            with contextlib.suppress(OSError):
+                sock.connect((host, port))
+                if i % 2:
                     sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         yield socks
     finally:
