@@ -63,8 +63,8 @@ def run_supervisor(
 
     ``load(path)`` re-reads the topology for a reload (``path`` None: the file ``up``
     started with); without it the supervisor refuses to reload. ``metrics`` ("HOST:PORT")
-    overrides the topology's (``metrics_socket`` adds ``<run_dir>/metrics.sock``); MetricsUnavailable, before any device starts, when it cannot
-    be served."""
+    overrides the topology's (``metrics_socket`` adds ``<run_dir>/metrics.sock``);
+    MetricsUnavailable, before any device starts, when it cannot be served."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
