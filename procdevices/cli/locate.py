@@ -9,7 +9,8 @@ client finds a supervisor of the default topology from any directory.
 Commands that run something (``up``, ``check``, ``run``, ``supervisord-conf``) need the whole
 topology valid. Client commands (``status``, ``stop``, ...) only need the run dir: they read
 just that from the file and, if the file no longer validates, warn once and carry on — the
-running supervisor is the source of truth.
+running supervisor is the source of truth. They refuse a run dir that is not the caller's
+(owner and mode, as ``up`` checks them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from procdevices.supervisor.config import Topology, default_topology, find_config, load_topology, validate_run_dir
+from procdevices.supervisor.runstate import RunDir
 
 ENV_CONFIG = "PROCDEVICES_CONFIG"
 ENV_RUN_DIR = "PROCDEVICES_RUN_DIR"
@@ -66,13 +68,14 @@ def client_run_dir(config_flag: str | None, run_dir_flag: str | None) -> Path:
     """The run dir a client should talk to. Only ``[supervisor] run_dir`` is read from the
     file: a topology that no longer validates (or names a host that is gone) must not stop an
     operator from reaching the supervisor that runs it."""
-    override = run_dir_override(run_dir_flag)
-    if override is not None:
-        return override
-    path = config_path(config_flag)
-    if path is None:
-        return default_run_dir()
-    return _raw_run_dir(path)
+    found = run_dir_override(run_dir_flag)
+    if found is None:
+        path = config_path(config_flag)
+        found = default_run_dir() if path is None else _raw_run_dir(path)
+    # A client trusts only a run dir ``up`` would trust: anyone else's sockets could answer
+    # with anything (RunDirError: one line, exit 78).
+    RunDir(found).check_trusted()
+    return found
 
 
 def _raw_run_dir(path: Path) -> Path:

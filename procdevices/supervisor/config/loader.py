@@ -169,6 +169,10 @@ class _Loader:
         assert isinstance(pool_size, int)
         metrics = resolved["metrics"]
         assert metrics is None or isinstance(metrics, str)
+        metrics_socket = resolved["metrics_socket"]
+        assert isinstance(metrics_socket, bool)
+        log_max_bytes, log_backups = resolved["device_log_max_bytes"], resolved["device_log_backups"]
+        assert isinstance(log_max_bytes, int) and isinstance(log_backups, int)
         defaults = Values("supervisor.defaults", {}, frozenset())
         if "defaults" in table:
             dprefix = f"{prefix}.defaults"
@@ -183,7 +187,15 @@ class _Loader:
         start_method = resolved["start_method"]
         assert isinstance(start_method, StartMethod)
         return (
-            SupervisorConfig(run_dir=run_dir, pool_size=pool_size, metrics=metrics, start_method=start_method),
+            SupervisorConfig(
+                run_dir=run_dir,
+                pool_size=pool_size,
+                metrics=metrics,
+                metrics_socket=metrics_socket,
+                device_log_max_bytes=log_max_bytes,
+                device_log_backups=log_backups,
+                start_method=start_method,
+            ),
             defaults,
         )
 
