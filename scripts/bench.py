@@ -559,12 +559,13 @@ class Supervised:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None
         self.started_at = 0.0
+        self.up_argv = [sys.executable, "-m", "procdevices", "up", "-c", self.path]  # restart_steps.py changes it
 
     def start(self) -> None:
         self._log = open(self.log_path, "wb")
         self.started_at = now()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "procdevices", "up", "-c", self.path],
+            self.up_argv,
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -1280,6 +1281,8 @@ def one_kill(
         "forward_ms": (traffic.t_forwarded - t0) * 1000 if traffic.t_forwarded else None,
         "reaped_ms": (reaped[0] - t0) * 1000 if reaped else None,
         "refused_connects": refused_connects(monitors),
+        "t_kill": t0,  # this process's perf_counter (CLOCK_MONOTONIC): for restart_steps.py
+        "t_forwarded": traffic.t_forwarded,
         "endpoints_kept": after == endpoints,
         "old_pid": old,
         "new_pid": new_pid,
@@ -1369,7 +1372,9 @@ def phase_restart(prof: Profile, tmp: str) -> dict[str, Any]:
     """``prof.restart_runs`` runs of each setting, alternately (the first setting of a run
     alternates too), then one run with ``pool_size = 0`` (every restart spawns)."""
     out: dict[str, Any] = {s: {"runs": []} for s in RESTART_SETTINGS}
-    plan = [(s, None) for run in range(prof.restart_runs) for s in rotate(RESTART_SETTINGS, run)]
+    plan: list[tuple[str, int | None]] = [
+        (s, None) for run in range(prof.restart_runs) for s in rotate(RESTART_SETTINGS, run)
+    ]
     plan.append(("own_sockets", 0))
     for setting, pool in plan:
         own = setting == "own_sockets"
