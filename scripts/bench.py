@@ -662,11 +662,21 @@ class Supervised:
 
 
 def settle(sup: Supervised) -> None:
-    """Wait until the device runs and the warm pool (2 workers by default, spawned once the
-    device is ready) is full, then a second more: the workers' interpreter start-up must not
-    compete with the measurement for the 2 CPUs."""
-    sup.wait_running(1, 30.0, pool_idle=sup.pool)
-    time.sleep(1.0)
+    """Wait until the device runs, the warm pool (2 workers by default, spawned once the
+    device is ready) is full and every process of the supervisor's but the device is idle:
+    the workers' interpreter start-up must not compete with the measurement for the 2 CPUs.
+    (`pool_idle` counts a worker as soon as it is started, not once it has imported what it
+    imports: a fixed wait after it could end too soon on a loaded machine.)"""
+    st = sup.wait_running(1, 30.0, pool_idle=sup.pool)
+    device = st["devices"][0]["pid"]
+    end = now() + 30.0
+    while now() < end:
+        others = [sup.pid] + [p.pid for p in psutil.Process(sup.pid).children(recursive=True) if p.pid != device]
+        before = cpu_seconds(others)
+        time.sleep(0.3)
+        if cpu_seconds(others) - before < 0.01:  # less than one clock tick: asleep
+            break
+    time.sleep(0.2)
 
 
 def check_stop_log(text: str, n: int) -> dict[str, Any]:

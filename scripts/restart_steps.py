@@ -15,7 +15,7 @@ procdevices changes. Per kill, each step's time after the SIGKILL (ms):
   launch      Launcher.launch entered: restart decided (state, policy, events, logs)
   handed      job and descriptors written to a warm worker (the pool's take returned)
   launched    Launcher.launch returned (psutil has looked at the new process)
-  job         the worker holds its job and its descriptors (inherit.receive_job returned)
+  job         the worker holds its job and its descriptors (process_main adopts them)
   built       its sockets are bound and connected (DeviceRuntime.sockets_built entered)
   ready_sent  its control thread runs, the ready report is sent (sockets_built returned)
   forward     the first message sent after the kill came out of the device (the client)
@@ -69,20 +69,34 @@ def _wrap(owner: Any, name: str, before: str | None, after: str | None) -> None:
     setattr(owner, name, traced)
 
 
-def traced_worker_main(conn: Any) -> None:
-    """A warm worker: procdevices' own entry, with the worker's steps traced."""
-    from procdevices.devices import inherit, launch
+def _trace_worker() -> None:
     from procdevices.devices import runtime as rt
 
-    _wrap(inherit, "receive_job", None, "job")
+    _wrap(rt, "adopt_listeners", None, "job")  # process_main has the job and its descriptors
     _wrap(rt.DeviceRuntime, "sockets_built", "built", "ready_sent")
+
+
+def traced_pool_worker_main(conn: Any) -> None:
+    """A warm worker: procdevices' own entry, with the worker's steps traced."""
+    from procdevices.devices import launch
+
+    _trace_worker()
     launch.pool_worker_main(conn)
+
+
+def traced_process_main(conn: Any, job: Any) -> None:
+    """The same for code from before pool_worker_main (its workers ran process_main)."""
+    from procdevices.devices import runtime as rt
+
+    _trace_worker()
+    rt.process_main(conn, job)
 
 
 def traced_up() -> None:
     """`procdevices up` with the supervisor's steps traced (argv: up -c FILE)."""
     from procdevices.cli import main
     from procdevices.devices import launch
+    from procdevices.devices import runtime as rt
     from procdevices.supervisor import core
     from procdevices.supervisor import launcher as sl
 
@@ -91,7 +105,11 @@ def traced_up() -> None:
     _wrap(sl.ProcessLauncher, "launch", "launch", "launched")
     _wrap(launch.WorkerPool, "take", None, "handed")
     _wrap(core.Supervisor, "on_report", None, "ready_read")
-    launch.pool_worker_main = traced_worker_main  # what refill starts
+    # What the pool's refill starts, looked up when it runs (a module attribute).
+    if hasattr(launch, "pool_worker_main"):
+        launch.pool_worker_main = traced_pool_worker_main
+    else:
+        rt.process_main = traced_process_main
     sys.exit(main(sys.argv[1:]))
 
 
