@@ -1285,7 +1285,14 @@ def one_kill(
     reaper.join(10.0)
     if t_probe is None:
         raise PhaseTimeout(f"no new device answered PING within 10s; log: {sup.log_tail()}")
-    after = sup.status(2.0)["devices"][0]["endpoints"]
+    # The endpoints the new process reported (its ready report may still be on its way).
+    end = now() + 5.0
+    while True:
+        now_dev = sup.status(2.0)["devices"][0]
+        if (now_dev["pid"] == new_pid and now_dev["state"] == "RUNNING") or now() > end:
+            break
+        time.sleep(0.005)
+    after = now_dev["endpoints"]
     return {
         "probe_ms": (t_probe - t0) * 1000,
         "forward_ms": (traffic.t_forwarded - t0) * 1000 if traffic.t_forwarded else None,
