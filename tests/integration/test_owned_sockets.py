@@ -102,12 +102,15 @@ def has_fds(pid: int, count: int) -> bool:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_restarts_from_the_warm_pool_leak_no_descriptor(
-    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]], start_method: str
 ) -> None:
     """Each restart hands the listening sockets to a warm worker over its pipe: neither the
     supervisor nor the device processes gain a descriptor from one restart to the next."""
     config = write_topology(short_tmp, IPC_AND_TCP_STREAMER, pool_size=2)
+    text = config.read_text().replace("[supervisor]\n", f'[supervisor]\nstart_method = "{start_method}"\n', 1)
+    config.write_text(text)
     with Up(config) as up:
 
         def settled(old: int | None = None) -> dict[str, Any] | None:
