@@ -740,6 +740,18 @@ def tp_device(
         sup.close()
 
 
+def supervisor_beside(device: int) -> list[int]:
+    """The supervisor of a supervised device and its other processes (warm workers, resource
+    tracker): what runs beside the device and could take CPU from the measurement."""
+    try:
+        up = psutil.Process(device).parent()
+        if up is None:
+            return []
+        return [up.pid] + [p.pid for p in up.children(recursive=True) if p.pid != device]
+    except psutil.Error:
+        return []
+
+
 def run_tp_case(
     helpers: Helpers, case: str, transport: str, tmp: str, tag: str, prof: Profile
 ) -> dict[int, dict[str, Any]]:
@@ -758,6 +770,8 @@ def run_tp_case(
                     recv_w.call("recv", out_ep, False, warm, timed, extra, 10.0)
                     target = in_ep
                 cpu0 = cpu_seconds([pid]) if pid else None
+                beside = supervisor_beside(pid) if case.startswith("supervised") and pid else []
+                beside0 = cpu_seconds(beside)
                 send_w.send("send", target, size, warm + timed + extra, 10.0)
                 done = recv_w.reply(180.0)
                 send_w.reply(30.0)
@@ -774,6 +788,8 @@ def run_tp_case(
                     # CPU the device process used per forwarded message (warm-up
                     # included): insensitive to how the 2 CPUs were shared.
                     "device_cpu_us_per_msg": (cpu1 - cpu0) / (warm + timed + extra) * 1e6 if pid else None,
+                    # CPU that `up`, its warm workers and its resource tracker used meanwhile
+                    "supervisor_cpu_ms": (cpu_seconds(beside) - beside0) * 1000 if beside else None,
                     "lost": done["lost"],
                 }
             except Exception as e:
@@ -1602,6 +1618,12 @@ def print_report(res: dict[str, Any]) -> None:
                 f"{fmt_rate(r['mb_per_s'], 1, 1):>20}  {fmt_ratio(r['ratio_vs_pyzmq']):>20}"
                 f"  {fmt_rate(r['device_cpu_us_per_msg'], 1, 2) if r['device_cpu_us_per_msg']['n'] else '-':>20}"
                 f" {fmt_ratio(r['device_cpu_ratio_vs_pyzmq']):>20}"
+            )
+        beside = [x["supervisor_cpu_ms"] for x in tp["samples"] if x.get("supervisor_cpu_ms") is not None]
+        if beside:
+            p(
+                f"  supervised cases: `up`, its warm workers and tracker used {median(beside):.0f} ms of CPU "
+                f"(median; most {max(beside):.0f} ms) while a case ran"
             )
         for x in tp.get("losses", []):
             p(
