@@ -8,9 +8,11 @@ needs to start, which is what makes a supervised restart near-instant.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
@@ -211,6 +214,28 @@ class _Worker:
     conn: Connection
 
 
+#: What an idle warm worker imports while it waits: the modules a supervised device's
+#: unpickling and run need (its class, the runtime), so that none is imported on a restart's
+#: critical path. The same list as the fork server's: neither makes a context or a thread.
+POOL_PRELOAD = FORKSERVER_PRELOAD
+
+
+def pool_worker_main(conn: Connection) -> None:
+    """Entry point of a warm worker: import what a device needs, then wait on ``conn`` for a
+    job (and the listening descriptors that follow it, inherit.send_job) and run it. Exits
+    quietly if the pipe closes first: the pool was released, or its supervisor died."""
+    # As process_main does for a device: Ctrl-C and a hangup are the supervisor's business.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for module in POOL_PRELOAD:
+        importlib.import_module(module)
+    try:
+        job = inherit.receive_job(conn)
+    except (EOFError, OSError):
+        os._exit(0)
+    rt.process_main(conn, job)
+
+
 class WorkerPool:
     """Keeps ``size`` idle, pre-imported device processes ready to take a device."""
 
@@ -225,7 +250,7 @@ class WorkerPool:
         self._idle = [w for w in self._idle if w.process.is_alive()]
         while len(self._idle) < self.size:
             parent_end, child_end = self._context.Pipe(duplex=True)
-            process = self._context.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
+            process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
             process.daemon = True
             # A pooled worker gets only devices the supervisor built from procdevices' own
             # classes: the supervisor's __main__ is nothing it needs.
@@ -249,11 +274,11 @@ class WorkerPool:
             return None
         while self._idle:
             worker = self._idle.pop(0)
+            job = rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method), listeners)
             try:
-                worker.conn.send(
-                    rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method), listeners)
-                )
+                inherit.send_job(worker.conn, job)  # the descriptors over the pipe, not the resource sharer
             except OSError:
+                worker.conn.close()  # if it still runs, it exits on the closed pipe
                 worker.process.join(0)
                 continue  # it died while idle; try the next one
             worker.process.name = f"procdevices-{label}"
