@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, serve, top
+from procdevices.cli import client, interrupts, serve, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
 
@@ -74,10 +74,15 @@ COMMANDS = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, held: interrupts.Held | None = None) -> int:
+    """``held``: the signals the entry point has held since it started (interrupts.py). ``up``
+    hands them to its event loop; every other command releases them first thing (a Ctrl-C
+    that came meanwhile is then the KeyboardInterrupt it would have been, handled below)."""
+    held = held or interrupts.hold()
     parser, commands = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "command", None) is None:
+        held.release()
         print(short_help(parser))
         return exitcodes.EXIT_OK
     if extra:
@@ -85,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     for option, default in _GLOBAL_DEFAULTS.items():
         if not hasattr(args, option):
             setattr(args, option, default)
-    logs.configure(args.log_format, args.log_level)
+    args.held = held
     try:
+        if args.command != "up":
+            held.release()
+        logs.configure(args.log_format, args.log_level)
         code: int = args.handler(args)
         return code
     except ConfigError as e:

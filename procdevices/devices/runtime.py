@@ -412,6 +412,9 @@ def process_main(conn: Connection, job: Job | None) -> None:
     # A terminal hangup is not the device's business either: it follows its parent (the
     # parent's death sentinel) and its supervisor (control socket, SIGTERM).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Both were blocked from the fork on (launch.terminal_signals_blocked); ignored, they can
+    # be let through now (a pending one is discarded).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
     if job is None:
         try:
             job = conn.recv()
