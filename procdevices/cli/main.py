@@ -140,8 +140,24 @@ def version_text() -> str:
         ours = version("procdevices")
     except PackageNotFoundError:
         ours = "unknown"
+    from procdevices.devices.monitoredqueuedevice import loop_text
+
     python = ".".join(map(str, sys.version_info[:3]))
-    return f"procdevices {ours} (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, Python {python})"
+    return (
+        f"procdevices {ours} (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, Python {python}; "
+        f"monitored-queue loop: {loop_text()})"
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``: the text is made only when asked for (it loads the device layer)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -172,7 +188,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         epilog=examples(prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_Version, help="show the versions (and the monitored-queue loop) and exit")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}

@@ -179,6 +179,12 @@ class Supervisor:
         child.ready(info, now)
         endpoints = " ".join(f"{role}={','.join(eps)}" for role, eps in info.endpoints.items() if eps)
         self.log(f"{child.name}: RUNNING (pid {info.pid}) {endpoints}", device=child.name)
+        if info.mq_loop == "python":
+            self.log(
+                f"{child.name}: its monitored queue runs the slower Python loop (`procdevices --version` says why)",
+                device=child.name,
+                level=logging.WARNING,
+            )
         self._maybe_announce_ready()
 
     def on_exit(self, child: Child, process: DeviceProcess, now: float) -> None:
