@@ -34,7 +34,7 @@ START_METHODS = ("spawn", "forkserver")
 
 #: What the fork server imports before it forks anything: the modules of every device class
 #: the supervisor builds, and of the device process's entry point. None of them creates a
-#: zmq.Context or starts a thread at import (tests/test_device_start_methods.py checks).
+#: zmq.Context or starts a thread at import (tests/integration/test_device_start_methods.py checks).
 FORKSERVER_PRELOAD = [
     "zmq",
     "procdevices.devices.runtime",
