@@ -50,10 +50,18 @@ class Held:
 
     def release(self) -> None:
         """Put the previous handlers back, then raise what was recorded meanwhile."""
+        pending = self.pending
+        self.restore()
+        self.pending = pending
+        self.replay()
+
+    def restore(self) -> None:
+        """Put the previous handlers back and forget what was recorded (nothing is acted on:
+        for a caller that ends, or has handled the signals its own way)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
-        self.replay()
+        self.pending = []
 
 
 def hold() -> Held:

@@ -77,8 +77,19 @@ COMMANDS = (
 def main(argv: list[str] | None = None, *, held: interrupts.Held | None = None) -> int:
     """``held``: the signals the entry point has held since it started (interrupts.py). ``up``
     hands them to its event loop; every other command releases them first thing (a Ctrl-C
-    that came meanwhile is then the KeyboardInterrupt it would have been, handled below)."""
+    that came meanwhile is then the KeyboardInterrupt it would have been, handled below).
+    Without ``held`` (a call from Python), main holds them itself and puts the handlers back
+    when it returns; the entry point's process ends instead."""
+    own = held is None
     held = held or interrupts.hold()
+    try:
+        return _main(argv, held)
+    finally:
+        if own:
+            held.restore()
+
+
+def _main(argv: list[str] | None, held: interrupts.Held) -> int:
     parser, commands = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "command", None) is None:
