@@ -73,6 +73,8 @@ def test_status_shows_the_loop_and_the_python_loop_is_warned_about(mq_loop: str,
         assert devices["pipe"]["mq_loop"] is None, devices["pipe"]
         status = json.loads(up.cli("status", "watched", "--json").stdout)
         assert [d["mq_loop"] for d in status["devices"]] == [mq_loop]
+        table = up.cli("status").stdout
+        assert ("RUNNING (python loop)" in table) == (mq_loop == "python"), table
         device_log = (short_tmp / RUN_DIR / "logs" / "watched.log").read_text()
         if mq_loop == "python":
             assert f"watched: its {WARNING}" in up.log(), up.log_tail()
