@@ -87,6 +87,8 @@ def up(args: argparse.Namespace) -> int:
                 run_dir,
                 load=locate.reloader(args.config, args.run_dir),
                 metrics=getattr(args, "metrics", None),
+                # A Ctrl-C since the command line started: the loop stops what was started.
+                signals_ready=args.held.replay if getattr(args, "held", None) else None,
             )
     except MetricsUnavailable as e:
         print(f"procdevices: {e}", file=sys.stderr)

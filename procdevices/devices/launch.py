@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing import spawn
+from multiprocessing import resource_tracker, spawn
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -36,7 +36,7 @@ START_METHODS = ("spawn", "forkserver")
 
 #: What the fork server imports before it forks anything: the modules of every device class
 #: the supervisor builds, and of the device process's entry point. None of them creates a
-#: zmq.Context or starts a thread at import (tests/test_device_start_methods.py checks).
+#: zmq.Context or starts a thread at import (tests/integration/test_device_start_methods.py checks).
 FORKSERVER_PRELOAD = [
     "zmq",
     "procdevices.devices.runtime",
@@ -135,6 +135,28 @@ def main_hint(label: str) -> str:
     )
 
 
+#: What a terminal sends its whole foreground process group (Ctrl-C, hangup). A device process
+#: ignores both (runtime.process_main), but only from its first line of Python: a new
+#: interpreter spends ~0.1 s before that, where either signal kills it with a traceback.
+TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def terminal_signals_blocked() -> Iterator[None]:
+    """Start processes inside this block: they start with SIGINT and SIGHUP blocked (a signal
+    mask survives fork and exec), until process_main ignores and unblocks them. In this
+    thread the signals wait meanwhile, and are handled once the block ends."""
+    # multiprocessing starts its resource tracker with the first process, and *unblocks*
+    # SIGINT in this thread when it has: start it before blocking, or that first process
+    # would start unprotected.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class PendingStart:
     """A device process that has been started and will report ready or failed on ``conn``."""
@@ -198,12 +220,13 @@ def spawn_device(
     )
     process.daemon = daemon
     hint = None
-    if needs_main(pickled_device):
-        hint = main_hint(label)
-        process.start()
-    else:
-        with main_left_out():
+    with terminal_signals_blocked():
+        if needs_main(pickled_device):
+            hint = main_hint(label)
             process.start()
+        else:
+            with main_left_out():
+                process.start()
     child_end.close()
     return PendingStart(process, parent_end, label, cleanup_dir, hint)
 
@@ -254,7 +277,7 @@ class WorkerPool:
             process.daemon = True
             # A pooled worker gets only devices the supervisor built from procdevices' own
             # classes: the supervisor's __main__ is nothing it needs.
-            with main_left_out():
+            with main_left_out(), terminal_signals_blocked():
                 process.start()
             child_end.close()
             self._idle.append(_Worker(process, parent_end))

@@ -55,6 +55,7 @@ class Child:
     ready_at: float | None = None
     ever_ready: bool = False
     endpoints: dict[str, list[str]] = field(default_factory=dict)
+    mq_loop: str | None = None  # as its process reported when ready (ReadyInfo)
     # restart bookkeeping
     restarts: int = 0
     failures: int = 0
@@ -116,6 +117,7 @@ class Child:
         self.ready_at = now
         self.ever_ready = True
         self.endpoints = info.endpoints
+        self.mq_loop = info.mq_loop
         self.probe_due = next_slot(now, self.config.probe.interval)
 
     def setup_failed(self, reason: str) -> None:
@@ -211,6 +213,7 @@ class Child:
             "uptime": round(now - self.ready_at, 3) if self.ready_at is not None and running else None,
             "last_exit": self.last_exit or None,
             "endpoints": self.endpoints,
+            "mq_loop": self.mq_loop,
             "paused": self.paused,
             "blocked": (
                 {"side": self.blocked.side, "seconds": round(self.blocked.seconds, 3)}

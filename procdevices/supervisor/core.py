@@ -179,6 +179,12 @@ class Supervisor:
         child.ready(info, now)
         endpoints = " ".join(f"{role}={','.join(eps)}" for role, eps in info.endpoints.items() if eps)
         self.log(f"{child.name}: RUNNING (pid {info.pid}) {endpoints}", device=child.name)
+        if info.mq_loop == "python":
+            self.log(
+                f"{child.name}: its monitored queue runs the slower Python loop (`procdevices --version` says why)",
+                device=child.name,
+                level=logging.WARNING,
+            )
         self._maybe_announce_ready()
 
     def on_exit(self, child: Child, process: DeviceProcess, now: float) -> None:
@@ -409,7 +415,16 @@ class Supervisor:
             child.last_exit = "stopped before its process was started"
             self._after_stop(child)
             return
+        starting = child.state is State.STARTING
         child.stop_begun(now)
+        if starting and child.stop is not None and child.process is not None:
+            # Not ready yet: its control socket may not be served, and a request the router
+            # cannot deliver yet is dropped. SIGTERM stops a device at any point of its start
+            # (before its handler is set: a quiet exit; after: its control loop's own stop).
+            child.stop.term_sent = True
+            self.log(f"{child.name}: stopped before it was ready; SIGTERM", device=child.name)
+            child.process.terminate()
+            return
         if child.control is not None:
             child.control.send(Command.STOP, now, child.config.stop_timeout, lambda ok, body: None)
 

@@ -58,13 +58,16 @@ def run_supervisor(
     load: Callable[[str | None], Topology] | None = None,
     *,
     metrics: str | None = None,
+    signals_ready: Callable[[], object] | None = None,
 ) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
 
     ``load(path)`` re-reads the topology for a reload (``path`` None: the file ``up``
     started with); without it the supervisor refuses to reload. ``metrics`` ("HOST:PORT")
     overrides the topology's (``metrics_socket`` adds ``<run_dir>/metrics.sock``);
-    MetricsUnavailable, before any device starts, when it cannot be served."""
+    MetricsUnavailable, before any device starts, when it cannot be served.
+    ``signals_ready()`` is called once the loop handles SIGTERM, SIGINT and SIGHUP: the caller
+    re-raises there what it held before (the command line's ``interrupts``)."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
@@ -112,6 +115,8 @@ def run_supervisor(
         # Probe answers change no timer: quiet, so they do not make the loop walk every device.
         loop.watch(launcher.controls.socket, lambda now: launcher.controls.on_readable(), quiet=True)
         loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP), supervisor.on_signal)
+        if signals_ready is not None:
+            signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
         supervisor.start_all()
         log(f"control: {run_dir.control_endpoint}")
