@@ -312,7 +312,7 @@ class Supervisor:
 
     def _apply(self, topology: Topology) -> dict[str, Any]:
         assert self._make_child is not None
-        running = {c.name: reload.Instance(c.device_name, c.config) for c in self.children if not c.retiring}
+        running = reload.running_instances(self.children, self.running_topology)
         summary = reload.apply(reload.plan(running, reload.instances(topology)), self, self._make_child)
         self.running_topology = topology
         return summary

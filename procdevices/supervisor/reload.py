@@ -63,6 +63,26 @@ def instances(topology: Topology) -> dict[str, Instance]:
     return {i.name: Instance(d.name, i) for d in topology.devices for i in d.instances()}
 
 
+def running_instances(children: list[Child], applied: Topology) -> dict[str, Instance]:
+    """What each live instance runs, *as written*: its instance of ``applied`` (the topology
+    last applied). A child's own config is not comparable with a file: it carries what the
+    supervisor resolved when it made the listening sockets (``tcp://HOST:*`` became a port), so
+    comparing it with the file's ``*`` would restart an unchanged device and lose what it
+    queues. An instance ``applied`` no longer names (the old half of a pending hand-over)
+    keeps its own config."""
+    written = instances(applied)
+    result: dict[str, Instance] = {}
+    for child in children:
+        if child.retiring:
+            continue
+        as_written = written.get(child.name)
+        if as_written is not None and as_written.device == child.device_name:
+            result[child.name] = as_written
+        else:
+            result[child.name] = Instance(child.device_name, child.config)
+    return result
+
+
 def plan(running: dict[str, Instance], wanted: dict[str, Instance]) -> Plan:
     """Pure: what turns the instances ``running`` into the instances ``wanted``."""
     result = Plan()
@@ -150,7 +170,9 @@ ChildFactory = Callable[[DeviceConfig, str], Child]
 def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[str, Any]:
     for instance in result.updated:
         child = supervisor.child_named(instance.config.name)
-        child.config = instance.config
+        # The new supervision settings; the process's own fields stay as the child resolved them.
+        kept = {f: getattr(child.config, f) for f in PROCESS_FIELDS}
+        child.config = dataclasses.replace(instance.config, **kept)
     for instance in result.restarted:
         supervisor.replace(supervisor.child_named(instance.config.name), make_child(instance.config, instance.device))
     for name in result.stopped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,105 @@ def test_scale_up_and_down(short_tmp: Path) -> None:
         assert result.returncode == 0, describe(result)
         up.wait_until(lambda: set(pids(up)) == {"pipe.0", "pipe.1", "pipe.2"}, 20, "pipe.3 to be gone")
         assert {n: pids(up)[n] for n in before} == before
+
+
+STAR_DEVICE = """\
+[devices.star]
+kind = "streamer"
+in  = { bind = ["tcp://127.0.0.1:*"] }
+out = { bind = ["tcp://127.0.0.1:*"] }
+
+"""
+
+
+class SequenceFlow:
+    """Sequence numbers pushed into ``front`` and pulled from ``back`` by two threads, while
+    the test does something else; ``finish`` says what never arrived."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], front: str, back: str) -> None:
+        self.ctx, self.front, self.back = ctx, front, back
+        self.sent = 0
+        self.received: list[int] = []
+        self.stop_sending = threading.Event()
+        self.receiver_ready = threading.Event()
+        self.threads = [threading.Thread(target=self._receive), threading.Thread(target=self._send)]
+        self.errors: list[BaseException] = []
+
+    def __enter__(self) -> SequenceFlow:
+        self.threads[0].start()
+        assert self.receiver_ready.wait(10), "the receiver did not connect"
+        self.threads[1].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_sending.set()
+        self.received_all = self._wait_received()
+        for thread in self.threads:
+            thread.join(10)
+
+    def _send(self) -> None:
+        push = self.ctx.socket(zmq.PUSH)
+        push.linger = 5000
+        push.connect(self.front)
+        try:
+            while not self.stop_sending.is_set():
+                push.send(self.sent.to_bytes(8, "big"))
+                self.sent += 1
+        except BaseException as e:  # pragma: no cover - reported by the test
+            self.errors.append(e)
+        finally:
+            push.close()
+
+    def _receive(self) -> None:
+        pull = self.ctx.socket(zmq.PULL)
+        pull.linger = 0
+        pull.connect(self.back)
+        self.receiver_ready.set()
+        try:
+            while True:
+                if not pull.poll(3000):  # 3 s with nothing: whatever was lost stays lost
+                    if self.stop_sending.is_set():
+                        return
+                    continue
+                self.received.append(int.from_bytes(pull.recv(), "big"))
+                if self.stop_sending.is_set() and len(self.received) >= self.sent:
+                    return
+        finally:
+            pull.close()
+
+    def _wait_received(self) -> bool:
+        self.threads[1].join(10)
+        self.threads[0].join(30)
+        return len(self.received) == self.sent
+
+
+@pytest.mark.timeout(150)
+def test_an_unchanged_star_device_keeps_its_process_and_every_message(
+    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """An unchanged `reload`, a SIGHUP and a `scale` of another device leave a device bound to
+    `tcp://127.0.0.1:*` alone: same pid, and a sequence-numbered flow through it loses nothing."""
+    config = write_topology(short_tmp, STAR_DEVICE + streamer("other", replicas=2), pool_size=1)
+    with Up(config) as up:
+        devices = up.wait_states()
+        pid = devices["star"]["pid"]
+        front, back = devices["star"]["endpoints"]["in"][0], devices["star"]["endpoints"]["out"][0]
+        assert front.startswith("tcp://127.0.0.1:") and not front.endswith(":*"), devices["star"]
+        with SequenceFlow(zmq_ctx, front, back) as flow:
+            up.wait_until(lambda: len(flow.received) > 1000, 20, "the flow to start")
+            result = up.cli("reload")
+            assert result.returncode == 0, describe(result)
+            assert "unchanged  other.0, other.1, star" in result.stdout, result.stdout
+            reloads = up.log().count("reloaded ")
+            up.signal(signal.SIGHUP)
+            up.wait_until(lambda: up.log().count("reloaded ") > reloads, 20, "the SIGHUP reload")
+            result = up.cli("scale", "other", "3")
+            assert result.returncode == 0, describe(result)
+            seen = len(flow.received)
+            up.wait_until(lambda: len(flow.received) > seen + 1000, 20, "the flow to go on after the changes")
+        assert not flow.errors, flow.errors
+        missing = flow.sent - len(set(flow.received))
+        assert flow.received_all and missing == 0, f"{missing} of {flow.sent} messages lost"
+        assert flow.received == sorted(flow.received), "messages arrived out of order"
+        assert up.devices()["star"]["pid"] == pid, "the unchanged device was restarted"
+        assert "restarted star" not in up.log() and "star: STOPPING" not in up.log(), up.log_tail()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fakes import Harness, topology
+from support.fakes import Harness, make_child, topology
 
-from procdevices.control.protocol import ErrorCode, ProtocolError
-from procdevices.supervisor.config import ConfigError, Topology
+from procdevices.control.protocol import Command, ErrorCode, ProtocolError
+from procdevices.supervisor.child import Child
+from procdevices.supervisor.config import ConfigError, DeviceConfig, SocketSpec, Topology
 from procdevices.supervisor.reload import instances, plan
 
 
@@ -153,3 +156,51 @@ def test_scale_refuses_replicas_that_would_share_an_address(tmp_path: Path) -> N
     assert reply["code"] == ErrorCode.REFUSED.value and "{replica}" in reply["error"]
     assert harness.request("scale", name="nope", replicas=2)["code"] == ErrorCode.NO_SUCH_DEVICE.value
     assert harness.request("scale", name="pipe", replicas=0)["code"] == ErrorCode.BAD_REQUEST.value
+
+
+def resolving_ports(instance: DeviceConfig, device: str) -> Child:
+    """As `up` makes a child: its `tcp://HOST:*` binds resolved to the port the supervisor
+    listens on (listeners.py), so the child's config differs from the file's."""
+    ports = itertools.count(41000)
+
+    def resolve(spec: SocketSpec | None) -> SocketSpec | None:
+        if spec is None:
+            return None
+        return dataclasses.replace(
+            spec, bind=tuple(e.replace(":*", f":{next(ports)}") if e.endswith(":*") else e for e in spec.bind)
+        )
+
+    resolved = dataclasses.replace(
+        instance, in_=resolve(instance.in_) or instance.in_, out=resolve(instance.out), mon=resolve(instance.mon)
+    )
+    return make_child(resolved, device)
+
+
+STAR = {"in": {"bind": ["tcp://127.0.0.1:*"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}
+
+
+def test_an_unchanged_star_device_survives_reload_sighup_and_scaling_another(tmp_path: Path) -> None:
+    """Issue: the running child's config carries the resolved port, the file says `*`; the
+    two compared unequal, so every reload restarted the device (and lost what it queued)."""
+    other = {"replicas": 1, **ipc(tmp_path, "other", replicated=True)}
+    topo = topology({"star": STAR, "other": other}, tmp_path)
+    files = Files(topo)
+    harness = Harness(topo, load=files, make_child=resolving_ports).start()
+    harness.ready("star", "other")
+    star = harness.process("star")
+    assert harness.child("star").config.in_.bind != ("tcp://127.0.0.1:*",), "the fake must resolve the port"
+
+    reply = harness.request("reload")
+    assert reply["ok"] and reply["result"]["unchanged"] == ["other", "star"], reply
+    harness.sup.on_signal(signal.SIGHUP)
+    assert harness.logged("reloaded <test>: nothing changed")
+    # A supervision-only change keeps the process and the resolved port.
+    other = {"replicas": 1, **ipc(tmp_path, "other", replicated=True)}
+    files.current = topology({"star": {**STAR, "stop_timeout": 3.0}, "other": other}, tmp_path)
+    assert harness.request("reload")["result"]["updated"] == ["star"]
+    assert harness.child("star").config.stop_timeout == 3.0
+    assert harness.child("star").config.in_.bind[0].startswith("tcp://127.0.0.1:41")
+    reply = harness.request("scale", name="other", replicas=3)
+    assert reply["ok"] and reply["result"]["unchanged"] == ["star"], reply
+    assert harness.process("star") is star and star.signals == []
+    assert Command.STOP not in harness.control("star").sent
