@@ -15,7 +15,6 @@ running supervisor is the source of truth. They refuse a run dir that is not the
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tomllib
@@ -56,12 +55,12 @@ def topology(config_flag: str | None, run_dir_flag: str | None) -> Topology:
 
 def _load(path: Path | None, override: Path | None) -> Topology:
     if path is None:
-        return default_topology(run_dir=override or default_run_dir())
-    loaded = load_topology(path)
-    if override is None:
-        return loaded
-    validate_run_dir(loaded, override)
-    return dataclasses.replace(loaded, supervisor=dataclasses.replace(loaded.supervisor, run_dir=override))
+        loaded = default_topology(run_dir=override or default_run_dir())
+    else:
+        # The override goes in before the rules run: they check the run dir `up` will use.
+        loaded = load_topology(path, run_dir=override)
+    validate_run_dir(loaded, loaded.supervisor.run_dir)  # and that `up` can create it
+    return loaded
 
 
 def client_run_dir(config_flag: str | None, run_dir_flag: str | None) -> Path:

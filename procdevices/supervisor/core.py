@@ -306,7 +306,11 @@ class Supervisor:
         """Run ``replicas`` instances of device ``name`` (the file is not changed)."""
         if self._make_child is None or self.shutting_down:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot scale now")
-        summary = self._apply(reload.scaled(self.running_topology, name, replicas))
+        try:
+            summary = self._apply(reload.scaled(self.running_topology, name, replicas))
+        except ProtocolError as e:
+            self.log(f"scale {name} to {replicas} refused, nothing changed: {e.message}", level=logging.ERROR)
+            raise
         self.log(f"scaled {name} to {replicas}: " + _summary_line(summary), device=name)
         return summary
 

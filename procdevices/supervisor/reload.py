@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from procdevices.control.protocol import ErrorCode, ProtocolError
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import DeviceConfig, Topology
+from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology, rules
 
 # What the device process itself runs with; anything else of a DeviceConfig is supervision.
 PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger", "own_sockets")
@@ -118,37 +118,21 @@ def _pair_handovers(result: Plan, running: dict[str, Instance]) -> None:
 
 
 def scaled(topology: Topology, device: str, replicas: int) -> Topology:
-    """``topology`` with ``device`` at ``replicas`` instances; ProtocolError when that cannot
-    run (an unknown device, a count out of range, replicas that would bind the same address)."""
+    """``topology`` with ``device`` at ``replicas`` instances, checked with the loader's own
+    rules (config/rules.py) before anything changes: ProtocolError for an unknown device,
+    INVALID_CONFIG with the message ``check`` gives for a file asking for the same (a count
+    out of range, replicas that would share an address, a control socket path or an ipc
+    path too long, a ``{replica}`` port past 65535)."""
     names = [d.name for d in topology.devices]
     if device not in names:
         raise ProtocolError(ErrorCode.NO_SUCH_DEVICE, f"no device named {device!r} (devices: {', '.join(names)})")
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"scale: replicas must be 1 to {MAX_REPLICAS}, not {replicas}")
     devices = tuple(dataclasses.replace(d, replicas=replicas) if d.name == device else d for d in topology.devices)
     result = dataclasses.replace(topology, devices=devices)
-    _check_binds(result, device)
+    try:
+        rules.validate(result)
+    except ConfigError as e:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
     return result
-
-
-MAX_REPLICAS = 64  # as the settings table allows in a file
-
-
-def _check_binds(topology: Topology, device: str) -> None:
-    """Replicas of a bind without ``{replica}`` (other than a ``:*`` port) would collide."""
-    owner: dict[str, str] = {}
-    for instance in topology.instances():
-        for _, spec in instance.sockets():
-            for endpoint in spec.bind:
-                if endpoint.endswith(":*"):
-                    continue
-                if endpoint in owner:
-                    raise ProtocolError(
-                        ErrorCode.REFUSED,
-                        f"scale {device}: {instance.name} would bind {endpoint} like {owner[endpoint]}; "
-                        "write {replica} into the endpoint (or use port *) to run several replicas",
-                    )
-                owner[endpoint] = instance.name
 
 
 class Adopter(Protocol):
@@ -168,17 +152,26 @@ ChildFactory = Callable[[DeviceConfig, str], Child]
 
 
 def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[str, Any]:
+    """Apply ``result``: every new instance is made first (its listening sockets, its pickled
+    device), and only when all are made does any running instance change; a failure to make
+    one is a ProtocolError and changes nothing."""
+    try:
+        restarted = [(i.config.name, make_child(i.config, i.device)) for i in result.restarted]
+        handovers = [(old, make_child(i.config, i.device)) for old, i in result.handovers]
+        started = [make_child(i.config, i.device) for i in result.started]
+    except Exception as e:  # an OSError, a device that cannot be pickled: nothing is applied
+        raise ProtocolError(ErrorCode.FAILED, f"nothing changed: cannot make a new device instance: {e}") from None
     for instance in result.updated:
         child = supervisor.child_named(instance.config.name)
         # The new supervision settings; the process's own fields stay as the child resolved them.
         kept = {f: getattr(child.config, f) for f in PROCESS_FIELDS}
         child.config = dataclasses.replace(instance.config, **kept)
-    for instance in result.restarted:
-        supervisor.replace(supervisor.child_named(instance.config.name), make_child(instance.config, instance.device))
+    for name, successor in restarted:
+        supervisor.replace(supervisor.child_named(name), successor)
     for name in result.stopped:
         supervisor.retire(supervisor.child_named(name))
-    for old, instance in result.handovers:
-        supervisor.replace(supervisor.child_named(old), make_child(instance.config, instance.device))
-    for instance in result.started:
-        supervisor.adopt(make_child(instance.config, instance.device))
+    for old, successor in handovers:
+        supervisor.replace(supervisor.child_named(old), successor)
+    for child in started:
+        supervisor.adopt(child)
     return result.summary()

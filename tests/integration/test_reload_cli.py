@@ -10,6 +10,8 @@ import pytest
 import zmq
 from support.cli import Up, describe, push_pull, write_topology
 
+from procdevices.supervisor.config import IPC_PATH_MAX
+
 
 def streamer(name: str, *, kind: str = "streamer", replicas: int = 1) -> str:
     suffix = "-{replica}" if replicas > 1 else ""
@@ -191,3 +193,34 @@ def test_an_unchanged_star_device_keeps_its_process_and_every_message(
         assert flow.received == sorted(flow.received), "messages arrived out of order"
         assert up.devices()["star"]["pid"] == pid, "the unchanged device was restarted"
         assert "restarted star" not in up.log() and "star: STOPPING" not in up.log(), up.log_tail()
+
+
+@pytest.mark.timeout(120)
+def test_scale_past_the_path_limit_is_refused_like_check_and_changes_nothing(short_tmp: Path) -> None:
+    """Replica 10 of this device would bind an ipc path one byte over the unix socket limit:
+    `scale` refuses it before touching anything, with the line `check` prints for a file
+    that asks for the same."""
+    stem = f"{short_tmp}/"
+    path = stem + "p" * (IPC_PATH_MAX - len(stem) - 1) + "{replica}"
+    long = f'[devices.long]\nkind = "streamer"\nin = {{ bind = ["ipc://{path}"] }}\nout = {{ bind = ["tcp://127.0.0.1:*"] }}\n'
+    config = write_topology(short_tmp, long + streamer("other"), pool_size=0)
+    with Up(config) as up:
+        before = {n: d["pid"] for n, d in up.wait_states().items()}
+        running = config.read_text()
+        config.write_text(
+            running.replace(
+                'kind = "streamer"\nin = { bind = ["ipc', 'kind = "streamer"\nreplicas = 11\nin = { bind = ["ipc', 1
+            )
+        )
+        checked = up.cli("check")
+        config.write_text(running)
+        assert checked.returncode == 78 and "is 108 bytes" in checked.stderr, describe(checked)
+        why = checked.stderr.removeprefix("procdevices: ")
+
+        result = up.cli("scale", "long", "11")
+
+        assert result.returncode == 78, describe(result)
+        assert result.stderr == f"procdevices: scale: {why}", describe(result)
+        assert pids(up) == before, "a running instance changed"
+        assert up.status()["supervisor"]["scaled"] == {}
+        assert "scale long to 11 refused, nothing changed" in up.log(), up.log_tail()

@@ -13,7 +13,7 @@ from support.fakes import Harness, make_child, topology
 
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import ConfigError, DeviceConfig, SocketSpec, Topology
+from procdevices.supervisor.config import IPC_PATH_MAX, ConfigError, DeviceConfig, SocketSpec, Topology
 from procdevices.supervisor.reload import instances, plan
 
 
@@ -153,9 +153,93 @@ def test_scale_refuses_replicas_that_would_share_an_address(tmp_path: Path) -> N
     with pytest.raises(ProtocolError):
         harness.sup.scale("pipe", 2)
     reply = harness.request("scale", name="pipe", replicas=2)
-    assert reply["code"] == ErrorCode.REFUSED.value and "{replica}" in reply["error"]
+    assert reply["code"] == ErrorCode.INVALID_CONFIG.value and "{replica}" in reply["error"]
     assert harness.request("scale", name="nope", replicas=2)["code"] == ErrorCode.NO_SUCH_DEVICE.value
-    assert harness.request("scale", name="pipe", replicas=0)["code"] == ErrorCode.BAD_REQUEST.value
+    assert harness.request("scale", name="pipe", replicas=0)["code"] == ErrorCode.INVALID_CONFIG.value
+
+
+def _star_binds(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    return {"star": STAR}
+
+
+def _control_path_limit(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """A device whose name just fits the control socket path: `NAME.1.sock` does not."""
+    room = IPC_PATH_MAX - len(f"{tmp_path}/run/ctl/.sock")
+    assert 3 <= room <= 63, "tmp_path too long or too short for this case"
+    return {"n" * room: STAR}
+
+
+def _replica_port(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """`{replica}` in a port: replica 6 asks for port 65536."""
+    binds = {"in": {"bind": ["tcp://127.0.0.1:6553{replica}"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}
+    return {"port": binds}
+
+
+def _replica_ipc_path(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """An ipc path of exactly the limit with a one-digit replica: replica 10 is a byte over."""
+    stem = f"{tmp_path}/"
+    path = stem + "p" * (IPC_PATH_MAX - len(stem) - 1) + "{replica}"
+    assert len(path.replace("{replica}", "0")) == IPC_PATH_MAX
+    return {"long": {"in": {"bind": [f"ipc://{path}"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}}
+
+
+@pytest.mark.parametrize(
+    ("case", "replicas", "expected"),
+    [
+        (_control_path_limit, 2, "unix socket paths are limited to 107 bytes"),
+        (_replica_port, 7, "port must be 1-65535 or *, got '65536'"),
+        (_replica_ipc_path, 11, "is 108 bytes, but unix socket paths are limited to 107 bytes"),
+        (_star_binds, 65, "between 1 and 64, got 65"),
+    ],
+    ids=["control-socket-path", "replica-port", "replica-ipc-path", "replicas-65"],
+)
+def test_scale_is_refused_with_the_message_check_gives_and_changes_nothing(
+    tmp_path: Path, case: Any, replicas: int, expected: str
+) -> None:
+    devices = case(tmp_path)
+    (name,) = devices
+    files = Files(topology({**devices, "other": STAR}, tmp_path))
+    assert isinstance(files.current, Topology)
+    harness = Harness(files.current, load=files).start()
+    harness.ready(name, "other")
+    before = {c.name: c.process for c in harness.sup.children}
+    launched = len(harness.launcher.launched)
+    running_topology = harness.sup.running_topology
+    # What `check` says of a file that asks for the same number of replicas.
+    with pytest.raises(ConfigError) as check:
+        topology({name: {**devices[name], "replicas": replicas}, "other": STAR}, tmp_path)
+    assert expected in str(check.value)
+
+    reply = harness.request("scale", name=name, replicas=replicas)
+
+    assert reply["ok"] is False and reply["code"] == ErrorCode.INVALID_CONFIG.value, reply
+    assert reply["error"] == f"invalid configuration: {check.value}"
+    assert {c.name: c.process for c in harness.sup.children} == before, "a running instance changed"
+    assert len(harness.launcher.launched) == launched and all(p.signals == [] for p in harness.launcher.launched)
+    assert not any(Command.STOP in c.sent for c in harness.launcher.controls.values())
+    assert harness.sup.running_topology is running_topology
+    assert harness.request("status")["result"]["supervisor"]["scaled"] == {}
+    assert harness.logged(f"scale {name} to {replicas} refused, nothing changed: invalid configuration:")
+
+
+def test_an_instance_that_cannot_be_made_changes_nothing(tmp_path: Path) -> None:
+    """Every new instance is made before any running one is touched: a failure to make the
+    third leaves the first two, and the running instances, as they were."""
+
+    def failing(instance: DeviceConfig, device: str) -> Child:
+        if instance.name == "pipe.2":
+            raise OSError(98, "cannot listen on tcp://127.0.0.1:7000: Address already in use")
+        return make_child(instance, device)
+
+    topo = topology({"pipe": {"replicas": 1, **ipc(tmp_path, "pipe", replicated=True)}}, tmp_path)
+    harness = Harness(topo, load=Files(topo), make_child=failing).start()
+    harness.ready("pipe")
+    process = harness.process("pipe")
+    reply = harness.request("scale", name="pipe", replicas=4)  # pipe -> pipe.0 .. pipe.3
+    assert reply["code"] == ErrorCode.FAILED.value and "nothing changed" in reply["error"], reply
+    assert "Address already in use" in reply["error"]
+    assert [c.name for c in harness.sup.children] == ["pipe"] and harness.process("pipe") is process
+    assert harness.state("pipe") == "RUNNING" and harness.control("pipe").sent.count(Command.STOP) == 0
 
 
 def resolving_ports(instance: DeviceConfig, device: str) -> Child:

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from procdevices.supervisor.config import endpoints, settings
+from procdevices.supervisor.config import endpoints, rules, settings
 from procdevices.supervisor.config.errors import (
     ConfigError,
     Invalid,
@@ -68,22 +68,26 @@ _DEVICE_KEYS = _DEVICE_ONLY_KEYS + settings.DEVICE_SETTING_KEYS
 # Public functions
 
 
-def load_topology(path: str | os.PathLike[str]) -> Topology:
-    """Read, parse and validate the TOML topology file at ``path``."""
+def load_topology(path: str | os.PathLike[str], *, run_dir: pathlib.Path | None = None) -> Topology:
+    """Read, parse and validate the TOML topology file at ``path``; ``run_dir`` (``--run-dir``)
+    replaces the file's ``[supervisor] run_dir`` before the rules that concern it run."""
     source = os.fspath(path)
     try:
         data = decode_toml(read_config_file(path))
     except Invalid as exc:
         raise ConfigError(source, exc.key, exc.reason) from None
     base_dir = pathlib.Path(os.path.abspath(source)).parent
-    return parse_topology(data, source=source, base_dir=base_dir)
+    return parse_topology(data, source=source, base_dir=base_dir, run_dir=run_dir)
 
 
-def parse_topology(data: Mapping[str, Any], *, source: str, base_dir: pathlib.Path) -> Topology:
-    """Validate already-decoded TOML ``data``; relative paths resolve against ``base_dir``."""
+def parse_topology(
+    data: Mapping[str, Any], *, source: str, base_dir: pathlib.Path, run_dir: pathlib.Path | None = None
+) -> Topology:
+    """Validate already-decoded TOML ``data``; relative paths resolve against ``base_dir``;
+    ``run_dir``, when given, overrides the file's."""
     try:
         with LibzmqTrial() as trial:
-            return _Loader(pathlib.Path(os.path.abspath(base_dir)), trial).topology(data, source)
+            return _Loader(pathlib.Path(os.path.abspath(base_dir)), trial, run_dir).topology(data, source)
     except Invalid as exc:
         raise ConfigError(source, exc.key, exc.reason) from None
     except RecursionError:
@@ -93,11 +97,13 @@ def parse_topology(data: Mapping[str, Any], *, source: str, base_dir: pathlib.Pa
 
 def validate_run_dir(topology: Topology, run_dir: pathlib.Path) -> None:
     """Check that ``run_dir`` can hold the supervisor's and every device's control
-    socket (the unix socket path limit); ConfigError naming ``supervisor.run_dir``
-    or the device otherwise. The loader calls it for the file's run_dir; call it
-    again when the run directory is overridden (``--run-dir``)."""
+    socket (the unix socket path limit) and exists or can be created; ConfigError naming
+    ``supervisor.run_dir`` or the device otherwise. The loader checks the socket paths for
+    the run dir it was given (``load_topology(run_dir=...)``); whether it can be created
+    depends on the file system, so the command line asks here, for the run dir ``up`` uses."""
     try:
-        endpoints.check_socket_paths(topology.devices, run_dir, "supervisor.run_dir")
+        endpoints.check_socket_paths(topology.devices, run_dir, rules.RUN_DIR_KEY)
+        rules.check_run_dir(run_dir)
     except Invalid as exc:
         raise ConfigError(topology.source, exc.key, exc.reason) from None
 
@@ -136,9 +142,10 @@ def find_config(explicit: str | None, cwd: pathlib.Path) -> pathlib.Path | None:
 
 
 class _Loader:
-    def __init__(self, base_dir: pathlib.Path, trial: LibzmqTrial) -> None:
+    def __init__(self, base_dir: pathlib.Path, trial: LibzmqTrial, run_dir: pathlib.Path | None = None) -> None:
         self.base_dir = base_dir
         self.trial = trial
+        self.run_dir = run_dir
 
     def topology(self, data: Mapping[str, Any], source: str) -> Topology:
         if not isinstance(data, Mapping):
@@ -151,9 +158,7 @@ class _Loader:
         if not devices_table:
             raise Invalid("devices", "no devices defined")
         devices = tuple(self.device(str(name), value, defaults) for name, value in devices_table.items())
-        endpoints.check_bind_conflicts(devices)
-        endpoints.check_socket_paths(devices, supervisor.run_dir, "supervisor.run_dir")
-        endpoints.check_bind_hosts(devices, self.trial)
+        rules.check(devices, supervisor.run_dir, self.trial)
         return Topology(source=source, supervisor=supervisor, devices=devices)
 
     def supervisor(self, table: Mapping[str, Any]) -> tuple[SupervisorConfig, Values]:
@@ -161,7 +166,7 @@ class _Loader:
         check_keys(table, _SUPERVISOR_KEYS, prefix)
         own = parse_settings(table, prefix, settings.SUPERVISOR_SETTINGS).values
         resolved = {s.path: own.get(s.path, s.default) for s in settings.SUPERVISOR_SETTINGS}
-        run_dir = pathlib.Path(os.path.abspath(self.base_dir / str(resolved["run_dir"])))
+        run_dir = self.run_dir or pathlib.Path(os.path.abspath(self.base_dir / str(resolved["run_dir"])))
         # Checked again with the devices (check_socket_paths); early, so a long run_dir is
         # reported as such and not as a device name problem.
         endpoints.check_socket_paths((), run_dir, f"{prefix}.run_dir")
@@ -237,22 +242,19 @@ class _Loader:
                 settings.group_origin("backoff", defaults, own),
                 f"initial ({backoff_initial:g}) must be <= max ({backoff_max:g})",
             )
-        replicas = resolved["replicas"]
-        assert isinstance(replicas, int)
-
         for role in ("in", "out"):
             if role not in table:
                 raise Invalid(f"{prefix}.{role}", f"missing required key '{role}' (the {role} socket table)")
-        in_spec = self.socket(table["in"], f"{prefix}.in", spec.in_type, replicas)
-        out_spec = self.socket(table["out"], f"{prefix}.out", spec.out_type, replicas)
+        in_spec = self.socket(table["in"], f"{prefix}.in", spec.in_type)
+        out_spec = self.socket(table["out"], f"{prefix}.out", spec.out_type)
         mon_spec: SocketSpec | None = None
         if "mon" in table:
-            mon_spec = self.socket(table["mon"], f"{prefix}.mon", MON_DEFAULT_TYPE, replicas)
+            mon_spec = self.socket(table["mon"], f"{prefix}.mon", MON_DEFAULT_TYPE)
         elif spec.mon is Presence.REQUIRED:
             raise Invalid(f"{prefix}.mon", f"missing required key 'mon' ({kind} needs a monitor socket)")
         ctrl_spec: SocketSpec | None = None
         if "ctrl" in table:
-            ctrl_spec = self.socket(table["ctrl"], f"{prefix}.ctrl", CTRL_DEFAULT_TYPE, replicas)
+            ctrl_spec = self.socket(table["ctrl"], f"{prefix}.ctrl", CTRL_DEFAULT_TYPE)
 
         if spec.subscribe_all and in_spec.type == zmq.SUB:
             if not any(opt == zmq.SocketOption.SUBSCRIBE for opt, _ in in_spec.sockopts):
@@ -280,5 +282,5 @@ class _Loader:
             **settings.device_fields(resolved),
         )
 
-    def socket(self, value: object, prefix: str, default_type: str, replicas: int) -> SocketSpec:
-        return parse_socket(value, prefix, default_type, replicas, os.fspath(self.base_dir), self.trial)
+    def socket(self, value: object, prefix: str, default_type: str) -> SocketSpec:
+        return parse_socket(value, prefix, default_type, os.fspath(self.base_dir), self.trial)

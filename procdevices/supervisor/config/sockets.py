@@ -62,9 +62,7 @@ _NON_NEGATIVE = frozenset(
 )
 
 
-def parse_socket(
-    value: object, prefix: str, default_type: str, replicas: int, base_dir: str, trial: LibzmqTrial
-) -> SocketSpec:
+def parse_socket(value: object, prefix: str, default_type: str, base_dir: str, trial: LibzmqTrial) -> SocketSpec:
     table = as_table(value, prefix)
     check_keys(table, SOCKET_KEYS, prefix)
     type_name = default_type
@@ -89,7 +87,7 @@ def parse_socket(
         if not isinstance(raw, (list, tuple)):
             raise expected(key, "an array of endpoint strings", raw)
         endpoints[direction] = tuple(
-            check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", replicas=replicas, base_dir=base_dir)
+            check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", base_dir=base_dir)
             for i, item in enumerate(raw)
         )
     if not endpoints["bind"] and not endpoints["connect"]:
