@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import select
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -224,3 +226,39 @@ def test_scale_past_the_path_limit_is_refused_like_check_and_changes_nothing(sho
         assert pids(up) == before, "a running instance changed"
         assert up.status()["supervisor"]["scaled"] == {}
         assert "scale long to 11 refused, nothing changed" in up.log(), up.log_tail()
+
+
+@pytest.mark.timeout(150)
+def test_renaming_reloads_leave_no_connection_to_removed_devices(short_tmp: Path) -> None:
+    """Each reload renames the device: the supervisor must forget the control socket of every
+    device it removed. Before, it kept trying to connect to each one, ten times a second, for
+    the life of the supervisor (994 failed connects a second after 150 renames)."""
+    config = write_topology(short_tmp, streamer("keep") + streamer("name0"), pool_size=1)
+    renames = 4
+    with Up(config) as up:
+        up.wait_states()
+        for n in range(1, renames + 1):
+            write_topology(short_tmp, streamer("keep") + streamer(f"name{n}"), pool_size=1)
+            result = up.cli("reload")
+            assert result.returncode == 0, describe(result)
+            up.wait_states({"keep": "RUNNING", f"name{n}": "RUNNING"})
+            up.wait_until(lambda n=n: f"name{n - 1}" not in pids(up), 20, f"name{n - 1} to be removed")
+        ctl = short_tmp / "run" / "ctl"
+        for n in range(renames):
+            path = ctl / f"name{n}.sock"
+            assert not path.exists(), "a removed device left its control socket"
+            assert not _connects_within(path, 1.0), f"the supervisor still tries to reach removed name{n}"
+        assert up.running() and set(pids(up)) == {"keep", f"name{renames}"}
+
+
+def _connects_within(path: Path, seconds: float) -> bool:
+    """Whether anything connects to a unix socket listening at ``path`` within ``seconds``
+    (libzmq retries a lost ipc connection every 100 ms)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(8)
+        return bool(select.select([listener], [], [], seconds)[0])
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
