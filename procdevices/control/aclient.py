@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import zmq
 
@@ -123,7 +123,7 @@ class ControlRouter:
         if users > 1:
             return
         self._idle.add(endpoint)
-        if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+        if not cast(int, self.socket.get(zmq.EVENTS)) & zmq.POLLIN:
             self._disconnect_idle()
 
     def _disconnect_idle(self) -> None:

@@ -6,6 +6,7 @@ import select
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -242,13 +243,17 @@ def test_renaming_reloads_leave_no_connection_to_removed_devices(short_tmp: Path
             result = up.cli("reload")
             assert result.returncode == 0, describe(result)
             up.wait_states({"keep": "RUNNING", f"name{n}": "RUNNING"})
-            up.wait_until(lambda n=n: f"name{n - 1}" not in pids(up), 20, f"name{n - 1} to be removed")
+            up.wait_until(_removed(up, f"name{n - 1}"), 20, f"name{n - 1} to be removed")
         ctl = short_tmp / "run" / "ctl"
         for n in range(renames):
             path = ctl / f"name{n}.sock"
             assert not path.exists(), "a removed device left its control socket"
             assert not _connects_within(path, 1.0), f"the supervisor still tries to reach removed name{n}"
         assert up.running() and set(pids(up)) == {"keep", f"name{renames}"}
+
+
+def _removed(up: Up, name: str) -> Callable[[], bool]:
+    return lambda: name not in pids(up)
 
 
 def _connects_within(path: Path, seconds: float) -> bool:
