@@ -185,8 +185,7 @@ class Child:
             deadlines.append(self.probe_due)
         if self.control is not None and (d := self.control.next_deadline()) is not None:
             deadlines.append(d)
-        if self.state is State.STARTING and self.process is not None:
-            deadlines.append(self.spawned_at + self.config.start_timeout)
+        # start_timeout's deadline is the supervisor's (startclock.py: it depends on the others).
         if self.stop is not None:
             d = policy.next_stop_deadline(
                 requested_at=self.stop.requested_at,

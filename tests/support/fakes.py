@@ -244,6 +244,7 @@ class Harness:
         load: Callable[[str | None], Topology] | None = None,
         max_starting: int | None = None,
         make_child: ChildFactory = make_child,
+        cpus: int = 4,  # not the test machine's: start_timeout's fair shares depend on it
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher(idle_workers)
@@ -266,6 +267,7 @@ class Harness:
             load=load,
             make_child=make_child,
             max_starting=max_starting,
+            cpus=cpus,
         )
         self.handlers = CommandHandlers(self.sup)
         # Devices answer their liveness probes unless the test says otherwise.
