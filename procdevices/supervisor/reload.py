@@ -25,8 +25,23 @@ from procdevices.control.protocol import ErrorCode, ProtocolError
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology, rules
 
-# What the device process itself runs with; anything else of a DeviceConfig is supervision.
+# Every field of a DeviceConfig is in exactly one of these (a test holds it, so a new setting
+# cannot slip in unclassified). What the device process itself runs with: a change restarts it.
 PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger", "own_sockets")
+# How the supervisor treats the process: a change applies to the running process.
+SUPERVISION_FIELDS = (
+    "restart",
+    "backoff",
+    "intensity",
+    "stable_after",
+    "probe",
+    "memory_limit",
+    "start_timeout",
+    "stop_timeout",
+    "kill_timeout",
+)
+# Which instance it is: instances are matched by name; an instance always has replicas = 1.
+INSTANCE_FIELDS = ("name", "replicas")
 
 
 def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:

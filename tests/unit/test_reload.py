@@ -288,3 +288,14 @@ def test_an_unchanged_star_device_survives_reload_sighup_and_scaling_another(tmp
     assert reply["ok"] and reply["result"]["unchanged"] == ["star"], reply
     assert harness.process("star") is star and star.signals == []
     assert Command.STOP not in harness.control("star").sent
+
+
+def test_every_device_setting_says_what_a_reload_of_it_means() -> None:
+    """A new DeviceConfig field must be classified: restart the process, or apply live."""
+    from procdevices.supervisor import reload
+
+    groups = (reload.PROCESS_FIELDS, reload.SUPERVISION_FIELDS, reload.INSTANCE_FIELDS)
+    classified = [name for group in groups for name in group]
+    assert sorted(classified) == sorted(f.name for f in dataclasses.fields(DeviceConfig)), (
+        "classify every DeviceConfig field in procdevices/supervisor/reload.py"
+    )
