@@ -87,6 +87,8 @@ def check_run_dir(run_dir: pathlib.Path, key: str = RUN_DIR_KEY) -> None:
         raise Invalid(key, f"cannot create run dir {run_dir}: {parent}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise Invalid(key, f"cannot create run dir {run_dir}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Invalid(key, f"cannot create run dir {run_dir}: {parent} is not writable")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".procdevices-check-", dir=parent))
     except OSError as exc:
