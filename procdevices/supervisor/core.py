@@ -300,6 +300,11 @@ class Supervisor:
         except ConfigError as e:
             self.log(f"reload refused, nothing changed: invalid configuration: {e}", level=logging.ERROR)
             raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
+        try:
+            reload.fits_descriptors(topology)
+        except ProtocolError as e:
+            self.log(f"reload refused, nothing changed: {e.message}", level=logging.ERROR)
+            raise
         if topology.supervisor.run_dir != self.topology.supervisor.run_dir:
             message = f"run_dir cannot change while running ({self.topology.supervisor.run_dir} -> {topology.supervisor.run_dir})"
             self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from procdevices.control.protocol import ErrorCode, ProtocolError
+from procdevices.supervisor import fdplan
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology, rules
 
@@ -137,7 +138,8 @@ def scaled(topology: Topology, device: str, replicas: int) -> Topology:
     rules (config/rules.py) before anything changes: ProtocolError for an unknown device,
     INVALID_CONFIG with the message ``check`` gives for a file asking for the same (a count
     out of range, replicas that would share an address, a control socket path or an ipc
-    path too long, a ``{replica}`` port past 65535)."""
+    path too long, a ``{replica}`` port past 65535, more processes than the open-file limit
+    can carry)."""
     names = [d.name for d in topology.devices]
     if device not in names:
         raise ProtocolError(ErrorCode.NO_SUCH_DEVICE, f"no device named {device!r} (devices: {', '.join(names)})")
@@ -147,7 +149,17 @@ def scaled(topology: Topology, device: str, replicas: int) -> Topology:
         rules.validate(result)
     except ConfigError as e:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
+    fits_descriptors(result)
     return result
+
+
+def fits_descriptors(topology: Topology) -> None:
+    """INVALID_CONFIG, with the line `check` gives, when the supervisor's open-file limit
+    cannot carry ``topology`` (fdplan.py)."""
+    try:
+        fdplan.check(topology)
+    except fdplan.DescriptorLimit as e:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, str(e)) from None
 
 
 class Adopter(Protocol):

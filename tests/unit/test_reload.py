@@ -299,3 +299,29 @@ def test_every_device_setting_says_what_a_reload_of_it_means() -> None:
     assert sorted(classified) == sorted(f.name for f in dataclasses.fields(DeviceConfig)), (
         "classify every DeviceConfig field in procdevices/supervisor/reload.py"
     )
+
+
+def test_scale_and_reload_past_the_open_file_limit_are_refused_like_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor plan `check` and `up` apply (fdplan.py) holds for a live change too."""
+    from procdevices.supervisor import fdplan
+
+    monkeypatch.setattr(fdplan, "limits", lambda: (256, 256))
+    replicated = {"replicas": 2, **ipc(tmp_path, "pipe", replicated=True)}
+    files = Files(topology({"pipe": replicated}, tmp_path))
+    assert isinstance(files.current, Topology)
+    harness = Harness(files.current, load=files).start()
+    harness.ready("pipe.0", "pipe.1")
+    before = {c.name: c.process for c in harness.sup.children}
+    big = topology({"pipe": {**replicated, "replicas": 40}}, tmp_path)
+    with pytest.raises(fdplan.DescriptorLimit) as check:
+        fdplan.check(big)
+
+    reply = harness.request("scale", name="pipe", replicas=40)
+    assert reply["code"] == ErrorCode.INVALID_CONFIG.value and reply["error"] == str(check.value), reply
+    files.current = big
+    reply = harness.request("reload")
+    assert reply["code"] == ErrorCode.INVALID_CONFIG.value and reply["error"] == str(check.value), reply
+    assert {c.name: c.process for c in harness.sup.children} == before
+    assert len(harness.launcher.launched) == 2 and harness.sup.running_topology.devices[0].replicas == 2
