@@ -51,8 +51,15 @@ class ControlClient:
         with self._lock:
             socket = self._connect()
             request_id = next(self._ids).to_bytes(8, "big")
-            socket.send_multipart([request_id, command.value, encode(payload)])
             deadline_ms = max(1, int(timeout * 1000))
+            # A DEALER whose peer has gone (a thread device's inproc control socket, closed as
+            # the device ended) has nowhere to queue: a plain send would block for ever.
+            try:
+                if not socket.poll(deadline_ms, zmq.POLLOUT):
+                    raise zmq.Again()
+                socket.send_multipart([request_id, command.value, encode(payload)], zmq.NOBLOCK)
+            except zmq.Again:
+                raise ControlTimeout(f"{command.name} cannot be sent to {self.endpoint}: nobody is there") from None
             while socket.poll(deadline_ms):
                 frames = socket.recv_multipart()
                 if frames[0] != request_id:

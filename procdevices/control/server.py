@@ -81,7 +81,6 @@ WAKE_EXIT = b"exit"
 class ControlTarget:
     """What the control loop steers. Built by the device runtime."""
 
-    ctx: zmq.Context[zmq.Socket[bytes]]
     steering: steer.ProxySteering | None  # None: the loop has no control socket
     info: Callable[[], dict[str, Any]]
     # How to stop a loop without a control socket; None when that is impossible.
@@ -339,7 +338,7 @@ class ControlServer:
 
     def _steer_pause(self, paused: bool, reply: _Reply) -> None:
         steering = self._require_running_loop("pause" if paused else "resume")
-        commands = self.target.pause_commands or steer.pause_commands(self.target.ctx)
+        commands = self.target.pause_commands or steer.pause_commands()
         command = commands.pause if paused else commands.resume
 
         def done(_: list[bytes]) -> None:

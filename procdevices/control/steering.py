@@ -137,12 +137,16 @@ _probe_lock = threading.Lock()
 _probed: PauseCommands | None = None
 
 
-def pause_commands(ctx: zmq.Context[zmq.Socket[bytes]]) -> PauseCommands:
-    """The commands that really pause and resume this process's libzmq proxy (cached)."""
+def pause_commands() -> PauseCommands:
+    """The commands that really pause and resume this process's libzmq proxy (cached).
+
+    The probe runs in a context of its own, never the device's: a caller may terminate the
+    device's context at any moment, and the probe's proxy thread must not be caught in it."""
     global _probed
     with _probe_lock:
         if _probed is None:
-            _probed = _probe_pause_commands(ctx)
+            with zmq.Context() as ctx:
+                _probed = _probe_pause_commands(ctx)
         return _probed
 
 

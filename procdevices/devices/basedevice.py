@@ -29,7 +29,7 @@ from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
 from procdevices.control.protocol import Command, DeviceStats
 from procdevices.control.steering import PauseCommands
-from procdevices.devices import drain
+from procdevices.devices import contexts, drain
 from procdevices.devices import runtime as rt
 from procdevices.devices.roles import SocketSetup, role_methods
 from procdevices.errors import (
@@ -48,6 +48,10 @@ Context = zmq.Context[Socket]
 # How many times _reserve_random_port draws again when it draws a port this device already
 # reserved (the same bound as pyzmq's).
 _RESERVE_DRAWS = 5
+
+# How long stop() waits for the answer to one STOP before it looks whether the device has
+# ended anyway, and asks again. A running control loop answers in well under a millisecond.
+_STOP_ASK_EVERY = 0.02
 
 # Socket types whose send blocks at the high-water mark (the others drop, or cannot send).
 _BLOCKING_SEND = frozenset({zmq.PUSH, zmq.DEALER, zmq.PAIR, zmq.REQ})
@@ -163,7 +167,11 @@ class Device:
         """Build every socket of ``socket_roles``, in pyzmq's order: in and out (sockopts of
         both, then binds, then connects), then each further role. A role whose type is None
         (ProxySteerable without ctrl) gives None. Returns the sockets in role order."""
-        ctx: Context = self.context_factory()
+        factory = self.context_factory
+        ctx: Context = factory()
+        if self._runtime is not None:
+            # Before the context is reachable as _context: its term() is made once-only there.
+            self._runtime.adopt_context(ctx, made_for_device=contexts.makes_own_context(factory))
         self._context = ctx
         ins = self._new_socket(ctx, "in", self.in_type)
         outs = ins if self.out_type < 0 else self._new_socket(ctx, "out", self.out_type)
@@ -262,7 +270,6 @@ class Device:
                 self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
                 rt.NullReporter(),
                 whole_process=False,
-                private_context=False,
             )
         runtime = self._runtime
         self.control_endpoint = runtime.control_endpoint
@@ -349,7 +356,11 @@ class Device:
 
     def start(self) -> None:
         """Start the device. Override me in subclass for other launchers."""
-        return self.run()
+        try:
+            return self.run()
+        finally:
+            if self._runtime is not None:
+                self._runtime.terminate_context()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the device to finish, like Thread.join."""
@@ -414,14 +425,22 @@ class Device:
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the device to stop through its control socket and wait until it has."""
         deadline = time.monotonic() + timeout
-        if not self.done:
-            self._control().request(Command.STOP, timeout)
+        while not self.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                self._control().request(Command.STOP, min(_STOP_ASK_EVERY, remaining))
+                break
+            except ControlTimeout:
+                # Unanswered: when its caller terminated the device's context meanwhile, the
+                # device ends without its control loop, which answers nothing. Look whether
+                # it has ended, and ask again (STOP is idempotent) until the deadline.
+                continue
         self.join(max(0.0, deadline - time.monotonic()))
         if not self.done:
             raise ControlTimeout(f"{type(self).__name__} did not stop within {timeout:.3g}s")
         self._close_client()
-        if self._runtime is not None and self._runtime.control_ctx is not None:
-            self._runtime.control_ctx.term()
 
     def _close_client(self) -> None:
         if self._client is not None:
@@ -479,7 +498,6 @@ class ThreadDevice(BackgroundDevice):
             self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
             reporter,
             whole_process=False,
-            private_context=self._owns_context(),
         )
         self.control_endpoint = runtime.control_endpoint
         self.done = False
@@ -494,11 +512,6 @@ class ThreadDevice(BackgroundDevice):
             self.launcher.join()
             raise reporter.error
         self._ready = reporter.info
-
-    def _owns_context(self) -> bool:
-        # Stopping a loop that has no control socket means shutting its context down,
-        # which is only ours to do when nobody else uses it.
-        return type(self).context_factory != zmq.Context.instance
 
 
 def _thread_main(device: Device, runtime: rt.DeviceRuntime) -> None:

@@ -42,6 +42,7 @@ from procdevices.control.server import (
     ControlTarget,
 )
 from procdevices.control.steering import PauseCommands, ProxySteering
+from procdevices.devices.contexts import TermOnce
 from procdevices.devices.inherit import INHERITED
 from procdevices.devices.inherit import adopt as adopt_listeners
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
@@ -184,7 +185,6 @@ class DeviceRuntime:
         reporter: Reporter,
         *,
         whole_process: bool,
-        private_context: bool | None = None,
         parent_sentinel: int | None = None,
         signal_fd: int | None = None,
         cleanup_dir: str | None = None,
@@ -192,25 +192,42 @@ class DeviceRuntime:
         self.control_endpoint = control_endpoint
         self.reporter = reporter
         # whole_process: the device is the process (spawned child, `procdevices run`): it
-        # terminates its contexts on exit. private_context: nobody else uses the device's
-        # context, so a loop without a control socket may be broken by terminating it.
+        # terminates its contexts on exit.
         self.whole_process = whole_process
-        self.private_context = whole_process if private_context is None else private_context
         self.parent_sentinel = parent_sentinel
         self.signal_fd = signal_fd
         self.cleanup_dir = cleanup_dir
         self.endpoints: dict[str, list[str]] = {}
         self.ctx: Context | None = None
+        # Set when the device's context is the device's to terminate (contexts.py).
+        self._term_once: TermOnce | None = None
         self.control_ctx: Context | None = None
         self.proxy_control: Socket | None = None  # the REP end handed to zmq_proxy_steerable
         self.user_ctrl: Socket | None = None
         self.reported = False
         self._wake: Socket | None = None
         self._control_thread: threading.Thread | None = None
+        # Sockets the worker thread closes; those of the control loop are its own to close.
         self._private_sockets: list[Socket] = []
         self._terminator: threading.Thread | None = None
         self._target: ControlTarget | None = None
         self.finished = False  # a runtime serves one run: a device run again gets a new one
+
+    @property
+    def owns_context(self) -> bool:
+        """Whether the device terminates its context when its run ends (and may terminate
+        it to break a loop that has no control socket)."""
+        return self._term_once is not None
+
+    def adopt_context(self, ctx: Context, *, made_for_device: bool) -> None:
+        """Record the context the worker built the device's sockets in. A context made for
+        this run alone (``made_for_device``), or any context of a device that is the whole
+        process, is the device's to terminate: it gets a once-only ``term()`` before anybody
+        else can reach it, so that the caller's ``dev._context.term()`` and the device's own
+        never both run (contexts.py)."""
+        self.ctx = ctx
+        if made_for_device or self.whole_process:
+            self._term_once = TermOnce(ctx)
 
     @property
     def stop_reason(self) -> str:
@@ -238,7 +255,8 @@ class DeviceRuntime:
         the thread that runs the forwarding loop; later calls do nothing."""
         if self._control_thread is not None:
             return
-        self.ctx = ctx
+        if self.ctx is None:  # a subclass made its context itself: the program's, not ours
+            self.adopt_context(ctx, made_for_device=False)
         steering = None
         if steerable:
             address = f"inproc://procdevices-proxy-ctrl-{uuid.uuid4().hex}"
@@ -247,7 +265,7 @@ class DeviceRuntime:
             steering = ProxySteering(ctx, address)
         # The control loop lives in a context of its own, so that terminating the device's
         # context (the only way to stop a loop without a control socket) leaves it working.
-        self.control_ctx = zmq.Context()
+        self.control_ctx = self._new_control_context()
         control = self._private(self.control_ctx, zmq.ROUTER)
         control.maxmsgsize = MAX_CONTROL_MESSAGE
         try:
@@ -262,10 +280,9 @@ class DeviceRuntime:
         self._wake = self._private(self.control_ctx, zmq.PAIR)
         self._wake.connect(wake_address)
         target = ControlTarget(
-            ctx=ctx,
             steering=steering,
             info=info,
-            shutdown=self._shutdown_context if self.private_context else None,
+            shutdown=self._shutdown_context if self.owns_context else None,
             user_ctrl=self.user_ctrl,
             loop_thread=threading.current_thread(),
             blocked_side=blocked_side,
@@ -284,17 +301,36 @@ class DeviceRuntime:
                 control.close(linger=200)
                 wake_rx.close(linger=0)
 
+        # From here on these three are the control thread's: a socket is closed by the thread
+        # that uses it, never from another one while it may be in a call.
+        self._private_sockets.remove(control)
+        self._private_sockets.remove(wake_rx)
         self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
         self._control_thread.start()
         self.reported = True
         self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints, info().get("mq_loop")))
 
+    def _new_control_context(self) -> Context:
+        """A device process has a context of its own for its control loop, terminated at exit.
+        A thread device's control socket is an inproc endpoint that its caller's client must
+        reach, so it lives in procdevices' process-wide client context, which nobody ever
+        terminates: no per-device context left behind when the caller ends the device by
+        terminating its context instead of calling stop()."""
+        if self.whole_process:
+            return zmq.Context()
+        from procdevices.control.client import private_context
+
+        return private_context()
+
     def _shutdown_context(self) -> None:
         """Break a forwarding loop that has no control socket: terminating the context makes
         every blocking call in it fail with ETERM. pyzmq has no zmq_ctx_shutdown, and term()
-        blocks until every socket is closed, so it runs in its own thread."""
-        assert self.ctx is not None
-        self._terminator = threading.Thread(target=self.ctx.term, name="procdevices-term", daemon=True)
+        blocks until every socket is closed, so it runs in its own thread; through the
+        once-only term, so that it never runs beside the caller's own ``term()``."""
+        assert self._term_once is not None
+        self._terminator = threading.Thread(
+            target=self._term_once.term_unless_started, name="procdevices-term", daemon=True
+        )
         self._terminator.start()
 
     def _private(self, ctx: Context, socket_type: int) -> Socket:
@@ -326,15 +362,15 @@ class DeviceRuntime:
                 sock.close(linger=0)
 
     def terminate_context(self) -> None:
-        """Last step of a run, after every socket is closed."""
+        """Last step of a run, after every socket is closed. The device's context is
+        terminated only when it is the device's (adopt_context), and only if nobody has begun
+        to terminate it already: the caller's ``dev._context.term()`` from another thread
+        (pyzmq's way to stop a thread device) then ends it, once every socket is closed, ours
+        are. A shared context (Context.instance) is the program's: never terminated here."""
         if self._terminator is not None:
             self._terminator.join()
-        # In a thread the caller's control client shares control_ctx (inproc) and closes it.
-        # A shared context (Context.instance) belongs to the program; a context the device's
-        # factory made for it alone is the device's to end, as nobody else would.
-        if self.whole_process or self.private_context:
-            if self._terminator is None and self.ctx is not None and not self.ctx.closed:
-                self.ctx.term()
+        if self._term_once is not None:
+            self._term_once.term_unless_started()
         if self.whole_process:
             if self.control_ctx is not None:
                 self.control_ctx.term()

@@ -80,9 +80,7 @@ def harness() -> Iterator[Harness]:
     loop_thread_ends = threading.Event()
     loop_thread = threading.Thread(target=loop_thread_ends.wait, daemon=True)  # the "forwarding thread"
     loop_thread.start()
-    target = ControlTarget(
-        ctx=ctx, steering=steering, info=dict, shutdown=None, loop_thread=loop_thread, blocked_side="out"
-    )
+    target = ControlTarget(steering=steering, info=dict, shutdown=None, loop_thread=loop_thread, blocked_side="out")
     server = ControlServer(target, control, wake_rx)
     server_thread = threading.Thread(target=server.serve, daemon=True)
     server_thread.start()
