@@ -1051,7 +1051,7 @@ def startup_local(case: str, n: int, tmp: str) -> dict[str, Any]:
         for k in range(n):
             d: PyzmqDevice | PdDevice
             if case.startswith("pyzmq"):
-                d = PyzmqDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH, "spawn" if case == "pyzmq-spawn" else None)
+                d = PyzmqDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
             else:
                 d = PdDevice(zmq.STREAMER, zmq.PULL, zmq.PUSH)
             d.dev.connect_in(prober.ins[k])
@@ -1085,6 +1085,45 @@ def startup_local(case: str, n: int, tmp: str) -> dict[str, Any]:
         for d in devices:
             with contextlib.suppress(Exception):
                 d.stop()
+        prober.close()
+
+
+# pyzmq's spawned devices are started by a script of their own: each device re-imports its
+# parent's main script, and it must be a small user script, not this one (1,700 lines).
+PYZMQ_SPAWN_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyzmq_spawn_devices.py")
+
+
+def startup_pyzmq_spawn(n: int, tmp: str) -> dict[str, Any]:
+    """N pyzmq ProcessDevices started with spawn by scripts/pyzmq_spawn_devices.py: from its
+    Popen (its interpreter start included, as for `up`) until every device forwarded."""
+    prober = Prober(tmp, n)
+    proc: subprocess.Popen[str] | None = None
+    try:
+        t0 = now()
+        proc = subprocess.Popen(
+            [sys.executable, PYZMQ_SPAWN_MAIN, tmp, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        times = prober.wait_all(t0, 60.0)
+        pids = [int(pid) for pid in proc.stdout.readline().split()]
+        mem = memory_of(pids)
+        t1 = now()
+        proc.stdin.close()
+        proc.wait(30.0)
+        return {
+            "all_forwarding_s": max(times),
+            "first_forwarding_s": min(times),
+            "memory": mem,
+            "stop_all_s": now() - t1,
+        }
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                kill_tree([c.pid for c in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid])
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
         prober.close()
 
 
@@ -1152,6 +1191,8 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
                     with deadline(120, f"startup {case} n={n}"):
                         if case.startswith("supervised"):
                             r = startup_supervised(n, d, "forkserver" if case.endswith("forkserver") else "spawn")
+                        elif case == "pyzmq-spawn":
+                            r = startup_pyzmq_spawn(n, d)
                         else:
                             r = startup_local(case, n, d)
                     raw[n][case].append(r)
