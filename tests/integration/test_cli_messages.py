@@ -24,10 +24,13 @@ def test_client_errors_name_the_command_typed_once_and_quiet_output_is_said(shor
             assert result.returncode == 1, describe(result)
             assert result.stderr.startswith(f"procdevices: {command}: no device named 'nosuch'"), describe(result)
 
-        # The supervisor's message starts with the command already: said once.
+        # A replica count out of range is refused with check's own line (exit 78), the
+        # command named once.
         result = up.cli("scale", "pipe", "0")
-        assert result.returncode == 1, describe(result)
-        assert result.stderr == "procdevices: scale: replicas must be 1 to 64, not 0\n", describe(result)
+        assert result.returncode == 78, describe(result)
+        assert result.stderr.startswith("procdevices: scale: invalid configuration: "), describe(result)
+        assert result.stderr.endswith("devices.pipe.replicas: must be between 1 and 64, got 0\n"), describe(result)
+        assert result.stderr.count("\n") == 1, describe(result)
         result = up.cli("scale", "nosuch", "2")
         assert result.stderr.startswith("procdevices: scale: no device named 'nosuch'"), describe(result)
         assert "scale: scale:" not in result.stderr
