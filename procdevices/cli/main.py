@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, serve, top
+from procdevices.cli import client, cluster, serve, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
 
@@ -71,6 +71,8 @@ COMMANDS = (
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
     ),
     Command("completion", lambda args: print_completion(args.shell), "print a shell completion script"),
+    # Multi-host (docs/multihost.md)
+    Command("endpoints", cluster.endpoints, "every device's bound endpoints, as clients reach them", json=True),
 )
 
 

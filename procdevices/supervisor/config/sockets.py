@@ -25,6 +25,7 @@ from procdevices.supervisor.config.errors import (
     suggest,
     utf8,
 )
+from procdevices.supervisor.config.hosts import check_reference, is_reference
 from procdevices.supervisor.config.kinds import SOCKET_TYPE_NAMES
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import SocketSpec
@@ -89,7 +90,10 @@ def parse_socket(
         if not isinstance(raw, (list, tuple)):
             raise expected(key, "an array of endpoint strings", raw)
         endpoints[direction] = tuple(
-            check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", replicas=replicas, base_dir=base_dir)
+            # "@DEVICE.ROLE" stays as written until every device is known (hosts.resolve_references).
+            check_reference(item, f"{key}[{i}]")
+            if direction == "connect" and is_reference(item)
+            else check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", replicas=replicas, base_dir=base_dir)
             for i, item in enumerate(raw)
         )
     if not endpoints["bind"] and not endpoints["connect"]:

@@ -1,0 +1,66 @@
+"""The multi-host commands (docs/multihost.md): ``endpoints``, ``keys generate``, ``export``,
+``status --all``, and the routing of a device command to the device's host."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from procdevices import exitcodes
+from procdevices.cli import locate
+from procdevices.supervisor.config import Topology
+from procdevices.supervisor.config.hosts import HostChoiceError, bound_endpoints
+
+ENV_HOST = "PROCDEVICES_HOST"
+
+
+def chosen_host_name(args: argparse.Namespace) -> str | None:
+    """``--host``, else ``$PROCDEVICES_HOST``, else None (the host is then found by address)."""
+    flag = getattr(args, "host", None)
+    return flag if flag else os.environ.get(ENV_HOST) or None
+
+
+def host_error(e: HostChoiceError) -> int:
+    print(f"procdevices: {e}", file=sys.stderr)
+    return exitcodes.EXIT_CONFIG
+
+
+def resolved_endpoints(topology: Topology) -> dict[str, dict[str, list[str]]]:
+    """``{"DEVICE": {"ROLE": ["tcp://ADDRESS:PORT"]}}``: what clients connect to."""
+    hosts = {h.name: h for h in topology.hosts}
+    return {d.name: bound_endpoints(d, hosts[d.host] if d.host is not None else None) for d in topology.devices}
+
+
+def endpoints(args: argparse.Namespace) -> int:
+    topology = locate.topology(args.config, args.run_dir)
+    found = resolved_endpoints(topology)
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return exitcodes.EXIT_OK
+    host_of = {d.name: d.host or "" for d in topology.devices}
+    header: tuple[str, ...] = (
+        ("HOST", "DEVICE", "ROLE", "ENDPOINT") if topology.hosts else ("DEVICE", "ROLE", "ENDPOINT")
+    )
+    rows = [header]
+    for device, roles in found.items():
+        for role, items in roles.items():
+            for endpoint in items:
+                row: tuple[str, ...] = (device, role, endpoint)
+                rows.append((host_of[device], *row) if topology.hosts else row)
+    print(_table(rows))
+    return exitcodes.EXIT_OK
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def add_host_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--host",
+        default=None,
+        help=f"{what} (default: ${ENV_HOST}, else the one host whose address is this machine's)",
+    )

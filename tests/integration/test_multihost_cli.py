@@ -1,0 +1,64 @@
+"""Multi-host commands on one machine (no namespaces needed): endpoints, host choice, export,
+keys. The namespace scenarios are in test_multihost_netns.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.cli import cli, describe
+
+THREE_HOSTS = """\
+[hosts.a]
+address = "10.77.0.1"
+
+[hosts.b]
+address = "10.77.0.2"
+
+[hosts.c]
+address = "10.77.0.3"
+
+[supervisor.defaults]
+host = "b"
+
+[devices.broker]
+kind = "queue"
+in = { bind = ["tcp://*:7001"] }
+out = { bind = ["tcp://0.0.0.0:7002"] }
+
+[devices.edge]
+host = "a"
+kind = "streamer"
+in = { bind = ["tcp://127.0.0.1:7101"] }
+out = { connect = ["@broker.in"] }
+
+[devices.worker]
+host = "c"
+kind = "streamer"
+replicas = 2
+in = { connect = ["@broker.out"] }
+out = { bind = ["tcp://*:720{replica}"] }
+"""
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Path:
+    path = tmp_path / "three.toml"
+    path.write_text(THREE_HOSTS)
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_endpoints_json_is_device_role_endpoints(three: Path) -> None:
+    result = cli("endpoints", "--json", "-c", str(three), cwd=three.parent)
+    assert result.returncode == 0, describe(result)
+    assert json.loads(result.stdout) == {
+        "broker": {"in": ["tcp://10.77.0.2:7001"], "out": ["tcp://10.77.0.2:7002"]},
+        "edge": {"in": ["tcp://127.0.0.1:7101"]},
+        "worker": {"out": ["tcp://10.77.0.3:7200", "tcp://10.77.0.3:7201"]},
+    }
+    text = cli("endpoints", "-c", str(three), cwd=three.parent)
+    assert text.returncode == 0, describe(text)
+    assert text.stdout.splitlines()[0].split() == ["HOST", "DEVICE", "ROLE", "ENDPOINT"]
+    assert "c     worker  out   tcp://10.77.0.3:7201" in text.stdout, text.stdout

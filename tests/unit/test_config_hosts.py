@@ -1,0 +1,196 @@
+"""Multi-host topologies (config/hosts.py): hosts, references, per-host rules, host choice."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from procdevices.supervisor.config import ConfigError, parse_topology
+from procdevices.supervisor.config.hosts import (
+    HostChoiceError,
+    bound_endpoints,
+    host_of,
+    select_host,
+    this_host,
+)
+
+IVL, TIMEOUT = int(zmq.SocketOption.HEARTBEAT_IVL), int(zmq.SocketOption.HEARTBEAT_TIMEOUT)
+
+
+def three_hosts(**devices: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "hosts": {
+            "a": {"address": "10.77.0.1"},
+            "b": {"address": "10.77.0.2"},
+            "c": {"address": "fd00::3"},
+        },
+        "devices": devices,
+    }
+
+
+def load(data: dict[str, Any], tmp_path: Path) -> Any:
+    return parse_topology(data, source="t.toml", base_dir=tmp_path)
+
+
+def streamer(host: str, inp: dict[str, Any], out: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"host": host, "kind": "streamer", "in": inp, "out": out, **extra}
+
+
+def test_a_file_without_hosts_is_unchanged(tmp_path: Path) -> None:
+    data = {
+        "devices": {"q": {"kind": "queue", "in": {"bind": ["tcp://127.0.0.1:7001"]}, "out": {"bind": ["tcp://*:7002"]}}}
+    }
+    topology = load(data, tmp_path)
+    assert topology.hosts == () and topology.references == () and topology.cluster.keys is None
+    (device,) = topology.devices
+    assert device.host is None and device.in_.sockopts == () and device.out.connect == ()
+    assert select_host(topology, this_host(topology, None)) is topology
+
+
+def test_a_reference_is_every_replica_bind_with_the_owner_address(tmp_path: Path) -> None:
+    topology = load(
+        three_hosts(
+            broker=streamer(
+                "b",
+                {"bind": ["tcp://*:70{replica}1", "tcp://0.0.0.0:75{replica}0"]},
+                {"bind": ["tcp://*:72{replica}2"]},
+                replicas=2,
+            ),
+            six=streamer("c", {"bind": ["tcp://[::]:7001"]}, {"bind": ["tcp://*:7002"]}),
+            edge=streamer("a", {"bind": ["tcp://*:7001"]}, {"connect": ["tcp://10.0.0.9:1", "@broker.in", "@six.in"]}),
+        ),
+        tmp_path,
+    )
+    edge = next(d for d in topology.devices if d.name == "edge")
+    assert edge.out.connect == (
+        "tcp://10.0.0.9:1",
+        "tcp://10.77.0.2:7001",
+        "tcp://10.77.0.2:7500",
+        "tcp://10.77.0.2:7011",
+        "tcp://10.77.0.2:7510",
+        "tcp://[fd00::3]:7001",
+    )
+    assert dict(edge.out.sockopts) == {IVL: 1000, TIMEOUT: 5000}
+    assert edge.in_.sockopts == ()  # only the socket that resolves a reference
+    assert [(r.device, r.role, r.target, r.target_role) for r in topology.references] == [
+        ("edge", "out", "broker", "in"),
+        ("edge", "out", "six", "in"),
+    ]
+
+
+def test_heartbeats_set_by_the_user_are_kept(tmp_path: Path) -> None:
+    topology = load(
+        three_hosts(
+            broker=streamer("b", {"bind": ["tcp://*:7001"]}, {"bind": ["tcp://*:7002"]}),
+            edge=streamer(
+                "a",
+                {"bind": ["tcp://*:7001"]},
+                {"connect": ["@broker.in"], "sockopts": {"heartbeat_ivl": 250}},
+            ),
+        ),
+        tmp_path,
+    )
+    edge = next(d for d in topology.devices if d.name == "edge")
+    assert dict(edge.out.sockopts) == {IVL: 250, TIMEOUT: 5000}
+
+
+def test_same_port_on_two_hosts_is_no_conflict(tmp_path: Path) -> None:
+    topology = load(
+        three_hosts(
+            x=streamer("a", {"bind": ["tcp://*:7001"]}, {"bind": ["tcp://*:7002"]}),
+            y=streamer("b", {"bind": ["tcp://*:7001"]}, {"bind": ["tcp://*:7002"]}),
+        ),
+        tmp_path,
+    )
+    assert [d.host for d in topology.devices] == ["a", "b"]
+
+
+def test_same_host_may_reference_ipc_and_loopback(tmp_path: Path) -> None:
+    topology = load(
+        three_hosts(
+            x=streamer("a", {"bind": ["ipc://x.sock"]}, {"bind": ["tcp://127.0.0.1:7002"]}),
+            y=streamer("a", {"connect": ["@x.in"]}, {"connect": ["@x.out"]}),
+        ),
+        tmp_path,
+    )
+    y = topology.devices[1]
+    assert y.in_.connect == (f"ipc://{tmp_path}/x.sock",) and y.out.connect == ("tcp://127.0.0.1:7002",)
+
+
+def test_references_without_hosts_reach_this_machine(tmp_path: Path) -> None:
+    data = {
+        "devices": {
+            "x": {"kind": "streamer", "in": {"bind": ["tcp://*:7001"]}, "out": {"bind": ["tcp://127.0.0.1:7002"]}},
+            "y": {"kind": "streamer", "in": {"connect": ["@x.out"]}, "out": {"connect": ["@x.in"]}},
+        }
+    }
+    y = load(data, tmp_path).devices[1]
+    assert y.in_.connect == ("tcp://127.0.0.1:7002",) and y.out.connect == ("tcp://127.0.0.1:7001",)
+
+
+def test_host_from_defaults_and_device_override(tmp_path: Path) -> None:
+    data = three_hosts(
+        x=streamer("a", {"bind": ["tcp://*:7001"]}, {"bind": ["tcp://*:7002"]}),
+        y={"kind": "streamer", "in": {"bind": ["tcp://*:7001"]}, "out": {"bind": ["tcp://*:7002"]}},
+    )
+    data["supervisor"] = {"defaults": {"host": "c"}}
+    topology = load(data, tmp_path)
+    assert [d.host for d in topology.devices] == ["a", "c"]
+    assert [d.name for d in select_host(topology, topology.hosts[2]).devices] == ["y"]
+    assert host_of(topology, "y") == topology.hosts[2]
+
+
+def test_bound_endpoints_are_what_clients_connect_to(tmp_path: Path) -> None:
+    topology = load(
+        three_hosts(
+            x=streamer(
+                "b",
+                {"bind": ["tcp://*:7{replica}01", "ipc://x{replica}.sock"]},
+                {"bind": ["tcp://10.77.0.2:720{replica}"]},
+                replicas=2,
+            )
+        ),
+        tmp_path,
+    )
+    (x,) = topology.devices
+    assert bound_endpoints(x, topology.hosts[1]) == {
+        "in": [
+            "tcp://10.77.0.2:7001",
+            f"ipc://{tmp_path}/x0.sock",
+            "tcp://10.77.0.2:7101",
+            f"ipc://{tmp_path}/x1.sock",
+        ],
+        "out": ["tcp://10.77.0.2:7200", "tcp://10.77.0.2:7201"],
+    }
+
+
+def test_this_host_by_name_by_address_or_an_error_naming_the_choices(tmp_path: Path) -> None:
+    topology = load(three_hosts(x=streamer("a", {"bind": ["tcp://*:7001"]}, {"bind": ["tcp://*:7002"]})), tmp_path)
+    assert this_host(topology, "b") == topology.hosts[1]
+    with pytest.raises(HostChoiceError, match="unknown host 'z': t.toml defines a, b, c"):
+        this_host(topology, "z")
+    with pytest.raises(HostChoiceError, match=r"none of them has an address of this machine.*\(a, b, c\)"):
+        this_host(topology, None)  # no 10.77.0.x here
+    local = dataclasses.replace(
+        topology, hosts=(dataclasses.replace(topology.hosts[0], address="127.0.0.1"), *topology.hosts[1:])
+    )
+    assert this_host(local, None) == local.hosts[0]
+    both = dataclasses.replace(local, hosts=(local.hosts[0], dataclasses.replace(local.hosts[1], address="127.0.0.1")))
+    with pytest.raises(HostChoiceError, match="a, b all have an address of this machine"):
+        this_host(both, None)
+
+
+def test_another_hosts_bind_address_is_not_tried_here(tmp_path: Path) -> None:
+    # 10.77.0.2 is no address of this machine: the libzmq trial would refuse it for host a.
+    topology = load(
+        three_hosts(x=streamer("b", {"bind": ["tcp://10.77.0.2:7001"]}, {"bind": ["tcp://*:7002"]})), tmp_path
+    )
+    assert topology.devices[0].in_.bind == ("tcp://10.77.0.2:7001",)
+    data = three_hosts(x=streamer("b", {"bind": ["tcp://10.77.0.2:7001"]}, {"bind": ["tcp://*:7002"]}))
+    data["hosts"]["b"]["address"] = "127.0.0.1"  # now host b is this machine: tried, refused
+    with pytest.raises(ConfigError, match="cannot bind tcp://10.77.0.2:7001 on this machine"):
+        load(data, tmp_path)
