@@ -7,11 +7,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from procdevices import exitcodes
 from procdevices.cli import locate
 from procdevices.supervisor.config import Topology
-from procdevices.supervisor.config.hosts import HostChoiceError, bound_endpoints
+from procdevices.supervisor.config.hosts import HostChoiceError, bound_endpoints, select_host, this_host
+from procdevices.supervisor.config.model import HostConfig
+
+__all__ = ["HostChoiceError", "endpoints", "this_hosts_part"]
 
 ENV_HOST = "PROCDEVICES_HOST"
 
@@ -25,6 +29,17 @@ def chosen_host_name(args: argparse.Namespace) -> str | None:
 def host_error(e: HostChoiceError) -> int:
     print(f"procdevices: {e}", file=sys.stderr)
     return exitcodes.EXIT_CONFIG
+
+
+def this_hosts_part(args: argparse.Namespace) -> tuple[Topology, HostConfig | None, Callable[[str | None], Topology]]:
+    """What `up` runs: the topology cut to this host's devices, the host, and the re-reader a
+    reload uses (cut to the same host). HostChoiceError when the host cannot be chosen."""
+    whole = locate.topology(args.config, args.run_dir)
+    host = this_host(whole, chosen_host_name(args))
+    reread = locate.reloader(args.config, args.run_dir)
+    if host is None:
+        return whole, None, reread
+    return select_host(whole, host), host, lambda path: select_host(reread(path), host)
 
 
 def resolved_endpoints(topology: Topology) -> dict[str, dict[str, list[str]]]:

@@ -195,6 +195,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     commands["logs"].add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
     commands["logs"].add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
     serve.add_up_arguments(commands["up"])
+    cluster.add_host_argument(commands["up"], "run this host's devices only")
     top.add_arguments(commands["top"])
     return parser, commands
 

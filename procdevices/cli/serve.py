@@ -49,11 +49,16 @@ def _listen_address(text: str) -> str:
 
 
 def up(args: argparse.Namespace) -> int:
+    from procdevices.cli import cluster
     from procdevices.supervisor.metrics import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
     from procdevices.supervisor.service import run_supervisor
 
-    topology = locate.topology(args.config, args.run_dir)
+    try:
+        # Multi-host: this host's devices only (a file without [hosts]: all of them).
+        topology, host, load = cluster.this_hosts_part(args)
+    except cluster.HostChoiceError as e:
+        return cluster.host_error(e)
     # The state file only serves clean-up after an unclean end: the supervisor logs a failed
     # write as a warning and goes on.
     run_dir = RunDir(topology.supervisor.run_dir)
@@ -79,7 +84,7 @@ def up(args: argparse.Namespace) -> int:
             return run_supervisor(
                 topology,
                 run_dir,
-                load=locate.reloader(args.config, args.run_dir),
+                load=load,
                 metrics=getattr(args, "metrics", None),
             )
     except MetricsUnavailable as e:

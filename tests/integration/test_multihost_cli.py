@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from support.cli import cli, describe
+import zmq
+from support.cli import Up, cli, describe, request_reply
 
 THREE_HOSTS = """\
 [hosts.a]
@@ -62,3 +63,43 @@ def test_endpoints_json_is_device_role_endpoints(three: Path) -> None:
     assert text.returncode == 0, describe(text)
     assert text.stdout.splitlines()[0].split() == ["HOST", "DEVICE", "ROLE", "ENDPOINT"]
     assert "c     worker  out   tcp://10.77.0.3:7201" in text.stdout, text.stdout
+
+
+LOCAL_AND_REMOTE = """\
+[supervisor]
+run_dir = "run"
+pool_size = 0
+
+[hosts.here]
+address = "127.0.0.1"
+
+[hosts.there]
+address = "10.77.0.2"
+
+[devices.mine]
+host = "here"
+kind = "queue"
+in = { bind = ["ipc://mine-in.sock"] }
+out = { bind = ["ipc://mine-out.sock"] }
+
+[devices.theirs]
+host = "there"
+kind = "queue"
+in = { bind = ["tcp://*:*"] }
+out = { connect = ["tcp://10.77.0.1:7000"] }
+"""
+
+
+@pytest.mark.timeout(60)
+def test_up_runs_only_the_devices_of_the_host_this_machine_is(
+    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    config = short_tmp / "topology.toml"
+    config.write_text(LOCAL_AND_REMOTE)
+    with Up(config) as up:  # no --host: 127.0.0.1 is this machine's, 10.77.0.2 is not
+        devices = up.wait_states({"mine": "RUNNING"})
+        assert sorted(devices) == ["mine"], devices
+        request_reply(zmq_ctx, f"ipc://{short_tmp}/mine-in.sock", f"ipc://{short_tmp}/mine-out.sock")
+    down = cli("up", "--host", "nowhere", "-c", str(config), cwd=short_tmp)
+    assert down.returncode == 78, describe(down)
+    assert "unknown host 'nowhere'" in down.stderr and "defines here, there" in down.stderr, describe(down)
