@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from procdevices import exitcodes
 from procdevices.cli import locate
@@ -79,3 +80,47 @@ def add_host_argument(parser: argparse.ArgumentParser, what: str) -> None:
         default=None,
         help=f"{what} (default: ${ENV_HOST}, else the one host whose address is this machine's)",
     )
+
+
+# `export TARGET`: one renderer per engine, each (topology, host, config, python, cwd, run dir)
+# -> text. Another engine (nomad, kubernetes) is one more row.
+EXPORT_TARGETS = ("supervisord", "systemd")
+
+
+def export(args: argparse.Namespace) -> int:
+    from procdevices.supervisor.supervisord import render_host_program
+    from procdevices.supervisor.systemd import render_unit
+
+    renderers = {"supervisord": render_host_program, "systemd": render_unit}
+    path = locate.config_path(args.config)
+    if path is None:
+        print("procdevices: export: name the topology file (-c FILE or $PROCDEVICES_CONFIG)", file=sys.stderr)
+        return exitcodes.EXIT_USAGE
+    whole = locate.topology(args.config, args.run_dir)
+    try:
+        host = this_host(whole, chosen_host_name(args))
+    except HostChoiceError as e:
+        return host_error(e)
+    try:
+        text = renderers[args.target](
+            select_host(whole, host),
+            host=None if host is None else host.name,
+            config_path=path,
+            python=sys.executable,
+            cwd=Path.cwd(),
+            run_dir=locate.run_dir_override(args.run_dir),
+        )
+    except ValueError as e:
+        print(f"procdevices: export {args.target}: {e}", file=sys.stderr)
+        return exitcodes.EXIT_FAILED
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return exitcodes.EXIT_OK
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", choices=EXPORT_TARGETS, help="the engine that will run `up --host NAME`")
+    add_host_argument(parser, "the host whose engine runs it")
+    parser.add_argument("-o", "--output", help="write to this file instead of stdout")

@@ -73,6 +73,7 @@ COMMANDS = (
     Command("completion", lambda args: print_completion(args.shell), "print a shell completion script"),
     # Multi-host (docs/multihost.md)
     Command("endpoints", cluster.endpoints, "every device's bound endpoints, as clients reach them", json=True),
+    Command("export", cluster.export, "print a systemd unit or supervisord program running `up --host NAME`"),
 )
 
 
@@ -196,6 +197,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     commands["logs"].add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
     serve.add_up_arguments(commands["up"])
     cluster.add_host_argument(commands["up"], "run this host's devices only")
+    cluster.add_export_arguments(commands["export"])
     top.add_arguments(commands["top"])
     return parser, commands
 

@@ -4,6 +4,9 @@ keys. The namespace scenarios are in test_multihost_netns.py."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,31 @@ def test_up_runs_only_the_devices_of_the_host_this_machine_is(
     down = cli("up", "--host", "nowhere", "-c", str(config), cwd=short_tmp)
     assert down.returncode == 78, describe(down)
     assert "unknown host 'nowhere'" in down.stderr and "defines here, there" in down.stderr, describe(down)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_export_systemd_passes_systemd_analyze_verify(three: Path) -> None:
+    result = cli("export", "systemd", "--host", "b", "-c", str(three), cwd=three.parent)
+    assert result.returncode == 0, describe(result)
+    unit = three.parent / "procdevices-b.service"
+    unit.write_text(result.stdout)
+    assert "Type=notify" in result.stdout and "KillMode=mixed" in result.stdout
+    assert f'"up" "-c" "{three}" "--host" "b"' in result.stdout
+    assert "PrivateTmp" not in result.stdout.replace("No PrivateTmp", "")  # ipc files stay visible
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30, cwd=three.parent
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+
+
+@pytest.mark.timeout(60)
+def test_export_supervisord_runs_up_for_the_host(three: Path) -> None:
+    result = cli("export", "supervisord", "--host", "c", "-c", str(three), cwd=three.parent)
+    assert result.returncode == 0, describe(result)
+    assert "[program:procdevices-c]" in result.stdout
+    assert f"command = {sys.executable} -m procdevices up -c {three} --host c\n" in result.stdout
+    # The same generator as supervisord-conf: the same stop budget rules and program keys.
+    assert "stopasgroup = false\n" in result.stdout and "killasgroup = true\n" in result.stdout
+    unknown = cli("export", "systemd", "--host", "d", "-c", str(three), cwd=three.parent)
+    assert unknown.returncode == 78 and "unknown host 'd'" in unknown.stderr, describe(unknown)
