@@ -9,12 +9,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from procdevices import exitcodes
 from procdevices.cli import locate
 from procdevices.supervisor.config import Topology
 from procdevices.supervisor.config.hosts import HostChoiceError, bound_endpoints, select_host, this_host
 from procdevices.supervisor.config.model import HostConfig
+
+if TYPE_CHECKING:
+    from procdevices.cluster.control import ControlEndpoint
+    from procdevices.cluster.remote import Target
 
 __all__ = ["HostChoiceError", "endpoints", "this_hosts_part"]
 
@@ -41,6 +46,15 @@ def this_hosts_part(args: argparse.Namespace) -> tuple[Topology, HostConfig | No
     if host is None:
         return whole, None, reread
     return select_host(whole, host), host, lambda path: select_host(reread(path), host)
+
+
+def control_endpoint(topology: Topology, host: HostConfig | None) -> ControlEndpoint | None:
+    """What `up --host` serves to other hosts: the host's ``control`` with the cluster keys."""
+    from procdevices.cluster.control import ControlEndpoint
+
+    if host is None or host.control is None or topology.cluster.keys is None:
+        return None
+    return ControlEndpoint(host.control, topology.cluster.keys)
 
 
 def resolved_endpoints(topology: Topology) -> dict[str, dict[str, list[str]]]:
@@ -124,3 +138,137 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=EXPORT_TARGETS, help="the engine that will run `up --host NAME`")
     add_host_argument(parser, "the host whose engine runs it")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def keys(args: argparse.Namespace) -> int:
+    from procdevices.cluster import keys as cluster_keys
+
+    try:
+        written = cluster_keys.generate(Path(args.directory))
+    except (cluster_keys.KeyError_, OSError) as e:
+        print(f"procdevices: keys generate: {e}", file=sys.stderr)
+        return exitcodes.EXIT_FAILED
+    for path in written:
+        print(path)
+    return exitcodes.EXIT_OK
+
+
+def add_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("generate",), help="write a server and a client key pair")
+    parser.add_argument("directory", help="where (created if missing; existing keys are never overwritten)")
+
+
+# -- reaching other hosts -------------------------------------------------------------------
+
+DEFAULT_TIMEOUT = 2.0
+
+
+def _local_host(topology: Topology, args: argparse.Namespace) -> HostConfig | None:
+    """The host this command runs on, as for `up`; None when it is none of them (an operator's
+    own machine, say): every host is then reached through its control endpoint."""
+    try:
+        return this_host(topology, chosen_host_name(args))
+    except HostChoiceError:
+        return None
+
+
+def _target(topology: Topology, host: HostConfig, local: HostConfig | None, args: argparse.Namespace) -> Target:
+    from procdevices.cluster.remote import Target
+
+    if local is not None and host.name == local.name:
+        run_dir = locate.client_run_dir(args.config, args.run_dir)
+        return Target(host.name, f"ipc://{run_dir}/supervisor.sock")
+    if host.control is None:
+        return Target(
+            host.name, None, why_not=f"host {host.name} has no control endpoint ([hosts.{host.name}] control)"
+        )
+    return Target(host.name, host.control, topology.cluster.keys)
+
+
+def status(args: argparse.Namespace) -> int:
+    """`status`, or with ``--all`` every host's, concurrently: one table with a HOST column."""
+    from procdevices.cli import client, render
+    from procdevices.cluster.remote import ask_all
+
+    if not args.all:
+        return routed(client.status)(args)
+    topology = locate.topology(args.config, args.run_dir)
+    if not topology.hosts:
+        print(f"procdevices: status --all: {topology.source} defines no [hosts]", file=sys.stderr)
+        return exitcodes.EXIT_CONFIG
+    local = _local_host(topology, args)
+    replies = ask_all([_target(topology, h, local, args) for h in topology.hosts], args.name, args.timeout)
+    if args.json:
+        print(json.dumps({"hosts": {name: r.as_json() for name, r in replies.items()}}, indent=1))
+    else:
+        blocks = []
+        for name, reply in replies.items():
+            if not reply.reachable:
+                blocks.append(f"{name}: UNREACHABLE ({reply.error})")
+            elif reply.status is None:
+                blocks.append(f"{name}: error: {reply.error}")
+            else:
+                table = render.status_table(reply.status["devices"]).splitlines()
+                blocks.append(
+                    "\n".join(
+                        f"{'HOST' if i == 0 else name:<{_host_width(replies)}}  {line}" for i, line in enumerate(table)
+                    )
+                )
+        print("\n".join(blocks))
+    if any(not r.reachable for r in replies.values()):
+        return exitcodes.EXIT_UNREACHABLE
+    fatal = any(d["state"] == "FATAL" for r in replies.values() if r.status is not None for d in r.status["devices"])
+    return exitcodes.EXIT_FATAL if fatal else exitcodes.EXIT_OK
+
+
+def _host_width(replies: dict[str, Any]) -> int:
+    return max(4, *(len(n) for n in replies))
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all", action="store_true", help="every host of the topology, one table with a HOST column")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"with --all: seconds to wait for each host (default {DEFAULT_TIMEOUT:g}); others show UNREACHABLE",
+    )
+
+
+def routed(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A device command (status/stats/start/stop/restart/pause/resume NAME) sent to the host the
+    device runs on, through its control endpoint, when that is not this host."""
+
+    def run(args: argparse.Namespace) -> int:
+        name = getattr(args, "name", None)
+        if name:
+            target = _remote_target(args, name)
+            if target is not None:
+                from procdevices.cluster.remote import call_remote
+
+                args.remote = lambda command, call_args: call_remote(target, command, call_args)
+        return handler(args)
+
+    return run
+
+
+def _remote_target(args: argparse.Namespace, name: str) -> Target | None:
+    from procdevices.supervisor.config import ConfigError
+    from procdevices.supervisor.config.hosts import host_of
+
+    if locate.config_path(args.config) is None:
+        return None
+    try:
+        topology = locate.topology(args.config, args.run_dir)
+    except ConfigError:
+        return None  # as for every client command: the local supervisor is the truth
+    host = host_of(topology, name)
+    if host is None:
+        return None
+    local = _local_host(topology, args)
+    if local is not None and local.name == host.name:
+        return None
+    return _target(topology, host, local, args)

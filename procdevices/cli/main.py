@@ -74,7 +74,12 @@ COMMANDS = (
     # Multi-host (docs/multihost.md)
     Command("endpoints", cluster.endpoints, "every device's bound endpoints, as clients reach them", json=True),
     Command("export", cluster.export, "print a systemd unit or supervisord program running `up --host NAME`"),
+    Command("keys", cluster.keys, "`keys generate DIR`: CURVE keys for the hosts' control endpoints"),
 )
+
+# Multi-host: these reach a device on another host through its control endpoint, and
+# `status --all` asks every host (cli/cluster.py).
+_ROUTED = ("stats", "start", "stop", "restart", "pause", "resume")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +203,13 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     serve.add_up_arguments(commands["up"])
     cluster.add_host_argument(commands["up"], "run this host's devices only")
     cluster.add_export_arguments(commands["export"])
+    cluster.add_keys_arguments(commands["keys"])
+    cluster.add_status_arguments(commands["status"])
+    cluster.add_host_argument(commands["status"], "with --all or NAME: the host this machine is")
+    commands["status"].set_defaults(handler=cluster.status)
+    for name in _ROUTED:
+        commands[name].set_defaults(handler=cluster.routed(commands[name].get_default("handler")))
+        cluster.add_host_argument(commands[name], "the host this machine is")
     top.add_arguments(commands["top"])
     return parser, commands
 

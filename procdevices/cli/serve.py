@@ -50,6 +50,7 @@ def _listen_address(text: str) -> str:
 
 def up(args: argparse.Namespace) -> int:
     from procdevices.cli import cluster
+    from procdevices.cluster.control import ControlUnavailable
     from procdevices.supervisor.metrics import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
     from procdevices.supervisor.service import run_supervisor
@@ -86,8 +87,9 @@ def up(args: argparse.Namespace) -> int:
                 run_dir,
                 load=load,
                 metrics=getattr(args, "metrics", None),
+                remote=cluster.control_endpoint(topology, host),
             )
-    except MetricsUnavailable as e:
+    except (MetricsUnavailable, ControlUnavailable) as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
     except RunDirBusy as e:
