@@ -32,6 +32,14 @@ def chosen_host_name(args: argparse.Namespace) -> str | None:
     return flag if flag else os.environ.get(ENV_HOST) or None
 
 
+def _explicit_host(args: argparse.Namespace, topology: Topology) -> str | None:
+    """The host asked for. $PROCDEVICES_HOST counts only for a file with [hosts]: a file
+    without them runs as it always did whatever the environment says (``--host`` is refused)."""
+    if getattr(args, "host", None):
+        return str(args.host)
+    return chosen_host_name(args) if topology.hosts else None
+
+
 def host_error(e: HostChoiceError) -> int:
     print(f"procdevices: {e}", file=sys.stderr)
     return exitcodes.EXIT_CONFIG
@@ -41,7 +49,7 @@ def this_hosts_part(args: argparse.Namespace) -> tuple[Topology, HostConfig | No
     """What `up` runs: the topology cut to this host's devices, the host, and the re-reader a
     reload uses (cut to the same host). HostChoiceError when the host cannot be chosen."""
     whole = locate.topology(args.config, args.run_dir)
-    host = this_host(whole, chosen_host_name(args))
+    host = this_host(whole, _explicit_host(args, whole))
     reread = locate.reloader(args.config, args.run_dir)
     if host is None:
         return whole, None, reread
@@ -112,7 +120,7 @@ def export(args: argparse.Namespace) -> int:
         return exitcodes.EXIT_USAGE
     whole = locate.topology(args.config, args.run_dir)
     try:
-        host = this_host(whole, chosen_host_name(args))
+        host = this_host(whole, _explicit_host(args, whole))
     except HostChoiceError as e:
         return host_error(e)
     try:
@@ -170,7 +178,7 @@ def _local_host(topology: Topology, args: argparse.Namespace) -> HostConfig | No
     """The host this command runs on, as for `up`; None when it is none of them (an operator's
     own machine, say): every host is then reached through its control endpoint."""
     try:
-        return this_host(topology, chosen_host_name(args))
+        return this_host(topology, _explicit_host(args, topology))
     except HostChoiceError:
         return None
 
@@ -232,10 +240,20 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="every host of the topology, one table with a HOST column")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT,
         help=f"with --all: seconds to wait for each host (default {DEFAULT_TIMEOUT:g}); others show UNREACHABLE",
     )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: expected seconds > 0 and <= 3600")
+    return value
 
 
 def routed(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -4,6 +4,7 @@ keys. The namespace scenarios are in test_multihost_netns.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,26 @@ def test_export_supervisord_runs_up_for_the_host(three: Path) -> None:
     assert "stopasgroup = false\n" in result.stdout and "killasgroup = true\n" in result.stdout
     unknown = cli("export", "systemd", "--host", "d", "-c", str(three), cwd=three.parent)
     assert unknown.returncode == 78 and "unknown host 'd'" in unknown.stderr, describe(unknown)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_without_hosts_ignores_procdevices_host_but_refuses_the_flag(short_tmp: Path) -> None:
+    config = short_tmp / "one.toml"
+    config.write_text(
+        '[devices.q]\nkind = "queue"\nin = { bind = ["tcp://127.0.0.1:*"] }\nout = { bind = ["tcp://127.0.0.1:*"] }\n'
+    )
+    env = {**os.environ, "PROCDEVICES_HOST": "elsewhere"}
+    exported = subprocess.run(
+        [sys.executable, "-m", "procdevices", "export", "systemd", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=short_tmp,
+        env=env,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert '"up" "-c"' in exported.stdout and "--host" not in exported.stdout
+    flagged = cli("up", "--host", "a", "-c", str(config), cwd=short_tmp)
+    assert flagged.returncode == 78 and "defines no [hosts]" in flagged.stderr, describe(flagged)
+    bad = cli("status", "--all", "--timeout", "-1", "-c", str(config), cwd=short_tmp)
+    assert bad.returncode == 2 and "expected seconds > 0" in bad.stderr, describe(bad)
