@@ -19,7 +19,7 @@ from procdevices.supervisor.config.model import HostConfig
 
 if TYPE_CHECKING:
     from procdevices.cluster.control import ControlEndpoint
-    from procdevices.cluster.remote import Target
+    from procdevices.cluster.remote import HostReply, Target
 
 __all__ = ["HostChoiceError", "endpoints", "this_hosts_part"]
 
@@ -198,7 +198,7 @@ def _target(topology: Topology, host: HostConfig, local: HostConfig | None, args
 
 def status(args: argparse.Namespace) -> int:
     """`status`, or with ``--all`` every host's, concurrently: one table with a HOST column."""
-    from procdevices.cli import client, render
+    from procdevices.cli import client
     from procdevices.cluster.remote import ask_all
 
     if not args.all:
@@ -212,28 +212,38 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"hosts": {name: r.as_json() for name, r in replies.items()}}, indent=1))
     else:
-        blocks = []
-        for name, reply in replies.items():
-            if not reply.reachable:
-                blocks.append(f"{name}: UNREACHABLE ({reply.error})")
-            elif reply.status is None:
-                blocks.append(f"{name}: error: {reply.error}")
-            else:
-                table = render.status_table(reply.status["devices"]).splitlines()
-                blocks.append(
-                    "\n".join(
-                        f"{'HOST' if i == 0 else name:<{_host_width(replies)}}  {line}" for i, line in enumerate(table)
-                    )
-                )
-        print("\n".join(blocks))
+        print(_status_text(replies))
     if any(not r.reachable for r in replies.values()):
         return exitcodes.EXIT_UNREACHABLE
     fatal = any(d["state"] == "FATAL" for r in replies.values() if r.status is not None for d in r.status["devices"])
     return exitcodes.EXIT_FATAL if fatal else exitcodes.EXIT_OK
 
 
-def _host_width(replies: dict[str, Any]) -> int:
-    return max(4, *(len(n) for n in replies))
+def _status_text(replies: dict[str, HostReply]) -> str:
+    """One table for every host (the columns aligned across hosts), HOST first; a host that
+    did not answer is one line after it."""
+    from procdevices.cli import render
+
+    devices: list[dict[str, Any]] = []
+    owners: list[str] = []
+    for name, reply in replies.items():
+        if reply.status is not None:
+            devices += reply.status["devices"]
+            owners += [name] * len(reply.status["devices"])
+    width = max(4, *(len(n) for n in replies))
+    lines: list[str] = []
+    index = -1
+    for i, line in enumerate(render.status_table(devices).splitlines()):
+        if i > 0 and not line.startswith(" "):
+            index += 1  # a device's row; indented lines below it (its endpoints) are its own
+        host = "HOST" if i == 0 else owners[index]
+        lines.append(f"{host:<{width}}  {line}")
+    for name, reply in replies.items():
+        if not reply.reachable:
+            lines.append(f"{name:<{width}}  UNREACHABLE ({reply.error})")
+        elif reply.status is None:
+            lines.append(f"{name:<{width}}  error: {reply.error}")
+    return "\n".join(lines)
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
