@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support.cli import Up, cli, describe, request_reply
+from support.cli import Up, cli, connect, describe, expect_silence, free_tcp_port, push_pull, request_reply
 
 THREE_HOSTS = """\
 [hosts.a]
@@ -158,3 +158,42 @@ def test_a_file_without_hosts_ignores_procdevices_host_but_refuses_the_flag(shor
     assert flagged.returncode == 78 and "defines no [hosts]" in flagged.stderr, describe(flagged)
     bad = cli("status", "--all", "--timeout", "-1", "-c", str(config), cwd=short_tmp)
     assert bad.returncode == 2 and "expected seconds > 0" in bad.stderr, describe(bad)
+
+
+@pytest.mark.timeout(90)
+def test_curve_server_socket_carries_referenced_traffic_and_refuses_plain_peers(
+    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    assert cli("keys", "generate", str(short_tmp / "keys"), cwd=short_tmp).returncode == 0
+    port = free_tcp_port()
+    config = short_tmp / "topology.toml"
+    config.write_text(
+        f"""\
+[supervisor]
+run_dir = "run"
+pool_size = 0
+
+[cluster]
+keys = "keys"
+
+[devices.x]
+kind = "streamer"
+in = {{ bind = ["tcp://127.0.0.1:{port}"], curve = "server" }}
+out = {{ bind = ["ipc://x-out.sock"] }}
+
+[devices.y]
+kind = "streamer"
+in = {{ bind = ["ipc://y-in.sock"] }}
+out = {{ connect = ["@x.in"] }}
+"""
+    )
+    with Up(config) as up:
+        up.wait_states({"x": "RUNNING", "y": "RUNNING"})
+        # y's out got the client keys: encrypted all the way, every message arrives.
+        push_pull(zmq_ctx, f"ipc://{short_tmp}/y-in.sock", f"ipc://{short_tmp}/x-out.sock", [b"a", b"b", b"c"])
+        # A plain peer on x's CURVE socket: its messages never come out.
+        pull = connect(zmq_ctx, zmq.PULL, f"ipc://{short_tmp}/x-out.sock")
+        plain = connect(zmq_ctx, zmq.PUSH, f"tcp://127.0.0.1:{port}")
+        if plain.poll(1000, zmq.POLLOUT):  # a PUSH is writable only once a handshake succeeded
+            plain.send(b"plain")
+        expect_silence(pull, "x's out, from a peer without CURVE", ms=1000)

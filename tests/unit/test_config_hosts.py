@@ -194,3 +194,43 @@ def test_another_hosts_bind_address_is_not_tried_here(tmp_path: Path) -> None:
     data["hosts"]["b"]["address"] = "127.0.0.1"  # now host b is this machine: tried, refused
     with pytest.raises(ConfigError, match="cannot bind tcp://10.77.0.2:7001 on this machine"):
         load(data, tmp_path)
+
+
+CURVE_SERVER, CURVE_SERVERKEY = int(zmq.SocketOption.CURVE_SERVER), int(zmq.SocketOption.CURVE_SERVERKEY)
+CURVE_PUBLICKEY, CURVE_SECRETKEY = int(zmq.SocketOption.CURVE_PUBLICKEY), int(zmq.SocketOption.CURVE_SECRETKEY)
+
+
+def test_curve_server_and_the_references_to_it_get_the_cluster_keys(tmp_path: Path) -> None:
+    import zmq.auth
+
+    (tmp_path / "keys").mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(tmp_path / "keys", "server")
+    client_public, client_secret = zmq.auth.create_certificates(tmp_path / "keys", "client")
+    data = three_hosts(
+        x=streamer("b", {"bind": ["tcp://*:7001"], "curve": "server"}, {"bind": ["tcp://*:7002"]}),
+        y=streamer("a", {"bind": ["tcp://*:7001"]}, {"connect": ["@x.in"]}),
+        z=streamer("c", {"bind": ["tcp://*:7001"]}, {"connect": ["@x.out"]}),
+    )
+    data["cluster"] = {"keys": "keys"}
+    x, y, z = load(data, tmp_path).devices
+    spub, ssec = zmq.auth.load_certificate(server_secret)
+    cpub, csec = zmq.auth.load_certificate(client_secret)
+    assert dict(x.in_.sockopts) == {CURVE_SERVER: 1, CURVE_PUBLICKEY: spub, CURVE_SECRETKEY: ssec}
+    assert dict(y.out.sockopts) == {
+        IVL: 1000,
+        TIMEOUT: 5000,
+        CURVE_SERVERKEY: spub,
+        CURVE_PUBLICKEY: cpub,
+        CURVE_SECRETKEY: csec,
+    }
+    assert dict(z.out.sockopts) == {IVL: 1000, TIMEOUT: 5000}  # x.out is plain
+    mixed = dict(data)
+    mixed["devices"] = {
+        **data["devices"],
+        "w": streamer("c", {"bind": ["tcp://*:7005"]}, {"connect": ["@x.in", "@x.out"]}),
+    }
+    with pytest.raises(ConfigError, match="cannot connect to a CURVE server and to a plain socket"):
+        load(mixed, tmp_path)
+    del data["cluster"]
+    with pytest.raises(ConfigError, match=r"devices\.x\.in\.curve: curve needs \[cluster\] keys"):
+        load(data, tmp_path)

@@ -39,6 +39,7 @@ from procdevices.supervisor.config.model import (
     DeviceConfig,
     HostConfig,
     Reference,
+    SocketSpec,
     Topology,
 )
 
@@ -156,6 +157,53 @@ def device_host(value: object, key: str, hosts: Sequence[HostConfig]) -> str:
 
 
 # --------------------------------------------------------------------------
+# CURVE on device sockets: `curve = "server"` on a bound socket
+
+
+_CURVE_SERVER = int(zmq.SocketOption.CURVE_SERVER)
+_CURVE_PUBLICKEY = int(zmq.SocketOption.CURVE_PUBLICKEY)
+_CURVE_SECRETKEY = int(zmq.SocketOption.CURVE_SECRETKEY)
+_CURVE_SERVERKEY = int(zmq.SocketOption.CURVE_SERVERKEY)
+
+
+def take_curve(
+    value: object, prefix: str, cluster: ClusterConfig
+) -> tuple[object, tuple[tuple[int, int | bytes], ...]]:
+    """A socket table without its ``curve`` key, and the socket options that key stands for:
+    the cluster's server key pair (``curve = "server"``; only value). The keys are read here,
+    so `check` proves they exist."""
+    if not isinstance(value, Mapping) or "curve" not in value:
+        return value, ()
+    key = f"{prefix}.curve"
+    if value["curve"] != "server":
+        raise Invalid(key, f'expected "server", got {show(value["curve"])}')
+    if cluster.keys is None:
+        raise Invalid(key, "curve needs [cluster] keys (a directory written by `procdevices keys generate`)")
+    if not value.get("bind"):
+        raise Invalid(key, 'curve = "server" is for a socket that binds')
+    public, secret = _pair(cluster.keys, "server", key)
+    rest = {k: v for k, v in value.items() if k != "curve"}
+    return rest, ((_CURVE_SERVER, 1), (_CURVE_PUBLICKEY, public), (_CURVE_SECRETKEY, secret))
+
+
+def _pair(directory: pathlib.Path, name: str, key: str) -> tuple[bytes, bytes]:
+    import zmq.auth
+
+    path = directory / f"{name}.key_secret"
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise Invalid(key, f"cannot read the CURVE key {path}: {e}") from None
+    if secret is None:
+        raise Invalid(key, f"{path} holds no secret key")
+    return public, secret
+
+
+def _is_curve_server(spec: SocketSpec) -> bool:
+    return (_CURVE_SERVER, 1) in spec.sockopts
+
+
+# --------------------------------------------------------------------------
 # References
 
 
@@ -248,7 +296,7 @@ def _target_endpoints(
 
 
 def resolve_references(
-    devices: Sequence[DeviceConfig], hosts: Sequence[HostConfig]
+    devices: Sequence[DeviceConfig], hosts: Sequence[HostConfig], cluster: ClusterConfig
 ) -> tuple[tuple[DeviceConfig, ...], tuple[Reference, ...]]:
     """Every ``"@DEVICE.ROLE"`` in a connect list replaced, in place, by the endpoints it stands
     for; the sockets that had one get the default heartbeats (unless they set their own)."""
@@ -262,6 +310,7 @@ def resolve_references(
             if not any(is_reference(c) for c in spec.connect):
                 continue
             connect: list[str] = []
+            curve: set[bool] = set()  # whether each referenced socket is a CURVE server
             for index, item in enumerate(spec.connect):
                 if not is_reference(item):
                     connect.append(item)
@@ -273,11 +322,33 @@ def resolve_references(
                     raise Invalid(key, f"'{item}' refers to an unknown device '{target_name}'")
                 owner = by_host.get(target.host) if target.host is not None else None
                 found = _target_endpoints(target, target_role, owner, device.host, key, item)
+                curve.add(_is_curve_server(dict(target.sockets())[target_role]))
+                if len(curve) > 1:
+                    raise Invalid(
+                        key,
+                        f"'{item}': one socket cannot connect to a CURVE server and to a plain socket "
+                        "(a socket has one security mechanism)",
+                    )
                 references.append(Reference(device.name, role, target_name, target_role, found))
                 connect.extend(e for e in found if e not in connect)
-            changes[_field(role)] = dataclasses.replace(
-                spec, connect=tuple(connect), sockopts=_with_heartbeats(spec.sockopts)
-            )
+            sockopts = _with_heartbeats(spec.sockopts)
+            if True in curve and cluster.keys is not None:
+                # The client side of `curve = "server"`: the server's public key and the
+                # cluster's client pair, unless the socket sets its own.
+                where = f"{join_key('devices', device.name)}.{role}"
+                public, secret = _pair(cluster.keys, "client", where)
+                server_public, _ = _pair(cluster.keys, "server", where)
+                present = {option for option, _ in sockopts}
+                sockopts += tuple(
+                    (o, v)
+                    for o, v in (
+                        (_CURVE_SERVERKEY, server_public),
+                        (_CURVE_PUBLICKEY, public),
+                        (_CURVE_SECRETKEY, secret),
+                    )
+                    if o not in present
+                )
+            changes[_field(role)] = dataclasses.replace(spec, connect=tuple(connect), sockopts=sockopts)
         resolved.append(dataclasses.replace(device, **changes) if changes else device)
     return tuple(resolved), tuple(references)
 

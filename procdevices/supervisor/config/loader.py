@@ -40,6 +40,7 @@ from procdevices.supervisor.config.kinds import (
 )
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import (
+    ClusterConfig,
     DeviceConfig,
     HostConfig,
     SocketSpec,
@@ -150,12 +151,14 @@ class _Loader:
         self.trial = trial
         self.hosts: tuple[HostConfig, ...] = ()
         self.default_host: str | None = None
+        self.cluster = ClusterConfig()
 
     def topology(self, data: Mapping[str, Any], source: str) -> Topology:
         if not isinstance(data, Mapping):
             raise expected("", "a table at the top level", data)
         check_keys(data, _TOP_KEYS, "")
         self.hosts, cluster = hosts.parse_cluster(data, self.base_dir)
+        self.cluster = cluster
         supervisor, defaults = self.supervisor(as_table(data.get("supervisor", {}), "supervisor"))
         if "devices" not in data:
             raise Invalid("devices", "no devices defined")
@@ -163,7 +166,7 @@ class _Loader:
         if not devices_table:
             raise Invalid("devices", "no devices defined")
         devices = tuple(self.device(str(name), value, defaults) for name, value in devices_table.items())
-        devices, references = hosts.resolve_references(devices, self.hosts)
+        devices, references = hosts.resolve_references(devices, self.hosts, cluster)
         hosts.check_bind_conflicts(devices)  # per host; without [hosts], endpoints' rule as is
         endpoints.check_socket_paths(devices, supervisor.run_dir, "supervisor.run_dir")
         endpoints.check_bind_hosts(hosts.local_devices(devices, self.hosts), self.trial)
@@ -302,4 +305,6 @@ class _Loader:
         )
 
     def socket(self, value: object, prefix: str, default_type: str, replicas: int) -> SocketSpec:
-        return parse_socket(value, prefix, default_type, replicas, os.fspath(self.base_dir), self.trial)
+        value, curve = hosts.take_curve(value, prefix, self.cluster)  # `curve = "server"`: multi-host
+        spec = parse_socket(value, prefix, default_type, replicas, os.fspath(self.base_dir), self.trial)
+        return dataclasses.replace(spec, sockopts=spec.sockopts + curve) if curve else spec
