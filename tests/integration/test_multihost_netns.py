@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import cli, describe
+from support.cli import cli, describe, wait_for
 from support.netns import HostUp, Network, SupervisordHost, netns_or_skip
 
 pytestmark = pytest.mark.timeout(240)
@@ -191,3 +193,71 @@ def test_three_hosts_one_topology(net: Network, short_tmp: Path, helper_script: 
         assert peers.run("a", "req", broker_ep, "20", "60") == {"round_trips": 20}
         back = a.cli("status", "--all", "--json")
         assert back.returncode == 0, describe(back)
+
+
+def _connections(net: Network, host: str, peer: str) -> set[str]:
+    """Local ports of ``host``'s established tcp connections to ``peer`` (ADDRESS:PORT)."""
+    out = subprocess.run(
+        net.run(host, ["ss", "-Htn", "state", "established", "dst", peer]),
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    return {line.split()[-2].rpartition(":")[2] for line in out.splitlines() if line.strip()}
+
+
+def test_heartbeats_replace_a_connection_to_a_host_that_vanished(
+    net: Network, short_tmp: Path, helper_script: object
+) -> None:
+    """Host c dies while its link is down (a never hears of it) and comes back after a reboot.
+    The feed on a sends nothing meanwhile: only its ZMTP heartbeats (from the reference
+    @sink.in) find the dead connection and make libzmq connect again, before any message."""
+    config = topology(short_tmp, net)
+    assert cli("keys", "generate", str(short_tmp / "keys"), cwd=short_tmp).returncode == 0
+    sink_in = f"{net.address('c')}:5571"
+    feed_ep, sink_ep = f"tcp://{net.address('a')}:5570", f"tcp://{net.address('c')}:5572"
+    peers = Peers(net, helper_script("netns_peer.py"))  # type: ignore[operator]
+    a, c = HostUp(config, net, "a"), HostUp(config, net, "c")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(a)
+        stack.enter_context(c)
+        stack.callback(peers.close)
+        a.wait_states({"feed": "RUNNING"})
+        c.wait_states({"sink": "RUNNING"})
+        pull = peers.start("c", "pull", sink_ep, "10", "before", "30")
+        peers.run("a", "push", feed_ep, "10", "before")
+        assert peers.finish(pull, 40) == {"received": 10}
+        before = _connections(net, "a", sink_in)
+        assert len(before) == 1, before
+
+        # c dies silently: its link down first, so no FIN or RST reaches a, then its kernel
+        # state goes too (a reboot), so nothing of the old connection is retransmitted later.
+        net.cut("c")
+        c.kill_everything()
+        net.reboot("c")  # back with its link up, and no memory of a's connection
+        c2 = stack.enter_context(HostUp(config, net, "c", label="up-c2"))
+        c2.wait_states({"sink": "RUNNING"})
+        # `ss -E` prints a line whenever a socket in a's namespace closes: the wake-up.
+        closes = subprocess.Popen(net.run("a", ["ss", "-HtnE"]), stdout=subprocess.PIPE, text=True)
+        stack.callback(closes.communicate, timeout=10)
+        stack.callback(closes.terminate)
+        events = closes.stdout
+        assert events is not None
+        os.set_blocking(events.fileno(), False)
+
+        def wake(seconds: float) -> None:
+            ready, _, _ = select.select([events], [], [], seconds)
+            if ready:
+                events.read()
+
+        fresh = wait_for(
+            lambda: (_connections(net, "a", sink_in) - before) or None,
+            20,
+            "a new connection from a to the restarted sink (heartbeat timeout 5 s)",
+            wake=wake,
+        )
+        assert fresh
+        pull = peers.start("c", "pull", sink_ep, "20", "after", "30")
+        peers.run("a", "push", feed_ep, "20", "after")
+        assert peers.finish(pull, 40) == {"received": 20}

@@ -10,7 +10,8 @@ collide):
 The addresses exist inside those namespaces only and no namespace has a route out, so no
 traffic ever leaves them (each test has its own switch, so two tests may use the same
 addresses). ``cut(host)`` / ``mend(host)`` set the host's link down and up at the switch.
-``close()`` (the context manager's exit) deletes every namespace it made, which removes the
+``reboot(host)`` deletes and remakes the host's namespace (its kernel state gone, as after a
+power cycle). ``close()`` (the context manager's exit) deletes every namespace it made, which removes the
 veth pairs and the bridge with them.
 
 ``HostUp`` is ``support.cli.Up`` for one host: ``ip netns exec NS python -m procdevices up
@@ -80,14 +81,30 @@ class Network:
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "link", "set", "br0", "up")
         for host in self.hosts:
-            ns = self.namespace(host)
-            self._add(ns)
-            # Both ends are created inside their namespaces: nothing ever appears in ours.
-            _ip("link", "add", f"v-{host}", "netns", self.switch, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _ip("-n", self.switch, "link", "set", f"v-{host}", "master", "br0")
-            _ip("-n", self.switch, "link", "set", f"v-{host}", "up")
-            _ip("-n", ns, "addr", "add", f"{self.address(host)}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
+            self._add_host(host)
+
+    def _add_host(self, host: str) -> None:
+        ns = self.namespace(host)
+        self._add(ns)
+        # Both ends are created inside their namespaces: nothing ever appears in ours.
+        _ip("link", "add", f"v-{host}", "netns", self.switch, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("-n", self.switch, "link", "set", f"v-{host}", "master", "br0")
+        _ip("-n", self.switch, "link", "set", f"v-{host}", "up")
+        # A fixed MAC per host, as a real NIC keeps across a reboot (the others' ARP caches stay right).
+        _ip("-n", ns, "link", "set", "eth0", "address", f"02:77:00:00:00:{self.hosts.index(host) + 1:02x}")
+        _ip("-n", ns, "addr", "add", f"{self.address(host)}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+
+    def reboot(self, host: str) -> None:
+        """The host's kernel state gone, as after a power cycle: its namespace (with every
+        socket and connection in it, and its veth pair) deleted and made again. Its processes
+        must have ended first."""
+        ns = self.namespace(host)
+        # The pair first, synchronously: a namespace's own clean-up runs later in the kernel.
+        _ip("-n", self.switch, "link", "del", f"v-{host}")
+        _ip("netns", "del", ns)
+        self.made.remove(ns)
+        self._add_host(host)
 
     def cut(self, host: str) -> None:
         _ip("-n", self.switch, "link", "set", f"v-{host}", "down")
