@@ -287,8 +287,9 @@ def _remote_target(args: argparse.Namespace, name: str) -> Target | None:
     from procdevices.supervisor.config import ConfigError
     from procdevices.supervisor.config.hosts import host_of
 
-    if locate.config_path(args.config) is None:
-        return None
+    path = locate.config_path(args.config)
+    if path is None or not _mentions_hosts(path):
+        return None  # a one-host file: the command goes to the local supervisor, as always
     try:
         topology = locate.topology(args.config, args.run_dir)
     except ConfigError:
@@ -300,3 +301,17 @@ def _remote_target(args: argparse.Namespace, name: str) -> Target | None:
     if local is not None and local.name == host.name:
         return None
     return _target(topology, host, local, args)
+
+
+def _mentions_hosts(path: Path) -> bool:
+    """Whether the file has a [hosts] table, read without validating it: a one-host file
+    costs a client command no full load (the libzmq trial included)."""
+    import tomllib
+
+    try:
+        if not path.is_file() or path.stat().st_size > locate.MAX_RAW_BYTES:
+            return False
+        with open(path, "rb") as f:
+            return "hosts" in tomllib.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False

@@ -26,7 +26,7 @@ import os
 import pathlib
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -50,12 +50,14 @@ __all__ = [
     "check_bind_conflicts",
     "check_reference",
     "device_host",
+    "host_of",
     "is_reference",
     "local_addresses",
     "local_devices",
     "parse_cluster",
     "resolve_references",
     "select_host",
+    "take_curve",
     "this_host",
 ]
 
@@ -477,7 +479,3 @@ def host_of(topology: Topology, device: str) -> HostConfig | None:
         if d.name == name and d.host is not None:
             return next(h for h in topology.hosts if h.name == d.host)
     return None
-
-
-def names(items: Iterable[HostConfig]) -> list[str]:
-    return [h.name for h in items]
