@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from procdevices import exitcodes
 from procdevices.cli import locate
 from procdevices.supervisor.config import Topology
-from procdevices.supervisor.config.hosts import HostChoiceError, bound_endpoints, select_host, this_host
+from procdevices.supervisor.config.hosts import (
+    HostChoiceError,
+    bound_endpoints,
+    control_connect,
+    select_host,
+    this_host,
+)
 from procdevices.supervisor.config.model import HostConfig
 
 if TYPE_CHECKING:
@@ -193,7 +199,7 @@ def _target(topology: Topology, host: HostConfig, local: HostConfig | None, args
         return Target(
             host.name, None, why_not=f"host {host.name} has no control endpoint ([hosts.{host.name}] control)"
         )
-    return Target(host.name, host.control, topology.cluster.keys)
+    return Target(host.name, control_connect(host), topology.cluster.keys)
 
 
 def status(args: argparse.Namespace) -> int:

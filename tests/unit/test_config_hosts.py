@@ -234,3 +234,22 @@ def test_curve_server_and_the_references_to_it_get_the_cluster_keys(tmp_path: Pa
     del data["cluster"]
     with pytest.raises(ConfigError, match=r"devices\.x\.in\.curve: curve needs \[cluster\] keys"):
         load(data, tmp_path)
+
+
+def test_a_wildcard_control_endpoint_is_reached_at_the_host_address(tmp_path: Path) -> None:
+    from procdevices.supervisor.config.hosts import control_connect
+
+    data = three_hosts(x=streamer("a", {"bind": ["tcp://*:7001"]}, {"bind": ["tcp://*:7002"]}))
+    data["cluster"] = {"keys": "keys"}
+    data["hosts"]["a"]["control"] = "tcp://*:7100"
+    data["hosts"]["b"]["control"] = "tcp://10.77.0.2:7100"
+    data["hosts"]["c"]["control"] = "tcp://0.0.0.0:7100"
+    hosts = load(data, tmp_path).hosts
+    assert [control_connect(h) for h in hosts] == [
+        "tcp://10.77.0.1:7100",
+        "tcp://10.77.0.2:7100",
+        "tcp://[fd00::3]:7100",
+    ]
+    data["hosts"]["a"]["address"] = "10.77.0.1:7100"
+    with pytest.raises(ConfigError, match="hosts.a.address: invalid address '10.77.0.1:7100': no port here"):
+        load(data, tmp_path)

@@ -49,6 +49,7 @@ __all__ = [
     "bound_endpoints",
     "check_bind_conflicts",
     "check_reference",
+    "control_connect",
     "device_host",
     "host_of",
     "is_reference",
@@ -121,6 +122,8 @@ def _host(name: str, value: object, cluster: ClusterConfig) -> HostConfig:
     address = address.strip("[]") if address.startswith("[") else address
     if not address or any(ch.isspace() or not ch.isprintable() or ch in "/*" for ch in address):
         raise Invalid(f"{prefix}.address", f"invalid address '{show(address)}': expected an IP address or a DNS name")
+    if ":" in address and not _ip_literal(address):
+        raise Invalid(f"{prefix}.address", f"invalid address '{show(address)}': no port here, only the host")
     if address in ("0.0.0.0", "::"):
         raise Invalid(f"{prefix}.address", f"'{address}' is a wildcard, not an address other hosts can reach")
     control: str | None = None
@@ -144,6 +147,17 @@ def _control_endpoint(value: object, key: str) -> str:
     if address.rpartition(":")[2] == "*":
         raise Invalid(key, f"control endpoint '{checked}' needs a fixed port: other hosts must know it")
     return checked
+
+
+def control_connect(host: HostConfig) -> str | None:
+    """Where other hosts connect to reach ``host``'s control endpoint: its ``control``, with a
+    wildcard bind host (``tcp://*:7100``) replaced by the host's address."""
+    if host.control is None:
+        return None
+    bind_host, _, port = host.control[len("tcp://") :].rpartition(":")
+    if bind_host in _WILDCARDS:
+        return f"tcp://{_host_text(host.address)}:{port}"
+    return host.control
 
 
 def device_host(value: object, key: str, hosts: Sequence[HostConfig]) -> str:
