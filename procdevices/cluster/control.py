@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from procdevices.cluster import keys
 
@@ -57,6 +56,9 @@ class ServedControl:
         if not admitted:
             raise ControlUnavailable(f"control endpoint {spec.endpoint}: no client key (*.key) in {spec.keys}")
         self.endpoint = spec.endpoint
+        # Imported here: only a host with a control endpoint pays for zmq.auth's thread module.
+        from zmq.auth.thread import ThreadAuthenticator
+
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.auth = ThreadAuthenticator(self.ctx)
         self.auth.start()
