@@ -21,9 +21,13 @@ def check(args: argparse.Namespace) -> int:
         f"{topology.source}: ok, {len(topology.devices)} device(s), {len(instances)} process(es); "
         f"run dir {topology.supervisor.run_dir}"
     )
+    for host in topology.hosts:  # multi-host: docs/multihost.md
+        control = f", control {host.control}" if host.control else ""
+        print(f"  host {host.name}: {host.address}{control}")
     for config in instances:
         sockets = " ".join(f"{role}={spec.type_name}" for role, spec in config.sockets())
-        print(f"  {config.name:<20} {config.kind:<16} {sockets}")
+        where = f" on {config.host}" if config.host else ""
+        print(f"  {config.name:<20} {config.kind:<16} {sockets}{where}")
     return exitcodes.EXIT_OK
 
 

@@ -63,6 +63,10 @@ def test_endpoints_json_is_device_role_endpoints(three: Path) -> None:
         "edge": {"in": ["tcp://127.0.0.1:7101"]},
         "worker": {"out": ["tcp://10.77.0.3:7200", "tcp://10.77.0.3:7201"]},
     }
+    checked = cli("check", "-c", str(three), cwd=three.parent)
+    assert checked.returncode == 0, describe(checked)
+    assert "  host b: 10.77.0.2\n" in checked.stdout and "worker.1" in checked.stdout, checked.stdout
+    assert any(line.split()[0] == "worker.1" and line.endswith(" on c") for line in checked.stdout.splitlines())
     text = cli("endpoints", "-c", str(three), cwd=three.parent)
     assert text.returncode == 0, describe(text)
     assert text.stdout.splitlines()[0].split() == ["HOST", "DEVICE", "ROLE", "ENDPOINT"]
@@ -104,6 +108,18 @@ def test_up_runs_only_the_devices_of_the_host_this_machine_is(
         devices = up.wait_states({"mine": "RUNNING"})
         assert sorted(devices) == ["mine"], devices
         request_reply(zmq_ctx, f"ipc://{short_tmp}/mine-in.sock", f"ipc://{short_tmp}/mine-out.sock")
+        # A reload keeps to this host: a new device of `here` starts, one of `there` does not.
+        config.write_text(
+            LOCAL_AND_REMOTE
+            + '\n[devices.more]\nhost = "here"\nkind = "queue"\nin = { bind = ["ipc://more-in.sock"] }\n'
+            + 'out = { bind = ["ipc://more-out.sock"] }\n'
+            + '\n[devices.far]\nhost = "there"\nkind = "queue"\nin = { bind = ["tcp://*:*"] }\n'
+            + 'out = { bind = ["tcp://*:*"] }\n'
+        )
+        reloaded = up.cli("reload")
+        assert reloaded.returncode == 0, describe(reloaded)
+        devices = up.wait_states({"mine": "RUNNING", "more": "RUNNING"})
+        assert sorted(devices) == ["mine", "more"], devices
     down = cli("up", "--host", "nowhere", "-c", str(config), cwd=short_tmp)
     assert down.returncode == 78, describe(down)
     assert "unknown host 'nowhere'" in down.stderr and "defines here, there" in down.stderr, describe(down)

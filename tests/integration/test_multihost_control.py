@@ -132,5 +132,21 @@ def test_a_peer_without_an_admitted_key_gets_no_answer(
         admitted.curve_publickey, admitted.curve_secretkey = zmq.auth.load_certificate(keys / "client.key_secret")
         assert ask(admitted), "the admitted client got no answer"
         assert json.loads(admitted.recv())["ok"] is True
-        # The supervisor is unharmed by the refused peers.
-        assert up.devices()["mine"]["state"] == "RUNNING"
+        # A crowd of refused handshakes at once: the authenticator thread takes them, the
+        # supervisor's loop never sees them; it answers, and its device was never restarted.
+        pid = up.devices()["mine"]["pid"]
+        crowd = []
+        for _ in range(100):
+            peer = zmq_ctx.socket(zmq.DEALER)
+            peer.linger = 0
+            peer.curve_serverkey = server_key
+            peer.curve_publickey, peer.curve_secretkey = zmq.auth.load_certificate(outsider / "intruder.key_secret")
+            peer.connect(endpoint)
+            crowd.append(peer)
+        again = zmq_ctx.socket(zmq.REQ)
+        again.curve_serverkey = server_key
+        again.curve_publickey, again.curve_secretkey = zmq.auth.load_certificate(keys / "client.key_secret")
+        assert ask(again), "the admitted client got no answer while refused peers knocked"
+        assert json.loads(again.recv())["ok"] is True
+        mine = up.devices()["mine"]
+        assert (mine["state"], mine["pid"], mine["restarts"]) == ("RUNNING", pid, 0)
