@@ -169,6 +169,17 @@ class HostUp(Up):
             env=self.env(),
         )
 
+    def start_cli(self, *args: str) -> subprocess.Popen[str]:
+        """A client command inside the namespace, as this host, not waited for."""
+        return subprocess.Popen(
+            self.net.run(self.host, [*CLI, *args, "-c", str(self.config)]),
+            cwd=self.directory,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+        )
+
     def kill_everything(self) -> None:
         """SIGKILL every procdevices process of this host at once (supervisor, devices, pool
         workers): the host's software is gone, its network stays."""
