@@ -25,8 +25,10 @@ What is measured (docs/performance.md explains each figure and the targets):
               base for procdevices' spawned devices), and `up` with spawn and forkserver.
   scale       (--scale N) N devices as 4 x N/4 replicas over ipc under one `up`, with spawn and
               with forkserver: time to all RUNNING, idle supervisor CPU, `down` time.
-  restart     SIGKILL a supervised device: time until the replacement answers PING on its
-              control socket, and until a message is forwarded again (warm pool vs pool 0).
+  restart     SIGKILL a supervised streamer that binds over ipc: time until the replacement
+              answers PING on its control socket, and until a message is forwarded again;
+              connects refused meanwhile; own_sockets true (the default) and false run
+              alternately, 3 runs of 10 kills each; then once with pool_size 0.
   stop        SIGTERM to `up` until it exits, with its log checked for clean stops.
   overhead    CPU of the idle supervisor (and of its idle devices) with 32 devices.
 
@@ -110,8 +112,12 @@ class Profile:
     startup_ns: tuple[int, ...]
     startup_reps: int
     kills: int
+    restart_runs: int  # runs of `kills` kills per own_sockets setting, alternately
     idle_seconds: float
     big_n: int  # devices for the stop and overhead phases
+    # pool_size of the supervised device in the throughput, mq and latency phases; None: the
+    # supervisor's default (2), and each case waits until the pool is full first
+    supervised_pool: int | None = None
 
 
 FULL = Profile(
@@ -124,6 +130,7 @@ FULL = Profile(
     startup_ns=(1, 8, 32),
     startup_reps=3,
     kills=10,
+    restart_runs=3,
     idle_seconds=30.0,
     big_n=32,
 )
@@ -137,6 +144,7 @@ QUICK = Profile(
     startup_ns=(1, 8),
     startup_reps=1,
     kills=3,
+    restart_runs=1,
     idle_seconds=10.0,
     big_n=8,
 )
@@ -535,24 +543,29 @@ class NotReady(Exception):
 class Supervised:
     """`python -m procdevices up -c TOPOLOGY` as a subprocess in its own process group."""
 
-    def __init__(self, workdir: str, topology: str, start_method: str = "spawn") -> None:
+    def __init__(self, workdir: str, topology: str, start_method: str = "spawn", pool: int | None = None) -> None:
         self.dir = workdir
+        self.pool = 2 if pool is None else pool  # idle warm workers once settled
         self.path = os.path.join(workdir, "topology.toml")
         self.run_dir = os.path.join(workdir, "run")
         with open(self.path, "w") as f:
-            f.write(f'[supervisor]\nrun_dir = "{self.run_dir}"\nstart_method = "{start_method}"\n' + topology)
+            pool_line = "" if pool is None else f"pool_size = {pool}\n"
+            f.write(
+                f'[supervisor]\nrun_dir = "{self.run_dir}"\nstart_method = "{start_method}"\n{pool_line}' + topology
+            )
         self.sock = os.path.join(self.run_dir, "supervisor.sock")
         self.endpoint = f"ipc://{self.sock}"
         self.log_path = os.path.join(workdir, "up.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None
         self.started_at = 0.0
+        self.up_argv = [sys.executable, "-m", "procdevices", "up", "-c", self.path]  # restart_steps.py changes it
 
     def start(self) -> None:
         self._log = open(self.log_path, "wb")
         self.started_at = now()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "procdevices", "up", "-c", self.path],
+            self.up_argv,
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -649,11 +662,21 @@ class Supervised:
 
 
 def settle(sup: Supervised) -> None:
-    """Wait until the device runs and the warm pool (2 workers, spawned once the device is
-    ready) is full, then a second more: the workers' interpreter start-up must not compete
-    with the measurement for the 2 CPUs."""
-    sup.wait_running(1, 30.0, pool_idle=2)
-    time.sleep(1.0)
+    """Wait until the device runs, the warm pool (2 workers by default, spawned once the
+    device is ready) is full and every process of the supervisor's but the device is idle:
+    the workers' interpreter start-up must not compete with the measurement for the 2 CPUs.
+    (`pool_idle` counts a worker as soon as it is started, not once it has imported what it
+    imports: a fixed wait after it could end too soon on a loaded machine.)"""
+    st = sup.wait_running(1, 30.0, pool_idle=sup.pool)
+    device = st["devices"][0]["pid"]
+    end = now() + 30.0
+    while now() < end:
+        others = [sup.pid] + [p.pid for p in psutil.Process(sup.pid).children(recursive=True) if p.pid != device]
+        before = cpu_seconds(others)
+        time.sleep(0.3)
+        if cpu_seconds(others) - before < 0.01:  # less than one clock tick: asleep
+            break
+    time.sleep(0.2)
 
 
 def check_stop_log(text: str, n: int) -> dict[str, Any]:
@@ -676,7 +699,9 @@ def check_stop_log(text: str, n: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[str | None, str | None, int | None]]:
+def tp_device(
+    case: str, transport: str, tmp: str, tag: str, pool: int | None = None
+) -> Iterator[tuple[str | None, str | None, int | None]]:
     """Yields (in endpoint, out endpoint, device pid) of a running streamer; Nones for direct."""
     if case == "direct":
         yield None, None, None
@@ -704,7 +729,7 @@ def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[s
         sockets = f'in = {{ bind = ["ipc://{workdir}/in"] }}\nout = {{ bind = ["ipc://{workdir}/out"] }}\n'
     else:
         sockets = 'in = { bind = ["tcp://127.0.0.1:*"] }\nout = { bind = ["tcp://127.0.0.1:*"] }\n'
-    sup = Supervised(workdir, f'\n[devices.tp]\nkind = "streamer"\n{sockets}')
+    sup = Supervised(workdir, f'\n[devices.tp]\nkind = "streamer"\n{sockets}', pool=pool)
     try:
         sup.start()
         settle(sup)
@@ -715,12 +740,24 @@ def tp_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[s
         sup.close()
 
 
+def supervisor_beside(device: int) -> list[int]:
+    """The supervisor of a supervised device and its other processes (warm workers, resource
+    tracker): what runs beside the device and could take CPU from the measurement."""
+    try:
+        up = psutil.Process(device).parent()
+        if up is None:
+            return []
+        return [up.pid] + [p.pid for p in up.children(recursive=True) if p.pid != device]
+    except psutil.Error:
+        return []
+
+
 def run_tp_case(
     helpers: Helpers, case: str, transport: str, tmp: str, tag: str, prof: Profile
 ) -> dict[int, dict[str, Any]]:
     recv_w, send_w = helpers.workers[0], helpers.workers[1]
     results: dict[int, dict[str, Any]] = {}
-    with tp_device(case, transport, tmp, tag) as (in_ep, out_ep, pid):
+    with tp_device(case, transport, tmp, tag, prof.supervised_pool) as (in_ep, out_ep, pid):
         for size in SIZES:
             warm, timed = prof.tp_msgs[size]
             extra = 3000
@@ -733,6 +770,8 @@ def run_tp_case(
                     recv_w.call("recv", out_ep, False, warm, timed, extra, 10.0)
                     target = in_ep
                 cpu0 = cpu_seconds([pid]) if pid else None
+                beside = supervisor_beside(pid) if case.startswith("supervised") and pid else []
+                beside0 = cpu_seconds(beside)
                 send_w.send("send", target, size, warm + timed + extra, 10.0)
                 done = recv_w.reply(180.0)
                 send_w.reply(30.0)
@@ -749,6 +788,8 @@ def run_tp_case(
                     # CPU the device process used per forwarded message (warm-up
                     # included): insensitive to how the 2 CPUs were shared.
                     "device_cpu_us_per_msg": (cpu1 - cpu0) / (warm + timed + extra) * 1e6 if pid else None,
+                    # CPU that `up`, its warm workers and its resource tracker used meanwhile
+                    "supervisor_cpu_ms": (cpu_seconds(beside) - beside0) * 1000 if beside else None,
                     "lost": done["lost"],
                 }
             except Exception as e:
@@ -830,7 +871,7 @@ def phase_throughput(
 
 
 @contextlib.contextmanager
-def queue_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tuple[str, str]]:
+def queue_device(case: str, transport: str, tmp: str, tag: str, pool: int | None = None) -> Iterator[tuple[str, str]]:
     if case == "pyzmq":
         d = PyzmqDevice(zmq.QUEUE, zmq.ROUTER, zmq.DEALER)
         try:
@@ -853,7 +894,7 @@ def queue_device(case: str, transport: str, tmp: str, tag: str) -> Iterator[tupl
             sockets = f'in = {{ bind = ["ipc://{workdir}/in"] }}\nout = {{ bind = ["ipc://{workdir}/out"] }}\n'
         else:
             sockets = 'in = { bind = ["tcp://127.0.0.1:*"] }\nout = { bind = ["tcp://127.0.0.1:*"] }\n'
-        sup = Supervised(workdir, f'\n[devices.lat]\nkind = "queue"\n{sockets}')
+        sup = Supervised(workdir, f'\n[devices.lat]\nkind = "queue"\n{sockets}', pool=pool)
         try:
             sup.start()
             settle(sup)
@@ -870,7 +911,10 @@ def phase_latency(helpers: Helpers, prof: Profile, tmp: str) -> dict[str, Any]:
         try:
             with deadline(240, f"latency {transport}"), contextlib.ExitStack() as stack:
                 eps = {
-                    c: stack.enter_context(queue_device(c, transport, tmp, f"l{transport}{c[:3]}")) for c in LAT_CASES
+                    c: stack.enter_context(
+                        queue_device(c, transport, tmp, f"l{transport}{c[:3]}", prof.supervised_pool)
+                    )
+                    for c in LAT_CASES
                 }
                 client, echoes = helpers.workers[0], helpers.workers[1:]
                 try:
@@ -1142,6 +1186,10 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # restart after SIGKILL
 
+#: The two settings of the restart phase, measured alternately: the supervisor keeps the
+#: device's listening sockets (the default) or the device binds its own.
+RESTART_SETTINGS = ("own_sockets", "own_sockets_false")
+
 
 class Traffic(threading.Thread):
     """After ``go`` is set: sends a message every ~1 ms (non-blocking) and records when the
@@ -1173,18 +1221,36 @@ def drain(sock: zmq.Socket[bytes]) -> None:
         sock.recv()
 
 
+def refused_connects(monitors: list[zmq.Socket[bytes]]) -> int:
+    """Connects refused since the last call. libzmq announces every reconnect timer it sets
+    as ZMQ_EVENT_CONNECT_RETRIED: one after each lost connection (ZMQ_EVENT_DISCONNECTED),
+    and one after each connect that failed; over ipc to a path that exists, failed means
+    refused (nobody listening)."""
+    retried = disconnected = 0
+    for m in monitors:
+        while m.poll(0):
+            frames = m.recv_multipart()
+            event = struct.unpack("=hi", frames[0][:6])[0]
+            if event == zmq.EVENT_CONNECT_RETRIED:
+                retried += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                disconnected += 1
+    return max(0, retried - disconnected)
+
+
 def one_kill(
     sup: Supervised,
-    name: str,
     ctl: str,
     push: zmq.Socket[bytes],
     pull: zmq.Socket[bytes],
+    monitors: list[zmq.Socket[bytes]],
     ping_ctx: zmq.Context[zmq.Socket[bytes]],
     pool: int,
 ) -> dict[str, Any]:
     st = sup.wait_running(1, 30.0, pool_idle=pool)
     dev = st["devices"][0]
     old = dev["pid"]
+    endpoints = dev["endpoints"]
     # It forwards now: one message through, then nothing left in flight.
     push.send(b"before", zmq.NOBLOCK)
     end = now() + 5.0
@@ -1194,7 +1260,7 @@ def one_kill(
         if pull.recv() == b"before":
             break
     drain(pull)
-    old_proc = psutil.Process(old)
+    refused_connects(monitors)  # only the ones from now on count
     traffic = Traffic(push, pull)
     traffic.start()
     reaped: list[float] = []
@@ -1235,18 +1301,31 @@ def one_kill(
     reaper.join(10.0)
     if t_probe is None:
         raise PhaseTimeout(f"no new device answered PING within 10s; log: {sup.log_tail()}")
-    del old_proc
+    # The endpoints the new process reported (its ready report may still be on its way).
+    end = now() + 5.0
+    while True:
+        now_dev = sup.status(2.0)["devices"][0]
+        if (now_dev["pid"] == new_pid and now_dev["state"] == "RUNNING") or now() > end:
+            break
+        time.sleep(0.005)
+    after = now_dev["endpoints"]
     return {
         "probe_ms": (t_probe - t0) * 1000,
         "forward_ms": (traffic.t_forwarded - t0) * 1000 if traffic.t_forwarded else None,
         "reaped_ms": (reaped[0] - t0) * 1000 if reaped else None,
+        "refused_connects": refused_connects(monitors),
+        "t_kill": t0,  # this process's perf_counter (CLOCK_MONOTONIC): for restart_steps.py
+        "t_forwarded": traffic.t_forwarded,
+        "endpoints_kept": after == endpoints,
         "old_pid": old,
         "new_pid": new_pid,
         "new_from_warm_pool": new_pid in before,
     }
 
 
-def restart_series(prof: Profile, tmp: str, pool: int | None) -> dict[str, Any]:
+def restart_series(prof: Profile, tmp: str, *, pool: int | None, own_sockets: bool) -> dict[str, Any]:
+    """``prof.kills`` SIGKILLs of a supervised streamer that binds its PULL and PUSH over ipc;
+    a PUSH and a PULL client connect to it and reconnect every 1 ms."""
     pool_line = f"pool_size = {pool}\n" if pool is not None else ""  # None: the default (2)
     effective_pool = 2 if pool is None else pool
     stable = 0.5
@@ -1256,76 +1335,106 @@ def restart_series(prof: Profile, tmp: str, pool: int | None) -> dict[str, Any]:
         + "probe = { interval = 0.05, timeout = 0.5, failures = 3 }\n"
         + f"stable_after = {stable}\n"
         + "intensity = { max_restarts = 1000, within = 30.0 }\n"
+        + ("" if own_sockets else "own_sockets = false\n")
         + '\n[devices.r]\nkind = "streamer"\n'
-        + f'in = {{ type = "PULL", connect = ["ipc://{tmp}/ri"] }}\n'
-        + f'out = {{ type = "PUSH", connect = ["ipc://{tmp}/ro"] }}\n'
+        + f'in = {{ type = "PULL", bind = ["ipc://{tmp}/ri"] }}\n'
+        + f'out = {{ type = "PUSH", bind = ["ipc://{tmp}/ro"] }}\n'
     )
     ctx = zmq.Context()
+    ctx.setsockopt(zmq.RECONNECT_IVL, 1)  # a lost peer is retried every 1 ms
     ping_ctx = zmq.Context()
-    ping_ctx.setsockopt(zmq.RECONNECT_IVL, 1)  # a missing listener is retried every 1 ms
+    ping_ctx.setsockopt(zmq.RECONNECT_IVL, 1)
     push = ctx.socket(zmq.PUSH)
     push.linger = 0
-    push.bind(f"ipc://{tmp}/ri")
     pull = ctx.socket(zmq.PULL)
     pull.linger = 0
-    pull.bind(f"ipc://{tmp}/ro")
+    monitors = [s.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED) for s in (push, pull)]
     sup = Supervised(tmp, topology)
     kills: list[dict[str, Any]] = []
+    label = f"{'own_sockets' if own_sockets else 'own_sockets = false'}, pool {effective_pool}"
     try:
         sup.start()
         sup.wait_running(1, 30.0, pool_idle=effective_pool)
+        push.connect(f"ipc://{tmp}/ri")
+        pull.connect(f"ipc://{tmp}/ro")
         ctl = f"ipc://{sup.run_dir}/ctl/r.sock"
         for k in range(prof.kills):
             time.sleep(stable + 0.2)  # a stable run: the restart is immediate (no backoff)
             try:
-                r = one_kill(sup, "r", ctl, push, pull, ping_ctx, effective_pool)
+                r = one_kill(sup, ctl, push, pull, monitors, ping_ctx, effective_pool)
                 kills.append(r)
                 log(
-                    f"  kill {k + 1}/{prof.kills} (pool {effective_pool}): probe {r['probe_ms']:.1f} ms, "
+                    f"  kill {k + 1}/{prof.kills} ({label}): probe {r['probe_ms']:.1f} ms, "
                     f"forward {r['forward_ms'] if r['forward_ms'] is None else round(r['forward_ms'], 1)} ms, "
-                    f"reaped {r['reaped_ms'] if r['reaped_ms'] is None else round(r['reaped_ms'], 1)} ms"
+                    f"reaped {r['reaped_ms'] if r['reaped_ms'] is None else round(r['reaped_ms'], 1)} ms, "
+                    f"refused {r['refused_connects']}"
                 )
             except Exception as e:
-                record_error("restart", f"pool {effective_pool} kill {k + 1}", e)
+                record_error("restart", f"{label} kill {k + 1}", e)
         restarts = sup.status(2.0)["devices"][0]["restarts"]
     finally:
         sup.close()
-        push.close(0)
-        pull.close(0)
+        for s in (*monitors, push, pull):
+            s.close(0)
         ctx.term()
         ping_ctx.term()
 
-    def stat(key: str) -> dict[str, Any]:
-        xs = [k[key] for k in kills if k.get(key) is not None]
-        s = summary(xs)
-        s.pop("samples", None)
-        s["worst"] = s.pop("max")
-        return s
-
     return {
         "pool_size": effective_pool,
+        "own_sockets": own_sockets,
         "kills": kills,
         "supervisor_restarts": restarts,
-        "probe_ms": stat("probe_ms"),
-        "forward_ms": stat("forward_ms"),
-        "reaped_ms": stat("reaped_ms"),
+        "probe_ms": kill_stat(kills, "probe_ms"),
+        "forward_ms": kill_stat(kills, "forward_ms"),
+        "reaped_ms": kill_stat(kills, "reaped_ms"),
+        "refused_connects": sum(k["refused_connects"] for k in kills),
+        "endpoints_kept": all(k["endpoints_kept"] for k in kills),
         "topology": topology,
     }
 
 
+def kill_stat(kills: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    xs = [k[key] for k in kills if k.get(key) is not None]
+    s = summary(xs)
+    s.pop("samples", None)
+    s["worst"] = s.pop("max")
+    return s
+
+
 def phase_restart(prof: Profile, tmp: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pool in (None, 0):
-        label = "pool_default" if pool is None else "pool_0"
-        log(f"restart: {prof.kills} kills, pool_size {'default' if pool is None else pool}")
+    """``prof.restart_runs`` runs of each setting, alternately (the first setting of a run
+    alternates too), then one run with ``pool_size = 0`` (every restart spawns)."""
+    out: dict[str, Any] = {s: {"runs": []} for s in RESTART_SETTINGS}
+    plan: list[tuple[str, int | None]] = [
+        (s, None) for run in range(prof.restart_runs) for s in rotate(RESTART_SETTINGS, run)
+    ]
+    plan.append(("own_sockets", 0))
+    for setting, pool in plan:
+        own = setting == "own_sockets"
+        log(f"restart: {prof.kills} kills, {setting}, pool_size {'default' if pool is None else pool}")
         d = tempfile.mkdtemp(prefix="r-", dir=tmp)
         try:
-            with deadline(60 + prof.kills * 15, f"restart {label}"):
-                out[label] = restart_series(prof, d, pool)
+            with deadline(60 + prof.kills * 15, f"restart {setting} pool {pool}"):
+                series = restart_series(prof, d, pool=pool, own_sockets=own)
+            if pool is None:
+                out[setting]["runs"].append(series)
+            else:
+                out["pool_0"] = series
         except Exception as e:
-            record_error("restart", label, e)
+            record_error("restart", f"{setting} pool {pool}", e)
         finally:
             shutil.rmtree(d, ignore_errors=True)
+    for setting in RESTART_SETTINGS:
+        runs = out[setting]["runs"]
+        kills = [k for r in runs for k in r["kills"]]
+        out[setting].update(
+            forward_ms=kill_stat(kills, "forward_ms"),
+            probe_ms=kill_stat(kills, "probe_ms"),
+            reaped_ms=kill_stat(kills, "reaped_ms"),
+            forward_median_of_run_medians=median([r["forward_ms"]["median"] for r in runs if r["forward_ms"]["n"]]),
+            refused_connects=sum(r["refused_connects"] for r in runs),
+            endpoints_kept=all(r["endpoints_kept"] for r in runs),
+        )
     return out
 
 
@@ -1510,6 +1619,12 @@ def print_report(res: dict[str, Any]) -> None:
                 f"  {fmt_rate(r['device_cpu_us_per_msg'], 1, 2) if r['device_cpu_us_per_msg']['n'] else '-':>20}"
                 f" {fmt_ratio(r['device_cpu_ratio_vs_pyzmq']):>20}"
             )
+        beside = [x["supervisor_cpu_ms"] for x in tp["samples"] if x.get("supervisor_cpu_ms") is not None]
+        if beside:
+            p(
+                f"  supervised cases: `up`, its warm workers and tracker used {median(beside):.0f} ms of CPU "
+                f"(median; most {max(beside):.0f} ms) while a case ran"
+            )
         for x in tp.get("losses", []):
             p(
                 f"  note: {x['lost']} messages lost at the start of rep {x['rep'] + 1} {x['transport']} {x['size']} B "
@@ -1556,17 +1671,34 @@ def print_report(res: dict[str, Any]) -> None:
     rs = res.get("restart")
     if rs:
         p()
-        p("RESTART  SIGKILL of a supervised device -> replacement answers PING / forwards again (ms)")
-        for r in rs.values():
-            pr, fw, rp = r["probe_ms"], r["forward_ms"], r["reaped_ms"]
+        p("RESTART  SIGKILL of a supervised streamer (PULL/PUSH bound over ipc, clients reconnect every 1 ms)")
+        p("         -> its replacement answers PING / forwards the first message sent after the kill (ms)")
 
-            def f(s: dict[str, Any]) -> str:
-                return "n/a" if s.get("median") is None else f"median {s['median']:.1f}  worst {s['worst']:.1f}"
+        def f(s: dict[str, Any]) -> str:
+            return "n/a" if s.get("median") is None else f"median {s['median']:.1f} worst {s['worst']:.1f}"
 
-            p(
-                f"pool_size={r['pool_size']}: {len(r['kills'])} kills; probe: {f(pr)}; forward: {f(fw)}; "
-                f"old process reaped: {f(rp)}; restarts counted {r['supervisor_restarts']}"
+        def line(r: dict[str, Any]) -> str:
+            return (
+                f"forward {f(r['forward_ms'])}; probe {f(r['probe_ms'])}; reaped {f(r['reaped_ms'])}; "
+                f"refused connects {r['refused_connects']}; endpoints kept {r['endpoints_kept']}"
             )
+
+        for setting in RESTART_SETTINGS:
+            entry = rs.get(setting)
+            if not entry or not entry["runs"]:
+                continue
+            title = "own_sockets = true (default)" if setting == "own_sockets" else "own_sockets = false"
+            p(f"{title}, pool_size 2:")
+            for i, r in enumerate(entry["runs"]):
+                p(f"  run {i + 1}: {len(r['kills'])} kills; {line(r)}; restarts counted {r['supervisor_restarts']}")
+            mom = entry["forward_median_of_run_medians"]
+            p(
+                f"  all runs: {line(entry)}; median of the runs' forward medians "
+                f"{'n/a' if mom is None else f'{mom:.1f}'}"
+            )
+        if rs.get("pool_0"):
+            r = rs["pool_0"]
+            p(f"own_sockets = true, pool_size 0: {len(r['kills'])} kills; {line(r)}")
     ov = res.get("overhead")
     if ov:
         p()
@@ -1660,10 +1792,27 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the scale phase: N devices (a multiple of 4, at most 256) under one up, "
         "with spawn and with forkserver",
     )
+    ap.add_argument(
+        "--supervised-pool",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pool_size of the supervised device in the throughput, mq and latency phases "
+        "(default: the supervisor's, 2; 0 runs it without idle warm workers)",
+    )
+    ap.add_argument("--kills", type=int, default=None, help="restart: kills per run (default 10, quick 3)")
+    ap.add_argument(
+        "--restart-runs", type=int, default=None, help="restart: runs per own_sockets setting (default 3, quick 1)"
+    )
     args = ap.parse_args(argv)
     prof = QUICK if args.quick else FULL
-    if args.reps:
-        prof = Profile(**{**asdict(prof), "reps": args.reps})
+    overrides = {
+        "reps": args.reps,
+        "kills": args.kills,
+        "restart_runs": args.restart_runs,
+        "supervised_pool": args.supervised_pool,
+    }
+    prof = Profile(**{**asdict(prof), **{k: v for k, v in overrides.items() if v is not None}})
     phases = [x.strip() for x in args.only.split(",") if x.strip()]
     if args.scale is not None:
         if args.scale % 4 or not 4 <= args.scale <= 256:

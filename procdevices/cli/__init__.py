@@ -1,5 +1,26 @@
-"""The command line: ``main`` is the ``procdevices`` entry point."""
+"""The command line: ``main`` is the ``procdevices`` entry point.
 
-from procdevices.cli.main import main
+It holds SIGINT, SIGTERM and SIGHUP (``interrupts.py``) before it imports the commands: a
+Ctrl-C while they are still importing is then acted on once, by the command, instead of
+ending in a KeyboardInterrupt traceback. So this module imports nothing heavy."""
+
+from __future__ import annotations
+
+import importlib
+
+from procdevices.cli import interrupts
+
+
+def main(argv: list[str] | None = None) -> int:
+    held = interrupts.hold()
+    commands = importlib.import_module("procdevices.cli.main")
+    # Importing the submodule ``main`` rebinds this package's attribute of that name to it;
+    # ``procdevices.cli.main`` stays the entry point.
+    globals()["main"] = _entry
+    code: int = commands.main(argv, held=held)
+    return code
+
+
+_entry = main
 
 __all__ = ["main"]

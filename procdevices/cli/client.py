@@ -51,13 +51,22 @@ def call(args: argparse.Namespace, command: SupervisorCommand, **call_args: Any)
         raise _fail(str(e), exitcodes.EXIT_NOT_RUNNING) from None
 
 
-def request(args: argparse.Namespace, command: SupervisorCommand, **call_args: Any) -> Any:
-    """The result of a command that must succeed (CommandFailed with exit 1 otherwise)."""
+def request(
+    args: argparse.Namespace, command: SupervisorCommand, *, on_behalf: str | None = None, **call_args: Any
+) -> Any:
+    """The result of a command that must succeed (CommandFailed with exit 1 otherwise).
+    ``on_behalf``: the command the user typed, when this request is a step of it (``stop``
+    asks for ``status`` first): errors name what the user typed."""
     reply = call(args, command, **call_args)
     if not reply["ok"]:
         code = exitcodes.EXIT_CONFIG if reply.get("code") == ErrorCode.INVALID_CONFIG.value else exitcodes.EXIT_FAILED
-        raise _fail(f"{command.value}: {reply['error']}", code)
+        raise _fail(_prefixed(on_behalf or command.value, str(reply["error"])), code)
     return reply["result"]
+
+
+def _prefixed(command: str, error: str) -> str:
+    """``command: error``, once: the supervisor's own message may start with it already."""
+    return error if error.startswith(f"{command}: ") or error.startswith(f"{command} ") else f"{command}: {error}"
 
 
 def status(args: argparse.Namespace) -> int:
@@ -73,7 +82,8 @@ def status(args: argparse.Namespace) -> int:
 def stats(args: argparse.Namespace) -> int:
     reply = call(args, SupervisorCommand.STATS, name=args.name)
     results = reply.get("result") or {}
-    print(json.dumps(results, indent=1) if args.json else render.stats_lines(results))
+    if results or args.json:
+        print(json.dumps(results, indent=1) if args.json else render.stats_lines(results))
     if not reply["ok"]:
         _report_device_errors("stats", reply)
         return exitcodes.EXIT_FAILED
@@ -99,7 +109,7 @@ def _report_device_errors(command: str, reply: dict[str, Any]) -> None:
         for name, why in sorted(errors.items()):
             print(f"procdevices: {command} {name}: {why}", file=sys.stderr)
     else:
-        print(f"procdevices: {command}: {reply.get('error')}", file=sys.stderr)
+        print(f"procdevices: {_prefixed(command, str(reply.get('error')))}", file=sys.stderr)
 
 
 _SETTLED = {"start": {"RUNNING", "FATAL", "EXITED"}, "restart": {"RUNNING", "FATAL", "EXITED"}, "stop": {"STOPPED"}}
@@ -109,14 +119,14 @@ LIFECYCLE_TIMEOUT = 60.0
 def lifecycle(args: argparse.Namespace) -> int:
     """start, stop, restart: ask, then wait until the supervisor reports the outcome."""
     command = SupervisorCommand(args.command)
-    before = request(args, SupervisorCommand.STATUS, name=args.name)
+    before = request(args, SupervisorCommand.STATUS, on_behalf=command.value, name=args.name)
     old_pids = {d["pid"] for d in before["devices"] if d["pid"]}
     request(args, command, name=args.name)
     if args.no_wait:
         return exitcodes.EXIT_OK
     deadline = time.monotonic() + LIFECYCLE_TIMEOUT
     while time.monotonic() < deadline:
-        devices = request(args, SupervisorCommand.STATUS, name=args.name)["devices"]
+        devices = request(args, SupervisorCommand.STATUS, on_behalf=command.value, name=args.name)["devices"]
         states = {d["state"] for d in devices}
         replaced = all(d["pid"] not in old_pids for d in devices)
         if states <= _SETTLED[command.value] and (command is not SupervisorCommand.RESTART or replaced):
@@ -182,7 +192,7 @@ def scale(args: argparse.Namespace) -> int:
         return exitcodes.EXIT_OK
     deadline = time.monotonic() + LIFECYCLE_TIMEOUT
     while time.monotonic() < deadline:
-        devices = request(args, SupervisorCommand.STATUS, name=args.name)["devices"]
+        devices = request(args, SupervisorCommand.STATUS, on_behalf="scale", name=args.name)["devices"]
         if len(devices) == args.replicas and all(d["state"] in ("RUNNING", "FATAL", "EXITED") for d in devices):
             print("\n".join(f"{d['name']}: {d['state']}" for d in devices))
             return exitcodes.EXIT_OK if all(d["state"] == "RUNNING" for d in devices) else exitcodes.EXIT_FAILED
@@ -206,7 +216,14 @@ def logs(args: argparse.Namespace) -> int:
     many = len(paths) > 1
     for path in paths:
         prefix = f"{path.name.removesuffix('.log')}: " if many else ""
-        for line in devicelogs.tail(path, args.lines):
+        lines = devicelogs.tail(path, args.lines)
+        if not lines and args.lines > 0:
+            # Printing nothing would look like a failure, or like the wrong device.
+            print(
+                f"procdevices: logs: {path.name.removesuffix('.log')} has written nothing ({path} is empty)",
+                file=sys.stderr,
+            )
+        for line in lines:
             print(prefix + line)
     if not args.follow:
         return exitcodes.EXIT_OK

@@ -9,12 +9,12 @@ client finds a supervisor of the default topology from any directory.
 Commands that run something (``up``, ``check``, ``run``, ``supervisord-conf``) need the whole
 topology valid. Client commands (``status``, ``stop``, ...) only need the run dir: they read
 just that from the file and, if the file no longer validates, warn once and carry on — the
-running supervisor is the source of truth.
+running supervisor is the source of truth. They refuse a run dir that is not the caller's
+(owner and mode, as ``up`` checks them).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tomllib
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from procdevices.supervisor.config import Topology, default_topology, find_config, load_topology, validate_run_dir
+from procdevices.supervisor.runstate import RunDir
 
 ENV_CONFIG = "PROCDEVICES_CONFIG"
 ENV_RUN_DIR = "PROCDEVICES_RUN_DIR"
@@ -54,25 +55,26 @@ def topology(config_flag: str | None, run_dir_flag: str | None) -> Topology:
 
 def _load(path: Path | None, override: Path | None) -> Topology:
     if path is None:
-        return default_topology(run_dir=override or default_run_dir())
-    loaded = load_topology(path)
-    if override is None:
-        return loaded
-    validate_run_dir(loaded, override)
-    return dataclasses.replace(loaded, supervisor=dataclasses.replace(loaded.supervisor, run_dir=override))
+        loaded = default_topology(run_dir=override or default_run_dir())
+    else:
+        # The override goes in before the rules run: they check the run dir `up` will use.
+        loaded = load_topology(path, run_dir=override)
+    validate_run_dir(loaded, loaded.supervisor.run_dir)  # and that `up` can create it
+    return loaded
 
 
 def client_run_dir(config_flag: str | None, run_dir_flag: str | None) -> Path:
     """The run dir a client should talk to. Only ``[supervisor] run_dir`` is read from the
     file: a topology that no longer validates (or names a host that is gone) must not stop an
     operator from reaching the supervisor that runs it."""
-    override = run_dir_override(run_dir_flag)
-    if override is not None:
-        return override
-    path = config_path(config_flag)
-    if path is None:
-        return default_run_dir()
-    return _raw_run_dir(path)
+    found = run_dir_override(run_dir_flag)
+    if found is None:
+        path = config_path(config_flag)
+        found = default_run_dir() if path is None else _raw_run_dir(path)
+    # A client trusts only a run dir ``up`` would trust: anyone else's sockets could answer
+    # with anything (RunDirError: one line, exit 78).
+    RunDir(found).check_trusted()
+    return found
 
 
 def _raw_run_dir(path: Path) -> Path:

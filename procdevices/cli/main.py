@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, cluster, serve, top
+from procdevices.cli import client, cluster, interrupts, serve, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
+from procdevices.web import command as web
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -66,6 +67,7 @@ COMMANDS = (
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
     ),
     Command("top", top.top, "a live, refreshing view of every device process (Ctrl-C to leave)", "optional"),
+    Command("web", web.run, "serve a live picture of the topology in the browser (read-only unless --allow-actions)"),
     Command("run", serve.run, "run one device process in the foreground (supervisord's per-device mode)", "required"),
     Command(
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
@@ -82,10 +84,26 @@ COMMANDS = (
 _ROUTED = ("stats", "start", "stop", "restart", "pause", "resume")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, held: interrupts.Held | None = None) -> int:
+    """``held``: the signals the entry point has held since it started (interrupts.py). ``up``
+    hands them to its event loop; every other command releases them first thing (a Ctrl-C
+    that came meanwhile is then the KeyboardInterrupt it would have been, handled below).
+    Without ``held`` (a call from Python), main holds them itself and puts the handlers back
+    when it returns; the entry point's process ends instead."""
+    own = held is None
+    held = held or interrupts.hold()
+    try:
+        return _main(argv, held)
+    finally:
+        if own:
+            held.restore()
+
+
+def _main(argv: list[str] | None, held: interrupts.Held) -> int:
     parser, commands = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "command", None) is None:
+        held.release()
         print(short_help(parser))
         return exitcodes.EXIT_OK
     if extra:
@@ -93,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     for option, default in _GLOBAL_DEFAULTS.items():
         if not hasattr(args, option):
             setattr(args, option, default)
-    logs.configure(args.log_format, args.log_level)
+    args.held = held
     try:
+        if args.command != "up":
+            held.release()
+        logs.configure(args.log_format, args.log_level)
         code: int = args.handler(args)
         return code
     except ConfigError as e:
@@ -140,8 +161,24 @@ def version_text() -> str:
         ours = version("procdevices")
     except PackageNotFoundError:
         ours = "unknown"
+    from procdevices.devices.monitoredqueuedevice import loop_text
+
     python = ".".join(map(str, sys.version_info[:3]))
-    return f"procdevices {ours} (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, Python {python})"
+    return (
+        f"procdevices {ours} (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, Python {python}; "
+        f"monitored-queue loop: {loop_text()})"
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``: the text is made only when asked for (it loads the device layer)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -172,7 +209,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         epilog=examples(prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=_Version, help="show the versions (and the monitored-queue loop) and exit")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}
@@ -211,6 +248,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         commands[name].set_defaults(handler=cluster.routed(commands[name].get_default("handler")))
         cluster.add_host_argument(commands[name], "the host this machine is")
     top.add_arguments(commands["top"])
+    web.add_arguments(commands["web"])
     return parser, commands
 
 

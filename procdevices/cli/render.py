@@ -6,9 +6,11 @@ from typing import Any
 
 
 def state_text(device: dict[str, Any]) -> str:
-    """RUNNING, RUNNING (paused), RUNNING (blocked on out 12s), FATAL, ..."""
+    """RUNNING, RUNNING (paused), RUNNING (blocked on out 12s), RUNNING (python loop), FATAL, ..."""
     state = str(device["state"])
     notes = []
+    if device.get("mq_loop") == "python":
+        notes.append("python loop")  # a monitored queue on its slower loop: never silent
     if device.get("paused"):
         notes.append("paused")
     blocked = device.get("blocked")

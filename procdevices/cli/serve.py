@@ -9,6 +9,7 @@ from pathlib import Path
 
 from procdevices import exitcodes
 from procdevices.cli import locate
+from procdevices.supervisor import fdplan
 from procdevices.supervisor.config import Topology
 from procdevices.supervisor.runstate import RunDir, RunDirBusy
 
@@ -17,6 +18,8 @@ def check(args: argparse.Namespace) -> int:
     topology = locate.topology(args.config, args.run_dir)
     instances = topology.instances()
     RunDir(topology.supervisor.run_dir).validate(c.name for c in instances)
+    if not _fits_descriptors(topology):
+        return exitcodes.EXIT_CONFIG
     print(
         f"{topology.source}: ok, {len(topology.devices)} device(s), {len(instances)} process(es); "
         f"run dir {topology.supervisor.run_dir}"
@@ -64,6 +67,9 @@ def up(args: argparse.Namespace) -> int:
         topology, host, load = cluster.this_hosts_part(args)
     except cluster.HostChoiceError as e:
         return cluster.host_error(e)
+    if not _fits_descriptors(topology):
+        return exitcodes.EXIT_CONFIG
+    fdplan.raise_soft_limit()
     # The state file only serves clean-up after an unclean end: the supervisor logs a failed
     # write as a warning and goes on.
     run_dir = RunDir(topology.supervisor.run_dir)
@@ -92,6 +98,8 @@ def up(args: argparse.Namespace) -> int:
                 load=load,
                 metrics=getattr(args, "metrics", None),
                 remote=cluster.control_endpoint(topology, host),
+                # A Ctrl-C since the command line started: the loop stops what was started.
+                signals_ready=args.held.replay if getattr(args, "held", None) else None,
             )
     except (MetricsUnavailable, ControlUnavailable) as e:
         print(f"procdevices: {e}", file=sys.stderr)
@@ -99,6 +107,16 @@ def up(args: argparse.Namespace) -> int:
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING
+
+
+def _fits_descriptors(topology: Topology) -> bool:
+    """False, with one line said, when the open-file limit cannot carry the topology."""
+    try:
+        fdplan.check(topology)
+    except fdplan.DescriptorLimit as e:
+        print(f"procdevices: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def _say(line: str) -> None:

@@ -12,13 +12,16 @@ whatever the size of the topology, and a wake-up costs the same with 4 devices a
 (a poll over hundreds of ZMQ sockets costs ~0.2 ms of CPU per call, paid on every wake-up).
 Each endpoint is connected once, under a routing id of its own (``ZMQ_CONNECT_ROUTING_ID``);
 the pipe, and so the routing id, outlives restarts of the device behind it, as a DEALER's does.
+An endpoint no device uses any more (the device was removed) is disconnected, at a moment
+when libzmq can take it (``ControlRouter._release``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import zmq
 
@@ -61,13 +64,17 @@ class ControlRouter:
         # A full queue to one device must say so (EAGAIN), not drop the request silently.
         self.socket.router_mandatory = True
         self._routing_ids = (b"d%d" % n for n in itertools.count(1))  # never a leading zero byte
-        # endpoint → (routing id, connections using it); connected once, never disconnected
+        # endpoint → (routing id, connections using it)
         self._endpoints: dict[str, tuple[bytes, int]] = {}
+        # Endpoints no connection uses any more, disconnected at the first safe moment (see
+        # _release): left connected, libzmq would try to reach each removed device for ever.
+        self._idle: set[str] = set()
         self._waiting: dict[bytes, ControlConnection] = {}  # request id → its connection
 
     def connect(self, endpoint: str) -> ControlConnection:
         """A connection to the device at ``endpoint``. Two connections to one endpoint (a
         device and its successor) share the ZMQ connection: replies find their request by id."""
+        self._idle.discard(endpoint)
         if endpoint in self._endpoints:
             routing_id, users = self._endpoints[endpoint]
         else:
@@ -82,6 +89,7 @@ class ControlRouter:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                self._disconnect_idle()  # nothing is half read now
                 return
             # [routing id, request id, status, body]; anything else is not a reply of ours.
             if len(frames) == 4 and (connection := self._waiting.pop(frames[1], None)) is not None:
@@ -102,13 +110,33 @@ class ControlRouter:
             self._waiting.pop(request_id, None)
 
     def _release(self, endpoint: str) -> None:
-        """The last user of an endpoint is gone; the ZMQ connection is kept, unused, for a
-        later device at the same endpoint. Not disconnected: libzmq (4.3.5) aborts the whole
-        process (``Assertion failed: !_more (src/fq.cpp:80)``) when a ROUTER's connection is
-        ended while a reply through it is half read (seen once in the test suite, on a
-        reload). An idle connection costs a reconnection attempt now and then."""
+        """The last user of an endpoint is gone (its device was removed): disconnect it, but
+        only while nothing is half read. libzmq (4.3.5) aborts the whole process (``Assertion
+        failed: !_more (src/fq.cpp:80)``) when a ROUTER's pipe is terminated while a message
+        through it is half read, and asking ``ZMQ_EVENTS`` (the event loop does, every turn)
+        reads the first frame of a waiting message ahead. So: at once if the socket has no
+        input at all (then nothing was read ahead: that is what ``ZMQ_EVENTS`` answers), else
+        when :meth:`on_readable` has read everything (``EAGAIN``), before anything else looks
+        at the socket. A later device at the same endpoint is connected anew."""
         routing_id, users = self._endpoints[endpoint]
         self._endpoints[endpoint] = (routing_id, users - 1)
+        if users > 1:
+            return
+        self._idle.add(endpoint)
+        if not cast(int, self.socket.get(zmq.EVENTS)) & zmq.POLLIN:
+            self._disconnect_idle()
+
+    def _disconnect_idle(self) -> None:
+        """Call only when no message is half read (see :meth:`_release`)."""
+        for endpoint in self._idle:
+            del self._endpoints[endpoint]
+            with contextlib.suppress(zmq.ZMQError):  # the socket never reached it: nothing to end
+                self.socket.disconnect(endpoint)
+        self._idle.clear()
+
+    def connected(self) -> list[str]:
+        """The endpoints this router is connected to (or still trying to reach)."""
+        return sorted(self._endpoints)
 
     def close(self) -> None:
         for connection in set(self._waiting.values()):

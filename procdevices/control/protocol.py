@@ -259,6 +259,10 @@ def supervisor_request(command: SupervisorCommand, **args: Any) -> bytes:
     return encode({"command": command.value, "args": {k: v for k, v in args.items() if v is not None}})
 
 
+# How an argument's type is named in an error: JSON's words, with their article.
+_JSON_TYPES: dict[type, str] = {str: "a string", int: "an integer"}
+
+
 def parse_supervisor_request(frame: bytes) -> SupervisorRequest:
     """Validate one request to the supervisor's endpoint; raises ProtocolError."""
     body = loads_bounded(frame, "the request")
@@ -287,7 +291,7 @@ def parse_supervisor_request(frame: bytes) -> SupervisorRequest:
             )
         kind, _ = accepted[key]
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: {key} must be a {kind.__name__}")
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: {key} must be {_JSON_TYPES[kind]}")
         if isinstance(value, str) and len(value) > MAX_ARG_LENGTH:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{command.value}: {key} is longer than {MAX_ARG_LENGTH}")
     missing = [key for key, (_, required) in accepted.items() if required and args.get(key) is None]

@@ -5,21 +5,36 @@ to every generation of the device: a restart never meets "Address already in use
 that connects while the device restarts waits in the kernel's backlog instead of being
 refused, and a ``tcp://...:*`` endpoint keeps its port.
 
-:class:`InheritedFd` travels inside the job a worker receives. multiprocessing duplicates
-the descriptor for the child as it pickles it — passed along at spawn, or through its
-resource sharer to a warm worker that is already running — and the child gets a plain int.
+Two ways in, both without a round trip:
+
+- **A new process** (spawn, fork server): :class:`InheritedFd` travels inside the job that
+  starts it; multiprocessing duplicates the descriptor for the child as it pickles the job
+  (``pass_fds`` at spawn, the fork server's own descriptor passing) and the child gets a
+  plain int.
+- **A warm worker**, already running, idle on its pipe (a socketpair): the job carries
+  :class:`FollowingFd` placeholders and the descriptors follow it on that same pipe in one
+  ``SCM_RIGHTS`` message (:func:`send_job`, :func:`receive_job`). Pickling an
+  :class:`InheritedFd` for a running process would go through multiprocessing's resource
+  sharer instead: a thread in the supervisor, and per descriptor a new connection with an
+  HMAC challenge both ways, which cost a supervised restart 5-10 ms (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+from dataclasses import dataclass
 from multiprocessing import reduction
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, Protocol, TypeVar
 
 # endpoint → the inherited listening descriptor, in this (device) process.
 INHERITED: dict[str, int] = {}
 
 
 class InheritedFd:
+    """A descriptor of the parent's, for a process that is being started."""
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
@@ -30,6 +45,61 @@ class InheritedFd:
 def _rebuild(duplicate: Any) -> int:
     fd: int = duplicate.detach()
     return fd
+
+
+@dataclass(frozen=True)
+class FollowingFd:
+    """Stands in a job for the ``index``-th descriptor of the SCM_RIGHTS message that follows
+    the job on a worker's pipe."""
+
+    index: int
+
+
+class HasListeners(Protocol):
+    @property
+    def listeners(self) -> dict[str, Any] | None: ...
+
+
+J = TypeVar("J", bound=HasListeners)
+
+
+def send_job(conn: Connection, job: J) -> None:
+    """Send ``job`` to a running worker: its :class:`InheritedFd` listeners become
+    :class:`FollowingFd` and the descriptors follow the job in one SCM_RIGHTS message.
+    ``conn`` must be one end of a socketpair (``Pipe(duplex=True)``). Raises OSError when
+    the worker is gone."""
+    listeners = job.listeners or {}
+    fds = [fd.fd for fd in listeners.values()]
+    if fds:
+        placeholders = {endpoint: FollowingFd(i) for i, endpoint in enumerate(listeners)}
+        job = dataclasses.replace(job, listeners=placeholders)  # type: ignore[type-var]
+    conn.send(job)
+    if fds:
+        # The kernel hands the receiver its own duplicates: the supervisor keeps its copies.
+        sock = socket.socket(fileno=conn.fileno())
+        try:
+            socket.send_fds(sock, [b"F"], fds)
+        finally:
+            sock.detach()  # the descriptor is the Connection's, not this object's
+
+
+def receive_job(conn: Connection) -> Any:
+    """The worker's side of :func:`send_job`: the job, its listeners as plain descriptors.
+    Raises EOFError or OSError when the pipe closes first or the descriptors do not come."""
+    job = conn.recv()
+    listeners = getattr(job, "listeners", None) or {}
+    wanted = [p.index for p in listeners.values() if isinstance(p, FollowingFd)]
+    if not wanted:
+        return job
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        _, fds, flags, _ = socket.recv_fds(sock, 1, len(wanted))
+    finally:
+        sock.detach()
+    if flags & socket.MSG_CTRUNC or len(fds) != len(wanted):
+        raise EOFError(f"expected {len(wanted)} listening descriptors with the job, got {len(fds)}")
+    received = {endpoint: fds[p.index] if isinstance(p, FollowingFd) else p for endpoint, p in listeners.items()}
+    return dataclasses.replace(job, listeners=received)
 
 
 def adopt(listeners: dict[str, int] | None) -> None:

@@ -8,18 +8,21 @@ needs to start, which is what makes a supervised restart near-instant.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing import spawn
+from multiprocessing import resource_tracker, spawn
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
@@ -33,7 +36,7 @@ START_METHODS = ("spawn", "forkserver")
 
 #: What the fork server imports before it forks anything: the modules of every device class
 #: the supervisor builds, and of the device process's entry point. None of them creates a
-#: zmq.Context or starts a thread at import (tests/test_device_start_methods.py checks).
+#: zmq.Context or starts a thread at import (tests/integration/test_device_start_methods.py checks).
 FORKSERVER_PRELOAD = [
     "zmq",
     "procdevices.devices.runtime",
@@ -132,6 +135,28 @@ def main_hint(label: str) -> str:
     )
 
 
+#: What a terminal sends its whole foreground process group (Ctrl-C, hangup). A device process
+#: ignores both (runtime.process_main), but only from its first line of Python: a new
+#: interpreter spends ~0.1 s before that, where either signal kills it with a traceback.
+TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def terminal_signals_blocked() -> Iterator[None]:
+    """Start processes inside this block: they start with SIGINT and SIGHUP blocked (a signal
+    mask survives fork and exec), until process_main ignores and unblocks them. In this
+    thread the signals wait meanwhile, and are handled once the block ends."""
+    # multiprocessing starts its resource tracker with the first process, and *unblocks*
+    # SIGINT in this thread when it has: start it before blocking, or that first process
+    # would start unprotected.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class PendingStart:
     """A device process that has been started and will report ready or failed on ``conn``."""
@@ -195,12 +220,13 @@ def spawn_device(
     )
     process.daemon = daemon
     hint = None
-    if needs_main(pickled_device):
-        hint = main_hint(label)
-        process.start()
-    else:
-        with main_left_out():
+    with terminal_signals_blocked():
+        if needs_main(pickled_device):
+            hint = main_hint(label)
             process.start()
+        else:
+            with main_left_out():
+                process.start()
     child_end.close()
     return PendingStart(process, parent_end, label, cleanup_dir, hint)
 
@@ -209,6 +235,28 @@ def spawn_device(
 class _Worker:
     process: BaseProcess
     conn: Connection
+
+
+#: What an idle warm worker imports while it waits: the modules a supervised device's
+#: unpickling and run need (its class, the runtime), so that none is imported on a restart's
+#: critical path. The same list as the fork server's: neither makes a context or a thread.
+POOL_PRELOAD = FORKSERVER_PRELOAD
+
+
+def pool_worker_main(conn: Connection) -> None:
+    """Entry point of a warm worker: import what a device needs, then wait on ``conn`` for a
+    job (and the listening descriptors that follow it, inherit.send_job) and run it. Exits
+    quietly if the pipe closes first: the pool was released, or its supervisor died."""
+    # As process_main does for a device: Ctrl-C and a hangup are the supervisor's business.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for module in POOL_PRELOAD:
+        importlib.import_module(module)
+    try:
+        job = inherit.receive_job(conn)
+    except (EOFError, OSError):
+        os._exit(0)
+    rt.process_main(conn, job)
 
 
 class WorkerPool:
@@ -225,11 +273,11 @@ class WorkerPool:
         self._idle = [w for w in self._idle if w.process.is_alive()]
         while len(self._idle) < self.size:
             parent_end, child_end = self._context.Pipe(duplex=True)
-            process = self._context.Process(target=rt.process_main, args=(child_end, None), name="procdevices-worker")
+            process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
             process.daemon = True
             # A pooled worker gets only devices the supervisor built from procdevices' own
             # classes: the supervisor's __main__ is nothing it needs.
-            with main_left_out():
+            with main_left_out(), terminal_signals_blocked():
                 process.start()
             child_end.close()
             self._idle.append(_Worker(process, parent_end))
@@ -249,11 +297,11 @@ class WorkerPool:
             return None
         while self._idle:
             worker = self._idle.pop(0)
+            job = rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method), listeners)
             try:
-                worker.conn.send(
-                    rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method), listeners)
-                )
+                inherit.send_job(worker.conn, job)  # the descriptors over the pipe, not the resource sharer
             except OSError:
+                worker.conn.close()  # if it still runs, it exits on the closed pipe
                 worker.process.join(0)
                 continue  # it died while idle; try the next one
             worker.process.name = f"procdevices-{label}"

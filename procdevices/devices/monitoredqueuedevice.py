@@ -17,13 +17,14 @@ microsecond of CPU more per message than pyzmq's C loop (docs/performance.md has
 from __future__ import annotations
 
 import array
+import logging
 import os
 import struct
 import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import zmq
 
@@ -94,6 +95,15 @@ def monitored_queue_loop() -> Literal["c", "python"]:
     if _c_loop is None or os.environ.get(LOOP_ENV) == "python":
         return "python"
     return "c"
+
+
+def loop_text() -> str:
+    """Which loop, and why not the C one: ``c``, or ``python (REASON)``."""
+    return "c" if monitored_queue_loop() == "c" else f"python ({_why_python()})"
+
+
+def _why_python() -> str:
+    return f"{LOOP_ENV}=python" if _c_loop is not None else str(C_LOOP_UNAVAILABLE)
 
 
 def new_counters() -> array.array[int]:
@@ -274,7 +284,15 @@ class MonitoredQueueBase(ProxyBase):
         self._in_prefix = in_prefix
         self._out_prefix = out_prefix
 
+    def _describe(self) -> dict[str, Any]:
+        return {**ProxyBase._describe(self), "mq_loop": monitored_queue_loop()}
+
     def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
+        if monitored_queue_loop() == "python":
+            # Not silent: the Python loop forwards at about 0.64x the C loop's rate.
+            logging.getLogger("procdevices").warning(
+                "monitored queue: running the slower Python loop (%s)", _why_python()
+            )
         runtime = self._runtime
         control = runtime.proxy_control if runtime is not None else None
         monitored_queue_steerable(ins, outs, mons, control, self._in_prefix, self._out_prefix)

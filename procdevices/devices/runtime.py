@@ -60,6 +60,7 @@ class ReadyInfo:
     pid: int
     control_endpoint: str
     endpoints: dict[str, list[str]] = field(default_factory=dict)  # role -> bound endpoints
+    mq_loop: str | None = None  # a monitored queue's loop, "c" or "python"; None: another kind
 
 
 class Reporter(Protocol):
@@ -286,7 +287,7 @@ class DeviceRuntime:
         self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
         self._control_thread.start()
         self.reported = True
-        self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints))
+        self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints, info().get("mq_loop")))
 
     def _shutdown_context(self) -> None:
         """Break a forwarding loop that has no control socket: terminating the context makes
@@ -412,6 +413,9 @@ def process_main(conn: Connection, job: Job | None) -> None:
     # A terminal hangup is not the device's business either: it follows its parent (the
     # parent's death sentinel) and its supervisor (control socket, SIGTERM).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Both were blocked from the fork on (launch.terminal_signals_blocked); ignored, they can
+    # be let through now (a pending one is discarded).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
     if job is None:
         try:
             job = conn.recv()

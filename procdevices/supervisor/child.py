@@ -55,6 +55,7 @@ class Child:
     ready_at: float | None = None
     ever_ready: bool = False
     endpoints: dict[str, list[str]] = field(default_factory=dict)
+    mq_loop: str | None = None  # as its process reported when ready (ReadyInfo)
     # restart bookkeeping
     restarts: int = 0
     failures: int = 0
@@ -116,6 +117,7 @@ class Child:
         self.ready_at = now
         self.ever_ready = True
         self.endpoints = info.endpoints
+        self.mq_loop = info.mq_loop
         self.probe_due = next_slot(now, self.config.probe.interval)
 
     def setup_failed(self, reason: str) -> None:
@@ -183,8 +185,7 @@ class Child:
             deadlines.append(self.probe_due)
         if self.control is not None and (d := self.control.next_deadline()) is not None:
             deadlines.append(d)
-        if self.state is State.STARTING and self.process is not None:
-            deadlines.append(self.spawned_at + self.config.start_timeout)
+        # start_timeout's deadline is the supervisor's (startclock.py: it depends on the others).
         if self.stop is not None:
             d = policy.next_stop_deadline(
                 requested_at=self.stop.requested_at,
@@ -211,6 +212,7 @@ class Child:
             "uptime": round(now - self.ready_at, 3) if self.ready_at is not None and running else None,
             "last_exit": self.last_exit or None,
             "endpoints": self.endpoints,
+            "mq_loop": self.mq_loop,
             "paused": self.paused,
             "blocked": (
                 {"side": self.blocked.side, "seconds": round(self.blocked.seconds, 3)}

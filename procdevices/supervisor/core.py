@@ -26,6 +26,7 @@ from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess, Launcher
 from procdevices.supervisor.loop import Watcher
+from procdevices.supervisor.startclock import StartClock
 from procdevices.supervisor.states import RUNNING_STATES, Event, State
 
 Clock = Callable[[], float]
@@ -52,6 +53,7 @@ class Supervisor:
         load: Callable[[str | None], Topology] | None = None,
         make_child: reload.ChildFactory | None = None,
         max_starting: int | None = None,
+        cpus: int | None = None,
     ) -> None:
         self.topology = topology
         self.children = children
@@ -74,7 +76,10 @@ class Supervisor:
         self.extra_status: dict[str, Any] = {}
         self._state_dirty = True  # state.json is behind
         # Devices being started at once; the rest wait in STARTING with no process yet.
-        self.max_starting = max_starting or policy.max_starting(os.cpu_count())
+        cpus = cpus or os.cpu_count()
+        self.max_starting = max_starting or policy.max_starting(cpus)
+        # start_timeout in fair shares of the machine: a crowd of starts is slow, not hung.
+        self.start_clock = StartClock(cpus)
         self._waiting_to_spawn: deque[Child] = deque()
         self._state_write_failing = False
 
@@ -85,9 +90,12 @@ class Supervisor:
     def next_deadline(self, now: float) -> float:
         if self._waiting_to_spawn and self._starting() < self.max_starting:
             return now  # more devices to start: at once, after the events of this turn
-        return min([now + 1.0, *(d for c in self.children if (d := c.next_deadline()) is not None)])
+        starting = self._started()
+        start_deadlines = (self.start_clock.deadline(c, c.config.start_timeout, now, len(starting)) for c in starting)
+        return min([now + 1.0, *start_deadlines, *(d for c in self.children if (d := c.next_deadline()) is not None)])
 
     def tick(self, now: float) -> None:
+        self.start_clock.advance(now, self._started())
         for child in self.children:
             if child.control is not None:
                 child.control.expire(now)
@@ -98,9 +106,15 @@ class Supervisor:
             elif (
                 child.state is State.STARTING
                 and child.process is not None
-                and now - child.spawned_at > child.config.start_timeout
+                and self.start_clock.used(child) >= child.config.start_timeout
             ):
-                self._kill_unhealthy(child, f"not ready within start_timeout {child.config.start_timeout}s")
+                wall = now - child.spawned_at
+                crowd = (
+                    f" ({wall:.1f}s on the wall clock, starting beside others)"
+                    if wall > child.config.start_timeout + 0.5
+                    else ""
+                )
+                self._kill_unhealthy(child, f"not ready within start_timeout {child.config.start_timeout}s{crowd}")
             elif child.state is State.STOPPING:
                 self._escalate(child, now)
             elif child.state is State.RUNNING and child.probe_due is not None and now >= child.probe_due:
@@ -179,6 +193,12 @@ class Supervisor:
         child.ready(info, now)
         endpoints = " ".join(f"{role}={','.join(eps)}" for role, eps in info.endpoints.items() if eps)
         self.log(f"{child.name}: RUNNING (pid {info.pid}) {endpoints}", device=child.name)
+        if info.mq_loop == "python":
+            self.log(
+                f"{child.name}: its monitored queue runs the slower Python loop (`procdevices --version` says why)",
+                device=child.name,
+                level=logging.WARNING,
+            )
         self._maybe_announce_ready()
 
     def on_exit(self, child: Child, process: DeviceProcess, now: float) -> None:
@@ -280,6 +300,11 @@ class Supervisor:
         except ConfigError as e:
             self.log(f"reload refused, nothing changed: invalid configuration: {e}", level=logging.ERROR)
             raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
+        try:
+            reload.fits_descriptors(topology)
+        except ProtocolError as e:
+            self.log(f"reload refused, nothing changed: {e.message}", level=logging.ERROR)
+            raise
         if topology.supervisor.run_dir != self.topology.supervisor.run_dir:
             message = f"run_dir cannot change while running ({self.topology.supervisor.run_dir} -> {topology.supervisor.run_dir})"
             self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)
@@ -300,13 +325,17 @@ class Supervisor:
         """Run ``replicas`` instances of device ``name`` (the file is not changed)."""
         if self._make_child is None or self.shutting_down:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot scale now")
-        summary = self._apply(reload.scaled(self.running_topology, name, replicas))
+        try:
+            summary = self._apply(reload.scaled(self.running_topology, name, replicas))
+        except ProtocolError as e:
+            self.log(f"scale {name} to {replicas} refused, nothing changed: {e.message}", level=logging.ERROR)
+            raise
         self.log(f"scaled {name} to {replicas}: " + _summary_line(summary), device=name)
         return summary
 
     def _apply(self, topology: Topology) -> dict[str, Any]:
         assert self._make_child is not None
-        running = {c.name: reload.Instance(c.device_name, c.config) for c in self.children if not c.retiring}
+        running = reload.running_instances(self.children, self.running_topology)
         summary = reload.apply(reload.plan(running, reload.instances(topology)), self, self._make_child)
         self.running_topology = topology
         return summary
@@ -362,6 +391,10 @@ class Supervisor:
     def _starting(self) -> int:
         return sum(1 for c in self.children if c.state is State.STARTING and c.process is not None)
 
+    def _started(self) -> list[Child]:
+        """The devices whose process is starting (not those waiting for their turn)."""
+        return [c for c in self.children if c.state is State.STARTING and c.process is not None]
+
     def _spawn_waiting(self) -> None:
         if not self._waiting_to_spawn:
             return
@@ -409,7 +442,16 @@ class Supervisor:
             child.last_exit = "stopped before its process was started"
             self._after_stop(child)
             return
+        starting = child.state is State.STARTING
         child.stop_begun(now)
+        if starting and child.stop is not None and child.process is not None:
+            # Not ready yet: its control socket may not be served, and a request the router
+            # cannot deliver yet is dropped. SIGTERM stops a device at any point of its start
+            # (before its handler is set: a quiet exit; after: its control loop's own stop).
+            child.stop.term_sent = True
+            self.log(f"{child.name}: stopped before it was ready; SIGTERM", device=child.name)
+            child.process.terminate()
+            return
         if child.control is not None:
             child.control.send(Command.STOP, now, child.config.stop_timeout, lambda ok, body: None)
 

@@ -224,9 +224,11 @@ class ProcessLauncher:
         start_method: str = "spawn",
         listeners: Listeners | None = None,
         log_dir: Path | None = None,
+        log_rotation: devicelogs.Rotation | None = None,
     ) -> None:
         self.listeners = listeners or Listeners()
         self.log_dir = log_dir
+        self.log_rotation = log_rotation or devicelogs.Rotation()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size, start_method=start_method)
         self._spawn: Spawn = spawn if spawn is not None else functools.partial(spawn_device, start_method=start_method)
@@ -242,7 +244,7 @@ class ProcessLauncher:
             extra["listeners"] = listeners
         if self.log_dir is not None:
             log = self.log_dir / f"{label}.log"
-            devicelogs.rotate_if_large(log)
+            devicelogs.rotate_if_large(log, self.log_rotation.max_bytes, self.log_rotation.backups)
             extra["log_path"] = str(log)
         pending = self.pool.take(pickled_device, control_endpoint, label=label, **extra)
         if pending is not None:

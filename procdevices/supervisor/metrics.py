@@ -1,6 +1,6 @@
 """Prometheus metrics of the supervisor and its devices, served over HTTP when asked for.
 
-    supervisor thread                              HTTP thread (prometheus_client)
+    supervisor thread                              HTTP threads (httpserve.py, bounded)
     ─────────────────                              ───────────────────────────────
     probe answered ──rtt_observers──► Metrics.on_probe ── RTT histogram
                                        └─ psutil: CPU seconds, RSS ──► usage[instance]
@@ -24,11 +24,11 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
-from wsgiref.simple_server import WSGIServer
 
 import psutil
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,6 +36,7 @@ from procdevices.logs import Log, to_logger
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.health import Health
+from procdevices.supervisor.httpserve import BoundedServer, listen_tcp, listen_unix
 from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.states import State
 from procdevices.supervisor.traffic import COUNTERS
@@ -317,44 +318,59 @@ def _labels(child: Child) -> tuple[str, str, str]:
     return child.device_name, child.name, child.config.kind
 
 
+def metrics_socket_path(run_dir: Path) -> Path:
+    """Where ``metrics_socket = true`` serves the metrics: reachable by the run dir's owner only."""
+    return run_dir / "metrics.sock"
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class MetricsServer:
-    """The running HTTP server: ``address`` is where it listens (the real port when 0 was
-    asked for); ``close()`` stops it and frees the port."""
+    """The running HTTP server (httpserve.py): ``address`` is where it listens ("HOST:PORT",
+    the real port when 0 was asked for, or the unix socket's path); ``close()`` stops it and
+    frees the port."""
 
-    def __init__(self, metrics: Metrics, server: WSGIServer, thread: threading.Thread) -> None:
+    def __init__(self, metrics: Metrics, server: BoundedServer, address: str, url: str) -> None:
         self.metrics = metrics
         self.server = server
-        self.thread = thread
-        host, port = server.server_address[:2]
-        self.address = format_address(str(host), int(port))
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}/metrics"
+        self.address = address
+        self.url = url
 
     def close(self) -> None:
         self.metrics.detach()
-        self.server.shutdown()  # returns once serve_forever has (within its 0.5 s poll)
-        self.server.server_close()
-        self.thread.join(5.0)
+        self.server.close()
 
 
-def start_metrics(supervisor: Supervised, address: str, log: Log | None = None) -> MetricsServer:
-    """Serve ``/metrics`` at ``address`` ("HOST:PORT", port 0: any free one) in a daemon
-    thread; MetricsUnavailable with one line when it cannot listen there."""
+def start_metrics(
+    supervisor: Supervised, address: str | None = None, log: Log | None = None, *, unix_path: str | None = None
+) -> MetricsServer:
+    """Serve ``/metrics`` at ``address`` ("HOST:PORT", port 0: any free one), or on the unix
+    socket ``unix_path``, from a bounded server's threads (httpserve.py); MetricsUnavailable
+    with one line when it cannot listen there."""
     log = log or to_logger()
+    where = unix_path if unix_path is not None else address
+    assert where is not None, "an address or a unix socket path"
     try:
-        host, port = split_host_port(address)
-    except ValueError as e:
-        raise MetricsUnavailable(f"metrics: invalid address {address!r}: {e}") from None
+        if unix_path is not None:
+            listener = listen_unix(unix_path)
+        else:
+            assert address is not None
+            try:
+                host, port = split_host_port(address)
+            except ValueError as e:
+                raise MetricsUnavailable(f"metrics: invalid address {address!r}: {e}") from None
+            listener = listen_tcp(host, port)
+    except (OSError, UnicodeError) as e:
+        strerror = e.strerror if isinstance(e, OSError) else None
+        raise MetricsUnavailable(f"metrics: cannot listen on {where}: {strerror or e}") from None
     metrics = Metrics(supervisor, log)
-    try:
-        server, thread = start_http_server(port, host, registry=metrics.registry)
-    except OSError as e:
-        metrics.detach()
-        raise MetricsUnavailable(f"metrics: cannot listen on {address}: {e.strerror or e}") from None
-    return MetricsServer(metrics, server, thread)
+    server = BoundedServer(listener, make_wsgi_app(metrics.registry), log)
+    if unix_path is not None:
+        return MetricsServer(
+            metrics, server, unix_path, f"unix:{unix_path} (curl --unix-socket {unix_path} http://localhost/metrics)"
+        )
+    bound_host, bound_port = listener.getsockname()[:2]
+    shown = format_address(str(bound_host), int(bound_port))
+    return MetricsServer(metrics, server, shown, f"http://{shown}/metrics")

@@ -22,11 +22,29 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from procdevices.control.protocol import ErrorCode, ProtocolError
+from procdevices.supervisor import fdplan
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import DeviceConfig, Topology
+from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology, rules
 
-# What the device process itself runs with; anything else of a DeviceConfig is supervision.
+# Every field of a DeviceConfig is in exactly one of these (a test holds it, so a new setting
+# cannot slip in unclassified). What the device process itself runs with: a change restarts it.
 PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger", "own_sockets")
+# How the supervisor treats the process: a change applies to the running process.
+SUPERVISION_FIELDS = (
+    "restart",
+    "backoff",
+    "intensity",
+    "stable_after",
+    "probe",
+    "memory_limit",
+    "start_timeout",
+    "stop_timeout",
+    "kill_timeout",
+)
+# Which instance it is: instances are matched by name; an instance always has replicas = 1.
+# ``host`` (multi-host): a supervisor runs only its own host's devices and reloads cut to the
+# same host, so a device moved to another host is gone here, stopped, never changed.
+INSTANCE_FIELDS = ("name", "replicas", "host")
 
 
 def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:
@@ -61,6 +79,26 @@ class Plan:
 
 def instances(topology: Topology) -> dict[str, Instance]:
     return {i.name: Instance(d.name, i) for d in topology.devices for i in d.instances()}
+
+
+def running_instances(children: list[Child], applied: Topology) -> dict[str, Instance]:
+    """What each live instance runs, *as written*: its instance of ``applied`` (the topology
+    last applied). A child's own config is not comparable with a file: it carries what the
+    supervisor resolved when it made the listening sockets (``tcp://HOST:*`` became a port), so
+    comparing it with the file's ``*`` would restart an unchanged device and lose what it
+    queues. An instance ``applied`` no longer names (the old half of a pending hand-over)
+    keeps its own config."""
+    written = instances(applied)
+    result: dict[str, Instance] = {}
+    for child in children:
+        if child.retiring:
+            continue
+        as_written = written.get(child.name)
+        if as_written is not None and as_written.device == child.device_name:
+            result[child.name] = as_written
+        else:
+            result[child.name] = Instance(child.device_name, child.config)
+    return result
 
 
 def plan(running: dict[str, Instance], wanted: dict[str, Instance]) -> Plan:
@@ -98,37 +136,32 @@ def _pair_handovers(result: Plan, running: dict[str, Instance]) -> None:
 
 
 def scaled(topology: Topology, device: str, replicas: int) -> Topology:
-    """``topology`` with ``device`` at ``replicas`` instances; ProtocolError when that cannot
-    run (an unknown device, a count out of range, replicas that would bind the same address)."""
+    """``topology`` with ``device`` at ``replicas`` instances, checked with the loader's own
+    rules (config/rules.py) before anything changes: ProtocolError for an unknown device,
+    INVALID_CONFIG with the message ``check`` gives for a file asking for the same (a count
+    out of range, replicas that would share an address, a control socket path or an ipc
+    path too long, a ``{replica}`` port past 65535, more processes than the open-file limit
+    can carry)."""
     names = [d.name for d in topology.devices]
     if device not in names:
         raise ProtocolError(ErrorCode.NO_SUCH_DEVICE, f"no device named {device!r} (devices: {', '.join(names)})")
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"scale: replicas must be 1 to {MAX_REPLICAS}, not {replicas}")
     devices = tuple(dataclasses.replace(d, replicas=replicas) if d.name == device else d for d in topology.devices)
     result = dataclasses.replace(topology, devices=devices)
-    _check_binds(result, device)
+    try:
+        result = rules.validate(result)
+    except ConfigError as e:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
+    fits_descriptors(result)
     return result
 
 
-MAX_REPLICAS = 64  # as the settings table allows in a file
-
-
-def _check_binds(topology: Topology, device: str) -> None:
-    """Replicas of a bind without ``{replica}`` (other than a ``:*`` port) would collide."""
-    owner: dict[str, str] = {}
-    for instance in topology.instances():
-        for _, spec in instance.sockets():
-            for endpoint in spec.bind:
-                if endpoint.endswith(":*"):
-                    continue
-                if endpoint in owner:
-                    raise ProtocolError(
-                        ErrorCode.REFUSED,
-                        f"scale {device}: {instance.name} would bind {endpoint} like {owner[endpoint]}; "
-                        "write {replica} into the endpoint (or use port *) to run several replicas",
-                    )
-                owner[endpoint] = instance.name
+def fits_descriptors(topology: Topology) -> None:
+    """INVALID_CONFIG, with the line `check` gives, when the supervisor's open-file limit
+    cannot carry ``topology`` (fdplan.py)."""
+    try:
+        fdplan.check(topology)
+    except fdplan.DescriptorLimit as e:
+        raise ProtocolError(ErrorCode.INVALID_CONFIG, str(e)) from None
 
 
 class Adopter(Protocol):
@@ -148,15 +181,26 @@ ChildFactory = Callable[[DeviceConfig, str], Child]
 
 
 def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[str, Any]:
+    """Apply ``result``: every new instance is made first (its listening sockets, its pickled
+    device), and only when all are made does any running instance change; a failure to make
+    one is a ProtocolError and changes nothing."""
+    try:
+        restarted = [(i.config.name, make_child(i.config, i.device)) for i in result.restarted]
+        handovers = [(old, make_child(i.config, i.device)) for old, i in result.handovers]
+        started = [make_child(i.config, i.device) for i in result.started]
+    except Exception as e:  # an OSError, a device that cannot be pickled: nothing is applied
+        raise ProtocolError(ErrorCode.FAILED, f"nothing changed: cannot make a new device instance: {e}") from None
     for instance in result.updated:
         child = supervisor.child_named(instance.config.name)
-        child.config = instance.config
-    for instance in result.restarted:
-        supervisor.replace(supervisor.child_named(instance.config.name), make_child(instance.config, instance.device))
+        # The new supervision settings; the process's own fields stay as the child resolved them.
+        kept = {f: getattr(child.config, f) for f in PROCESS_FIELDS}
+        child.config = dataclasses.replace(instance.config, **kept)
+    for name, successor in restarted:
+        supervisor.replace(supervisor.child_named(name), successor)
     for name in result.stopped:
         supervisor.retire(supervisor.child_named(name))
-    for old, instance in result.handovers:
-        supervisor.replace(supervisor.child_named(old), make_child(instance.config, instance.device))
-    for instance in result.started:
-        supervisor.adopt(make_child(instance.config, instance.device))
+    for old, successor in handovers:
+        supervisor.replace(supervisor.child_named(old), successor)
+    for child in started:
+        supervisor.adopt(child)
     return result.summary()

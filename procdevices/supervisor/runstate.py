@@ -210,6 +210,21 @@ class RunDir:
         for path in sockets:
             _check_not_squatted(path)
 
+    def check_trusted(self) -> None:
+        """RunDirError (one line) unless a client may believe what it finds here: the same
+        owner and mode checks ``up`` applies (ours, a real directory, writable by nobody else,
+        no parent others may rename it in). A run dir that does not exist is fine: no
+        supervisor runs there, which the client then says. Without this, whoever creates
+        ``/tmp/procdevices-UID`` first answers every ``status`` with what they like."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise self._path_error(e) from None
+        self._check_ancestors()
+        _check_private_dir(self.path, st)
+
     def _check_creatable(self) -> None:
         parent = self.path.parent
         while True:

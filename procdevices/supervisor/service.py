@@ -31,7 +31,7 @@ from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import ProcessLauncher
 from procdevices.supervisor.listeners import Listeners
 from procdevices.supervisor.loop import EventLoop, RequestServer
-from procdevices.supervisor.metrics import MetricsServer, start_metrics
+from procdevices.supervisor.metrics import MetricsServer, metrics_socket_path, start_metrics
 from procdevices.supervisor.notify import sd_notify
 from procdevices.supervisor.reload import ChildFactory
 from procdevices.supervisor.runstate import RunDir
@@ -62,23 +62,28 @@ def run_supervisor(
     *,
     metrics: str | None = None,
     remote: ControlEndpoint | None = None,
+    signals_ready: Callable[[], object] | None = None,
 ) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
 
     ``load(path)`` re-reads the topology for a reload (``path`` None: the file ``up``
     started with); without it the supervisor refuses to reload. ``metrics`` ("HOST:PORT")
-    overrides the topology's; MetricsUnavailable, before any device starts, when it cannot
-    be served."""
+    overrides the topology's (``metrics_socket`` adds ``<run_dir>/metrics.sock``);
+    MetricsUnavailable, before any device starts, when it cannot be served.
+    ``signals_ready()`` is called once the loop handles SIGTERM, SIGINT and SIGHUP: the caller
+    re-raises there what it held before (the command line's ``interrupts``)."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
     listeners = Listeners()
     devicelogs.prepare(run_dir.path)
+    rotation = devicelogs.Rotation(topology.supervisor.device_log_max_bytes, topology.supervisor.device_log_backups)
     launcher = ProcessLauncher(
         topology.supervisor.pool_size,
         start_method=topology.supervisor.start_method.value,
         listeners=listeners,
         log_dir=devicelogs.log_dir(run_dir.path),
+        log_rotation=rotation,
     )
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
     make_child = child_factory(run_dir, listeners, log)
@@ -99,8 +104,10 @@ def run_supervisor(
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
     metrics_address = metrics or topology.supervisor.metrics
     metrics_server: MetricsServer | None = None
+    metrics_socket: MetricsServer | None = None
     served: ServedControl | None = None
     remote_server: RequestServer | None = None
+    rotator = devicelogs.Rotator(devicelogs.log_dir(run_dir.path), rotation, log).start()
     try:
         if remote is not None:
             # Multi-host: this host's control endpoint for the others, CURVE only (before any
@@ -118,18 +125,29 @@ def run_supervisor(
         if metrics_address is not None:
             metrics_server = start_metrics(supervisor, metrics_address, log)
             log(f"metrics: {metrics_server.url}")
+        if topology.supervisor.metrics_socket:
+            metrics_socket = start_metrics(supervisor, log=log, unix_path=str(metrics_socket_path(run_dir.path)))
+            log(f"metrics: {metrics_socket.url}")
         supervisor.extra_status["metrics"] = metrics_server.address if metrics_server is not None else None
+        supervisor.extra_status["metrics_socket"] = metrics_socket.address if metrics_socket is not None else None
         loop.watch(server.socket, server.on_readable)
         # Probe answers change no timer: quiet, so they do not make the loop walk every device.
         loop.watch(launcher.controls.socket, lambda now: launcher.controls.on_readable(), quiet=True)
         loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP), supervisor.on_signal)
+        if signals_ready is not None:
+            signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
         supervisor.start_all()
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)
     finally:
+        rotator.close()
         if metrics_server is not None:
             metrics_server.close()
+        if metrics_socket is not None:
+            metrics_socket.close()
+            with contextlib.suppress(OSError):
+                os.unlink(metrics_socket.address)
         publish(event("supervisor", state="stopped", pid=os.getpid()))
         publish.close()
         server.close()

@@ -125,3 +125,20 @@ def test_a_missing_file_exits_78(short_tmp: Path) -> None:
     result = cli("check", "-c", str(short_tmp / "nope.toml"), cwd=short_tmp)
     assert result.returncode == 78, describe(result)
     assert f"{short_tmp / 'nope.toml'}: file not found" in result.stderr, describe(result)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flag", [False, True], ids=["in-the-file", "run-dir-flag"])
+def test_check_refuses_a_run_dir_up_cannot_create_with_the_line_up_gives(short_tmp: Path, flag: bool) -> None:
+    """/sys accepts no directory even from root, whatever its permission bits say: `check`
+    said ok and `up` then exited 78. Now both refuse, with one and the same line."""
+    run_dir = f"/sys/procdevices-{short_tmp.name}/run"
+    config = short_tmp / "topology.toml"
+    config.write_text(("" if flag else f'[supervisor]\nrun_dir = "{run_dir}"\n') + A_DEVICE)
+    extra = ("--run-dir", run_dir) if flag else ()
+    checked = cli("check", *extra, config=config)
+    assert checked.returncode == 78, describe(checked)
+    line = f"procdevices: invalid configuration: {config}: supervisor.run_dir: cannot create run dir {run_dir}: "
+    assert checked.stderr.startswith(line) and checked.stderr.count("\n") == 1, describe(checked)
+    upped = cli("up", *extra, config=config)
+    assert (upped.returncode, upped.stderr) == (78, checked.stderr), describe(upped)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -79,3 +80,64 @@ def test_twenty_sigkill_restarts_refuse_no_connection_and_keep_the_port(
         assert up.devices()["pipe"]["restarts"] == 20
         push_pull(zmq_ctx, endpoint, f"ipc://{short_tmp}/out.sock", [b"after twenty kills"])
         assert "Address already in use" not in up.log(), up.log_tail()
+
+
+IPC_AND_TCP_STREAMER = """\
+[devices.pipe]
+kind = "streamer"
+in  = { bind = ["ipc://in.sock"] }
+out = { bind = ["tcp://127.0.0.1:*"] }
+stable_after = 0.1
+backoff = { initial = 0.01, max = 0.05 }
+intensity = { max_restarts = 100, within = 60.0 }
+"""
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def has_fds(pid: int, count: int) -> bool:
+    return open_fds(pid) == count
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_restarts_from_the_warm_pool_leak_no_descriptor(
+    short_tmp: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]], start_method: str
+) -> None:
+    """Each restart hands the listening sockets to a warm worker over its pipe: neither the
+    supervisor nor the device processes gain a descriptor from one restart to the next."""
+    config = write_topology(short_tmp, IPC_AND_TCP_STREAMER, pool_size=2)
+    text = config.read_text().replace("[supervisor]\n", f'[supervisor]\nstart_method = "{start_method}"\n', 1)
+    config.write_text(text)
+    with Up(config) as up:
+
+        def settled(old: int | None = None) -> dict[str, Any] | None:
+            status = up.try_status()
+            if status is None:
+                return None  # not answering yet
+            (device,) = status["devices"]
+            full = status["supervisor"]["pool_idle"] == 2
+            return device if device["state"] == "RUNNING" and device["pid"] != old and full else None
+
+        device = up.wait_until(settled, 60, "the device to run beside a full pool")
+        endpoints = device["endpoints"]
+        # The first process is a fresh spawn (the pool fills once a device is ready), every
+        # later one a warm worker: whichever way they came, they hold the same descriptors.
+        supervisor_fds, device_fds = open_fds(up.pid), open_fds(device["pid"])
+        for _ in range(13):
+            old = device["pid"]
+            os.kill(old, signal.SIGKILL)
+            device = up.wait_until(functools.partial(settled, old), 60, "the device to run again")
+            assert device["endpoints"] == endpoints, "an endpoint changed across a restart"
+            up.wait_until(
+                functools.partial(has_fds, up.pid, supervisor_fds), 30, f"the supervisor's {supervisor_fds} descriptors"
+            )
+            up.wait_until(
+                functools.partial(has_fds, device["pid"], device_fds),
+                30,
+                f"the new device's {device_fds} descriptors, as its predecessors'",
+            )
+        assert up.devices()["pipe"]["restarts"] == 13
+        push_pull(zmq_ctx, f"ipc://{short_tmp}/in.sock", endpoints["out"][0], [b"after thirteen kills"])

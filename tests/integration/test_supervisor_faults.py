@@ -193,9 +193,9 @@ def test_a_signalled_supervisor_stops_every_device_through_its_control_socket(
     how: str, short_tmp: Path, zmq_ctx: Ctx
 ) -> None:
     # SIGINT goes to the whole group, as Ctrl-C in a terminal does: devices must ignore it and
-    # wait for their supervisor's stop. No pool: an idle worker still starting up (before it
-    # can ignore SIGINT) would die of the signal instead, which is not what this test is about.
-    config = write_topology(short_tmp, NEIGHBOURS, pool_size=1 if how == "SIGTERM" else 0)
+    # wait for their supervisor's stop; so must the pool worker, even one still starting up
+    # (tests/integration/test_ctrl_c_startup.py covers the moments of start-up).
+    config = write_topology(short_tmp, NEIGHBOURS, pool_size=1)
     with Up(config) as up:
         up.wait_states()
         broker_forwards(zmq_ctx, short_tmp)

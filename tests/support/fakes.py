@@ -23,6 +23,7 @@ from procdevices.supervisor.config import DeviceConfig, Topology, parse_topology
 from procdevices.supervisor.core import Supervisor
 from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import Resources
+from procdevices.supervisor.reload import ChildFactory
 
 _fds = itertools.count(10_000)
 _pids = itertools.count(50_000)
@@ -242,6 +243,8 @@ class Harness:
         idle_workers: int = 0,
         load: Callable[[str | None], Topology] | None = None,
         max_starting: int | None = None,
+        make_child: ChildFactory = make_child,
+        cpus: int = 4,  # not the test machine's: start_timeout's fair shares depend on it
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher(idle_workers)
@@ -264,6 +267,7 @@ class Harness:
             load=load,
             make_child=make_child,
             max_starting=max_starting,
+            cpus=cpus,
         )
         self.handlers = CommandHandlers(self.sup)
         # Devices answer their liveness probes unless the test says otherwise.

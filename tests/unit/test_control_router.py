@@ -3,8 +3,11 @@ play the devices (no process is started)."""
 
 from __future__ import annotations
 
+import select
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,8 +104,9 @@ def test_a_device_and_its_successor_share_one_connection(zmq_ctx: zmq.Context[zm
         _read_until(router, replies, 2)
         assert replies[1] == (True, {"new": True})
         new.close()
-        third = router.connect("inproc://router-shared")  # the idle connection serves again
-        assert third.routing_id == new.routing_id
+        assert router.connected() == [], "an endpoint nobody uses is dropped"
+        third = router.connect("inproc://router-shared")  # a later device there: connected anew
+        assert third.routing_id != new.routing_id
         third.send(Command.PING, 0.0, 5.0, lambda ok, body: replies.append((ok, body)))
         _answer(device, {"third": True})
         _read_until(router, replies, 3)
@@ -163,3 +167,68 @@ def test_closing_connections_while_answers_arrive_never_aborts(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("survived")
+
+
+def _reached(path: Path, within: float, router: ControlRouter) -> bool:
+    """Whether anything connects to a unix socket listening at ``path`` within ``within``
+    seconds (libzmq retries a lost ipc connection every 100 ms by default). Meanwhile the
+    router is used as the event loop uses it (``ZMQ_EVENTS`` every turn): libzmq ends a
+    disconnected pipe only as its socket processes commands, on such calls."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + within
+    try:
+        listener.bind(str(path))
+        listener.listen(8)
+        while (left := deadline - time.monotonic()) > 0:
+            router.socket.get(zmq.EVENTS)
+            if select.select([listener], [], [], min(left, 0.05))[0]:
+                return True
+        return False
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def test_a_removed_device_is_disconnected_and_never_tried_again(short_tmp: Path) -> None:
+    """Issue: the endpoints of removed devices stayed connected, so the supervisor tried to
+    reach every device a renaming reload ever removed, ten times a second each, for ever."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ControlRouter(ctx)
+    path = short_tmp / "gone.sock"
+    try:
+        device = _device(ctx, f"ipc://{path}")
+        connection = router.connect(f"ipc://{path}")
+        replies: Replies = []
+        connection.send(Command.PING, 0.0, 5.0, _into(replies))
+        _answer(device, {})
+        _read_until(router, replies, 1)
+        device.close()  # the device process exits ...
+        path.unlink(missing_ok=True)
+        connection.close()  # ... and the supervisor forgets it
+        assert not _reached(path, 1.0, router), "the supervisor still tries to reach a removed device"
+        assert router.connected() == []
+    finally:
+        router.close()
+        ctx.term()
+
+
+def test_an_answer_read_ahead_defers_the_disconnect_until_it_is_read(short_tmp: Path) -> None:
+    """ZMQ_EVENTS reads the first frame of a waiting answer ahead; disconnecting then would
+    abort the process (fq.cpp: !_more). The disconnect waits for on_readable to read it."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ControlRouter(ctx)
+    endpoint = f"ipc://{short_tmp}/late.sock"
+    try:
+        device = _device(ctx, endpoint)
+        connection = router.connect(endpoint)
+        connection.send(Command.PING, 0.0, 5.0, lambda ok, body: None)
+        _answer(device, {})
+        assert router.socket.poll(5000)  # the answer is waiting: read ahead by ZMQ_EVENTS
+        connection.close()
+        assert router.connected() == [endpoint], "disconnected with a message half read"
+        router.on_readable()
+        assert router.connected() == []
+        device.close()
+    finally:
+        router.close()
+        ctx.term()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fakes import Harness, topology
+from support.fakes import Harness, make_child, topology
 
-from procdevices.control.protocol import ErrorCode, ProtocolError
-from procdevices.supervisor.config import ConfigError, Topology
+from procdevices.control.protocol import Command, ErrorCode, ProtocolError
+from procdevices.supervisor.child import Child
+from procdevices.supervisor.config import IPC_PATH_MAX, ConfigError, DeviceConfig, SocketSpec, Topology
 from procdevices.supervisor.reload import instances, plan
 
 
@@ -150,6 +153,175 @@ def test_scale_refuses_replicas_that_would_share_an_address(tmp_path: Path) -> N
     with pytest.raises(ProtocolError):
         harness.sup.scale("pipe", 2)
     reply = harness.request("scale", name="pipe", replicas=2)
-    assert reply["code"] == ErrorCode.REFUSED.value and "{replica}" in reply["error"]
+    assert reply["code"] == ErrorCode.INVALID_CONFIG.value and "{replica}" in reply["error"]
     assert harness.request("scale", name="nope", replicas=2)["code"] == ErrorCode.NO_SUCH_DEVICE.value
-    assert harness.request("scale", name="pipe", replicas=0)["code"] == ErrorCode.BAD_REQUEST.value
+    assert harness.request("scale", name="pipe", replicas=0)["code"] == ErrorCode.INVALID_CONFIG.value
+
+
+def _star_binds(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    return {"star": STAR}
+
+
+def _control_path_limit(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """A device whose name just fits the control socket path: `NAME.1.sock` does not."""
+    room = IPC_PATH_MAX - len(f"{tmp_path}/run/ctl/.sock")
+    assert 3 <= room <= 63, "tmp_path too long or too short for this case"
+    return {"n" * room: STAR}
+
+
+def _replica_port(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """`{replica}` in a port: replica 6 asks for port 65536."""
+    binds = {"in": {"bind": ["tcp://127.0.0.1:6553{replica}"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}
+    return {"port": binds}
+
+
+def _replica_ipc_path(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """An ipc path of exactly the limit with a one-digit replica: replica 10 is a byte over."""
+    stem = f"{tmp_path}/"
+    path = stem + "p" * (IPC_PATH_MAX - len(stem) - 1) + "{replica}"
+    assert len(path.replace("{replica}", "0")) == IPC_PATH_MAX
+    return {"long": {"in": {"bind": [f"ipc://{path}"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}}
+
+
+@pytest.mark.parametrize(
+    ("case", "replicas", "expected"),
+    [
+        (_control_path_limit, 2, "unix socket paths are limited to 107 bytes"),
+        (_replica_port, 7, "port must be 1-65535 or *, got '65536'"),
+        (_replica_ipc_path, 11, "is 108 bytes, but unix socket paths are limited to 107 bytes"),
+        (_star_binds, 65, "between 1 and 64, got 65"),
+    ],
+    ids=["control-socket-path", "replica-port", "replica-ipc-path", "replicas-65"],
+)
+def test_scale_is_refused_with_the_message_check_gives_and_changes_nothing(
+    tmp_path: Path, case: Any, replicas: int, expected: str
+) -> None:
+    devices = case(tmp_path)
+    (name,) = devices
+    files = Files(topology({**devices, "other": STAR}, tmp_path))
+    assert isinstance(files.current, Topology)
+    harness = Harness(files.current, load=files).start()
+    harness.ready(name, "other")
+    before = {c.name: c.process for c in harness.sup.children}
+    launched = len(harness.launcher.launched)
+    running_topology = harness.sup.running_topology
+    # What `check` says of a file that asks for the same number of replicas.
+    with pytest.raises(ConfigError) as check:
+        topology({name: {**devices[name], "replicas": replicas}, "other": STAR}, tmp_path)
+    assert expected in str(check.value)
+
+    reply = harness.request("scale", name=name, replicas=replicas)
+
+    assert reply["ok"] is False and reply["code"] == ErrorCode.INVALID_CONFIG.value, reply
+    assert reply["error"] == f"invalid configuration: {check.value}"
+    assert {c.name: c.process for c in harness.sup.children} == before, "a running instance changed"
+    assert len(harness.launcher.launched) == launched and all(p.signals == [] for p in harness.launcher.launched)
+    assert not any(Command.STOP in c.sent for c in harness.launcher.controls.values())
+    assert harness.sup.running_topology is running_topology
+    assert harness.request("status")["result"]["supervisor"]["scaled"] == {}
+    assert harness.logged(f"scale {name} to {replicas} refused, nothing changed: invalid configuration:")
+
+
+def test_an_instance_that_cannot_be_made_changes_nothing(tmp_path: Path) -> None:
+    """Every new instance is made before any running one is touched: a failure to make the
+    third leaves the first two, and the running instances, as they were."""
+
+    def failing(instance: DeviceConfig, device: str) -> Child:
+        if instance.name == "pipe.2":
+            raise OSError(98, "cannot listen on tcp://127.0.0.1:7000: Address already in use")
+        return make_child(instance, device)
+
+    topo = topology({"pipe": {"replicas": 1, **ipc(tmp_path, "pipe", replicated=True)}}, tmp_path)
+    harness = Harness(topo, load=Files(topo), make_child=failing).start()
+    harness.ready("pipe")
+    process = harness.process("pipe")
+    reply = harness.request("scale", name="pipe", replicas=4)  # pipe -> pipe.0 .. pipe.3
+    assert reply["code"] == ErrorCode.FAILED.value and "nothing changed" in reply["error"], reply
+    assert "Address already in use" in reply["error"]
+    assert [c.name for c in harness.sup.children] == ["pipe"] and harness.process("pipe") is process
+    assert harness.state("pipe") == "RUNNING" and harness.control("pipe").sent.count(Command.STOP) == 0
+
+
+def resolving_ports(instance: DeviceConfig, device: str) -> Child:
+    """As `up` makes a child: its `tcp://HOST:*` binds resolved to the port the supervisor
+    listens on (listeners.py), so the child's config differs from the file's."""
+    ports = itertools.count(41000)
+
+    def resolve(spec: SocketSpec | None) -> SocketSpec | None:
+        if spec is None:
+            return None
+        return dataclasses.replace(
+            spec, bind=tuple(e.replace(":*", f":{next(ports)}") if e.endswith(":*") else e for e in spec.bind)
+        )
+
+    resolved = dataclasses.replace(
+        instance, in_=resolve(instance.in_) or instance.in_, out=resolve(instance.out), mon=resolve(instance.mon)
+    )
+    return make_child(resolved, device)
+
+
+STAR = {"in": {"bind": ["tcp://127.0.0.1:*"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}
+
+
+def test_an_unchanged_star_device_survives_reload_sighup_and_scaling_another(tmp_path: Path) -> None:
+    """Issue: the running child's config carries the resolved port, the file says `*`; the
+    two compared unequal, so every reload restarted the device (and lost what it queued)."""
+    other = {"replicas": 1, **ipc(tmp_path, "other", replicated=True)}
+    topo = topology({"star": STAR, "other": other}, tmp_path)
+    files = Files(topo)
+    harness = Harness(topo, load=files, make_child=resolving_ports).start()
+    harness.ready("star", "other")
+    star = harness.process("star")
+    assert harness.child("star").config.in_.bind != ("tcp://127.0.0.1:*",), "the fake must resolve the port"
+
+    reply = harness.request("reload")
+    assert reply["ok"] and reply["result"]["unchanged"] == ["other", "star"], reply
+    harness.sup.on_signal(signal.SIGHUP)
+    assert harness.logged("reloaded <test>: nothing changed")
+    # A supervision-only change keeps the process and the resolved port.
+    other = {"replicas": 1, **ipc(tmp_path, "other", replicated=True)}
+    files.current = topology({"star": {**STAR, "stop_timeout": 3.0}, "other": other}, tmp_path)
+    assert harness.request("reload")["result"]["updated"] == ["star"]
+    assert harness.child("star").config.stop_timeout == 3.0
+    assert harness.child("star").config.in_.bind[0].startswith("tcp://127.0.0.1:41")
+    reply = harness.request("scale", name="other", replicas=3)
+    assert reply["ok"] and reply["result"]["unchanged"] == ["star"], reply
+    assert harness.process("star") is star and star.signals == []
+    assert Command.STOP not in harness.control("star").sent
+
+
+def test_every_device_setting_says_what_a_reload_of_it_means() -> None:
+    """A new DeviceConfig field must be classified: restart the process, or apply live."""
+    from procdevices.supervisor import reload
+
+    groups = (reload.PROCESS_FIELDS, reload.SUPERVISION_FIELDS, reload.INSTANCE_FIELDS)
+    classified = [name for group in groups for name in group]
+    assert sorted(classified) == sorted(f.name for f in dataclasses.fields(DeviceConfig)), (
+        "classify every DeviceConfig field in procdevices/supervisor/reload.py"
+    )
+
+
+def test_scale_and_reload_past_the_open_file_limit_are_refused_like_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor plan `check` and `up` apply (fdplan.py) holds for a live change too."""
+    from procdevices.supervisor import fdplan
+
+    monkeypatch.setattr(fdplan, "limits", lambda: (256, 256))
+    replicated = {"replicas": 2, **ipc(tmp_path, "pipe", replicated=True)}
+    files = Files(topology({"pipe": replicated}, tmp_path))
+    assert isinstance(files.current, Topology)
+    harness = Harness(files.current, load=files).start()
+    harness.ready("pipe.0", "pipe.1")
+    before = {c.name: c.process for c in harness.sup.children}
+    big = topology({"pipe": {**replicated, "replicas": 40}}, tmp_path)
+    with pytest.raises(fdplan.DescriptorLimit) as check:
+        fdplan.check(big)
+
+    reply = harness.request("scale", name="pipe", replicas=40)
+    assert reply["code"] == ErrorCode.INVALID_CONFIG.value and reply["error"] == str(check.value), reply
+    files.current = big
+    reply = harness.request("reload")
+    assert reply["code"] == ErrorCode.INVALID_CONFIG.value and reply["error"] == str(check.value), reply
+    assert {c.name: c.process for c in harness.sup.children} == before
+    assert len(harness.launcher.launched) == 2 and harness.sup.running_topology.devices[0].replicas == 2

@@ -175,6 +175,25 @@ def test_stop_escalates_to_sigterm_then_sigkill(two: Harness) -> None:
     assert two.launches("a") == 1, "a stopped device was restarted"
 
 
+def test_a_device_stopped_before_it_is_ready_gets_sigterm_at_once(two: Harness) -> None:
+    # Its control socket may not be served yet: a STOP would be dropped, and the stop would
+    # wait stop_timeout for nothing (Ctrl-C during start-up). SIGTERM stops it at any point.
+    two.ready("b")
+    assert two.state("a") == "STARTING"
+    two.sup.on_signal(signal.SIGINT)
+    process = two.process("a")
+    assert process.signals == ["SIGTERM"], "not at once"
+    assert Command.STOP not in two.control("a").sent
+    assert Command.STOP in two.control("b").sent, "a ready device stops through its control socket"
+    assert two.logged("a: stopped before it was ready; SIGTERM")
+    two.exit("a", -signal.SIGTERM)
+    two.exit("b", 0)
+    assert two.child("a").last_exit.startswith("stopped through the SIGTERM")
+    assert two.sup.finished()
+    two.advance(10.0)
+    assert process.signals == ["SIGTERM"], "no SIGKILL for a device that exited"
+
+
 def test_clean_stop_through_the_control_socket(two: Harness) -> None:
     two.ready("a", "b")
     two.request("stop", name="a")
@@ -306,6 +325,7 @@ def test_status_describes_every_field_of_the_schema(two: Harness) -> None:
         "uptime",
         "last_exit",
         "endpoints",
+        "mq_loop",
         "paused",
         "blocked",
         "cpu_percent",

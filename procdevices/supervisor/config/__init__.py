@@ -12,8 +12,9 @@ Modules, one job each:
 - ``settings``: THE table of scalar settings (types, ranges, defaults, scope);
 - ``kinds``: THE table of device kinds (also read by ``build.py``);
 - ``sockets``: a socket table and its options;
-- ``endpoints``: endpoints and the cross-field rules (bind conflicts, ``{replica}``,
-  socket path limits);
+- ``endpoints``: one endpoint's syntax, bind conflicts, socket path limits;
+- ``rules``: THE cross-field rule set (replicas, ``{replica}`` expansions, binds, socket
+  paths, bind hosts, run dir creatable), run by the loader, ``scale`` and ``reload`` alike;
 - ``libzmq_trial``: options and bind hosts tried on the real libzmq;
 - ``source``: reading the file (regular, bounded, non-blocking) and TOML;
 - ``loader``: the walk that puts them together, and the public functions.

@@ -26,6 +26,7 @@ __all__ = [
     "check_bind_conflicts",
     "check_bind_hosts",
     "check_endpoint",
+    "check_expanded",
     "check_socket_paths",
 ]
 
@@ -36,9 +37,10 @@ _PASSTHROUGH_SCHEMES = ("ws", "wss", "pgm", "epgm", "udp")
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "[::]"})
 
 
-def check_endpoint(value: object, key: str, *, bind: bool, replicas: int, base_dir: str) -> str:
-    """Validate one endpoint (for every replica) and return it normalized:
-    relative ipc paths become absolute; ``{replica}`` is kept."""
+def check_endpoint(value: object, key: str, *, bind: bool, base_dir: str) -> str:
+    """Validate one endpoint as written and return it normalized: relative ipc paths become
+    absolute; ``{replica}`` is kept. What depends on the replica (ports, path lengths) is
+    checked per replica by ``rules.check``, with the rest of the topology."""
     if not isinstance(value, str):
         raise expected(key, "an endpoint string", value)
     if any(ch.isspace() or not ch.isprintable() for ch in value):
@@ -53,15 +55,11 @@ def check_endpoint(value: object, key: str, *, bind: bool, replicas: int, base_d
         if address != "*" and not address.startswith("@") and not os.path.isabs(address):
             address = os.path.normpath(os.path.join(base_dir, address))
         value = f"ipc://{address}"
-    if bind and replicas > 1 and REPLICA not in value and not _is_wildcard_bind(value):
-        raise Invalid(key, "replicas > 1 need '{replica}' or port * in every bind endpoint")
-
-    for index in range(replicas):
-        _check_expanded(value.replace(REPLICA, str(index)), value, key, bind=bind)
     return value
 
 
-def _check_expanded(expanded: str, template: str, key: str, *, bind: bool) -> None:
+def check_expanded(expanded: str, template: str, key: str, *, bind: bool) -> None:
+    """One endpoint of one replica (``{replica}`` replaced): port range, path length."""
     scheme, _, address = expanded.partition("://")
     if scheme == "tcp":
         host, sep, port = address.rpartition(":")
@@ -84,15 +82,6 @@ def _check_expanded(expanded: str, template: str, key: str, *, bind: bool) -> No
                 f"ipc path '{address}' is {size} bytes, but unix socket paths are limited to "
                 f"{IPC_PATH_MAX} bytes; use a shorter path",
             )
-
-
-def _is_wildcard_bind(endpoint: str) -> bool:
-    scheme, _, address = endpoint.partition("://")
-    if scheme == "tcp":
-        return address.rpartition(":")[2] == "*"
-    if scheme == "ipc":
-        return address == "*"
-    return False
 
 
 # --------------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "select_host",
     "take_curve",
     "this_host",
+    "unresolve_references",
 ]
 
 HOST_KEYS = ("address", "control")
@@ -140,7 +141,7 @@ def _host(name: str, value: object, cluster: ClusterConfig) -> HostConfig:
 
 
 def _control_endpoint(value: object, key: str) -> str:
-    checked = endpoints.check_endpoint(value, key, bind=True, replicas=1, base_dir="/")
+    checked = endpoints.check_endpoint(value, key, bind=True, base_dir="/")
     scheme, _, address = checked.partition("://")
     if scheme != "tcp":
         raise Invalid(key, f"control endpoint '{show(checked)}' must be tcp://HOST:PORT (other hosts connect to it)")
@@ -367,6 +368,39 @@ def resolve_references(
             changes[_field(role)] = dataclasses.replace(spec, connect=tuple(connect), sockopts=sockopts)
         resolved.append(dataclasses.replace(device, **changes) if changes else device)
     return tuple(resolved), tuple(references)
+
+
+def unresolve_references(
+    devices: Sequence[DeviceConfig], references: Sequence[Reference]
+) -> tuple[tuple[DeviceConfig, ...], tuple[Reference, ...]]:
+    """The devices with each reference between two of them written back as ``"@DEVICE.ROLE"``
+    (where its first endpoint stood), so :func:`resolve_references` can resolve it again for a
+    changed target (``scale``); and the references left as they are (a device or target of
+    another host, not in ``devices``)."""
+    names = {d.name for d in devices}
+    redo = [r for r in references if r.device in names and r.target in names]
+    kept = tuple(r for r in references if not (r.device in names and r.target in names))
+    if not redo:
+        return tuple(devices), kept
+    result: list[DeviceConfig] = []
+    for device in devices:
+        changes: dict[str, Any] = {}
+        for role, spec in device.sockets():
+            mine = [r for r in redo if r.device == device.name and r.role == role]
+            if not mine:
+                continue
+            connect = list(spec.connect)
+            for ref in mine:
+                text = f"@{ref.target}.{ref.target_role}"
+                where = next((i for i, e in enumerate(connect) if e in ref.endpoints), len(connect))
+                connect = (
+                    [e for e in connect[:where] if e not in ref.endpoints]
+                    + [text]
+                    + [e for e in connect[where:] if e not in ref.endpoints]
+                )
+            changes[_field(role)] = dataclasses.replace(spec, connect=tuple(connect))
+        result.append(dataclasses.replace(device, **changes) if changes else device)
+    return tuple(result), kept
 
 
 def _field(role: str) -> str:

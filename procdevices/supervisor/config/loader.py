@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from procdevices.supervisor.config import endpoints, hosts, settings
+from procdevices.supervisor.config import endpoints, hosts, rules, settings
 from procdevices.supervisor.config.errors import (
     ConfigError,
     Invalid,
@@ -78,22 +78,26 @@ _DEVICE_KEYS = _DEVICE_ONLY_KEYS + settings.DEVICE_SETTING_KEYS + (_HOST_KEY,)
 # Public functions
 
 
-def load_topology(path: str | os.PathLike[str]) -> Topology:
-    """Read, parse and validate the TOML topology file at ``path``."""
+def load_topology(path: str | os.PathLike[str], *, run_dir: pathlib.Path | None = None) -> Topology:
+    """Read, parse and validate the TOML topology file at ``path``; ``run_dir`` (``--run-dir``)
+    replaces the file's ``[supervisor] run_dir`` before the rules that concern it run."""
     source = os.fspath(path)
     try:
         data = decode_toml(read_config_file(path))
     except Invalid as exc:
         raise ConfigError(source, exc.key, exc.reason) from None
     base_dir = pathlib.Path(os.path.abspath(source)).parent
-    return parse_topology(data, source=source, base_dir=base_dir)
+    return parse_topology(data, source=source, base_dir=base_dir, run_dir=run_dir)
 
 
-def parse_topology(data: Mapping[str, Any], *, source: str, base_dir: pathlib.Path) -> Topology:
-    """Validate already-decoded TOML ``data``; relative paths resolve against ``base_dir``."""
+def parse_topology(
+    data: Mapping[str, Any], *, source: str, base_dir: pathlib.Path, run_dir: pathlib.Path | None = None
+) -> Topology:
+    """Validate already-decoded TOML ``data``; relative paths resolve against ``base_dir``;
+    ``run_dir``, when given, overrides the file's."""
     try:
         with LibzmqTrial() as trial:
-            return _Loader(pathlib.Path(os.path.abspath(base_dir)), trial).topology(data, source)
+            return _Loader(pathlib.Path(os.path.abspath(base_dir)), trial, run_dir).topology(data, source)
     except Invalid as exc:
         raise ConfigError(source, exc.key, exc.reason) from None
     except RecursionError:
@@ -103,11 +107,13 @@ def parse_topology(data: Mapping[str, Any], *, source: str, base_dir: pathlib.Pa
 
 def validate_run_dir(topology: Topology, run_dir: pathlib.Path) -> None:
     """Check that ``run_dir`` can hold the supervisor's and every device's control
-    socket (the unix socket path limit); ConfigError naming ``supervisor.run_dir``
-    or the device otherwise. The loader calls it for the file's run_dir; call it
-    again when the run directory is overridden (``--run-dir``)."""
+    socket (the unix socket path limit) and exists or can be created; ConfigError naming
+    ``supervisor.run_dir`` or the device otherwise. The loader checks the socket paths for
+    the run dir it was given (``load_topology(run_dir=...)``); whether it can be created
+    depends on the file system, so the command line asks here, for the run dir ``up`` uses."""
     try:
-        endpoints.check_socket_paths(topology.devices, run_dir, "supervisor.run_dir")
+        endpoints.check_socket_paths(topology.devices, run_dir, rules.RUN_DIR_KEY)
+        rules.check_run_dir(run_dir)
     except Invalid as exc:
         raise ConfigError(topology.source, exc.key, exc.reason) from None
 
@@ -146,9 +152,10 @@ def find_config(explicit: str | None, cwd: pathlib.Path) -> pathlib.Path | None:
 
 
 class _Loader:
-    def __init__(self, base_dir: pathlib.Path, trial: LibzmqTrial) -> None:
+    def __init__(self, base_dir: pathlib.Path, trial: LibzmqTrial, run_dir: pathlib.Path | None = None) -> None:
         self.base_dir = base_dir
         self.trial = trial
+        self.run_dir = run_dir
         self.hosts: tuple[HostConfig, ...] = ()
         self.default_host: str | None = None
         self.cluster = ClusterConfig()
@@ -166,10 +173,8 @@ class _Loader:
         if not devices_table:
             raise Invalid("devices", "no devices defined")
         devices = tuple(self.device(str(name), value, defaults) for name, value in devices_table.items())
-        devices, references = hosts.resolve_references(devices, self.hosts, cluster)
-        hosts.check_bind_conflicts(devices)  # per host; without [hosts], endpoints' rule as is
-        endpoints.check_socket_paths(devices, supervisor.run_dir, "supervisor.run_dir")
-        endpoints.check_bind_hosts(hosts.local_devices(devices, self.hosts), self.trial)
+        # The one rule set (rules.py) resolves the "@DEVICE.ROLE" references, then checks.
+        devices, references = rules.check(devices, supervisor.run_dir, self.trial, hosts=self.hosts, cluster=cluster)
         return Topology(
             source=source,
             supervisor=supervisor,
@@ -184,7 +189,7 @@ class _Loader:
         check_keys(table, _SUPERVISOR_KEYS, prefix)
         own = parse_settings(table, prefix, settings.SUPERVISOR_SETTINGS).values
         resolved = {s.path: own.get(s.path, s.default) for s in settings.SUPERVISOR_SETTINGS}
-        run_dir = pathlib.Path(os.path.abspath(self.base_dir / str(resolved["run_dir"])))
+        run_dir = self.run_dir or pathlib.Path(os.path.abspath(self.base_dir / str(resolved["run_dir"])))
         # Checked again with the devices (check_socket_paths); early, so a long run_dir is
         # reported as such and not as a device name problem.
         endpoints.check_socket_paths((), run_dir, f"{prefix}.run_dir")
@@ -192,6 +197,10 @@ class _Loader:
         assert isinstance(pool_size, int)
         metrics = resolved["metrics"]
         assert metrics is None or isinstance(metrics, str)
+        metrics_socket = resolved["metrics_socket"]
+        assert isinstance(metrics_socket, bool)
+        log_max_bytes, log_backups = resolved["device_log_max_bytes"], resolved["device_log_backups"]
+        assert isinstance(log_max_bytes, int) and isinstance(log_backups, int)
         defaults = Values("supervisor.defaults", {}, frozenset())
         if "defaults" in table:
             dprefix = f"{prefix}.defaults"
@@ -208,7 +217,15 @@ class _Loader:
         start_method = resolved["start_method"]
         assert isinstance(start_method, StartMethod)
         return (
-            SupervisorConfig(run_dir=run_dir, pool_size=pool_size, metrics=metrics, start_method=start_method),
+            SupervisorConfig(
+                run_dir=run_dir,
+                pool_size=pool_size,
+                metrics=metrics,
+                metrics_socket=metrics_socket,
+                device_log_max_bytes=log_max_bytes,
+                device_log_backups=log_backups,
+                start_method=start_method,
+            ),
             defaults,
         )
 
@@ -250,22 +267,19 @@ class _Loader:
                 settings.group_origin("backoff", defaults, own),
                 f"initial ({backoff_initial:g}) must be <= max ({backoff_max:g})",
             )
-        replicas = resolved["replicas"]
-        assert isinstance(replicas, int)
-
         for role in ("in", "out"):
             if role not in table:
                 raise Invalid(f"{prefix}.{role}", f"missing required key '{role}' (the {role} socket table)")
-        in_spec = self.socket(table["in"], f"{prefix}.in", spec.in_type, replicas)
-        out_spec = self.socket(table["out"], f"{prefix}.out", spec.out_type, replicas)
+        in_spec = self.socket(table["in"], f"{prefix}.in", spec.in_type)
+        out_spec = self.socket(table["out"], f"{prefix}.out", spec.out_type)
         mon_spec: SocketSpec | None = None
         if "mon" in table:
-            mon_spec = self.socket(table["mon"], f"{prefix}.mon", MON_DEFAULT_TYPE, replicas)
+            mon_spec = self.socket(table["mon"], f"{prefix}.mon", MON_DEFAULT_TYPE)
         elif spec.mon is Presence.REQUIRED:
             raise Invalid(f"{prefix}.mon", f"missing required key 'mon' ({kind} needs a monitor socket)")
         ctrl_spec: SocketSpec | None = None
         if "ctrl" in table:
-            ctrl_spec = self.socket(table["ctrl"], f"{prefix}.ctrl", CTRL_DEFAULT_TYPE, replicas)
+            ctrl_spec = self.socket(table["ctrl"], f"{prefix}.ctrl", CTRL_DEFAULT_TYPE)
 
         if spec.subscribe_all and in_spec.type == zmq.SUB:
             if not any(opt == zmq.SocketOption.SUBSCRIBE for opt, _ in in_spec.sockopts):
@@ -304,7 +318,7 @@ class _Loader:
             **settings.device_fields(resolved),
         )
 
-    def socket(self, value: object, prefix: str, default_type: str, replicas: int) -> SocketSpec:
+    def socket(self, value: object, prefix: str, default_type: str) -> SocketSpec:
         value, curve = hosts.take_curve(value, prefix, self.cluster)  # `curve = "server"`: multi-host
-        spec = parse_socket(value, prefix, default_type, replicas, os.fspath(self.base_dir), self.trial)
+        spec = parse_socket(value, prefix, default_type, os.fspath(self.base_dir), self.trial)
         return dataclasses.replace(spec, sockopts=spec.sockopts + curve) if curve else spec

@@ -144,6 +144,9 @@ class SupervisorConfig:
     run_dir: pathlib.Path
     pool_size: int = 2
     metrics: str | None = None  # "HOST:PORT" to serve Prometheus metrics on; None: off
+    metrics_socket: bool = False  # also serve them on <run_dir>/metrics.sock (owner only)
+    device_log_max_bytes: int = 10 * 1024**2  # a device's log is rotated beyond this
+    device_log_backups: int = 3  # rotated files kept per device
     start_method: StartMethod = StartMethod.SPAWN
 
     @property

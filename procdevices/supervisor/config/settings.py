@@ -106,6 +106,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_dir", ValueType.PATH, ".procdevices", scope=Scope.SUPERVISOR),
     Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR),
     Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR),
+    Setting("metrics_socket", ValueType.BOOLEAN, False, scope=Scope.SUPERVISOR),
+    # Each device's own log (devicelogs.py): its size before rotation, and the older files kept.
+    Setting("device_log_max_bytes", _I, 10 * 1024**2, minimum=4096, min_inclusive=True, scope=Scope.SUPERVISOR),
+    Setting("device_log_backups", _I, 3, minimum=0, min_inclusive=True, maximum=100, scope=Scope.SUPERVISOR),
     Setting(
         "start_method",
         ValueType.CHOICE,

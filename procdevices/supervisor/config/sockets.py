@@ -63,9 +63,7 @@ _NON_NEGATIVE = frozenset(
 )
 
 
-def parse_socket(
-    value: object, prefix: str, default_type: str, replicas: int, base_dir: str, trial: LibzmqTrial
-) -> SocketSpec:
+def parse_socket(value: object, prefix: str, default_type: str, base_dir: str, trial: LibzmqTrial) -> SocketSpec:
     table = as_table(value, prefix)
     check_keys(table, SOCKET_KEYS, prefix)
     type_name = default_type
@@ -90,10 +88,10 @@ def parse_socket(
         if not isinstance(raw, (list, tuple)):
             raise expected(key, "an array of endpoint strings", raw)
         endpoints[direction] = tuple(
-            # "@DEVICE.ROLE" stays as written until every device is known (hosts.resolve_references).
+            # "@DEVICE.ROLE" stays as written until every device is known (rules.check resolves it).
             check_reference(item, f"{key}[{i}]")
             if direction == "connect" and is_reference(item)
-            else check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", replicas=replicas, base_dir=base_dir)
+            else check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", base_dir=base_dir)
             for i, item in enumerate(raw)
         )
     if not endpoints["bind"] and not endpoints["connect"]:

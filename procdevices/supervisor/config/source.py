@@ -39,8 +39,10 @@ def read_config_file(path: str | os.PathLike[str]) -> bytes:
         raise Invalid("", "is a directory, not a file") from None
     except OSError as exc:
         raise Invalid("", f"cannot read file: {exc.strerror or exc}") from None
-    except ValueError as exc:  # a NUL in the path
-        raise Invalid("", f"cannot read file: {exc}") from None
+    except ValueError:
+        # A NUL in the path (the only ValueError of os.open). Our words, not Python's: its
+        # wording changed in 3.13 ("embedded null character in path").
+        raise Invalid("", "cannot read file: the path contains a NUL byte") from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):

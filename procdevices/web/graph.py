@@ -1,0 +1,260 @@
+"""The topology as a graph, for ``procdevices web``: devices (replicas grouped), their sockets
+with resolved endpoints, the arrows between devices and the anonymous peers outside the
+topology. Pure: a function of one ``status`` reply and the topology's socket specs.
+
+Where each fact comes from:
+
+- ``status``: the instances, their state, pid, uptime, restarts, last exit, traffic rates and
+  the endpoints each socket really bound (``tcp://...:*`` resolved to its port, relative ipc
+  paths made absolute).
+- the topology file the supervisor reports as its ``source``: each socket's type and its
+  ``connect`` endpoints, which ``status`` does not carry.
+
+An **edge** is drawn wherever a socket's connect endpoint reaches a socket another device
+bound: the same endpoint literally, or a tcp bind on a wildcard host (``0.0.0.0``, ``[::]``)
+and a connect to the same port on a loopback address (``connect_targets``). The arrow points
+from the connecting socket to the bound one. A bound endpoint nobody in the topology connects
+to gets one anonymous **peer** per socket ("clients"), and a connect endpoint nobody in the
+topology binds one per endpoint ("service").
+
+Seams for what is being built elsewhere:
+
+- ``reference_targets``: connect endpoints written as ``@DEVICE.ROLE`` (a reference to another
+  device's socket) resolve to that socket; no such endpoint passes the config loader today.
+- ``host_of``: the host a device runs on; every device has ``host: null`` and ``regions`` is
+  empty until a supervisor reports hosts (then the page draws one region per host).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Socket roles in drawing order; "in" is drawn on a device's left, the others on its right.
+ROLES = ("in", "out", "mon", "ctrl")
+# Which traffic counters belong to a role (the proxy counts its frontend and backend only).
+SIDE_OF_ROLE = {"in": "front", "out": "back"}
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]", "*"})
+
+
+@dataclass(frozen=True)
+class SocketTopology:
+    """What the topology file says about one socket of one device instance."""
+
+    type: str
+    bind: tuple[str, ...]
+    connect: tuple[str, ...]
+
+
+# instance name -> role -> its socket; what ``sockets_from_topology`` reads from the file.
+TopologySockets = Mapping[str, Mapping[str, SocketTopology]]
+
+
+@dataclass(frozen=True)
+class SocketKey:
+    device: str  # the [devices.NAME] (a group of replicas)
+    role: str
+
+
+def rate(traffic: Mapping[str, Any] | None, key: str) -> float:
+    rates = (traffic or {}).get("rates") or {}
+    value = rates.get(key, 0.0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def device_rates(traffic: Mapping[str, Any] | None) -> dict[str, float]:
+    """Message frames per second received (``in``) and sent (``out``) on both sockets: the
+    IN/s and OUT/s of ``top``."""
+    return {
+        direction: sum(rate(traffic, f"{side}_msgs_{direction}") for side in ("front", "back"))
+        for direction in ("in", "out")
+    }
+
+
+def socket_rates(traffic: Mapping[str, Any] | None, role: str) -> dict[str, float] | None:
+    """Frames per second received on and sent through one socket; None for a socket the
+    proxy does not count (mon, ctrl)."""
+    side = SIDE_OF_ROLE.get(role)
+    if side is None:
+        return None
+    return {direction: rate(traffic, f"{side}_msgs_{direction}") for direction in ("in", "out")}
+
+
+def _host_port(endpoint: str) -> tuple[str, str] | None:
+    scheme, sep, address = endpoint.partition("://")
+    if scheme != "tcp" or not sep:
+        return None
+    host, colon, port = address.rpartition(":")
+    return (host, port) if colon else None
+
+
+def reaches(connect: str, bound: str) -> bool:
+    """Whether a socket connecting to ``connect`` reaches a socket bound on ``bound``, judged
+    from the endpoints alone (one host): the same text, or a tcp wildcard bind and a
+    loopback connect to the same port."""
+    if connect == bound:
+        return True
+    c, b = _host_port(connect), _host_port(bound)
+    if c is None or b is None or c[1] != b[1]:
+        return False
+    return b[0] in WILDCARD_HOSTS and c[0] in LOOPBACK_HOSTS
+
+
+def reference_targets(endpoint: str, sockets: Iterable[SocketKey]) -> list[SocketKey]:
+    """The seam for ``@DEVICE.ROLE`` references: the sockets such an endpoint names (every
+    replica's, as the group is drawn once). An ordinary endpoint names none."""
+    if not endpoint.startswith("@"):
+        return []
+    device, dot, role = endpoint[1:].rpartition(".")
+    if not dot:
+        return []
+    return [key for key in sockets if key.device == device and key.role == role]
+
+
+def connect_targets(endpoint: str, bound: Mapping[SocketKey, list[str]]) -> list[SocketKey]:
+    """The sockets of the topology that a connect to ``endpoint`` reaches."""
+    referenced = reference_targets(endpoint, bound)
+    if referenced:
+        return referenced
+    return [key for key, endpoints in bound.items() if any(reaches(endpoint, b) for b in endpoints)]
+
+
+def host_of(instance: Mapping[str, Any]) -> str | None:
+    """The seam for hosts: which host an instance runs on (None: this one)."""
+    host = instance.get("host")
+    return host if isinstance(host, str) else None
+
+
+def _instance_sockets(instance: Mapping[str, Any], files: Mapping[str, SocketTopology]) -> list[dict[str, Any]]:
+    """One instance's sockets: its type and connects from the file, its bound endpoints from
+    ``status`` (resolved) when it reported them, else from the file."""
+    bound: Mapping[str, list[str]] = instance.get("endpoints") or {}
+    roles = [role for role in ROLES if role in files or role in bound]
+    sockets = []
+    for role in roles:
+        spec = files.get(role)
+        sockets.append(
+            {
+                "role": role,
+                "type": spec.type if spec else None,
+                "bind": list(bound.get(role) or (spec.bind if spec else ())),
+                "connect": list(spec.connect) if spec else [],
+                "rates": socket_rates(instance.get("traffic"), role),
+            }
+        )
+    return sockets
+
+
+def _merge_sockets(per_instance: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A group's sockets: each role once, endpoints of every replica, rates summed."""
+    merged: dict[str, dict[str, Any]] = {}
+    for sockets in per_instance:
+        for socket in sockets:
+            into = merged.setdefault(
+                socket["role"],
+                {"role": socket["role"], "type": socket["type"], "bind": [], "connect": [], "rates": None},
+            )
+            into["type"] = into["type"] or socket["type"]
+            for field in ("bind", "connect"):
+                into[field] += [e for e in socket[field] if e not in into[field]]
+            if socket["rates"] is not None:
+                rates = into["rates"] or {"in": 0.0, "out": 0.0}
+                into["rates"] = {d: rates[d] + socket["rates"][d] for d in ("in", "out")}
+    return [merged[role] for role in ROLES if role in merged]
+
+
+def build(status: Mapping[str, Any], files: TopologySockets) -> dict[str, Any]:
+    """The graph of ``/api/state`` (docs/web.md): ``devices``, ``edges``, ``peers``,
+    ``regions``."""
+    groups: dict[str, dict[str, Any]] = {}
+    for instance in status.get("devices") or []:
+        group = groups.setdefault(
+            instance["device"],
+            {"device": instance["device"], "kind": instance.get("kind"), "host": host_of(instance), "instances": []},
+        )
+        sockets = _instance_sockets(instance, files.get(instance["name"], {}))
+        group["instances"].append({**instance, "sockets": sockets, "rates": device_rates(instance.get("traffic"))})
+    for group in groups.values():
+        group["sockets"] = _merge_sockets([i["sockets"] for i in group["instances"]])
+        group["rates"] = {d: sum(i["rates"][d] for i in group["instances"]) for d in ("in", "out")}
+
+    bound: dict[SocketKey, list[str]] = {}
+    for group in groups.values():
+        for socket in group["sockets"]:
+            bound[SocketKey(group["device"], socket["role"])] = socket["bind"]
+
+    edges: dict[tuple[SocketKey, SocketKey], dict[str, Any]] = {}
+    peers: list[dict[str, Any]] = []
+    reached: set[SocketKey] = set()
+    for group in groups.values():
+        for socket in group["sockets"]:
+            here = SocketKey(group["device"], socket["role"])
+            for endpoint in socket["connect"]:
+                targets = [t for t in connect_targets(endpoint, bound) if t.device != here.device]
+                if not targets:
+                    peers.append(_peer(here, "service", endpoint))
+                for target in targets:
+                    reached.add(target)
+                    edge = edges.setdefault((here, target), _edge(here, target))
+                    if endpoint not in edge["endpoints"]:
+                        edge["endpoints"].append(endpoint)
+    for key, endpoints in bound.items():
+        if endpoints and key not in reached:
+            peers.append(_peer(key, "clients", *endpoints))
+    regions = sorted({g["host"] for g in groups.values() if g["host"] is not None})
+    return {
+        "devices": sorted(groups.values(), key=lambda g: str(g["device"])),
+        "edges": list(edges.values()),
+        "peers": peers,
+        "regions": [{"host": host} for host in regions],
+    }
+
+
+def _edge(source: SocketKey, target: SocketKey) -> dict[str, Any]:
+    return {
+        "id": f"{source.device}.{source.role}->{target.device}.{target.role}",
+        "from": {"device": source.device, "role": source.role},
+        "to": {"device": target.device, "role": target.role},
+        "endpoints": [],
+    }
+
+
+def _peer(key: SocketKey, kind: str, *endpoints: str) -> dict[str, Any]:
+    """``clients``: anonymous peers that connect to a bound socket; ``service``: whatever
+    outside the topology listens where a socket connects."""
+    suffix = f":{endpoints[0]}" if kind == "service" else ""
+    return {
+        "id": f"{kind}:{key.device}.{key.role}{suffix}",
+        "kind": kind,
+        "device": key.device,
+        "role": key.role,
+        "endpoints": list(endpoints),
+    }
+
+
+def sockets_from_topology(
+    devices: Iterable[Any], instance_names: Iterable[str]
+) -> dict[str, dict[str, SocketTopology]]:
+    """The socket specs of each running instance (``DeviceConfig`` from the loader), replicas
+    expanded, including instances ``scale`` added beyond the file's ``replicas``."""
+    by_name = {device.name: device for device in devices}
+    found: dict[str, dict[str, SocketTopology]] = {}
+    for name in instance_names:
+        device_name, dot, index = name.rpartition(".")
+        if not dot or not index.isdigit():
+            device_name, index = name, "0"
+        device = by_name.get(device_name)
+        if device is None:
+            continue
+        if int(index) >= device.replicas:
+            import dataclasses
+
+            device = dataclasses.replace(device, replicas=int(index) + 1)
+        instance = device.replica(int(index))
+        found[name] = {
+            role: SocketTopology(spec.type_name, tuple(spec.bind), tuple(spec.connect))
+            for role, spec in instance.sockets()
+        }
+    return found
