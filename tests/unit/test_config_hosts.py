@@ -253,3 +253,50 @@ def test_a_wildcard_control_endpoint_is_reached_at_the_host_address(tmp_path: Pa
     data["hosts"]["a"]["address"] = "10.77.0.1:7100"
     with pytest.raises(ConfigError, match="hosts.a.address: invalid address '10.77.0.1:7100': no port here"):
         load(data, tmp_path)
+
+
+# -- scale runs the same multi-host rules (config/rules.py) ------------------------------------
+
+
+def two_hosts_for_scale(tmp_path: Path) -> Any:
+    return load(
+        three_hosts(
+            # out: b's own address, not this machine's, so never tried here (only local hosts are).
+            broker=streamer("b", {"bind": ["tcp://*:7{replica}01"]}, {"bind": ["tcp://10.77.0.2:7{replica}02"]}),
+            # The port the broker binds on every interface, on another host: no conflict.
+            edge=streamer(
+                "a", {"bind": ["tcp://127.0.0.1:7{replica}01"]}, {"connect": ["tcp://10.0.0.9:1", "@broker.in"]}
+            ),
+            twin=streamer("a", {"bind": ["tcp://127.0.0.1:7101"]}, {"bind": ["tcp://127.0.0.1:7003"]}),
+        ),
+        tmp_path,
+    )
+
+
+def test_scaling_a_referenced_device_resolves_its_references_again(tmp_path: Path) -> None:
+    from procdevices.supervisor.reload import scaled
+
+    topology = scaled(two_hosts_for_scale(tmp_path), "broker", 2)
+    edge = next(d for d in topology.devices if d.name == "edge")
+    assert edge.out.connect == ("tcp://10.0.0.9:1", "tcp://10.77.0.2:7001", "tcp://10.77.0.2:7101")
+    assert dict(edge.out.sockopts) == {IVL: 1000, TIMEOUT: 5000}  # not added twice
+    (ref,) = topology.references
+    assert (ref.device, ref.target, ref.endpoints) == (
+        "edge",
+        "broker",
+        ("tcp://10.77.0.2:7001", "tcp://10.77.0.2:7101"),
+    )
+    # And back down: the second replica's endpoint is gone again.
+    edge = next(d for d in scaled(topology, "broker", 1).devices if d.name == "edge")
+    assert edge.out.connect == ("tcp://10.0.0.9:1", "tcp://10.77.0.2:7001")
+
+
+def test_scale_refuses_a_bind_conflict_on_one_host_only(tmp_path: Path) -> None:
+    from procdevices.control.protocol import ProtocolError
+    from procdevices.supervisor.reload import scaled
+
+    topology = two_hosts_for_scale(tmp_path)
+    with pytest.raises(ProtocolError, match=r"devices\.(edge|twin)\.in\.bind\[0\].*tcp://127\.0\.0\.1:7101"):
+        scaled(topology, "edge", 2)  # edge.1 would bind twin's 7101, on host a
+    # The broker's *:7101 on host b is no conflict for either.
+    scaled(topology, "broker", 2)
