@@ -277,9 +277,9 @@ def test_scaling_a_referenced_device_resolves_its_references_again(tmp_path: Pat
     from procdevices.supervisor.reload import scaled
 
     topology = scaled(two_hosts_for_scale(tmp_path), "broker", 2)
-    edge = next(d for d in topology.devices if d.name == "edge")
-    assert edge.out.connect == ("tcp://10.0.0.9:1", "tcp://10.77.0.2:7001", "tcp://10.77.0.2:7101")
-    assert dict(edge.out.sockopts) == {IVL: 1000, TIMEOUT: 5000}  # not added twice
+    out = dict(next(d for d in topology.devices if d.name == "edge").sockets())["out"]
+    assert out.connect == ("tcp://10.0.0.9:1", "tcp://10.77.0.2:7001", "tcp://10.77.0.2:7101")
+    assert dict(out.sockopts) == {IVL: 1000, TIMEOUT: 5000} and len(out.sockopts) == 2  # not added twice
     (ref,) = topology.references
     assert (ref.device, ref.target, ref.endpoints) == (
         "edge",
@@ -287,8 +287,8 @@ def test_scaling_a_referenced_device_resolves_its_references_again(tmp_path: Pat
         ("tcp://10.77.0.2:7001", "tcp://10.77.0.2:7101"),
     )
     # And back down: the second replica's endpoint is gone again.
-    edge = next(d for d in scaled(topology, "broker", 1).devices if d.name == "edge")
-    assert edge.out.connect == ("tcp://10.0.0.9:1", "tcp://10.77.0.2:7001")
+    out = dict(next(d for d in scaled(topology, "broker", 1).devices if d.name == "edge").sockets())["out"]
+    assert out.connect == ("tcp://10.0.0.9:1", "tcp://10.77.0.2:7001")
 
 
 def test_scale_refuses_a_bind_conflict_on_one_host_only(tmp_path: Path) -> None:
