@@ -35,6 +35,13 @@ def call(args: argparse.Namespace, command: SupervisorCommand, **call_args: Any)
     """The supervisor's reply; CommandFailed (exit 4) when none answers."""
     from procdevices.control.client import SupervisorUnreachable, call_supervisor
 
+    remote = getattr(args, "remote", None)  # the device runs on another host (cli/cluster.py)
+    if remote is not None:
+        try:
+            reply: dict[str, Any] = remote(command, call_args)
+        except SupervisorUnreachable as e:
+            raise _fail(str(e), exitcodes.EXIT_NOT_RUNNING) from None
+        return reply
     directory = run_dir(args)
     if not (directory / "supervisor.sock").is_socket():
         raise _fail(f"no supervisor is running with run dir {directory}", exitcodes.EXIT_NOT_RUNNING)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, interrupts, serve, top
+from procdevices.cli import client, cluster, interrupts, serve, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
 from procdevices.web import command as web
@@ -73,7 +73,15 @@ COMMANDS = (
         "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
     ),
     Command("completion", lambda args: print_completion(args.shell), "print a shell completion script"),
+    # Multi-host (docs/multihost.md)
+    Command("endpoints", cluster.endpoints, "every device's bound endpoints, as clients reach them", json=True),
+    Command("export", cluster.export, "print a systemd unit or supervisord program running `up --host NAME`"),
+    Command("keys", cluster.keys, "`keys generate DIR`: CURVE keys for the hosts' control endpoints"),
 )
+
+# Multi-host: these reach a device on another host through its control endpoint, and
+# `status --all` asks every host (cli/cluster.py).
+_ROUTED = ("stats", "start", "stop", "restart", "pause", "resume")
 
 
 def main(argv: list[str] | None = None, *, held: interrupts.Held | None = None) -> int:
@@ -230,6 +238,15 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     commands["logs"].add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
     commands["logs"].add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
     serve.add_up_arguments(commands["up"])
+    cluster.add_host_argument(commands["up"], "run this host's devices only")
+    cluster.add_export_arguments(commands["export"])
+    cluster.add_keys_arguments(commands["keys"])
+    cluster.add_status_arguments(commands["status"])
+    cluster.add_host_argument(commands["status"], "with --all or NAME: the host this machine is")
+    commands["status"].set_defaults(handler=cluster.status)
+    for name in _ROUTED:
+        commands[name].set_defaults(handler=cluster.routed(commands[name].get_default("handler")))
+        cluster.add_host_argument(commands[name], "the host this machine is")
     top.add_arguments(commands["top"])
     web.add_arguments(commands["web"])
     return parser, commands

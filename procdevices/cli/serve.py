@@ -24,9 +24,13 @@ def check(args: argparse.Namespace) -> int:
         f"{topology.source}: ok, {len(topology.devices)} device(s), {len(instances)} process(es); "
         f"run dir {topology.supervisor.run_dir}"
     )
+    for host in topology.hosts:  # multi-host: docs/multihost.md
+        control = f", control {host.control}" if host.control else ""
+        print(f"  host {host.name}: {host.address}{control}")
     for config in instances:
         sockets = " ".join(f"{role}={spec.type_name}" for role, spec in config.sockets())
-        print(f"  {config.name:<20} {config.kind:<16} {sockets}")
+        where = f" on {config.host}" if config.host else ""
+        print(f"  {config.name:<20} {config.kind:<16} {sockets}{where}")
     return exitcodes.EXIT_OK
 
 
@@ -52,11 +56,17 @@ def _listen_address(text: str) -> str:
 
 
 def up(args: argparse.Namespace) -> int:
+    from procdevices.cli import cluster
+    from procdevices.cluster.control import ControlUnavailable
     from procdevices.supervisor.metrics import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
     from procdevices.supervisor.service import run_supervisor
 
-    topology = locate.topology(args.config, args.run_dir)
+    try:
+        # Multi-host: this host's devices only (a file without [hosts]: all of them).
+        topology, host, load = cluster.this_hosts_part(args)
+    except cluster.HostChoiceError as e:
+        return cluster.host_error(e)
     if not _fits_descriptors(topology):
         return exitcodes.EXIT_CONFIG
     fdplan.raise_soft_limit()
@@ -85,12 +95,13 @@ def up(args: argparse.Namespace) -> int:
             return run_supervisor(
                 topology,
                 run_dir,
-                load=locate.reloader(args.config, args.run_dir),
+                load=load,
                 metrics=getattr(args, "metrics", None),
+                remote=cluster.control_endpoint(topology, host),
                 # A Ctrl-C since the command line started: the loop stops what was started.
                 signals_ready=args.held.replay if getattr(args, "held", None) else None,
             )
-    except MetricsUnavailable as e:
+    except (MetricsUnavailable, ControlUnavailable) as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
     except RunDirBusy as e:

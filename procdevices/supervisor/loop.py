@@ -202,6 +202,7 @@ class RequestServer:
         handlers: CommandHandlers,
         log: Log,
         events: EventSink = discard,
+        configure: Callable[[zmq.Socket[bytes]], None] | None = None,
     ) -> None:
         self.handlers = handlers
         self.log = log
@@ -210,6 +211,8 @@ class RequestServer:
         self.socket.linger = 0
         # libzmq drops a peer that sends more than this, before we ever see the bytes.
         self.socket.maxmsgsize = MAX_REQUEST_BYTES
+        if configure is not None:
+            configure(self.socket)  # a host's tcp control endpoint: CURVE (cluster/control.py)
         self.socket.bind(endpoint)
 
     def on_readable(self, now: float) -> None:

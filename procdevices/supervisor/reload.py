@@ -42,7 +42,9 @@ SUPERVISION_FIELDS = (
     "kill_timeout",
 )
 # Which instance it is: instances are matched by name; an instance always has replicas = 1.
-INSTANCE_FIELDS = ("name", "replicas")
+# ``host`` (multi-host): a supervisor runs only its own host's devices and reloads cut to the
+# same host, so a device moved to another host is gone here, stopped, never changed.
+INSTANCE_FIELDS = ("name", "replicas", "host")
 
 
 def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:
@@ -146,7 +148,7 @@ def scaled(topology: Topology, device: str, replicas: int) -> Topology:
     devices = tuple(dataclasses.replace(d, replicas=replicas) if d.name == device else d for d in topology.devices)
     result = dataclasses.replace(topology, devices=devices)
     try:
-        rules.validate(result)
+        result = rules.validate(result)
     except ConfigError as e:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
     fits_descriptors(result)

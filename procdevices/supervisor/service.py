@@ -15,6 +15,9 @@ import signal
 import time
 from collections.abc import Callable
 
+import zmq
+
+from procdevices.cluster.control import ControlEndpoint, ControlUnavailable, ServedControl, open_control
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
 from procdevices.logs import Log, to_logger
@@ -58,6 +61,7 @@ def run_supervisor(
     load: Callable[[str | None], Topology] | None = None,
     *,
     metrics: str | None = None,
+    remote: ControlEndpoint | None = None,
     signals_ready: Callable[[], object] | None = None,
 ) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
@@ -101,8 +105,23 @@ def run_supervisor(
     metrics_address = metrics or topology.supervisor.metrics
     metrics_server: MetricsServer | None = None
     metrics_socket: MetricsServer | None = None
+    served: ServedControl | None = None
+    remote_server: RequestServer | None = None
     rotator = devicelogs.Rotator(devicelogs.log_dir(run_dir.path), rotation, log).start()
     try:
+        if remote is not None:
+            # Multi-host: this host's control endpoint for the others, CURVE only (before any
+            # device starts: an endpoint that cannot be served ends `up` with exit 78).
+            served = open_control(remote)
+            try:
+                remote_server = RequestServer(
+                    served.ctx, remote.endpoint, CommandHandlers(supervisor), log, publish, configure=served.configure
+                )
+            except zmq.ZMQError as e:
+                raise ControlUnavailable(f"control endpoint {remote.endpoint}: {e}") from None
+            loop.watch(remote_server.socket, remote_server.on_readable)
+            log(f"remote control: {remote.endpoint} (CURVE)")
+        supervisor.extra_status["remote_control"] = remote.endpoint if remote is not None else None
         if metrics_address is not None:
             metrics_server = start_metrics(supervisor, metrics_address, log)
             log(f"metrics: {metrics_server.url}")
@@ -132,6 +151,10 @@ def run_supervisor(
         publish(event("supervisor", state="stopped", pid=os.getpid()))
         publish.close()
         server.close()
+        if remote_server is not None:
+            remote_server.close()
+        if served is not None:
+            served.close()
         launcher.close()
         loop.close()
         run_dir.clear_state()

@@ -17,19 +17,25 @@ from the connecting socket to the bound one. A bound endpoint nobody in the topo
 to gets one anonymous **peer** per socket ("clients"), and a connect endpoint nobody in the
 topology binds one per endpoint ("service").
 
-Seams for what is being built elsewhere:
+Multi-host topologies (docs/multihost.md):
 
-- ``reference_targets``: connect endpoints written as ``@DEVICE.ROLE`` (a reference to another
-  device's socket) resolve to that socket; no such endpoint passes the config loader today.
-- ``host_of``: the host a device runs on; every device has ``host: null`` and ``regions`` is
-  empty until a supervisor reports hosts (then the page draws one region per host).
+- ``reference_targets``: a connect endpoint written as ``@DEVICE.ROLE`` (a reference to another
+  device's socket) reaches that socket. The loader resolves references to endpoints (from
+  another host, ``tcp://ADDRESS:PORT``, which ``reaches`` cannot judge), so
+  ``sockets_from_topology`` writes a reference between two drawn devices back as the file
+  wrote it (``Topology.references``); a reference to a device not drawn keeps its endpoints.
+- ``host_of``: the host a device runs on (``DeviceConfig.host``, carried in
+  ``SocketTopology.host``); ``regions`` has one entry per host, empty without ``[hosts]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from procdevices.supervisor.config.model import DeviceConfig, Reference
 
 # Socket roles in drawing order; "in" is drawn on a device's left, the others on its right.
 ROLES = ("in", "out", "mon", "ctrl")
@@ -46,6 +52,7 @@ class SocketTopology:
     type: str
     bind: tuple[str, ...]
     connect: tuple[str, ...]
+    host: str | None = None  # the device's host ([hosts]); None: a one-host topology
 
 
 # instance name -> role -> its socket; what ``sockets_from_topology`` reads from the file.
@@ -121,10 +128,13 @@ def connect_targets(endpoint: str, bound: Mapping[SocketKey, list[str]]) -> list
     return [key for key, endpoints in bound.items() if any(reaches(endpoint, b) for b in endpoints)]
 
 
-def host_of(instance: Mapping[str, Any]) -> str | None:
-    """The seam for hosts: which host an instance runs on (None: this one)."""
+def host_of(instance: Mapping[str, Any], files: Mapping[str, SocketTopology] | None = None) -> str | None:
+    """Which host an instance runs on (None: this one): as ``status`` says, else as the
+    topology's sockets of that instance (``files``) say."""
     host = instance.get("host")
-    return host if isinstance(host, str) else None
+    if isinstance(host, str):
+        return host
+    return next((spec.host for spec in (files or {}).values() if spec.host is not None), None)
 
 
 def _instance_sockets(instance: Mapping[str, Any], files: Mapping[str, SocketTopology]) -> list[dict[str, Any]]:
@@ -170,11 +180,17 @@ def build(status: Mapping[str, Any], files: TopologySockets) -> dict[str, Any]:
     ``regions``."""
     groups: dict[str, dict[str, Any]] = {}
     for instance in status.get("devices") or []:
+        own = files.get(instance["name"], {})
         group = groups.setdefault(
             instance["device"],
-            {"device": instance["device"], "kind": instance.get("kind"), "host": host_of(instance), "instances": []},
+            {
+                "device": instance["device"],
+                "kind": instance.get("kind"),
+                "host": host_of(instance, own),
+                "instances": [],
+            },
         )
-        sockets = _instance_sockets(instance, files.get(instance["name"], {}))
+        sockets = _instance_sockets(instance, own)
         group["instances"].append({**instance, "sockets": sockets, "rates": device_rates(instance.get("traffic"))})
     for group in groups.values():
         group["sockets"] = _merge_sockets([i["sockets"] for i in group["instances"]])
@@ -235,11 +251,17 @@ def _peer(key: SocketKey, kind: str, *endpoints: str) -> dict[str, Any]:
 
 
 def sockets_from_topology(
-    devices: Iterable[Any], instance_names: Iterable[str]
+    devices: Iterable[DeviceConfig], instance_names: Iterable[str], references: Iterable[Reference] = ()
 ) -> dict[str, dict[str, SocketTopology]]:
     """The socket specs of each running instance (``DeviceConfig`` from the loader), replicas
-    expanded, including instances ``scale`` added beyond the file's ``replicas``."""
-    by_name = {device.name: device for device in devices}
+    expanded, including instances ``scale`` added beyond the file's ``replicas``; a reference
+    (``Topology.references``) between two devices with instances here as ``@DEVICE.ROLE``."""
+    from procdevices.supervisor.config.hosts import unresolve_references
+
+    instance_names = list(instance_names)
+    drawn = {name.rpartition(".")[0] if name.rpartition(".")[2].isdigit() else name for name in instance_names}
+    shown, _ = unresolve_references([d for d in devices if d.name in drawn], tuple(references))
+    by_name = {device.name: device for device in shown}
     found: dict[str, dict[str, SocketTopology]] = {}
     for name in instance_names:
         device_name, dot, index = name.rpartition(".")
@@ -254,7 +276,7 @@ def sockets_from_topology(
             device = dataclasses.replace(device, replicas=int(index) + 1)
         instance = device.replica(int(index))
         found[name] = {
-            role: SocketTopology(spec.type_name, tuple(spec.bind), tuple(spec.connect))
+            role: SocketTopology(spec.type_name, tuple(spec.bind), tuple(spec.connect), instance.host)
             for role, spec in instance.sockets()
         }
     return found

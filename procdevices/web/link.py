@@ -245,4 +245,4 @@ def _read_sockets(source: str, names: tuple[str, ...]) -> dict[str, dict[str, gr
     from procdevices.supervisor.config import DEFAULT_SOURCE, default_topology, load_topology
 
     topology = default_topology() if source == DEFAULT_SOURCE else load_topology(source)
-    return graph.sockets_from_topology(topology.devices, names)
+    return graph.sockets_from_topology(topology.devices, names, topology.references)

@@ -217,3 +217,47 @@ def test_history_keeps_the_window_and_forgets_removed_devices() -> None:
     assert series["in"][0] == 4.0 and series["in"][-1] == 14.0
     assert series["t"][0] == 10.0 and series["t"][-1] == 0.0
     assert history.series("b", 14.0) == {"t": [], "in": [], "out": []}
+
+
+def test_a_reference_across_hosts_is_an_arrow_and_each_host_a_region(tmp_path: Any) -> None:
+    # The loader resolves "@broker.in" to tcp://10.77.0.2:7001, which `reaches` cannot judge
+    # (another host's address against a wildcard bind): only the reference draws the arrow.
+    topology = parse_topology(
+        {
+            "hosts": {"a": {"address": "10.77.0.1"}, "b": {"address": "10.77.0.2"}},
+            "devices": {
+                "broker": {
+                    "host": "b",
+                    "kind": "queue",
+                    "in": {"bind": ["tcp://*:7001"]},
+                    "out": {"bind": ["tcp://*:7002"]},
+                },
+                "edge": {
+                    "host": "a",
+                    "kind": "streamer",
+                    "in": {"bind": ["tcp://*:7003"]},
+                    "out": {"connect": ["@broker.in"]},
+                },
+            },
+        },
+        source="t.toml",
+        base_dir=tmp_path,
+    )
+    files = graph.sockets_from_topology(topology.devices, ["broker", "edge"], topology.references)
+    assert files["edge"]["out"].connect == ("@broker.in",)
+    status = {
+        "devices": [
+            instance("broker", "broker", {"in": ["tcp://0.0.0.0:7001"], "out": ["tcp://0.0.0.0:7002"]}),
+            instance("edge", "edge", {"in": ["tcp://0.0.0.0:7003"]}),
+        ]
+    }
+    drawn = graph.build(status, files)
+    assert [(e["from"], e["to"]) for e in drawn["edges"]] == [
+        ({"device": "edge", "role": "out"}, {"device": "broker", "role": "in"})
+    ]
+    assert not [p for p in drawn["peers"] if p["kind"] == "service"]
+    assert {g["device"]: g["host"] for g in drawn["devices"]} == {"broker": "b", "edge": "a"}
+    assert drawn["regions"] == [{"host": "a"}, {"host": "b"}]
+    # A reference to a device not drawn (another host's supervisor runs it) keeps its endpoints.
+    alone = graph.sockets_from_topology(topology.devices, ["edge"], topology.references)
+    assert alone["edge"]["out"].connect == ("tcp://10.77.0.2:7001",)

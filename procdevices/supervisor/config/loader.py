@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from procdevices.supervisor.config import endpoints, rules, settings
+from procdevices.supervisor.config import endpoints, hosts, rules, settings
 from procdevices.supervisor.config.errors import (
     ConfigError,
     Invalid,
@@ -39,7 +39,15 @@ from procdevices.supervisor.config.kinds import (
     kinds_allowing,
 )
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
-from procdevices.supervisor.config.model import DeviceConfig, SocketSpec, StartMethod, SupervisorConfig, Topology
+from procdevices.supervisor.config.model import (
+    ClusterConfig,
+    DeviceConfig,
+    HostConfig,
+    SocketSpec,
+    StartMethod,
+    SupervisorConfig,
+    Topology,
+)
 from procdevices.supervisor.config.settings import Values, parse_settings
 from procdevices.supervisor.config.sockets import parse_socket
 from procdevices.supervisor.config.source import decode_toml, read_config_file
@@ -58,10 +66,12 @@ DEFAULT_SOURCE = "<default>"
 CONFIG_FILENAME = "procdevices.toml"
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
-_TOP_KEYS = ("supervisor", "devices")
+_TOP_KEYS = ("supervisor", "devices", "hosts", "cluster")
 _SUPERVISOR_KEYS = (*(s.path for s in settings.SUPERVISOR_SETTINGS), "defaults")
 _DEVICE_ONLY_KEYS = ("kind", "in", "out", "mon", "ctrl", "in_prefix", "out_prefix")
-_DEVICE_KEYS = _DEVICE_ONLY_KEYS + settings.DEVICE_SETTING_KEYS
+# `host` (multi-host, config/hosts.py) is allowed in a device and in [supervisor.defaults].
+_HOST_KEY = "host"
+_DEVICE_KEYS = _DEVICE_ONLY_KEYS + settings.DEVICE_SETTING_KEYS + (_HOST_KEY,)
 
 
 # --------------------------------------------------------------------------
@@ -146,11 +156,16 @@ class _Loader:
         self.base_dir = base_dir
         self.trial = trial
         self.run_dir = run_dir
+        self.hosts: tuple[HostConfig, ...] = ()
+        self.default_host: str | None = None
+        self.cluster = ClusterConfig()
 
     def topology(self, data: Mapping[str, Any], source: str) -> Topology:
         if not isinstance(data, Mapping):
             raise expected("", "a table at the top level", data)
         check_keys(data, _TOP_KEYS, "")
+        self.hosts, cluster = hosts.parse_cluster(data, self.base_dir)
+        self.cluster = cluster
         supervisor, defaults = self.supervisor(as_table(data.get("supervisor", {}), "supervisor"))
         if "devices" not in data:
             raise Invalid("devices", "no devices defined")
@@ -158,8 +173,16 @@ class _Loader:
         if not devices_table:
             raise Invalid("devices", "no devices defined")
         devices = tuple(self.device(str(name), value, defaults) for name, value in devices_table.items())
-        rules.check(devices, supervisor.run_dir, self.trial)
-        return Topology(source=source, supervisor=supervisor, devices=devices)
+        # The one rule set (rules.py) resolves the "@DEVICE.ROLE" references, then checks.
+        devices, references = rules.check(devices, supervisor.run_dir, self.trial, hosts=self.hosts, cluster=cluster)
+        return Topology(
+            source=source,
+            supervisor=supervisor,
+            devices=devices,
+            hosts=self.hosts,
+            cluster=cluster,
+            references=references,
+        )
 
     def supervisor(self, table: Mapping[str, Any]) -> tuple[SupervisorConfig, Values]:
         prefix = "supervisor"
@@ -187,8 +210,10 @@ class _Loader:
                     raise Invalid(
                         join_key(dprefix, name), f"'{name}' cannot be set in [supervisor.defaults], only per device"
                     )
-            check_keys(dtable, settings.DEVICE_SETTING_KEYS, dprefix)
+            check_keys(dtable, (*settings.DEVICE_SETTING_KEYS, _HOST_KEY), dprefix)
             defaults = parse_settings(dtable, dprefix)
+            if _HOST_KEY in dtable:
+                self.default_host = hosts.device_host(dtable[_HOST_KEY], f"{dprefix}.{_HOST_KEY}", self.hosts)
         start_method = resolved["start_method"]
         assert isinstance(start_method, StartMethod)
         return (
@@ -270,7 +295,18 @@ class _Loader:
                     raise expected(f"{prefix}.{pname}", "a string", text)
                 prefixes[pname] = utf8(text, f"{prefix}.{pname}")
 
+        host = self.default_host
+        if _HOST_KEY in table:
+            host = hosts.device_host(table[_HOST_KEY], f"{prefix}.{_HOST_KEY}", self.hosts)
+        elif self.hosts and host is None:
+            raise Invalid(
+                f"{prefix}.{_HOST_KEY}",
+                "missing 'host': with [hosts], every device names the host it runs on "
+                "(or [supervisor.defaults] host gives one)",
+            )
+
         return DeviceConfig(
+            host=host,
             name=name,
             kind=kind,
             in_=in_spec,
@@ -283,4 +319,6 @@ class _Loader:
         )
 
     def socket(self, value: object, prefix: str, default_type: str) -> SocketSpec:
-        return parse_socket(value, prefix, default_type, os.fspath(self.base_dir), self.trial)
+        value, curve = hosts.take_curve(value, prefix, self.cluster)  # `curve = "server"`: multi-host
+        spec = parse_socket(value, prefix, default_type, os.fspath(self.base_dir), self.trial)
+        return dataclasses.replace(spec, sockopts=spec.sockopts + curve) if curve else spec

@@ -22,11 +22,14 @@ from procdevices.supervisor.policy import Backoff, Intensity, RestartPolicy
 __all__ = [
     "REPLICA",
     "BackoffPolicy",
+    "ClusterConfig",
     "DeviceConfig",
+    "HostConfig",
     "Intensity",
     "ProbeSpec",
     "RestartPolicy",
     "SocketSpec",
+    "Reference",
     "SupervisorConfig",
     "Topology",
 ]
@@ -94,6 +97,7 @@ class DeviceConfig:
     stop_linger: float = 1.0
     replicas: int = 1
     own_sockets: bool = True
+    host: str | None = None  # [hosts.NAME] the device runs on; None: a file without [hosts]
 
     def sockets(self) -> Iterator[tuple[str, SocketSpec]]:
         """The (role, spec) pairs of the sockets this device has."""
@@ -151,10 +155,41 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """``[hosts.NAME]``: one machine of a multi-host topology (docs/multihost.md)."""
+
+    name: str
+    address: str  # how other hosts reach this one: an IP address or a DNS name
+    control: str | None = None  # tcp endpoint where this host's supervisor serves other hosts
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: what every host shares."""
+
+    keys: pathlib.Path | None = None  # the directory `procdevices keys generate` wrote
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One ``"@DEVICE.ROLE"`` in a connect list, and what it resolved to."""
+
+    device: str  # the connecting device
+    role: str  # its socket that connects
+    target: str  # the device whose socket binds
+    target_role: str
+    endpoints: tuple[str, ...]  # every endpoint the target binds, as seen from the connecting host
+
+
+@dataclass(frozen=True)
 class Topology:
     source: str
     supervisor: SupervisorConfig
     devices: tuple[DeviceConfig, ...]
+    # Multi-host (docs/multihost.md); empty for a file without [hosts].
+    hosts: tuple[HostConfig, ...] = ()
+    cluster: ClusterConfig = ClusterConfig()
+    references: tuple[Reference, ...] = ()
 
     def instances(self) -> tuple[DeviceConfig, ...]:
         return tuple(inst for device in self.devices for inst in device.instances())

@@ -25,6 +25,7 @@ from procdevices.supervisor.config.errors import (
     suggest,
     utf8,
 )
+from procdevices.supervisor.config.hosts import check_reference, is_reference
 from procdevices.supervisor.config.kinds import SOCKET_TYPE_NAMES
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import SocketSpec
@@ -87,7 +88,10 @@ def parse_socket(value: object, prefix: str, default_type: str, base_dir: str, t
         if not isinstance(raw, (list, tuple)):
             raise expected(key, "an array of endpoint strings", raw)
         endpoints[direction] = tuple(
-            check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", base_dir=base_dir)
+            # "@DEVICE.ROLE" stays as written until every device is known (rules.check resolves it).
+            check_reference(item, f"{key}[{i}]")
+            if direction == "connect" and is_reference(item)
+            else check_endpoint(item, f"{key}[{i}]", bind=direction == "bind", base_dir=base_dir)
             for i, item in enumerate(raw)
         )
     if not endpoints["bind"] and not endpoints["connect"]:
