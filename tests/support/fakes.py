@@ -145,12 +145,14 @@ class FakeLauncher:
         self.released = False
         self.idle = idle_workers
         self.forgotten: list[str] = []
+        self.ops: list[tuple[str, str]] = []  # ("launch" | "forget", label), in order
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> FakeProcess:
         if self.fail_with is not None:
             raise self.fail_with
         process = FakeProcess(label)
         self.launched.append(process)
+        self.ops.append(("launch", label))
         return process
 
     def connect(self, control_endpoint: str) -> FakeControl:
@@ -169,6 +171,7 @@ class FakeLauncher:
 
     def forget(self, label: str) -> None:
         self.forgotten.append(label)
+        self.ops.append(("forget", label))
 
     def idle_workers(self) -> int:
         return self.idle
