@@ -252,6 +252,7 @@ class Harness:
         self.watcher = FakeWatcher()
         self.store = FakeStore()
         self.lines: list[str] = []
+        self.records: list[tuple[str, str | None, int]] = []  # (message, device, level)
         self.notes: list[str] = []
         self.events: list[dict[str, Any]] = []
         children = [make_child(instance, config.name) for config in topo.devices for instance in config.instances()]
@@ -277,6 +278,13 @@ class Harness:
 
     def log(self, message: str, *, device: str | None = None, level: int = 20) -> None:
         self.lines.append(message)
+        self.records.append((message, device, level))
+
+    def record(self, text: str) -> tuple[str | None, int]:
+        """(device, level) of the one logged line that contains ``text``."""
+        found = [(device, level) for message, device, level in self.records if text in message]
+        assert len(found) == 1, f"{len(found)} lines contain {text!r}: {self.lines}"
+        return found[0]
 
     # -- looking ----------------------------------------------------------------------------------
     def child(self, name: str) -> Child:

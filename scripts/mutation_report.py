@@ -1,0 +1,76 @@
+"""The score of a mutation run (scripts/mutation.sh), per module, from mutmut's results in
+./mutants: killed (a test failed, or the run timed out) out of every mutant, and the names of
+the survivors (a mutant no test noticed, or one no test even ran). Usage:
+
+    python scripts/mutation_report.py [MODULE...] [--survivors FILE]
+
+``--survivors FILE`` writes every survivor's name, one per line, grouped by function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+TIMEOUTS = {36, -24, 24, 152, 255}
+CAUGHT = {"killed", "timeout"}
+
+
+def status(code: int | None) -> str:
+    if code in TIMEOUTS:
+        return "timeout"
+    return STATUS.get(code, "not checked") if code is not None else "not checked"  # type: ignore[arg-type]
+
+
+def function_of(name: str) -> str:
+    """'procdevices.supervisor.health.xǁHealthǁcheck__mutmut_3' -> 'Health.check'."""
+    local = name.rsplit(".", 1)[1].rsplit("__mutmut_", 1)[0]
+    return local.removeprefix("x_").removeprefix("xǁ").replace("ǁ", ".")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("modules", nargs="*")
+    parser.add_argument("--root", default="mutants/procdevices/supervisor")
+    parser.add_argument("--survivors", type=Path)
+    args = parser.parse_args()
+    root = Path(args.root)
+    modules = args.modules or sorted(p.name.removesuffix(".py.meta") for p in root.glob("*.py.meta"))
+    total: Counter[str] = Counter()
+    survivors: dict[str, list[str]] = defaultdict(list)
+    print(f"{'module':<10} {'mutants':>7} {'killed':>7} {'timeout':>7} {'survived':>8} {'no tests':>8}  score")
+    for module in modules:
+        meta = root / f"{module}.py.meta"
+        if not meta.exists():
+            print(f"{module}: no results (run scripts/mutation.sh {module})", file=sys.stderr)
+            continue
+        codes: dict[str, int | None] = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+        counts = Counter(status(code) for code in codes.values())
+        total += counts
+        for name, code in sorted(codes.items()):
+            if status(code) in ("survived", "no tests"):
+                survivors[f"{module}.{function_of(name)}"].append(f"{name}  ({status(code)})")
+        print(_row(module, counts))
+    print(_row("all", total))
+    if args.survivors is not None:
+        lines = [f"{function}\n" + "".join(f"    {n}\n" for n in names) for function, names in sorted(survivors.items())]
+        args.survivors.write_text("".join(lines), encoding="utf-8")
+    return 0
+
+
+def _row(label: str, counts: Counter[str]) -> str:
+    n = sum(counts.values())
+    caught = sum(counts[s] for s in CAUGHT)
+    score = f"{100 * caught / n:.1f} %" if n else "-"
+    return (
+        f"{label:<10} {n:>7} {counts['killed']:>7} {counts['timeout']:>7} {counts['survived']:>8} "
+        f"{counts['no tests']:>8}  {score}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
