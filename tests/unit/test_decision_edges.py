@@ -185,9 +185,24 @@ def test_a_device_under_its_memory_limit_is_probed(tmp_path: Path) -> None:
     harness.unresponsive.clear()
     harness.answer_probes()
     harness.process("a").rss_bytes += 1
+    pings = harness.control("a").sent.count(Command.PING)
     harness.advance(1.0)
     assert harness.process("a").signals == ["SIGKILL"]
-    assert not harness.control("a").waiting(Command.PING), "a device killed for its memory was still probed"
+    assert harness.control("a").sent.count(Command.PING) == pings, "a device killed for its memory was still probed"
+
+
+def test_no_second_probe_while_one_is_in_flight(tmp_path: Path) -> None:
+    # A probe timeout longer than the interval: the next slot comes while the PING waits.
+    harness = Harness(topology({"a": {"probe": {"interval": 1.0, "timeout": 2.5, "failures": 2}}}, tmp_path)).start()
+    harness.ready("a")
+    harness.unresponsive.add("a")
+    harness.advance(2.2)  # slots at +1 and +2: one PING, still in flight
+    assert harness.control("a").sent.count(Command.PING) == 1
+    harness.advance(1.4)  # it expires at +3.5; the slot at +4 sends the next
+    assert harness.control("a").sent.count(Command.PING) == 1
+    assert harness.child("a").probe.consecutive_failures == 1
+    harness.advance(0.5)
+    assert harness.control("a").sent.count(Command.PING) == 2
 
 
 # -- policy values -----------------------------------------------------------------------------------

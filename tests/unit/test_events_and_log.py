@@ -79,6 +79,10 @@ def test_a_requested_stop_is_explained_and_decides_nothing(two: Harness) -> None
         ),
         ({"type": "decision", "instance": "a", "action": "give_up", "reason": "gave up"}, "a: give_up (gave up)"),
         ({"type": "command", "command": "stop", "args": {"name": "a"}}, "command stop name=a"),
+        (
+            {"type": "command", "command": "scale", "args": {"name": "a", "replicas": 2}},
+            "command scale name=a replicas=2",
+        ),
         ({"type": "command", "command": "status", "args": {}}, "command status"),
         ({"type": "command", "command": "down"}, "command down"),
         ({"type": "supervisor", "state": "stopped", "pid": 7}, "supervisor stopped (pid 7)"),
@@ -165,3 +169,15 @@ def test_a_failing_state_write_is_a_warning(two: Harness) -> None:
     two.store.fail_with = OSError(28, "No space left on device")
     two.sup.flush()
     assert two.record("supervising without it") == (None, logging.WARNING)
+
+
+def test_a_decision_delay_is_rounded_to_the_microsecond(tmp_path: Path) -> None:
+    harness = Harness(
+        topology({"a": {"backoff": {"initial": 0.12345678, "factor": 2.0, "max": 3.0}}}, tmp_path)
+    ).start()
+    harness.ready("a")
+    harness.exit("a", 1)  # the first failure: at once
+    harness.advance(0.0)
+    harness.exit("a", 1)  # the second: after `initial`
+    delays = [e["delay"] for e in harness.events if e["type"] == "decision"]
+    assert delays == [0.0, 0.123457]
