@@ -296,3 +296,17 @@ def test_replaced_instances_keep_their_device(tmp_path: Path) -> None:
     harness.exit("a", 0)
     harness.exit("b", 0)
     assert {c.name: c.device_name for c in harness.sup.children} == {"a": "a", "c": "c"}
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (None, "was killed as unhealthy"),
+        (0, "exited cleanly (code 0)"),
+        (2, "exited with code 2"),
+        (-signal.SIGTERM, "was killed by signal 15 (SIGTERM)"),
+        (-99, "was killed by signal 99"),
+    ],
+)
+def test_how_an_exit_is_told_in_a_decision(code: int | None, text: str) -> None:
+    assert policy._describe_exit(code) == text
