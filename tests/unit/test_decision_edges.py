@@ -310,3 +310,27 @@ def test_replaced_instances_keep_their_device(tmp_path: Path) -> None:
 )
 def test_how_an_exit_is_told_in_a_decision(code: int | None, text: str) -> None:
     assert policy._describe_exit(code) == text
+
+
+def test_status_of_a_restarted_then_stopped_device(two: Harness) -> None:
+    two.ready("a", "b")
+    assert two.child("a").describe(two.clock.now)["endpoints"] == {"in": ["ipc://in"], "out": ["ipc://out"]}
+    two.request("pause", name="a")
+    two.control("a").answer(Command.PAUSE, True, {})
+    assert two.child("a").describe(two.clock.now)["paused"] is True
+    two.exit("a", 1)
+    two.advance(0.0)  # a new process, STARTING: not paused (false, not null)
+    starting = two.child("a").describe(two.clock.now)
+    assert starting["state"] == "STARTING" and starting["paused"] is False and starting["uptime"] is None
+    two.ready("a")
+    two.request("stop", name="a")
+    two.exit("a", 0)
+    stopped = two.child("a").describe(two.clock.now + 5)
+    assert stopped["state"] == "STOPPED" and stopped["uptime"] is None and stopped["pid"] is None
+
+
+def test_the_exit_of_a_device_that_reported_its_setup_error_logs_nothing_more(two: Harness) -> None:
+    two.report_error("a", DeviceSetupError("in", "bind", "x", "nope"))
+    lines = len(two.lines)
+    two.exit("a", 1)
+    assert len(two.lines) == lines, two.lines[lines:]
