@@ -145,13 +145,17 @@ class FakeLauncher:
         self.released = False
         self.idle = idle_workers
         self.forgotten: list[str] = []
-        self.ops: list[tuple[str, str]] = []  # ("launch" | "forget", label), in order
+        self.ops: list[tuple[str, str]] = []
+        self.jobs: list[
+            tuple[bytes, str, str]
+        ] = []  # (pickled device, control endpoint, label) per launch  # ("launch" | "forget", label), in order
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> FakeProcess:
         if self.fail_with is not None:
             raise self.fail_with
         process = FakeProcess(label)
         self.launched.append(process)
+        self.jobs.append((pickled_device, control_endpoint, label))
         self.ops.append(("launch", label))
         return process
 
