@@ -189,3 +189,9 @@ def test_the_supervisor_uses_the_cpu_count_when_not_told(tmp_path: Path, monkeyp
     monkeypatch.setattr("procdevices.supervisor.core.os.cpu_count", lambda: 3)
     harness = Harness(topology({"a": {}}, tmp_path))
     assert harness.sup.max_starting == 48
+
+
+def test_wildcard_ports_never_make_a_handover(tmp_path: Path) -> None:
+    wildcard = {"in": {"bind": ["tcp://127.0.0.1:*"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}
+    result = plan(instances(topology({"old": wildcard}, tmp_path)), instances(topology({"new": wildcard}, tmp_path)))
+    assert result.handovers == [] and result.stopped == ["old"] and [i.config.name for i in result.started] == ["new"]
