@@ -195,3 +195,18 @@ def test_wildcard_ports_never_make_a_handover(tmp_path: Path) -> None:
     wildcard = {"in": {"bind": ["tcp://127.0.0.1:*"]}, "out": {"bind": ["tcp://127.0.0.1:*"]}}
     result = plan(instances(topology({"old": wildcard}, tmp_path)), instances(topology({"new": wildcard}, tmp_path)))
     assert result.handovers == [] and result.stopped == ["old"] and [i.config.name for i in result.started] == ["new"]
+
+
+def test_a_changed_device_without_a_process_is_replaced_in_its_state(tmp_path: Path) -> None:
+    harness, files = reloadable(tmp_path, {"stopped": {}, "waiting": {}})
+    harness.ready("stopped", "waiting")
+    harness.request("stop", name="stopped")
+    harness.exit("stopped", 0)
+    harness.exit("waiting", 1)  # BACKOFF: no process until its retry
+    assert harness.state("stopped") == "STOPPED" and harness.child("waiting").process is None
+    files.current = topology({"stopped": {"kind": "queue"}, "waiting": {"kind": "queue"}}, tmp_path)
+    assert sorted(harness.request("reload")["result"]["restarted"]) == ["stopped", "waiting"]
+    # An operator's stop holds for the new configuration; a device meant to run runs at once.
+    assert harness.state("stopped") == "STOPPED" and harness.launches("stopped") == 1
+    assert harness.state("waiting") == "STARTING" and harness.child("waiting").config.kind == "queue"
+    assert {c.name for c in harness.sup.children} == {"stopped", "waiting"}
