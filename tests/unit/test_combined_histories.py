@@ -124,8 +124,10 @@ def test_a_device_removed_by_reload_releases_its_listening_sockets(tmp_path: Pat
     files.current = topology({"keep": {}}, tmp_path)
     assert harness.request("reload")["result"]["stopped"] == ["gone"]
     assert harness.launcher.forgotten == [], "released while its process still runs"
+    control = harness.control("gone")
     harness.exit("gone", 0)
     assert harness.launcher.forgotten == ["gone"]
+    assert control.closed, "the removed device's control connection was kept"
 
 
 def test_a_device_removed_by_scale_releases_its_listening_sockets(tmp_path: Path) -> None:
