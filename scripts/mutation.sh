@@ -28,4 +28,4 @@ for module in "$@"; do
 done
 
 "$VENV/bin/mutmut" run --max-children "$JOBS" "${selected[@]}" >/dev/null
-"$VENV/bin/python" scripts/mutation_report.py "${@:-${MODULES[@]}}"
+"$VENV/bin/python" scripts/mutation_report.py "$@"

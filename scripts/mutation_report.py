@@ -29,7 +29,7 @@ CAUGHT = {"killed", "timeout"}
 def status(code: int | None) -> str:
     if code in TIMEOUTS:
         return "timeout"
-    return STATUS.get(code, "not checked") if code is not None else "not checked"  # type: ignore[arg-type]
+    return STATUS.get(code, "not checked") if code is not None else "not checked"
 
 
 def function_of(name: str) -> str:
@@ -68,8 +68,13 @@ def main() -> int:
         print(_row(module, counts))
     print(_row("all", total))
     if args.survivors is not None:
+        header = (
+            "# Surviving mutants of scripts/mutation.sh, by function: number, first sorting, line before (-) and\n"
+            "# after (+). Full name for `mutmut show`: procdevices.supervisor.MODULE.xǁClassǁmethod__mutmut_N\n"
+            "# (x_function__mutmut_N for a module-level function). Why each survives: docs/architecture.md.\n"
+        )
         lines = [f"{function}\n" + "".join(names) for function, names in sorted(survivors.items())]
-        args.survivors.write_text("".join(lines), encoding="utf-8")
+        args.survivors.write_text(header + "".join(lines), encoding="utf-8")
     return 0
 
 
