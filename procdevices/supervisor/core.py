@@ -211,10 +211,13 @@ class Supervisor:
                 self.watcher.unwatch(process.report_fd)
         self.watcher.unwatch(process.sentinel)
         code = process.reap()
-        if child.control is not None:
-            child.control.fail_all("the device exited")
         self._state_dirty = True
         line = child.exited(code, now)
+        if child.control is not None:
+            # Only after child.exited(): a PING still in flight then answers for a process
+            # that is gone (Health ignores it), instead of counting as one more unanswered
+            # probe, which made an exit look like a hang.
+            child.control.fail_all("the device exited")
         if line:
             level = logging.INFO if child.state in (State.STOPPED, State.EXITED) else logging.WARNING
             self.log(line, device=child.name, level=logging.ERROR if child.state is State.FATAL else level)

@@ -116,6 +116,28 @@ def _flood(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, messages: list[li
     return replies
 
 
+def _only_answerable_requests_are_answered(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, rng: random.Random
+) -> None:
+    """Requests without a usable request id (empty, or longer than 64 bytes) cannot be
+    answered: the device stays silent. A PING sent after them on the same connection is
+    answered, and its reply is the first to arrive (a device answers in order)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    try:
+        for _ in range(200):
+            frames = device_fuzz(rng)
+            frames[0] = rng.choice([b"", b"x" * 65, b"y" * 1000])
+            sock.send_multipart(frames)
+        sock.send_multipart([b"marker", b"PING", b"{}"])
+        assert sock.poll(10_000), "the device did not answer a valid PING"
+        reply = sock.recv_multipart()
+        assert reply[0] == b"marker", f"an unanswerable request got an answer: {reply!r}"
+    finally:
+        sock.close(linger=0)
+
+
 def _ask(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, body: bytes) -> dict[str, Any] | None:
     sock = ctx.socket(zmq.REQ)
     sock.linger = 0
@@ -154,6 +176,7 @@ def test_malformed_input_on_both_control_sockets_changes_nothing(
         rng = random.Random(20261202)
         _flood(zmq_ctx, supervisor_endpoint, [supervisor_fuzz(rng) for _ in range(FUZZ_MESSAGES)])
         _flood(zmq_ctx, device_endpoint, [device_fuzz(rng) for _ in range(FUZZ_MESSAGES)])
+        _only_answerable_requests_are_answered(zmq_ctx, device_endpoint, rng)
 
         push_pull(zmq_ctx, front, back, [b"after-%d" % i for i in range(100)])
         after = up.devices()["pipe"]

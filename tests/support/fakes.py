@@ -93,6 +93,7 @@ class SentRequest:
     command: Command
     deadline: float
     callback: ReplyCallback
+    missed: bool = False  # the device chose to leave it unanswered (Harness.miss_probes)
 
 
 class FakeControl:
@@ -145,12 +146,18 @@ class FakeLauncher:
         self.released = False
         self.idle = idle_workers
         self.forgotten: list[str] = []
+        self.ops: list[tuple[str, str]] = []
+        self.jobs: list[
+            tuple[bytes, str, str]
+        ] = []  # (pickled device, control endpoint, label) per launch  # ("launch" | "forget", label), in order
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> FakeProcess:
         if self.fail_with is not None:
             raise self.fail_with
         process = FakeProcess(label)
         self.launched.append(process)
+        self.jobs.append((pickled_device, control_endpoint, label))
+        self.ops.append(("launch", label))
         return process
 
     def connect(self, control_endpoint: str) -> FakeControl:
@@ -169,6 +176,7 @@ class FakeLauncher:
 
     def forget(self, label: str) -> None:
         self.forgotten.append(label)
+        self.ops.append(("forget", label))
 
     def idle_workers(self) -> int:
         return self.idle
@@ -251,6 +259,7 @@ class Harness:
         self.watcher = FakeWatcher()
         self.store = FakeStore()
         self.lines: list[str] = []
+        self.records: list[tuple[str, str | None, int]] = []  # (message, device, level)
         self.notes: list[str] = []
         self.events: list[dict[str, Any]] = []
         children = [make_child(instance, config.name) for config in topo.devices for instance in config.instances()]
@@ -272,10 +281,18 @@ class Harness:
         self.handlers = CommandHandlers(self.sup)
         # Devices answer their liveness probes unless the test says otherwise.
         self.unresponsive: set[str] = set()
+        self.misses: dict[str, int] = {}  # probes each device leaves unanswered, then answers again
         self.ping_reply: dict[str, dict[str, Any]] = {}
 
     def log(self, message: str, *, device: str | None = None, level: int = 20) -> None:
         self.lines.append(message)
+        self.records.append((message, device, level))
+
+    def record(self, text: str) -> tuple[str | None, int]:
+        """(device, level) of the one logged line that contains ``text``."""
+        found = [(device, level) for message, device, level in self.records if text in message]
+        assert len(found) == 1, f"{len(found)} lines contain {text!r}: {self.lines}"
+        return found[0]
 
     # -- looking ----------------------------------------------------------------------------------
     def child(self, name: str) -> Child:
@@ -347,8 +364,49 @@ class Harness:
             control = self.launcher.controls.get(child.control_endpoint)
             if control is None or child.name in self.unresponsive or child.process is None:
                 continue
+            if self.misses.get(child.name, 0) > 0:
+                if control.waiting(Command.PING) and self._left_unanswered(control):
+                    self.misses[child.name] -= 1
+                continue
             while control.waiting(Command.PING):
                 control.answer(Command.PING, True, self.ping_reply.get(child.name, {"loop": "running"}))
+
+    @staticmethod
+    def _left_unanswered(control: FakeControl) -> bool:
+        """Counts a PING once: when it is first seen waiting (it then times out on its own)."""
+        fresh = [r for r in control.pending if r.command is Command.PING and not r.missed]
+        for request in fresh:
+            request.missed = True
+        return bool(fresh)
+
+    # -- histories that combine two events ---------------------------------------------------------
+    def miss_probes(self, name: str, count: int) -> None:
+        """``name`` leaves its next ``count`` PINGs unanswered (they time out), then answers."""
+        self.misses[name] = self.misses.get(name, 0) + count
+
+    def advance_to_probe(self, name: str) -> None:
+        """Let time pass until ``name``'s next PING has been sent and is still unanswered."""
+        child = self.child(name)
+        assert child.probe_due is not None, f"{name} has no probe due"
+        self.unresponsive.add(name)
+        try:
+            self.advance(max(0.0, child.probe_due - self.clock.now))
+        finally:
+            self.unresponsive.discard(name)
+        assert self.control(name).waiting(Command.PING), f"no PING of {name} is in flight"
+
+    def exit_mid_probe(self, name: str, code: int | None) -> FakeProcess:
+        """``name``'s process exits (with ``code``) while a PING to it is in flight."""
+        self.advance_to_probe(name)
+        return self.exit(name, code)
+
+    def shutdown_mid_restart(self, name: str, signum: int = 15) -> None:
+        """An operator's `restart` of ``name`` has sent STOP; the supervisor is then told to
+        stop everything (``signum``, SIGTERM by default) before the old process is gone."""
+        reply = self.request("restart", name=name)
+        assert reply.get("ok"), reply
+        assert self.state(name) == "STOPPING"
+        self.sup.on_signal(signum)
 
     def request(self, command: str, **args: Any) -> dict[str, Any]:
         """One request through the command table, as the request server would serve it."""

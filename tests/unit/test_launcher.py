@@ -110,3 +110,19 @@ def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Connection]) -> N
         assert pool.refills == 2
     finally:
         launcher.close()
+
+
+def test_a_new_pool_size_tops_the_pool_up_at_the_next_refill(ends: list[Connection]) -> None:
+    pool = _Pool(idle=0)
+    launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label, listeners=None: _pending(ends, label))
+    try:
+        launcher.refill()
+        assert pool.refills == 1
+        launcher.refill()  # full and nothing handed out: nothing to do
+        assert pool.refills == 1
+        launcher.resize(3)  # a reload raised pool_size
+        assert pool.size == 3
+        launcher.refill()
+        assert pool.refills == 2, "the pool was not topped up to its new size"
+    finally:
+        launcher.close()

@@ -509,3 +509,20 @@ def test_a_few_devices_are_spawned_per_turn_of_the_loop(tmp_path: Path) -> None:
     h.sup.tick(h.clock.now)
     assert len(h.launcher.launched) == 20
     assert h.sup.next_deadline(h.clock.now) > h.clock.now
+
+
+# -- two events at once (the fake harness's miss_probes, exit_mid_probe, shutdown_mid_restart) ----
+
+
+def test_an_exit_while_a_probe_is_in_flight_is_an_exit_not_a_hang(tmp_path: Path) -> None:
+    harness = Harness(topology({"a": {"restart": "on-failure"}}, tmp_path)).start()
+    harness.ready("a")
+    harness.miss_probes("a", 1)  # one failure short of `probe.failures` (2)
+    harness.advance(1.5)
+    assert harness.child("a").probe.consecutive_failures == 1
+    process = harness.exit_mid_probe("a", 0)
+    assert process.signals == [], "a process that exited was killed as hung"
+    assert not harness.logged("hung")
+    assert harness.state("a") == "EXITED", "a clean exit under on-failure was restarted"
+    harness.advance(5.0)
+    assert harness.launches("a") == 1
