@@ -106,7 +106,7 @@ class Supervisor:
             elif (
                 child.state is State.STARTING
                 and child.process is not None
-                and self.start_clock.used(child) >= child.config.start_timeout
+                and self.start_clock.used(child) > child.config.start_timeout
             ):
                 wall = now - child.spawned_at
                 crowd = (

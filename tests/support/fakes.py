@@ -252,7 +252,7 @@ class Harness:
         load: Callable[[str | None], Topology] | None = None,
         max_starting: int | None = None,
         make_child: ChildFactory = make_child,
-        cpus: int = 4,  # not the test machine's: start_timeout's fair shares depend on it
+        cpus: int | None = 4,  # not the test machine's: start_timeout's fair shares depend on it
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher(idle_workers)

@@ -77,7 +77,7 @@ def test_an_argument_of_4096_characters_is_accepted_and_4097_refused() -> None:
 
 @pytest.mark.parametrize("replicas", [True, False, 2.0, "2", [2]])
 def test_a_non_integer_where_an_integer_is_required_is_refused(replicas: Any) -> None:
-    with pytest.raises(ProtocolError, match="scale: replicas must be a int") as caught:
+    with pytest.raises(ProtocolError, match="scale: replicas must be an integer") as caught:
         parse_supervisor_request(supervisor("scale", name="pipe", replicas=replicas))
     assert caught.value.code is ErrorCode.BAD_REQUEST
 

@@ -69,6 +69,7 @@ def test_the_reload_table_names_exactly_the_fields_tested_here(tmp_path: Path) -
     # Every setting of a device instance is in one row or the other (name and replicas are
     # what an instance *is*, not a setting of it).
     table = {"in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", *SUPERVISION} | set(process_changes(tmp_path))
+    table |= table_row("moved to another host")
     fields = {f.name for f in dataclasses.fields(DeviceConfig)} - {"name", "replicas"}
     assert fields <= table | {"sockets"}, f"not in docs/cli.md's reload table: {sorted(fields - table)}"
 
@@ -187,7 +188,7 @@ def test_max_starting_is_sixteen_per_cpu(cpus: int | None, expected: int) -> Non
 
 def test_the_supervisor_uses_the_cpu_count_when_not_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("procdevices.supervisor.core.os.cpu_count", lambda: 3)
-    harness = Harness(topology({"a": {}}, tmp_path))
+    harness = Harness(topology({"a": {}}, tmp_path), cpus=None)
     assert harness.sup.max_starting == 48
 
 
