@@ -98,10 +98,12 @@ def open_fds(pid: int) -> int:
 
 
 def has_fds(pid: int, count: int) -> bool:
-    """No more descriptors than ``count``. Not equality: the first count may include a
-    passing one (a client's connection being closed, a log being rotated), and a leak of one
-    descriptor per restart still shows at the second restart at the latest."""
-    return open_fds(pid) <= count
+    """At most one descriptor more than ``count``. Not equality: libzmq makes and drops
+    connections in its own threads (the supervisor's control connection to a device that has
+    just become ready, a status client's connection being closed), so one count may be taken
+    a descriptor short of the steady state, or one over it. A leak of one descriptor per
+    restart still shows at the second restart."""
+    return open_fds(pid) <= count + 1
 
 
 @pytest.mark.timeout(180)
@@ -127,15 +129,21 @@ def test_restarts_from_the_warm_pool_leak_no_descriptor(
         device = up.wait_until(settled, 60, "the device to run beside a full pool")
         endpoints = device["endpoints"]
         # The first process is a fresh spawn (the pool fills once a device is ready), every
-        # later one a warm worker: whichever way they came, they hold the same descriptors.
+        # later one a warm worker. The counts to keep are taken after the first restart, from
+        # a warm worker, which every later device is too.
+        old = device["pid"]
+        os.kill(old, signal.SIGKILL)
+        device = up.wait_until(functools.partial(settled, old), 60, "the device to run again")
         supervisor_fds, device_fds = open_fds(up.pid), open_fds(device["pid"])
-        for _ in range(13):
+        for _ in range(12):
             old = device["pid"]
             os.kill(old, signal.SIGKILL)
             device = up.wait_until(functools.partial(settled, old), 60, "the device to run again")
             assert device["endpoints"] == endpoints, "an endpoint changed across a restart"
             up.wait_until(
-                functools.partial(has_fds, up.pid, supervisor_fds), 30, f"the supervisor's {supervisor_fds} descriptors"
+                functools.partial(has_fds, up.pid, supervisor_fds),
+                30,
+                f"the supervisor's {supervisor_fds} descriptors (+1)",
             )
             up.wait_until(
                 functools.partial(has_fds, device["pid"], device_fds),
