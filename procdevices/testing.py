@@ -74,7 +74,7 @@ FAST_DEFAULTS: Mapping[str, Any] = {
 DEFAULT_POOL_SIZE = 1
 
 #: The device states of ``status --json`` (docs/states.md).
-STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+STATES = ("STOPPED", "QUEUED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 
 _ROLES = ("in", "out", "mon", "ctrl")
 _CLI = (sys.executable, "-m", "procdevices")

@@ -18,7 +18,7 @@ from procdevices.devices.runtime import ReadyInfo
 from procdevices.supervisor import policy
 from procdevices.supervisor.config import DeviceConfig
 from procdevices.supervisor.launcher import DeviceProcess
-from procdevices.supervisor.states import Event, State, next_state
+from procdevices.supervisor.states import PROCESS_STATES, Event, State, next_state
 from procdevices.supervisor.traffic import Traffic
 
 
@@ -84,7 +84,7 @@ class Child:
 
     @property
     def pid(self) -> int | None:
-        if self.process is not None and self.state in (State.STARTING, State.RUNNING, State.STOPPING):
+        if self.process is not None and self.state in PROCESS_STATES:
             return self.process.pid
         return None
 
@@ -102,6 +102,7 @@ class Child:
     def spawned(self, process: DeviceProcess, now: float) -> None:
         """A new process runs for this device: everything about the previous run is reset."""
         self.process = process
+        self.fire(Event.SPAWNED)
         self.spawned_at = now
         self.ready_at = None
         self.retry_at = None

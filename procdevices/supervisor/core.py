@@ -27,7 +27,7 @@ from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess, Launcher
 from procdevices.supervisor.loop import Watcher
 from procdevices.supervisor.startclock import StartClock
-from procdevices.supervisor.states import RUNNING_STATES, Event, State
+from procdevices.supervisor.states import PROCESS_STATES, Event, State
 
 Clock = Callable[[], float]
 Notify = Callable[[str], object]
@@ -75,7 +75,7 @@ class Supervisor:
         self.started_at = clock()
         self.extra_status: dict[str, Any] = {}
         self._state_dirty = True  # state.json is behind
-        # Devices being started at once; the rest wait in STARTING with no process yet.
+        # Devices being started at once; the rest wait in QUEUED with no process yet.
         cpus = cpus or os.cpu_count()
         self.max_starting = max_starting or policy.max_starting(cpus)
         # start_timeout in fair shares of the machine: a crowd of starts is slow, not hung.
@@ -85,7 +85,7 @@ class Supervisor:
 
     # -- the loop's questions ---------------------------------------------------------------------
     def finished(self) -> bool:
-        return self.shutting_down and not any(c.state in RUNNING_STATES or c.process is not None for c in self.children)
+        return self.shutting_down and not any(c.state in PROCESS_STATES or c.process is not None for c in self.children)
 
     def next_deadline(self, now: float) -> float:
         if self._waiting_to_spawn and self._starting() < self.max_starting:
@@ -103,11 +103,7 @@ class Supervisor:
                 if not self.shutting_down:
                     child.fire(Event.RETRY)
                     self._spawn(child)
-            elif (
-                child.state is State.STARTING
-                and child.process is not None
-                and self.start_clock.used(child) >= child.config.start_timeout
-            ):
+            elif child.state is State.STARTING and self.start_clock.used(child) >= child.config.start_timeout:
                 wall = now - child.spawned_at
                 crowd = (
                     f" ({wall:.1f}s on the wall clock, starting beside others)"
@@ -120,7 +116,7 @@ class Supervisor:
             elif child.state is State.RUNNING and child.probe_due is not None and now >= child.probe_due:
                 self.health.check(child, now)
         self._spawn_waiting()
-        if not self.shutting_down and not any(c.state is State.STARTING for c in self.children):
+        if not self.shutting_down and not any(c.state in (State.QUEUED, State.STARTING) for c in self.children):
             # Spawning idle workers competes for CPU with starting devices: wait for them.
             self.launcher.refill()
 
@@ -271,7 +267,10 @@ class Supervisor:
         self._stop(child, self.clock())
 
     def restart(self, child: Child) -> None:
-        if child.state in RUNNING_STATES:
+        if child.state is State.QUEUED:
+            child.forget_failures()  # no process yet: its coming start is already a fresh one
+            return
+        if child.state in PROCESS_STATES:
             child.restart_after_stop = True
             self._stop(child, self.clock())
         else:
@@ -392,11 +391,11 @@ class Supervisor:
         self._spawn_waiting()
 
     def _starting(self) -> int:
-        return sum(1 for c in self.children if c.state is State.STARTING and c.process is not None)
+        return sum(1 for c in self.children if c.state is State.STARTING)
 
     def _started(self) -> list[Child]:
         """The devices whose process is starting (not those waiting for their turn)."""
-        return [c for c in self.children if c.state is State.STARTING and c.process is not None]
+        return [c for c in self.children if c.state is State.STARTING]
 
     def _spawn_waiting(self) -> None:
         if not self._waiting_to_spawn:
@@ -406,7 +405,7 @@ class Supervisor:
         room = min(policy.LAUNCHES_PER_TURN, self.max_starting - self._starting())
         while room > 0 and self._waiting_to_spawn:
             child = self._waiting_to_spawn.popleft()
-            if child.state is State.STARTING and child.process is None and child in self.children:
+            if child.state is State.QUEUED and child in self.children:
                 self._launch(child)
                 room -= 1
 
@@ -436,13 +435,12 @@ class Supervisor:
             return
         if child.state is State.STOPPING:
             return
-        if child.state is State.STARTING and child.process is None:
+        if child.state is State.QUEUED:
             # Still waiting for its turn to spawn: there is nothing to stop.
             if child in self._waiting_to_spawn:
                 self._waiting_to_spawn.remove(child)
-            child.fire(Event.STOP)
-            child.fire(Event.STOPPED)
             child.last_exit = "stopped before its process was started"
+            child.fire(Event.STOP)
             self._after_stop(child)
             return
         starting = child.state is State.STARTING

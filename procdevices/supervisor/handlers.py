@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, SupervisorCommand, SupervisorRequest
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.states import RUNNING_STATES, State
+from procdevices.supervisor.states import PROCESS_STATES, State
 from procdevices.supervisor.traffic import parse_counters
 
 Reply = Callable[[dict[str, Any]], None]
@@ -81,7 +81,7 @@ class CommandHandlers:
     def start(self, request: SupervisorRequest, reply: Reply) -> None:
         self._refuse_while_shutting_down()
         children = self.supervisor.select(request.name)
-        busy = [c.name for c in children if c.state in RUNNING_STATES]
+        busy = [c.name for c in children if c.state in PROCESS_STATES or c.state is State.QUEUED]
         if busy:
             raise ProtocolError(ErrorCode.REFUSED, f"already running: {', '.join(busy)}")
         for child in children:

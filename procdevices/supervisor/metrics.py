@@ -38,7 +38,7 @@ from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.httpserve import BoundedServer, listen_tcp, listen_unix
 from procdevices.supervisor.launcher import DeviceProcess
-from procdevices.supervisor.states import State
+from procdevices.supervisor.states import PROCESS_STATES, State
 from procdevices.supervisor.traffic import COUNTERS
 
 LABELS = ("device", "instance", "kind")
@@ -233,7 +233,7 @@ class DeviceCollector(Collector):
         state = child.state
         process = child.process
         usage = self.usage.get(id(child))
-        live = state in (State.STARTING, State.RUNNING, State.STOPPING) and process is not None
+        live = state in PROCESS_STATES and process is not None
         current = usage is not None and live and process is not None and usage.pid == process.pid
         totals = child.traffic.totals()
         with self._lock:
