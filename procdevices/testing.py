@@ -42,6 +42,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import psutil
 
+from procdevices import runlayout
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "FAST_DEFAULTS",
@@ -518,7 +520,7 @@ class LiveTopology:
     # -- status -----------------------------------------------------------------------------------
     def try_status(self) -> dict[str, Any] | None:
         """``status --json``, or None while no supervisor answers yet."""
-        if not (self.run_dir / "supervisor.sock").exists():
+        if not Path(runlayout.supervisor_socket(self.run_dir)).exists():
             # What `status` would say at once (exit 4), without the cost of an interpreter.
             return None
         result = self.cli("status", "--json")

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ma
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from procdevices import runlayout
 from procdevices.logs import Log, to_logger
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config.settings import split_host_port
@@ -320,7 +321,7 @@ def _labels(child: Child) -> tuple[str, str, str]:
 
 def metrics_socket_path(run_dir: Path) -> Path:
     """Where ``metrics_socket = true`` serves the metrics: reachable by the run dir's owner only."""
-    return run_dir / "metrics.sock"
+    return Path(runlayout.metrics_socket(run_dir))
 
 
 def format_address(host: str, port: int) -> str:

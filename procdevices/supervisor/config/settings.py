@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from procdevices import runlayout
 from procdevices.supervisor.config.errors import Invalid, as_table, check_keys, expected, one_of, show, suggest
 from procdevices.supervisor.config.model import BackoffPolicy, Intensity, ProbeSpec, RestartPolicy, StartMethod
 
@@ -103,7 +104,7 @@ _S, _N, _I = ValueType.SECONDS, ValueType.NUMBER, ValueType.INTEGER
 _DEADLINE = MAX_DEADLINE_SECONDS
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("run_dir", ValueType.PATH, ".procdevices", scope=Scope.SUPERVISOR),
+    Setting("run_dir", ValueType.PATH, runlayout.DEFAULT_RUN_DIR, scope=Scope.SUPERVISOR),
     Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR),
     Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR),
     Setting("metrics_socket", ValueType.BOOLEAN, False, scope=Scope.SUPERVISOR),
