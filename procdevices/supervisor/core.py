@@ -307,18 +307,22 @@ class Supervisor:
         except ProtocolError as e:
             self.log(f"reload refused, nothing changed: {e.message}", level=logging.ERROR)
             raise
-        if topology.supervisor.run_dir != self.topology.supervisor.run_dir:
-            message = f"run_dir cannot change while running ({self.topology.supervisor.run_dir} -> {topology.supervisor.run_dir})"
+        old, new = self.topology.supervisor, topology.supervisor
+        changes = reload.supervisor_changes(old, new)  # by each [supervisor] row's on_reload
+        if changes.refused:
+            message = "; ".join(
+                f"{k} cannot change while running ({getattr(old, k)} -> {getattr(new, k)})" for k in changes.refused
+            )
             self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)
             raise ProtocolError(ErrorCode.INVALID_CONFIG, message)
         summary = self._apply(topology)
-        if topology.supervisor.metrics != self.topology.supervisor.metrics:
-            # The HTTP server is bound once, before any device starts: a new address needs `up`.
-            self.log("reload: [supervisor] metrics changes take effect at the next `up`", level=logging.WARNING)
-            summary["not_applied"] = ["metrics"]
-        if topology.supervisor.pool_size != self.topology.supervisor.pool_size:
-            self.launcher.resize(topology.supervisor.pool_size)
-            summary["pool_size"] = [str(topology.supervisor.pool_size)]
+        if changes.next_up:
+            keys = ", ".join(changes.next_up)
+            self.log(f"reload: [supervisor] {keys} changes take effect at the next `up`", level=logging.WARNING)
+            summary["not_applied"] = changes.next_up
+        if "pool_size" in changes.live:  # the one live [supervisor] key
+            self.launcher.resize(new.pool_size)
+            summary["pool_size"] = [str(new.pool_size)]
         self.topology = topology
         self.log(f"reloaded {topology.source}: " + _summary_line(summary))
         return summary
