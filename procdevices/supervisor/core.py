@@ -68,7 +68,7 @@ class Supervisor:
         self._make_child = make_child
         self.running_topology = topology  # the file's, with any `scale` applied
         for child in children:
-            child.observer = self._on_transition
+            child.watch(self._on_transition)
         self.health = Health(self._kill_unhealthy, clock)
         self.shutting_down = False
         self.announced_ready = False
@@ -227,7 +227,7 @@ class Supervisor:
         if child.retiring or child.successor is not None:
             self._remove(child)
         elif child.restart_after_stop and not self.shutting_down:
-            child.restart_after_stop = False
+            child.restart_when_stopped(False)
             child.forget_failures()
             child.fire(Event.START)
             self._spawn(child)
@@ -263,7 +263,7 @@ class Supervisor:
         self._spawn(child)
 
     def stop(self, child: Child) -> None:
-        child.restart_after_stop = False
+        child.restart_when_stopped(False)
         self._stop(child, self.clock())
 
     def restart(self, child: Child) -> None:
@@ -271,7 +271,7 @@ class Supervisor:
             child.forget_failures()  # no process yet: its coming start is already a fresh one
             return
         if child.state in PROCESS_STATES:
-            child.restart_after_stop = True
+            child.restart_when_stopped(True)
             self._stop(child, self.clock())
         else:
             self.start(child)
@@ -357,15 +357,14 @@ class Supervisor:
 
     def adopt(self, child: Child) -> None:
         """A new device instance (a reload or a scale added it): started at once."""
-        child.observer = self._on_transition
+        child.watch(self._on_transition)
         self.children.append(child)
         if not self.shutting_down:
             self.start(child)
 
     def retire(self, child: Child) -> None:
         """Stop this instance through its control socket and forget it once it is gone."""
-        child.retiring = True
-        child.restart_after_stop = False
+        child.retire()
         if child.process is None:
             self._remove(child)
         else:
@@ -374,8 +373,7 @@ class Supervisor:
     def replace(self, child: Child, successor: Child) -> None:
         """Run ``successor`` instead of ``child``, once ``child``'s process is gone (it may
         hold the addresses the successor binds)."""
-        child.successor = successor
-        child.restart_after_stop = False
+        child.hand_over_to(successor)
         if child.process is None:
             self._remove(child, start_successor=child.state is not State.STOPPED)
         else:
@@ -427,15 +425,14 @@ class Supervisor:
             self.watcher.watch(process.report_fd, lambda now: self.on_report(child, process, now))
         self.watcher.watch(process.sentinel, lambda now: self.on_exit(child, process, now))
         if child.control is None:
-            child.control = self.launcher.connect(child.control_endpoint)
+            child.connect(self.launcher.connect(child.control_endpoint))
         self._state_dirty = True
 
     def _stop(self, child: Child, now: float) -> None:
         if child.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
             if child.process is None and not (self.shutting_down and child.state is State.FATAL):
                 # An operator's stop clears FATAL; a shutdown keeps it, for the exit code.
-                child.fire(Event.STOP)
-                child.retry_at = None
+                child.stopped_idle()
             return
         if child.state is State.STOPPING:
             return
@@ -443,8 +440,7 @@ class Supervisor:
             # Still waiting for its turn to spawn: there is nothing to stop.
             if child in self._waiting_to_spawn:
                 self._waiting_to_spawn.remove(child)
-            child.last_exit = "stopped before its process was started"
-            child.fire(Event.STOP)
+            child.stopped_while_queued()
             self._after_stop(child)
             return
         starting = child.state is State.STARTING
@@ -464,13 +460,11 @@ class Supervisor:
         self.children.remove(child)
         if child.successor is None or child.successor.name != child.name:
             self.launcher.forget(child.name)  # its listening sockets, unless its successor's
-        if child.control is not None:
-            child.control.close()
-            child.control = None
+        child.disconnect()
         self._state_dirty = True
-        successor, child.successor = child.successor, None
+        successor = child.take_successor()
         if successor is not None:
-            successor.observer = self._on_transition
+            successor.watch(self._on_transition)
             self.children.append(successor)
             if start_successor and not self.shutting_down:
                 self.start(successor)
@@ -503,7 +497,7 @@ class Supervisor:
     def _kill_unhealthy(self, child: Child, reason: str) -> None:
         if child.process is None or child.unhealthy:
             return
-        child.unhealthy = reason
+        child.condemn(reason)
         self.log(f"{child.name}: {reason}; killing pid {child.process.pid}", device=child.name, level=logging.WARNING)
         child.process.kill()
 

@@ -188,7 +188,7 @@ def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[s
         child = supervisor.child_named(instance.config.name)
         # The new supervision settings; the process's own fields stay as the child resolved them.
         kept = {f: getattr(child.config, f) for f in PROCESS_FIELDS}
-        child.config = dataclasses.replace(instance.config, **kept)
+        child.reconfigure(dataclasses.replace(instance.config, **kept))
     for name, successor in restarted:
         supervisor.replace(supervisor.child_named(name), successor)
     for name in result.stopped:
