@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, device_error
 from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.logs import Log
-from procdevices.supervisor import policy, reload
+from procdevices.supervisor import livechange, policy, reload
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import ConfigError, Topology
+from procdevices.supervisor.config import Topology
 from procdevices.supervisor.events import EventSink, decision_event, discard, state_event
 from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
@@ -292,68 +292,20 @@ class Supervisor:
 
     def reload(self, path: str | None) -> dict[str, Any]:
         """Re-read the topology (``path``, else the file ``up`` started with) and apply the
-        difference (reload.py). An invalid file changes nothing."""
+        difference (livechange.py). An invalid file changes nothing."""
         if self._load is None or self._make_child is None:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot reload")
-        if self.shutting_down:
-            raise ProtocolError(ErrorCode.REFUSED, "the supervisor is shutting down")
-        try:
-            topology = self._load(path)
-        except ConfigError as e:
-            self.log(f"reload refused, nothing changed: invalid configuration: {e}", level=logging.ERROR)
-            raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
-        try:
-            reload.fits_descriptors(topology)
-        except ProtocolError as e:
-            self.log(f"reload refused, nothing changed: {e.message}", level=logging.ERROR)
-            raise
-        old, new = self.topology.supervisor, topology.supervisor
-        changes = reload.supervisor_changes(old, new)  # by each [supervisor] row's on_reload
-        if changes.refused:
-            message = "; ".join(
-                f"{k} cannot change while running ({getattr(old, k)} -> {getattr(new, k)})" for k in changes.refused
-            )
-            self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)
-            raise ProtocolError(ErrorCode.INVALID_CONFIG, message)
-        summary = self._apply(topology)
-        if changes.next_up:
-            keys = ", ".join(changes.next_up)
-            self.log(f"reload: [supervisor] {keys} changes take effect at the next `up`", level=logging.WARNING)
-            summary["not_applied"] = changes.next_up
-        if "pool_size" in changes.live:  # the one live [supervisor] key
-            self.launcher.resize(new.pool_size)
-            summary["pool_size"] = [str(new.pool_size)]
-        self.topology = topology
-        self.log(f"reloaded {topology.source}: " + _summary_line(summary))
-        return summary
+        return livechange.reload(self, self._load, self._make_child, path)
 
     def scale(self, name: str, replicas: int) -> dict[str, Any]:
         """Run ``replicas`` instances of device ``name`` (the file is not changed)."""
         if self._make_child is None or self.shutting_down:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot scale now")
-        try:
-            summary = self._apply(reload.scaled(self.running_topology, name, replicas))
-        except ProtocolError as e:
-            self.log(f"scale {name} to {replicas} refused, nothing changed: {e.message}", level=logging.ERROR)
-            raise
-        self.log(f"scaled {name} to {replicas}: " + _summary_line(summary), device=name)
-        return summary
-
-    def _apply(self, topology: Topology) -> dict[str, Any]:
-        assert self._make_child is not None
-        running = reload.running_instances(self.children, self.running_topology)
-        summary = reload.apply(reload.plan(running, reload.instances(topology)), self, self._make_child)
-        self.running_topology = topology
-        return summary
+        return livechange.scale(self, self._make_child, name, replicas)
 
     def scaled(self) -> dict[str, dict[str, int]]:
         """Devices whose number of instances differs from the file's (after `scale`)."""
-        in_file = {d.name: d.replicas for d in self.topology.devices}
-        return {
-            d.name: {"file": in_file[d.name], "running": d.replicas}
-            for d in self.running_topology.devices
-            if d.name in in_file and in_file[d.name] != d.replicas
-        }
+        return livechange.scaled(self)
 
     def adopt(self, child: Child) -> None:
         """A new device instance (a reload or a scale added it): started at once."""
@@ -518,8 +470,3 @@ class Supervisor:
             fatal = len(self.children) - running
             self.log(f"ready: {running} device process(es) running" + (f", {fatal} not" if fatal else ""))
             self.notify(f"READY=1\nSTATUS={running} devices running")
-
-
-def _summary_line(summary: dict[str, Any]) -> str:
-    parts = [f"{what} {', '.join(names)}" for what, names in summary.items() if names and what != "unchanged"]
-    return "; ".join(parts) or "nothing changed"
