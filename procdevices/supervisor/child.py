@@ -191,6 +191,41 @@ class Child:
         self.fire(Event.STOP)
         self.stop = StopProgress(requested_at=now)
 
+    def terminate_starting(self) -> bool:
+        """SIGTERM a process stopped before it was ready (its control socket may not be
+        served yet, and a request the router cannot deliver yet is dropped). SIGTERM stops a
+        device at any point of its start (before its handler is set: a quiet exit; after: its
+        control loop's own stop). False when there is no process to signal."""
+        if self.stop is None or self.process is None:
+            return False
+        self.stop.term_sent = True
+        self.process.terminate()
+        return True
+
+    def escalate_stop(self, now: float) -> str:
+        """The stop escalation's next step when due (policy.stop_action): SIGTERM, then
+        SIGKILL. Returns the line to log, "" when nothing was due."""
+        stop, process = self.stop, self.process
+        if stop is None or process is None:
+            return ""
+        action = policy.stop_action(
+            requested_at=stop.requested_at,
+            now=now,
+            stop_timeout=self.config.stop_timeout,
+            kill_timeout=self.config.kill_timeout,
+            term_sent=stop.term_sent,
+            kill_sent=stop.kill_sent,
+        )
+        if action is policy.StopAction.SIGTERM:
+            stop.term_sent = True
+            process.terminate()
+            return f"{self.name}: no exit {self.config.stop_timeout}s after the control-socket stop; SIGTERM"
+        if action is policy.StopAction.SIGKILL:
+            stop.kill_sent = True
+            process.kill()
+            return f"{self.name}: still alive after SIGTERM; SIGKILL"
+        return ""
+
     def exited(self, code: int | None, now: float) -> str:
         """The process is gone (``code`` from its reaping); returns the line to log, "" when
         there is nothing to say (a FATAL setup error was reported already)."""

@@ -111,8 +111,8 @@ class Supervisor:
                     else ""
                 )
                 self._kill_unhealthy(child, f"not ready within start_timeout {child.config.start_timeout}s{crowd}")
-            elif child.state is State.STOPPING:
-                self._escalate(child, now)
+            elif child.state is State.STOPPING and (line := child.escalate_stop(now)):
+                self.log(line, device=child.name, level=logging.WARNING)
             elif child.state is State.RUNNING and child.probe_due is not None and now >= child.probe_due:
                 self.health.check(child, now)
         self._spawn_waiting()
@@ -397,13 +397,8 @@ class Supervisor:
             return
         starting = child.state is State.STARTING
         child.stop_begun(now)
-        if starting and child.stop is not None and child.process is not None:
-            # Not ready yet: its control socket may not be served, and a request the router
-            # cannot deliver yet is dropped. SIGTERM stops a device at any point of its start
-            # (before its handler is set: a quiet exit; after: its control loop's own stop).
-            child.stop.term_sent = True
+        if starting and child.terminate_starting():
             self.log(f"{child.name}: stopped before it was ready; SIGTERM", device=child.name)
-            child.process.terminate()
             return
         if child.control is not None:
             child.control.send(Command.STOP, now, child.config.stop_timeout, lambda ok, body: None)
@@ -420,31 +415,6 @@ class Supervisor:
             self.children.append(successor)
             if start_successor and not self.shutting_down:
                 self.start(successor)
-
-    def _escalate(self, child: Child, now: float) -> None:
-        stop, process = child.stop, child.process
-        if stop is None or process is None:
-            return
-        action = policy.stop_action(
-            requested_at=stop.requested_at,
-            now=now,
-            stop_timeout=child.config.stop_timeout,
-            kill_timeout=child.config.kill_timeout,
-            term_sent=stop.term_sent,
-            kill_sent=stop.kill_sent,
-        )
-        if action is policy.StopAction.SIGTERM:
-            stop.term_sent = True
-            self.log(
-                f"{child.name}: no exit {child.config.stop_timeout}s after the control-socket stop; SIGTERM",
-                device=child.name,
-                level=logging.WARNING,
-            )
-            process.terminate()
-        elif action is policy.StopAction.SIGKILL:
-            stop.kill_sent = True
-            self.log(f"{child.name}: still alive after SIGTERM; SIGKILL", device=child.name, level=logging.WARNING)
-            process.kill()
 
     def _kill_unhealthy(self, child: Child, reason: str) -> None:
         if child.process is None or child.unhealthy:
