@@ -6,7 +6,7 @@
                                                                       after an event
     events.sock ──► SUB (zmq.asyncio) ── state/decision/command events ──► every open page
                                           (pushed as they come: a restart that takes 30 ms still
-                                          shows as BACKOFF → STARTING → RUNNING)
+                                          shows as BACKOFF → QUEUED → STARTING → RUNNING)
 
 The supervisor is never waited on by anything but this process: a page that does not keep up
 loses its stream (it reconnects and gets a fresh snapshot), and a supervisor that is not there
