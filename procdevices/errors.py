@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zmq
 
-from procdevices.control.protocol import ErrorCode
+from procdevices.errorcodes import ErrorCode
 
 
 class DeviceError(Exception):

@@ -42,6 +42,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import psutil
 
+from procdevices import runlayout
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "FAST_DEFAULTS",
@@ -74,7 +76,7 @@ FAST_DEFAULTS: Mapping[str, Any] = {
 DEFAULT_POOL_SIZE = 1
 
 #: The device states of ``status --json`` (docs/states.md).
-STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+STATES = ("STOPPED", "QUEUED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 
 _ROLES = ("in", "out", "mon", "ctrl")
 _CLI = (sys.executable, "-m", "procdevices")
@@ -518,7 +520,7 @@ class LiveTopology:
     # -- status -----------------------------------------------------------------------------------
     def try_status(self) -> dict[str, Any] | None:
         """``status --json``, or None while no supervisor answers yet."""
-        if not (self.run_dir / "supervisor.sock").exists():
+        if not Path(runlayout.supervisor_socket(self.run_dir)).exists():
             # What `status` would say at once (exit 4), without the cost of an interpreter.
             return None
         result = self.cli("status", "--json")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procdevices import exitcodes
+from procdevices import exitcodes, runlayout
 from procdevices.cli import locate, render
 from procdevices.control.protocol import ErrorCode, SupervisorCommand
 
@@ -43,10 +43,10 @@ def call(args: argparse.Namespace, command: SupervisorCommand, **call_args: Any)
             raise _fail(str(e), exitcodes.EXIT_NOT_RUNNING) from None
         return reply
     directory = run_dir(args)
-    if not (directory / "supervisor.sock").is_socket():
+    if not Path(runlayout.supervisor_socket(directory)).is_socket():
         raise _fail(f"no supervisor is running with run dir {directory}", exitcodes.EXIT_NOT_RUNNING)
     try:
-        return call_supervisor(f"ipc://{directory}/supervisor.sock", command, call_args)
+        return call_supervisor(runlayout.supervisor_endpoint(directory), command, call_args)
     except SupervisorUnreachable as e:
         raise _fail(str(e), exitcodes.EXIT_NOT_RUNNING) from None
 
@@ -159,7 +159,7 @@ def events(args: argparse.Namespace) -> int:
     from procdevices.supervisor.events import describe, events_endpoint
 
     directory = run_dir(args)
-    if not (directory / "events.sock").is_socket():
+    if not Path(runlayout.events_socket(directory)).is_socket():
         raise _fail(f"no supervisor is running with run dir {directory}", exitcodes.EXIT_NOT_RUNNING)
     sock = private_context().socket(zmq.SUB)
     sock.linger = 0

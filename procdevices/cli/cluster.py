@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from procdevices import exitcodes
+from procdevices import exitcodes, runlayout
 from procdevices.cli import locate
 from procdevices.supervisor.config import Topology
 from procdevices.supervisor.config.hosts import (
@@ -194,7 +194,7 @@ def _target(topology: Topology, host: HostConfig, local: HostConfig | None, args
 
     if local is not None and host.name == local.name:
         run_dir = locate.client_run_dir(args.config, args.run_dir)
-        return Target(host.name, f"ipc://{run_dir}/supervisor.sock")
+        return Target(host.name, runlayout.supervisor_endpoint(run_dir))
     if host.control is None:
         return Target(
             host.name, None, why_not=f"host {host.name} has no control endpoint ([hosts.{host.name}] control)"

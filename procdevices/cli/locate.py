@@ -21,12 +21,13 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from procdevices import runlayout
 from procdevices.supervisor.config import Topology, default_topology, find_config, load_topology, validate_run_dir
 from procdevices.supervisor.runstate import RunDir
 
 ENV_CONFIG = "PROCDEVICES_CONFIG"
 ENV_RUN_DIR = "PROCDEVICES_RUN_DIR"
-DEFAULT_FILE_RUN_DIR = ".procdevices"  # next to the topology file, as the loader defaults it
+DEFAULT_FILE_RUN_DIR = runlayout.DEFAULT_RUN_DIR  # next to the topology file, as the loader defaults it
 MAX_RAW_BYTES = 1 << 20
 
 

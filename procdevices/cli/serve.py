@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from procdevices import exitcodes
+from procdevices import exitcodes, runlayout
 from procdevices.cli import locate
 from procdevices.supervisor import fdplan
 from procdevices.supervisor.config import Topology
@@ -78,7 +78,10 @@ def up(args: argparse.Namespace) -> int:
         with run_dir.locked():
             for line in stop_leftovers(run_dir):
                 _say(line)
-            stale = [run_dir.path / "supervisor.sock", *sorted((run_dir.path / "ctl").glob("*.sock"))]
+            stale = [
+                Path(runlayout.supervisor_socket(run_dir.path)),
+                *sorted(runlayout.ctl_dir(run_dir.path).glob("*.sock")),
+            ]
             stale += [
                 Path(e[len("ipc://") :])
                 for c in topology.instances()

@@ -26,6 +26,9 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# Re-exported: the wire's error vocabulary lives on the bottom floor (errors.py maps to it).
+from procdevices.errorcodes import ErrorCode as ErrorCode
+
 # A request is a handful of short fields: anything larger is not ours.
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_REQUEST_ID_BYTES = 64
@@ -57,21 +60,6 @@ class SupervisorCommand(enum.Enum):
     DOWN = "down"
     RELOAD = "reload"
     SCALE = "scale"
-
-
-class ErrorCode(enum.Enum):
-    """Why a request failed; one vocabulary for both protocols."""
-
-    BAD_REQUEST = "bad_request"  # malformed: frames, size, JSON, types
-    UNKNOWN_COMMAND = "unknown_command"
-    NO_SUCH_DEVICE = "no_such_device"
-    NOT_RUNNING = "not_running"  # the device (or every selected one) is not running
-    UNSUPPORTED = "unsupported"  # the device kind cannot do this
-    TIMEOUT = "timeout"  # no answer before the deadline
-    REFUSED = "refused"  # valid, but not now (shutting down, already running)
-    FAILED = "failed"  # tried, and it did not work
-    INVALID_CONFIG = "invalid_config"  # a reload found the topology invalid: nothing changed
-    INTERNAL = "internal"  # a bug, contained; the message says what to report
 
 
 OK = b"ok"

@@ -18,7 +18,8 @@ from procdevices.devices.runtime import ReadyInfo
 from procdevices.supervisor import policy
 from procdevices.supervisor.config import DeviceConfig
 from procdevices.supervisor.launcher import DeviceProcess
-from procdevices.supervisor.states import Event, State, next_state
+from procdevices.supervisor.liveness import Blocked, Liveness
+from procdevices.supervisor.states import PROCESS_STATES, Event, State, next_state
 from procdevices.supervisor.traffic import Traffic
 
 
@@ -31,15 +32,6 @@ class StopProgress:
     @property
     def stopped_by(self) -> str:
         return "SIGKILL" if self.kill_sent else "SIGTERM" if self.term_sent else "control socket"
-
-
-@dataclass
-class Blocked:
-    """The device's forwarding loop waits on a full peer (backpressure), as its last
-    answered probe said."""
-
-    side: str | None
-    seconds: float
 
 
 @dataclass
@@ -66,11 +58,7 @@ class Child:
     # the current run
     stop: StopProgress | None = None
     unhealthy: str | None = None  # why we killed it, when we did
-    paused: bool = False
-    blocked: Blocked | None = None
-    probe: policy.ProbeState = field(default_factory=policy.ProbeState)
-    probe_due: float | None = None
-    probe_in_flight: bool = False
+    liveness: Liveness = field(default_factory=Liveness)  # its probes' findings (health.py)
     traffic: Traffic = field(default_factory=Traffic)  # across restarts, read on the probe tick
     # A reload removes this instance once its process is gone, starting the successor if any.
     retiring: bool = False
@@ -82,9 +70,30 @@ class Child:
     def name(self) -> str:
         return self.config.name
 
+    # Read-only views of the liveness (health.py writes it, through its methods).
+    @property
+    def paused(self) -> bool:
+        return self.liveness.paused
+
+    @property
+    def blocked(self) -> Blocked | None:
+        return self.liveness.blocked
+
+    @property
+    def probe(self) -> policy.ProbeState:
+        return self.liveness.probe
+
+    @property
+    def probe_due(self) -> float | None:
+        return self.liveness.due
+
+    @property
+    def probe_in_flight(self) -> bool:
+        return self.liveness.in_flight
+
     @property
     def pid(self) -> int | None:
-        if self.process is not None and self.state in (State.STARTING, State.RUNNING, State.STOPPING):
+        if self.process is not None and self.state in PROCESS_STATES:
             return self.process.pid
         return None
 
@@ -94,6 +103,46 @@ class Child:
             self.observer(self, old, self.state, event)
         return self.state
 
+    # -- what the supervisor decided ------------------------------------------------------------
+    def watch(self, observer: Callable[[Child, State, State, Event], None]) -> None:
+        """Tell ``observer`` of every transition from now on (the event stream, metrics)."""
+        self.observer = observer
+
+    def connect(self, control: ControlChannel) -> None:
+        self.control = control
+
+    def disconnect(self) -> None:
+        """Close and forget the control channel (the instance is being forgotten)."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def restart_when_stopped(self, wanted: bool) -> None:
+        """Whether the stop under way is the first half of a restart."""
+        self.restart_after_stop = wanted
+
+    def retire(self) -> None:
+        """A reload or a scale removes this instance once its process is gone."""
+        self.retiring = True
+        self.restart_after_stop = False
+
+    def hand_over_to(self, successor: Child) -> None:
+        """``successor`` runs instead of this instance once its process is gone."""
+        self.successor = successor
+        self.restart_after_stop = False
+
+    def take_successor(self) -> Child | None:
+        successor, self.successor = self.successor, None
+        return successor
+
+    def reconfigure(self, config: DeviceConfig) -> None:
+        """New supervision settings for the running process (a reload's ``updated``)."""
+        self.config = config
+
+    def condemn(self, reason: str) -> None:
+        """The supervisor kills this process as unhealthy, for ``reason``."""
+        self.unhealthy = reason
+
     # -- what happened --------------------------------------------------------------------------
     def forget_failures(self) -> None:
         """An operator's start or restart: a fresh restart budget."""
@@ -102,15 +151,13 @@ class Child:
     def spawned(self, process: DeviceProcess, now: float) -> None:
         """A new process runs for this device: everything about the previous run is reset."""
         self.process = process
+        self.fire(Event.SPAWNED)
         self.spawned_at = now
         self.ready_at = None
         self.retry_at = None
         self.stop = None
         self.unhealthy = None
-        self.paused = False
-        self.blocked = None
-        self.probe = policy.ProbeState()
-        self.probe_due = None
+        self.liveness = Liveness()
 
     def ready(self, info: ReadyInfo, now: float) -> None:
         self.fire(Event.READY)
@@ -118,7 +165,7 @@ class Child:
         self.ever_ready = True
         self.endpoints = info.endpoints
         self.mq_loop = info.mq_loop
-        self.probe_due = next_slot(now, self.config.probe.interval)
+        self.liveness.schedule(now, self.config.probe.interval)
 
     def setup_failed(self, reason: str) -> None:
         """The device reported that it cannot start (a bind error): retrying cannot help."""
@@ -129,9 +176,55 @@ class Child:
         self.last_exit = f"could not spawn a process: {error}"
         self.fire(Event.FAIL)
 
+    def stopped_idle(self) -> None:
+        """An operator's stop of a device with no process (BACKOFF, EXITED, FATAL, STOPPED):
+        a pending restart is cancelled."""
+        self.fire(Event.STOP)
+        self.retry_at = None
+
+    def stopped_while_queued(self) -> None:
+        """Stopped while it waited for its turn to spawn: there was nothing to stop."""
+        self.last_exit = "stopped before its process was started"
+        self.fire(Event.STOP)
+
     def stop_begun(self, now: float) -> None:
         self.fire(Event.STOP)
         self.stop = StopProgress(requested_at=now)
+
+    def terminate_starting(self) -> bool:
+        """SIGTERM a process stopped before it was ready (its control socket may not be
+        served yet, and a request the router cannot deliver yet is dropped). SIGTERM stops a
+        device at any point of its start (before its handler is set: a quiet exit; after: its
+        control loop's own stop). False when there is no process to signal."""
+        if self.stop is None or self.process is None:
+            return False
+        self.stop.term_sent = True
+        self.process.terminate()
+        return True
+
+    def escalate_stop(self, now: float) -> str:
+        """The stop escalation's next step when due (policy.stop_action): SIGTERM, then
+        SIGKILL. Returns the line to log, "" when nothing was due."""
+        stop, process = self.stop, self.process
+        if stop is None or process is None:
+            return ""
+        action = policy.stop_action(
+            requested_at=stop.requested_at,
+            now=now,
+            stop_timeout=self.config.stop_timeout,
+            kill_timeout=self.config.kill_timeout,
+            term_sent=stop.term_sent,
+            kill_sent=stop.kill_sent,
+        )
+        if action is policy.StopAction.SIGTERM:
+            stop.term_sent = True
+            process.terminate()
+            return f"{self.name}: no exit {self.config.stop_timeout}s after the control-socket stop; SIGTERM"
+        if action is policy.StopAction.SIGKILL:
+            stop.kill_sent = True
+            process.kill()
+            return f"{self.name}: still alive after SIGTERM; SIGKILL"
+        return ""
 
     def exited(self, code: int | None, now: float) -> str:
         """The process is gone (``code`` from its reaping); returns the line to log, "" when
@@ -141,7 +234,7 @@ class Child:
         finally:
             # Only now: the transition's observers still see which process ended.
             self.process = None
-            self.probe_in_flight = False
+            self.liveness.settled()
             self.traffic.process_ended()
 
     def _after_exit(self, code: int | None, now: float) -> str:
@@ -229,12 +322,6 @@ class Child:
             if resources is not None:
                 info.update(cpu_percent=resources.cpu_percent, rss=resources.rss, zombie=resources.zombie)
         return info
-
-
-def next_slot(now: float, interval: float) -> float:
-    """The next multiple of ``interval``: devices with the same probe interval are probed in
-    one burst, so an idle supervisor wakes once per interval, not once per device."""
-    return (int(now // interval) + 1) * interval
 
 
 def exit_text(code: int | None) -> str:

@@ -18,16 +18,16 @@ from typing import Any, Protocol
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, device_error
 from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.logs import Log
-from procdevices.supervisor import policy, reload
+from procdevices.supervisor import livechange, policy, reload
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import ConfigError, Topology
+from procdevices.supervisor.config import Topology
 from procdevices.supervisor.events import EventSink, decision_event, discard, state_event
 from procdevices.supervisor.handlers import DeviceAnswer
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.launcher import DeviceProcess, Launcher
 from procdevices.supervisor.loop import Watcher
 from procdevices.supervisor.startclock import StartClock
-from procdevices.supervisor.states import RUNNING_STATES, Event, State
+from procdevices.supervisor.states import PROCESS_STATES, Event, State
 
 Clock = Callable[[], float]
 Notify = Callable[[str], object]
@@ -68,14 +68,14 @@ class Supervisor:
         self._make_child = make_child
         self.running_topology = topology  # the file's, with any `scale` applied
         for child in children:
-            child.observer = self._on_transition
+            child.watch(self._on_transition)
         self.health = Health(self._kill_unhealthy, clock)
         self.shutting_down = False
         self.announced_ready = False
         self.started_at = clock()
         self.extra_status: dict[str, Any] = {}
         self._state_dirty = True  # state.json is behind
-        # Devices being started at once; the rest wait in STARTING with no process yet.
+        # Devices being started at once; the rest wait in QUEUED with no process yet.
         cpus = cpus or os.cpu_count()
         self.max_starting = max_starting or policy.max_starting(cpus)
         # start_timeout in fair shares of the machine: a crowd of starts is slow, not hung.
@@ -85,7 +85,7 @@ class Supervisor:
 
     # -- the loop's questions ---------------------------------------------------------------------
     def finished(self) -> bool:
-        return self.shutting_down and not any(c.state in RUNNING_STATES or c.process is not None for c in self.children)
+        return self.shutting_down and not any(c.state in PROCESS_STATES or c.process is not None for c in self.children)
 
     def next_deadline(self, now: float) -> float:
         if self._waiting_to_spawn and self._starting() < self.max_starting:
@@ -103,11 +103,7 @@ class Supervisor:
                 if not self.shutting_down:
                     child.fire(Event.RETRY)
                     self._spawn(child)
-            elif (
-                child.state is State.STARTING
-                and child.process is not None
-                and self.start_clock.used(child) > child.config.start_timeout
-            ):
+            elif child.state is State.STARTING and self.start_clock.used(child) > child.config.start_timeout:
                 wall = now - child.spawned_at
                 crowd = (
                     f" ({wall:.1f}s on the wall clock, starting beside others)"
@@ -115,12 +111,12 @@ class Supervisor:
                     else ""
                 )
                 self._kill_unhealthy(child, f"not ready within start_timeout {child.config.start_timeout}s{crowd}")
-            elif child.state is State.STOPPING:
-                self._escalate(child, now)
+            elif child.state is State.STOPPING and (line := child.escalate_stop(now)):
+                self.log(line, device=child.name, level=logging.WARNING)
             elif child.state is State.RUNNING and child.probe_due is not None and now >= child.probe_due:
                 self.health.check(child, now)
         self._spawn_waiting()
-        if not self.shutting_down and not any(c.state is State.STARTING for c in self.children):
+        if not self.shutting_down and not any(c.state in (State.QUEUED, State.STARTING) for c in self.children):
             # Spawning idle workers competes for CPU with starting devices: wait for them.
             self.launcher.refill()
 
@@ -231,7 +227,7 @@ class Supervisor:
         if child.retiring or child.successor is not None:
             self._remove(child)
         elif child.restart_after_stop and not self.shutting_down:
-            child.restart_after_stop = False
+            child.restart_when_stopped(False)
             child.forget_failures()
             child.fire(Event.START)
             self._spawn(child)
@@ -267,12 +263,15 @@ class Supervisor:
         self._spawn(child)
 
     def stop(self, child: Child) -> None:
-        child.restart_after_stop = False
+        child.restart_when_stopped(False)
         self._stop(child, self.clock())
 
     def restart(self, child: Child) -> None:
-        if child.state in RUNNING_STATES:
-            child.restart_after_stop = True
+        if child.state is State.QUEUED:
+            child.forget_failures()  # no process yet: its coming start is already a fresh one
+            return
+        if child.state in PROCESS_STATES:
+            child.restart_when_stopped(True)
             self._stop(child, self.clock())
         else:
             self.start(child)
@@ -293,76 +292,31 @@ class Supervisor:
 
     def reload(self, path: str | None) -> dict[str, Any]:
         """Re-read the topology (``path``, else the file ``up`` started with) and apply the
-        difference (reload.py). An invalid file changes nothing."""
+        difference (livechange.py). An invalid file changes nothing."""
         if self._load is None or self._make_child is None:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot reload")
-        if self.shutting_down:
-            raise ProtocolError(ErrorCode.REFUSED, "the supervisor is shutting down")
-        try:
-            topology = self._load(path)
-        except ConfigError as e:
-            self.log(f"reload refused, nothing changed: invalid configuration: {e}", level=logging.ERROR)
-            raise ProtocolError(ErrorCode.INVALID_CONFIG, f"invalid configuration: {e}") from None
-        try:
-            reload.fits_descriptors(topology)
-        except ProtocolError as e:
-            self.log(f"reload refused, nothing changed: {e.message}", level=logging.ERROR)
-            raise
-        if topology.supervisor.run_dir != self.topology.supervisor.run_dir:
-            message = f"run_dir cannot change while running ({self.topology.supervisor.run_dir} -> {topology.supervisor.run_dir})"
-            self.log(f"reload refused, nothing changed: {message}", level=logging.ERROR)
-            raise ProtocolError(ErrorCode.INVALID_CONFIG, message)
-        summary = self._apply(topology)
-        if topology.supervisor.metrics != self.topology.supervisor.metrics:
-            # The HTTP server is bound once, before any device starts: a new address needs `up`.
-            self.log("reload: [supervisor] metrics changes take effect at the next `up`", level=logging.WARNING)
-            summary["not_applied"] = ["metrics"]
-        if topology.supervisor.pool_size != self.topology.supervisor.pool_size:
-            self.launcher.resize(topology.supervisor.pool_size)
-            summary["pool_size"] = [str(topology.supervisor.pool_size)]
-        self.topology = topology
-        self.log(f"reloaded {topology.source}: " + _summary_line(summary))
-        return summary
+        return livechange.reload(self, self._load, self._make_child, path)
 
     def scale(self, name: str, replicas: int) -> dict[str, Any]:
         """Run ``replicas`` instances of device ``name`` (the file is not changed)."""
         if self._make_child is None or self.shutting_down:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot scale now")
-        try:
-            summary = self._apply(reload.scaled(self.running_topology, name, replicas))
-        except ProtocolError as e:
-            self.log(f"scale {name} to {replicas} refused, nothing changed: {e.message}", level=logging.ERROR)
-            raise
-        self.log(f"scaled {name} to {replicas}: " + _summary_line(summary), device=name)
-        return summary
-
-    def _apply(self, topology: Topology) -> dict[str, Any]:
-        assert self._make_child is not None
-        running = reload.running_instances(self.children, self.running_topology)
-        summary = reload.apply(reload.plan(running, reload.instances(topology)), self, self._make_child)
-        self.running_topology = topology
-        return summary
+        return livechange.scale(self, self._make_child, name, replicas)
 
     def scaled(self) -> dict[str, dict[str, int]]:
         """Devices whose number of instances differs from the file's (after `scale`)."""
-        in_file = {d.name: d.replicas for d in self.topology.devices}
-        return {
-            d.name: {"file": in_file[d.name], "running": d.replicas}
-            for d in self.running_topology.devices
-            if d.name in in_file and in_file[d.name] != d.replicas
-        }
+        return livechange.scaled(self)
 
     def adopt(self, child: Child) -> None:
         """A new device instance (a reload or a scale added it): started at once."""
-        child.observer = self._on_transition
+        child.watch(self._on_transition)
         self.children.append(child)
         if not self.shutting_down:
             self.start(child)
 
     def retire(self, child: Child) -> None:
         """Stop this instance through its control socket and forget it once it is gone."""
-        child.retiring = True
-        child.restart_after_stop = False
+        child.retire()
         if child.process is None:
             self._remove(child)
         else:
@@ -371,8 +325,7 @@ class Supervisor:
     def replace(self, child: Child, successor: Child) -> None:
         """Run ``successor`` instead of ``child``, once ``child``'s process is gone (it may
         hold the addresses the successor binds)."""
-        child.successor = successor
-        child.restart_after_stop = False
+        child.hand_over_to(successor)
         if child.process is None:
             self._remove(child, start_successor=child.state is not State.STOPPED)
         else:
@@ -392,11 +345,11 @@ class Supervisor:
         self._spawn_waiting()
 
     def _starting(self) -> int:
-        return sum(1 for c in self.children if c.state is State.STARTING and c.process is not None)
+        return sum(1 for c in self.children if c.state is State.STARTING)
 
     def _started(self) -> list[Child]:
         """The devices whose process is starting (not those waiting for their turn)."""
-        return [c for c in self.children if c.state is State.STARTING and c.process is not None]
+        return [c for c in self.children if c.state is State.STARTING]
 
     def _spawn_waiting(self) -> None:
         if not self._waiting_to_spawn:
@@ -406,7 +359,7 @@ class Supervisor:
         room = min(policy.LAUNCHES_PER_TURN, self.max_starting - self._starting())
         while room > 0 and self._waiting_to_spawn:
             child = self._waiting_to_spawn.popleft()
-            if child.state is State.STARTING and child.process is None and child in self.children:
+            if child.state is State.QUEUED and child in self.children:
                 self._launch(child)
                 room -= 1
 
@@ -424,36 +377,28 @@ class Supervisor:
             self.watcher.watch(process.report_fd, lambda now: self.on_report(child, process, now))
         self.watcher.watch(process.sentinel, lambda now: self.on_exit(child, process, now))
         if child.control is None:
-            child.control = self.launcher.connect(child.control_endpoint)
+            child.connect(self.launcher.connect(child.control_endpoint))
         self._state_dirty = True
 
     def _stop(self, child: Child, now: float) -> None:
         if child.state in (State.STOPPED, State.EXITED, State.FATAL, State.BACKOFF):
             if child.process is None and not (self.shutting_down and child.state is State.FATAL):
                 # An operator's stop clears FATAL; a shutdown keeps it, for the exit code.
-                child.fire(Event.STOP)
-                child.retry_at = None
+                child.stopped_idle()
             return
         if child.state is State.STOPPING:
             return
-        if child.state is State.STARTING and child.process is None:
+        if child.state is State.QUEUED:
             # Still waiting for its turn to spawn: there is nothing to stop.
             if child in self._waiting_to_spawn:
                 self._waiting_to_spawn.remove(child)
-            child.fire(Event.STOP)
-            child.fire(Event.STOPPED)
-            child.last_exit = "stopped before its process was started"
+            child.stopped_while_queued()
             self._after_stop(child)
             return
         starting = child.state is State.STARTING
         child.stop_begun(now)
-        if starting and child.stop is not None and child.process is not None:
-            # Not ready yet: its control socket may not be served, and a request the router
-            # cannot deliver yet is dropped. SIGTERM stops a device at any point of its start
-            # (before its handler is set: a quiet exit; after: its control loop's own stop).
-            child.stop.term_sent = True
+        if starting and child.terminate_starting():
             self.log(f"{child.name}: stopped before it was ready; SIGTERM", device=child.name)
-            child.process.terminate()
             return
         if child.control is not None:
             child.control.send(Command.STOP, now, child.config.stop_timeout, lambda ok, body: None)
@@ -462,46 +407,19 @@ class Supervisor:
         self.children.remove(child)
         if child.successor is None or child.successor.name != child.name:
             self.launcher.forget(child.name)  # its listening sockets, unless its successor's
-        if child.control is not None:
-            child.control.close()
-            child.control = None
+        child.disconnect()
         self._state_dirty = True
-        successor, child.successor = child.successor, None
+        successor = child.take_successor()
         if successor is not None:
-            successor.observer = self._on_transition
+            successor.watch(self._on_transition)
             self.children.append(successor)
             if start_successor and not self.shutting_down:
                 self.start(successor)
 
-    def _escalate(self, child: Child, now: float) -> None:
-        stop, process = child.stop, child.process
-        if stop is None or process is None:
-            return
-        action = policy.stop_action(
-            requested_at=stop.requested_at,
-            now=now,
-            stop_timeout=child.config.stop_timeout,
-            kill_timeout=child.config.kill_timeout,
-            term_sent=stop.term_sent,
-            kill_sent=stop.kill_sent,
-        )
-        if action is policy.StopAction.SIGTERM:
-            stop.term_sent = True
-            self.log(
-                f"{child.name}: no exit {child.config.stop_timeout}s after the control-socket stop; SIGTERM",
-                device=child.name,
-                level=logging.WARNING,
-            )
-            process.terminate()
-        elif action is policy.StopAction.SIGKILL:
-            stop.kill_sent = True
-            self.log(f"{child.name}: still alive after SIGTERM; SIGKILL", device=child.name, level=logging.WARNING)
-            process.kill()
-
     def _kill_unhealthy(self, child: Child, reason: str) -> None:
         if child.process is None or child.unhealthy:
             return
-        child.unhealthy = reason
+        child.condemn(reason)
         self.log(f"{child.name}: {reason}; killing pid {child.process.pid}", device=child.name, level=logging.WARNING)
         child.process.kill()
 
@@ -522,8 +440,3 @@ class Supervisor:
             fatal = len(self.children) - running
             self.log(f"ready: {running} device process(es) running" + (f", {fatal} not" if fatal else ""))
             self.notify(f"READY=1\nSTATUS={running} devices running")
-
-
-def _summary_line(summary: dict[str, Any]) -> str:
-    parts = [f"{what} {', '.join(names)}" for what, names in summary.items() if names and what != "unchanged"]
-    return "; ".join(parts) or "nothing changed"

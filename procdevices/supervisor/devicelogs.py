@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from procdevices import runlayout
 from procdevices.logs import Log
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -53,11 +54,11 @@ class Rotation:
 
 
 def log_dir(run_dir: Path) -> Path:
-    return run_dir / "logs"
+    return runlayout.log_dir(run_dir)
 
 
 def log_path(run_dir: Path, instance: str) -> Path:
-    return log_dir(run_dir) / f"{instance}.log"
+    return runlayout.log_file(run_dir, instance)
 
 
 def prepare(run_dir: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from procdevices import runlayout
 from procdevices.control.protocol import encode
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.states import Event, State
@@ -29,7 +30,7 @@ SUBSCRIBER_BACKLOG = 10_000
 
 
 def events_endpoint(run_dir: Path) -> str:
-    return f"ipc://{run_dir}/events.sock"
+    return runlayout.events_endpoint(run_dir)
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, SupervisorCommand, SupervisorRequest
+from procdevices.supervisor import health
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.states import RUNNING_STATES, State
+from procdevices.supervisor.states import PROCESS_STATES, State
 from procdevices.supervisor.traffic import parse_counters
 
 Reply = Callable[[dict[str, Any]], None]
@@ -81,7 +82,7 @@ class CommandHandlers:
     def start(self, request: SupervisorRequest, reply: Reply) -> None:
         self._refuse_while_shutting_down()
         children = self.supervisor.select(request.name)
-        busy = [c.name for c in children if c.state in RUNNING_STATES]
+        busy = [c.name for c in children if c.state in PROCESS_STATES or c.state is State.QUEUED]
         if busy:
             raise ProtocolError(ErrorCode.REFUSED, f"already running: {', '.join(busy)}")
         for child in children:
@@ -113,10 +114,10 @@ class CommandHandlers:
         reply(_ok(self.supervisor.scale(request.args["name"], request.args["replicas"])))
 
     def pause(self, request: SupervisorRequest, reply: Reply) -> None:
-        self._forward(Command.PAUSE, request, reply, _set_paused(True))
+        self._forward(Command.PAUSE, request, reply, _record_paused)
 
     def resume(self, request: SupervisorRequest, reply: Reply) -> None:
-        self._forward(Command.RESUME, request, reply, _set_paused(False))
+        self._forward(Command.RESUME, request, reply, _record_paused)
 
     def stats(self, request: SupervisorRequest, reply: Reply) -> None:
         """The process's own counters, plus the totals over every process this device has had
@@ -167,9 +168,6 @@ def _ok(result: Any) -> dict[str, Any]:
     return {"ok": True, "result": result}
 
 
-def _set_paused(paused: bool) -> Callable[[Child, Any], Any]:
-    def record(child: Child, body: Any) -> Any:
-        child.paused = paused
-        return body
-
-    return record
+def _record_paused(child: Child, body: Any) -> Any:
+    health.pause_answered(child, body)
+    return body

@@ -14,7 +14,8 @@ from typing import Any
 
 from procdevices.control.protocol import Command
 from procdevices.supervisor import policy
-from procdevices.supervisor.child import Blocked, Child, next_slot
+from procdevices.supervisor.child import Child
+from procdevices.supervisor.liveness import Blocked
 from procdevices.supervisor.states import State
 from procdevices.supervisor.traffic import parse_counters
 
@@ -22,6 +23,14 @@ KillUnhealthy = Callable[[Child, str], None]
 
 # How long a forwarding loop must have waited in a send before status calls it blocked.
 BLOCKED_SHOWN_AFTER = 0.5
+
+
+def pause_answered(child: Child, body: Any) -> None:
+    """The device answered a pause/resume with its ``paused`` flag (what its next PING will
+    report too): shown at once, so that `status` right after `pause` says paused."""
+    paused = body.get("paused") if isinstance(body, dict) else None
+    if isinstance(paused, bool):
+        child.liveness.observed(paused=paused, blocked=child.liveness.blocked)
 
 
 class Health:
@@ -36,12 +45,12 @@ class Health:
 
     def check(self, child: Child, now: float) -> None:
         """Called when ``child.probe_due`` has come."""
-        child.probe_due = next_slot(now, child.config.probe.interval)
+        child.liveness.schedule(now, child.config.probe.interval)
         if self._over_memory(child):
             return
         if child.probe_in_flight or child.control is None:
             return
-        child.probe_in_flight = True
+        child.liveness.sent()
         process = child.process
         child.control.send(
             Command.PING,
@@ -63,7 +72,7 @@ class Health:
     def _answered(self, child: Child, process: object, ok: bool, body: Any, *, sent_at: float) -> None:
         if child.process is not process:
             return  # an answer about a process that is gone; the new one gets its own probes
-        child.probe_in_flight = False
+        child.liveness.settled()
         try:
             self._judge(child, ok, body)
         finally:
@@ -83,11 +92,16 @@ class Health:
             return
         blocked = _blocked(body) if loop == "blocked" else None
         # A loop that waited a few tens of milliseconds on a busy machine is not worth a flag.
-        child.blocked = blocked if blocked is not None and blocked.seconds >= BLOCKED_SHOWN_AFTER else None
+        shown = blocked if blocked is not None and blocked.seconds >= BLOCKED_SHOWN_AFTER else None
+        # Every answered PING says whether the loop is paused: the device's word, not a guess
+        # from the last pause/resume command (a restarted process is never paused).
+        paused = body.get("paused") if ok and isinstance(body, dict) else None
+        child.liveness.observed(paused=paused if isinstance(paused, bool) else None, blocked=shown)
         counters = parse_counters(body.get("stats")) if ok and isinstance(body, dict) else None
         if counters is not None:
             child.traffic.observe(counters, self.clock())
-        child.probe, hung = policy.after_probe(child.probe, ok, child.config.probe.failures)
+        probe, hung = policy.after_probe(child.probe, ok, child.config.probe.failures)
+        child.liveness.judged(probe)
         if hung:
             self.kill(child, f"hung: {child.config.probe.failures} liveness probes unanswered")
 

@@ -32,13 +32,14 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ma
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from procdevices import runlayout
 from procdevices.logs import Log, to_logger
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.httpserve import BoundedServer, listen_tcp, listen_unix
 from procdevices.supervisor.launcher import DeviceProcess
-from procdevices.supervisor.states import State
+from procdevices.supervisor.states import PROCESS_STATES, State
 from procdevices.supervisor.traffic import COUNTERS
 
 LABELS = ("device", "instance", "kind")
@@ -233,7 +234,7 @@ class DeviceCollector(Collector):
         state = child.state
         process = child.process
         usage = self.usage.get(id(child))
-        live = state in (State.STARTING, State.RUNNING, State.STOPPING) and process is not None
+        live = state in PROCESS_STATES and process is not None
         current = usage is not None and live and process is not None and usage.pid == process.pid
         totals = child.traffic.totals()
         with self._lock:
@@ -320,7 +321,7 @@ def _labels(child: Child) -> tuple[str, str, str]:
 
 def metrics_socket_path(run_dir: Path) -> Path:
     """Where ``metrics_socket = true`` serves the metrics: reachable by the run dir's owner only."""
-    return run_dir / "metrics.sock"
+    return Path(runlayout.metrics_socket(run_dir))
 
 
 def format_address(host: str, port: int) -> str:

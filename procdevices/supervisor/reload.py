@@ -24,27 +24,21 @@ from typing import Any, Protocol
 from procdevices.control.protocol import ErrorCode, ProtocolError
 from procdevices.supervisor import fdplan
 from procdevices.supervisor.child import Child
-from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology, rules
+from procdevices.supervisor.config import ConfigError, DeviceConfig, SupervisorConfig, Topology, rules, settings
+from procdevices.supervisor.config.settings import OnReload
 
-# Every field of a DeviceConfig is in exactly one of these (a test holds it, so a new setting
-# cannot slip in unclassified). What the device process itself runs with: a change restarts it.
-PROCESS_FIELDS = ("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", "stop_linger", "own_sockets")
+# Every DeviceConfig field, by what a change of it means on reload: derived from the settings
+# rows' ``on_reload`` (config/settings.py; a test holds that every field has one, so a new
+# setting cannot slip in unclassified). What the device process itself runs with: a change
+# restarts it.
+_ON_RELOAD = settings.device_field_on_reload()
+PROCESS_FIELDS = tuple(f for f, r in _ON_RELOAD.items() if r is OnReload.RESTART)
 # How the supervisor treats the process: a change applies to the running process.
-SUPERVISION_FIELDS = (
-    "restart",
-    "backoff",
-    "intensity",
-    "stable_after",
-    "probe",
-    "memory_limit",
-    "start_timeout",
-    "stop_timeout",
-    "kill_timeout",
-)
+SUPERVISION_FIELDS = tuple(f for f, r in _ON_RELOAD.items() if r is OnReload.LIVE)
 # Which instance it is: instances are matched by name; an instance always has replicas = 1.
 # ``host`` (multi-host): a supervisor runs only its own host's devices and reloads cut to the
 # same host, so a device moved to another host is gone here, stopped, never changed.
-INSTANCE_FIELDS = ("name", "replicas", "host")
+INSTANCE_FIELDS = tuple(f for f, r in _ON_RELOAD.items() if r is OnReload.INSTANCES)
 
 
 def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:
@@ -194,7 +188,7 @@ def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[s
         child = supervisor.child_named(instance.config.name)
         # The new supervision settings; the process's own fields stay as the child resolved them.
         kept = {f: getattr(child.config, f) for f in PROCESS_FIELDS}
-        child.config = dataclasses.replace(instance.config, **kept)
+        child.reconfigure(dataclasses.replace(instance.config, **kept))
     for name, successor in restarted:
         supervisor.replace(supervisor.child_named(name), successor)
     for name in result.stopped:
@@ -204,3 +198,22 @@ def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[s
     for child in started:
         supervisor.adopt(child)
     return result.summary()
+
+
+@dataclass
+class SupervisorChanges:
+    """What a reload changes in ``[supervisor]``, by each key's ``on_reload``."""
+
+    refused: list[str] = field(default_factory=list)  # a reload that changes these changes nothing
+    live: list[str] = field(default_factory=list)  # the supervisor applies these at once
+    next_up: list[str] = field(default_factory=list)  # read once at `up`: reported, not applied
+
+
+def supervisor_changes(old: SupervisorConfig, new: SupervisorConfig) -> SupervisorChanges:
+    changes = SupervisorChanges()
+    by_kind = {OnReload.REFUSED: changes.refused, OnReload.LIVE: changes.live, OnReload.NEXT_UP: changes.next_up}
+    for setting in settings.SUPERVISOR_SETTINGS:
+        if getattr(old, setting.path) != getattr(new, setting.path):
+            assert setting.on_reload is not None, f"[supervisor] {setting.path} has no on_reload"
+            by_kind[setting.on_reload].append(setting.path)
+    return changes

@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import psutil
 
+from procdevices import runlayout
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command
 from procdevices.errors import DeviceError
@@ -168,17 +169,20 @@ class RunDir:
 
     @property
     def control_endpoint(self) -> str:
-        return f"ipc://{self.path}/supervisor.sock"
+        return runlayout.supervisor_endpoint(self.path)
 
     @property
     def state_file(self) -> Path:
-        return self.path / "state.json"
+        return runlayout.state_file(self.path)
 
     def device_control_endpoint(self, name: str) -> str:
-        return f"ipc://{self.path}/ctl/{name}.sock"
+        return runlayout.control_endpoint(self.path, name)
 
     def socket_paths(self, device_names: Iterable[str] = ()) -> list[Path]:
-        return [self.path / "supervisor.sock", *(self.path / "ctl" / f"{name}.sock" for name in device_names)]
+        return [
+            Path(runlayout.supervisor_socket(self.path)),
+            *(Path(runlayout.control_socket(self.path, name)) for name in device_names),
+        ]
 
     # -- validation (no side effects: what `check` can tell) -----------------------------------
     def validate(self, device_names: Iterable[str] = ()) -> None:
@@ -202,7 +206,7 @@ class RunDir:
         _check_private_dir(self.path, st)
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise RunDirError(f"run dir {self.path} is not writable")
-        ctl = self.path / "ctl"
+        ctl = runlayout.ctl_dir(self.path)
         with contextlib.suppress(FileNotFoundError):
             _check_private_dir(ctl, os.lstat(ctl))
             if not os.access(ctl, os.W_OK | os.X_OK):
@@ -288,13 +292,13 @@ class RunDir:
             _make_private(fd, self.path)
             try:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir("ctl", 0o700, dir_fd=fd)
-                ctl = os.open("ctl", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    os.mkdir(runlayout.CTL_DIR, 0o700, dir_fd=fd)
+                ctl = os.open(runlayout.CTL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError as e:
                 what = "is a symlink" if e.errno == errno.ELOOP else f"cannot be created: {e.strerror or _one_line(e)}"
                 raise RunDirError(f"run dir {self.path}: ctl {what}") from None
             try:
-                _make_private(ctl, self.path / "ctl")
+                _make_private(ctl, runlayout.ctl_dir(self.path))
             finally:
                 os.close(ctl)
         except BaseException:
@@ -495,7 +499,7 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
         if proc is None:
             continue
         endpoint = record.control_endpoint
-        ctl_prefix = f"ipc://{run_dir.path}/ctl/"
+        ctl_prefix = runlayout.control_endpoint_prefix(run_dir.path)
         # Only our own control sockets: a state file must not make us connect elsewhere.
         if endpoint is None or not endpoint.startswith(ctl_prefix) or "/" in endpoint[len(ctl_prefix) :]:
             endpoint = None

@@ -17,7 +17,7 @@ import types
 from collections.abc import Mapping
 
 __all__ = [
-    "RUNNING_STATES",
+    "PROCESS_STATES",
     "TRANSITIONS",
     "Event",
     "InvalidTransition",
@@ -30,6 +30,7 @@ class State(enum.Enum):
     """Where a device is in its lifecycle. The value is what ``status`` prints."""
 
     STOPPED = "STOPPED"
+    QUEUED = "QUEUED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     BACKOFF = "BACKOFF"
@@ -45,6 +46,7 @@ class Event(enum.Enum):
 
     START = "START"  # operator asked to start (or the initial start)
     RETRY = "RETRY"  # the backoff delay elapsed: start again
+    SPAWNED = "SPAWNED"  # its turn came: a process now exists for the queued device
     READY = "READY"  # the child reported its sockets bound and connected
     FAIL = "FAIL"  # the start cannot succeed (bind error, config rejected, spawn failure, intensity exceeded)
     EXIT_RESTART = "EXIT_RESTART"  # the child died and the policy says restart after a backoff
@@ -59,15 +61,22 @@ _E = Event
 # One row per allowed (state, event) pair. Every pair that is absent is
 # deliberately invalid; the notes say why the less obvious ones are (not) here.
 _TABLE: dict[tuple[State, Event], State] = {
-    # Down, nothing to do: an operator START spawns a child. STOP is accepted
+    # Down, nothing to do: an operator START queues a spawn. STOP is accepted
     # so that "stop" is safe to run on any device, and it clears EXITED/FATAL
     # back to the neutral STOPPED.
-    (_S.STOPPED, _E.START): _S.STARTING,
+    (_S.STOPPED, _E.START): _S.QUEUED,
     (_S.STOPPED, _E.STOP): _S.STOPPED,
-    (_S.EXITED, _E.START): _S.STARTING,
+    (_S.EXITED, _E.START): _S.QUEUED,
     (_S.EXITED, _E.STOP): _S.STOPPED,
-    (_S.FATAL, _E.START): _S.STARTING,
+    (_S.FATAL, _E.START): _S.QUEUED,
     (_S.FATAL, _E.STOP): _S.STOPPED,
+    # Waiting for its turn to spawn (only so many devices start at once) with
+    # no process yet. SPAWNED when its process exists; a STOP has nothing to
+    # kill, so it goes straight to STOPPED (no STOPPING); FAIL when the spawn
+    # itself is impossible (out of processes or descriptors).
+    (_S.QUEUED, _E.SPAWNED): _S.STARTING,
+    (_S.QUEUED, _E.STOP): _S.STOPPED,
+    (_S.QUEUED, _E.FAIL): _S.FATAL,
     # A child exists but has not reported ready yet. Any way it can end is
     # covered: ready, a definitive failure, an exit (restart or not), or a stop.
     (_S.STARTING, _E.READY): _S.RUNNING,
@@ -85,8 +94,8 @@ _TABLE: dict[tuple[State, Event], State] = {
     # Waiting out a restart delay with no child. The operator may skip the
     # wait (START), cancel it (STOP, nothing to kill so straight to STOPPED),
     # or the restart itself may be refused (FAIL, e.g. spawn impossible).
-    (_S.BACKOFF, _E.RETRY): _S.STARTING,
-    (_S.BACKOFF, _E.START): _S.STARTING,
+    (_S.BACKOFF, _E.RETRY): _S.QUEUED,
+    (_S.BACKOFF, _E.START): _S.QUEUED,
     (_S.BACKOFF, _E.STOP): _S.STOPPED,
     (_S.BACKOFF, _E.FAIL): _S.FATAL,
     # Being stopped. However the child ends, the operator asked for it to be
@@ -101,18 +110,22 @@ _TABLE: dict[tuple[State, Event], State] = {
     (_S.STOPPING, _E.FAIL): _S.STOPPED,
     (_S.STOPPING, _E.STOP): _S.STOPPING,
     # Deliberately absent, among others:
-    # - START in STARTING/RUNNING: would spawn a second child; the caller
-    #   reports "already running" instead.
+    # - START in QUEUED/STARTING/RUNNING: would queue or spawn a second child;
+    #   the caller reports "already running" instead.
+    # - SPAWNED outside QUEUED: a process for a device that was not waiting
+    #   for one.
     # - RETRY outside BACKOFF: a stale backoff timer that should have been
     #   cancelled.
-    # - READY/EXIT_* in states without a child (STOPPED, BACKOFF, EXITED,
-    #   FATAL): reports about a child we are not tracking.
+    # - READY/EXIT_* in states without a child (STOPPED, QUEUED, BACKOFF,
+    #   EXITED, FATAL): reports about a child we are not tracking.
 }
 
 TRANSITIONS: Mapping[tuple[State, Event], State] = types.MappingProxyType(_TABLE)
 
-# States in which a child process exists and must be watched and reaped.
-RUNNING_STATES: frozenset[State] = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+# The states in which a child process exists and must be watched and reaped (QUEUED and
+# BACKOFF wait for one; the others have none). The one spelling of the set. The only
+# process outside it: one that reported a setup error is FATAL before its exit is reaped.
+PROCESS_STATES: frozenset[State] = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 
 class InvalidTransition(Exception):

@@ -6,7 +6,7 @@
                                                                       after an event
     events.sock ──► SUB (zmq.asyncio) ── state/decision/command events ──► every open page
                                           (pushed as they come: a restart that takes 30 ms still
-                                          shows as BACKOFF → STARTING → RUNNING)
+                                          shows as BACKOFF → QUEUED → STARTING → RUNNING)
 
 The supervisor is never waited on by anything but this process: a page that does not keep up
 loses its stream (it reconnects and gets a fresh snapshot), and a supervisor that is not there
@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from procdevices import runlayout
 from procdevices.control.client import SupervisorUnreachable, call_supervisor
 from procdevices.control.protocol import SupervisorCommand
 from procdevices.web import graph
@@ -62,7 +63,7 @@ class Subscriber:
 class SupervisorLink:
     def __init__(self, run_dir: Path, *, allow_actions: bool) -> None:
         self.run_dir = run_dir
-        self.endpoint = f"ipc://{run_dir}/supervisor.sock"
+        self.endpoint = runlayout.supervisor_endpoint(run_dir)
         self.allow_actions = allow_actions
         self.history = RateHistory()
         self.subscribers: set[Subscriber] = set()
@@ -133,7 +134,7 @@ class SupervisorLink:
     async def refresh(self) -> None:
         status: dict[str, Any] | None = None
         error: str | None = None
-        if not (self.run_dir / "supervisor.sock").is_socket():
+        if not Path(runlayout.supervisor_socket(self.run_dir)).is_socket():
             error = f"no supervisor is running with run dir {self.run_dir}"
         else:
             try:
@@ -212,7 +213,7 @@ class SupervisorLink:
         sock.linger = 0
         sock.subscribe(b"")
         # libzmq keeps trying until the supervisor binds it, and again after it restarts.
-        sock.connect(f"ipc://{self.run_dir}/events.sock")
+        sock.connect(runlayout.events_endpoint(self.run_dir))
         try:
             while True:
                 raw = await sock.recv()

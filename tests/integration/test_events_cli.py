@@ -78,7 +78,8 @@ def test_events_follow_a_killed_device_through_its_restart(short_tmp: Path) -> N
             assert exited["pid"] == first_pid and "SIGKILL" in exited["reason"], exited
             decision = lines.until(lambda e: e["type"] == "decision", 20, "the restart decision")
             assert decision["action"] == "restart" and decision["instance"] == "pipe", decision
-            lines.until(about_pipe("BACKOFF", "STARTING"), 20, "BACKOFF -> STARTING")
+            lines.until(about_pipe("BACKOFF", "QUEUED"), 20, "BACKOFF -> QUEUED")
+            lines.until(about_pipe("QUEUED", "STARTING"), 20, "QUEUED -> STARTING")
             running = lines.until(about_pipe("STARTING", "RUNNING"), 20, "STARTING -> RUNNING")
             assert running["pid"] not in (None, first_pid), running
             assert {"type", "time", "device", "instance", "from", "to", "event", "reason", "pid"} <= set(running)

@@ -15,8 +15,9 @@ from support.fakes import Harness, topology
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError
 from procdevices.errors import DeviceSetupError
 from procdevices.supervisor import policy
-from procdevices.supervisor.child import Blocked, exit_text, next_slot
+from procdevices.supervisor.child import exit_text
 from procdevices.supervisor.health import _blocked
+from procdevices.supervisor.liveness import Blocked, next_slot
 from procdevices.supervisor.reload import instances, plan, scaled
 
 
@@ -78,7 +79,7 @@ def test_status_rounds_to_the_millisecond_and_shows_nothing_for_a_device_without
     assert two.child("a").describe(two.clock.now)["last_exit"] is None
     two.ready("a")
     two.clock.now += 1.23456
-    two.child("a").blocked = Blocked(side="out", seconds=12.34567)
+    two.child("a").liveness.observed(paused=None, blocked=Blocked(side="out", seconds=12.34567))
     described = two.child("a").describe(two.clock.now)
     assert described["uptime"] == 1.235 and described["blocked"] == {"side": "out", "seconds": 12.346}
     assert described["zombie"] is False and described["cpu_percent"] == 1.25
@@ -321,7 +322,7 @@ def test_status_of_a_restarted_then_stopped_device(two: Harness) -> None:
     two.ready("a", "b")
     assert two.child("a").describe(two.clock.now)["endpoints"] == {"in": ["ipc://in"], "out": ["ipc://out"]}
     two.request("pause", name="a")
-    two.control("a").answer(Command.PAUSE, True, {})
+    two.control("a").answer(Command.PAUSE, True, {"paused": True})  # the device's own answer
     assert two.child("a").describe(two.clock.now)["paused"] is True
     two.exit("a", 1)
     two.advance(0.0)  # a new process, STARTING: not paused (false, not null)
@@ -339,3 +340,22 @@ def test_the_exit_of_a_device_that_reported_its_setup_error_logs_nothing_more(tw
     lines = len(two.lines)
     two.exit("a", 1)
     assert len(two.lines) == lines, two.lines[lines:]
+
+
+def test_paused_is_what_every_ping_reports(two: Harness) -> None:
+    """The device's PING answer is the truth about pausing: a pause that the supervisor never
+    saw answered (its reply lost) still shows, and a resume shows without a command."""
+    two.ready("a", "b")
+    assert two.child("a").paused is False
+    two.ping_reply["a"] = {"loop": "running", "paused": True}
+    two.advance(1.0)
+    assert two.child("a").paused is True and two.child("b").paused is False
+    two.ping_reply["a"] = {"loop": "running", "paused": False}
+    two.advance(1.0)
+    assert two.child("a").paused is False
+    # A PING that does not answer says nothing about pausing.
+    two.ping_reply["a"] = {"loop": "running", "paused": True}
+    two.advance(1.0)
+    two.unresponsive.add("a")
+    two.advance(1.0)
+    assert two.child("a").paused is True

@@ -37,8 +37,9 @@ def test_state_events_explain_exits_and_name_the_process(two: Harness) -> None:
     process = two.process("a")
     two.exit("a", 3)
     states = [e for e in two.events if e["type"] == "state" and e["instance"] == "a"]
-    start, ready, crash = states
+    start, spawned, ready, crash = states
     assert (start["event"], start["reason"], start["pid"]) == ("START", "start", None)
+    assert (spawned["event"], spawned["to"], spawned["pid"]) == ("SPAWNED", "STARTING", process.pid)
     assert (ready["event"], ready["reason"], ready["pid"]) == ("READY", "ready", process.pid)
     assert crash["event"] == "EXIT_RESTART" and crash["reason"] == two.child("a").last_exit
     assert "exited with code 3" in crash["reason"] and crash["pid"] == process.pid

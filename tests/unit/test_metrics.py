@@ -80,7 +80,7 @@ def test_state_up_restarts_and_last_exit_follow_the_history(two: Harness) -> Non
 def test_paused_and_blocked_are_gauges(two: Harness) -> None:
     metrics, scrape = wired(two)
     two.ready("a", "b")
-    two.child("a").paused = True
+    two.ping_reply["a"] = {"loop": "running", "paused": True}  # every PING says
     two.ping_reply["b"] = {"loop": "blocked", "blocked_side": "out", "blocked_for": 3.0}
     two.advance(1.0)
     assert (scrape("procdevices_device_paused"), scrape("procdevices_device_paused", "b")) == (1.0, 0.0)

@@ -218,6 +218,7 @@ def test_crash_loop_reaches_fail() -> None:
     failures = 0
     decisions = []
     state = next_state(State.STOPPED, Event.START)
+    state = next_state(state, Event.SPAWNED)
     state = next_state(state, Event.READY)
     for _ in range(6):
         now += 0.5  # the child runs half a second, then exits with code 1
@@ -229,6 +230,7 @@ def test_crash_loop_reaches_fail() -> None:
         history, failures = d.history, d.failures
         now += d.delay
         state = next_state(state, Event.RETRY)
+        state = next_state(state, Event.SPAWNED)
         state = next_state(state, Event.READY)
 
     assert [d.event_name for d in decisions] == ["EXIT_RESTART"] * 5 + ["FAIL"]

@@ -14,6 +14,7 @@ from support.fakes import Harness, make_child, topology
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import IPC_PATH_MAX, ConfigError, DeviceConfig, SocketSpec, Topology
+from procdevices.supervisor.config.model import StartMethod
 from procdevices.supervisor.reload import instances, plan
 
 
@@ -291,14 +292,44 @@ def test_an_unchanged_star_device_survives_reload_sighup_and_scaling_another(tmp
 
 
 def test_every_device_setting_says_what_a_reload_of_it_means() -> None:
-    """A new DeviceConfig field must be classified: restart the process, or apply live."""
+    """A new DeviceConfig field must be classified (in its settings row's ``on_reload``, or in
+    STRUCTURE_ON_RELOAD): restart the process, apply live, or start/stop instances."""
+    from procdevices.supervisor import reload
+    from procdevices.supervisor.config import settings
+
+    classified = settings.device_field_on_reload()
+    fields = sorted(f.name for f in dataclasses.fields(DeviceConfig))
+    assert sorted(classified) == fields, "a DeviceConfig field without a settings row or STRUCTURE_ON_RELOAD entry"
+    unclassified = sorted(name for name, how in classified.items() if how is None)
+    assert unclassified == [], f"settings rows without (or with disagreeing) on_reload: {unclassified}"
+    # reload's behaviour is derived from the rows: each field lands in exactly one group.
+    groups = (reload.PROCESS_FIELDS, reload.SUPERVISION_FIELDS, reload.INSTANCE_FIELDS)
+    assert sorted(name for group in groups for name in group) == fields
+
+
+def test_every_supervisor_setting_says_what_a_reload_of_it_means() -> None:
+    from procdevices.supervisor.config import settings
+
+    rows = settings.SUPERVISOR_SETTINGS
+    assert [s.path for s in rows if s.on_reload is None] == []
+    # A live [supervisor] key needs its own apply in Supervisor.reload: today only pool_size.
+    assert [s.path for s in rows if s.on_reload is settings.OnReload.LIVE] == ["pool_size"]
+
+
+def test_a_supervisor_key_read_once_at_up_is_reported_not_applied(tmp_path: Path) -> None:
+    """Every [supervisor] key whose row says "needs a new `up`" is reported, not ignored."""
     from procdevices.supervisor import reload
 
-    groups = (reload.PROCESS_FIELDS, reload.SUPERVISION_FIELDS, reload.INSTANCE_FIELDS)
-    classified = [name for group in groups for name in group]
-    assert sorted(classified) == sorted(f.name for f in dataclasses.fields(DeviceConfig)), (
-        "classify every DeviceConfig field in procdevices/supervisor/reload.py"
+    old = topology({"a": {}}, tmp_path).supervisor
+    new = dataclasses.replace(old, device_log_backups=7, start_method=StartMethod.FORKSERVER, pool_size=5)
+    changes = reload.supervisor_changes(old, new)
+    assert (changes.next_up, changes.live, changes.refused) == (
+        ["device_log_backups", "start_method"],
+        ["pool_size"],
+        [],
     )
+    moved = reload.supervisor_changes(old, dataclasses.replace(old, run_dir=tmp_path / "elsewhere"))
+    assert moved.refused == ["run_dir"]
 
 
 def test_scale_and_reload_past_the_open_file_limit_are_refused_like_check(

@@ -14,7 +14,7 @@ from support.fakes import Harness, topology
 
 from procdevices.control.protocol import ErrorCode
 from procdevices.supervisor import policy
-from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology
+from procdevices.supervisor.config import ConfigError, DeviceConfig, Topology, settings
 from procdevices.supervisor.reload import instances, plan
 
 CLI_DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
@@ -66,11 +66,12 @@ def table_row(starts_with: str) -> set[str]:
 def test_the_reload_table_names_exactly_the_fields_tested_here(tmp_path: Path) -> None:
     assert table_row("only supervision settings") == set(SUPERVISION)
     assert table_row("what the process runs") == set(process_changes(tmp_path))
-    # Every setting of a device instance is in one row or the other (name and replicas are
-    # what an instance *is*, not a setting of it).
+    # Every setting of a device instance is in one row or the other (name, replicas and host
+    # are which instances exist, not a setting of one: their rows say INSTANCES).
     table = {"in_", "out", "mon", "ctrl", "in_prefix", "out_prefix", *SUPERVISION} | set(process_changes(tmp_path))
-    table |= table_row("moved to another host")
-    fields = {f.name for f in dataclasses.fields(DeviceConfig)} - {"name", "replicas"}
+    instances_fields = {f for f, how in settings.device_field_on_reload().items() if how is settings.OnReload.INSTANCES}
+    assert instances_fields == {"name", "replicas", "host"}
+    fields = {f.name for f in dataclasses.fields(DeviceConfig)} - instances_fields
     assert fields <= table | {"sockets"}, f"not in docs/cli.md's reload table: {sorted(fields - table)}"
 
 

@@ -6,9 +6,11 @@ import itertools
 from pathlib import Path
 
 import pytest
+from support.fakes import Harness, topology
 
+from procdevices.errors import DeviceSetupError
 from procdevices.supervisor.states import (
-    RUNNING_STATES,
+    PROCESS_STATES,
     TRANSITIONS,
     Event,
     InvalidTransition,
@@ -22,12 +24,15 @@ E = Event
 # The table exactly as specified, written out independently of the module so a
 # careless edit to TRANSITIONS is caught.
 EXPECTED: dict[tuple[State, Event], State] = {
-    (S.STOPPED, E.START): S.STARTING,
+    (S.STOPPED, E.START): S.QUEUED,
     (S.STOPPED, E.STOP): S.STOPPED,
-    (S.EXITED, E.START): S.STARTING,
+    (S.EXITED, E.START): S.QUEUED,
     (S.EXITED, E.STOP): S.STOPPED,
-    (S.FATAL, E.START): S.STARTING,
+    (S.FATAL, E.START): S.QUEUED,
     (S.FATAL, E.STOP): S.STOPPED,
+    (S.QUEUED, E.SPAWNED): S.STARTING,
+    (S.QUEUED, E.STOP): S.STOPPED,
+    (S.QUEUED, E.FAIL): S.FATAL,
     (S.STARTING, E.READY): S.RUNNING,
     (S.STARTING, E.FAIL): S.FATAL,
     (S.STARTING, E.EXIT_RESTART): S.BACKOFF,
@@ -37,8 +42,8 @@ EXPECTED: dict[tuple[State, Event], State] = {
     (S.RUNNING, E.EXIT_FINAL): S.EXITED,
     (S.RUNNING, E.FAIL): S.FATAL,
     (S.RUNNING, E.STOP): S.STOPPING,
-    (S.BACKOFF, E.RETRY): S.STARTING,
-    (S.BACKOFF, E.START): S.STARTING,
+    (S.BACKOFF, E.RETRY): S.QUEUED,
+    (S.BACKOFF, E.START): S.QUEUED,
     (S.BACKOFF, E.STOP): S.STOPPED,
     (S.BACKOFF, E.FAIL): S.FATAL,
     (S.STOPPING, E.STOPPED): S.STOPPED,
@@ -89,6 +94,9 @@ def test_every_other_pair_is_invalid(pair: tuple[State, Event]) -> None:
         (S.STOPPED, E.READY),  # report about a child we do not track
         (S.RUNNING, E.START),  # would spawn a second child
         (S.STARTING, E.START),
+        (S.QUEUED, E.START),  # already waiting for its process
+        (S.QUEUED, E.READY),  # no process to report
+        (S.RUNNING, E.SPAWNED),  # a second process
         (S.STOPPING, E.START),  # must wait for the stop to finish
         (S.STOPPED, E.RETRY),  # stale backoff timer
         (S.BACKOFF, E.EXIT_RESTART),  # no child in BACKOFF
@@ -127,38 +135,113 @@ def test_stop_is_accepted_in_every_state() -> None:
         assert next_state(state, E.STOP) in {S.STOPPED, S.STOPPING}
 
 
-def test_stop_ends_up_stopped_without_a_child_and_stopping_with_one() -> None:
-    for state in State:
-        expected = S.STOPPING if state in RUNNING_STATES else S.STOPPED
-        assert next_state(state, E.STOP) is expected
+def _walk(events: list[Event]) -> list[State]:
+    state, walked = S.STOPPED, []
+    for event in events:
+        state = next_state(state, event)
+        walked.append(state)
+    return walked
 
 
-def test_running_states() -> None:
-    assert RUNNING_STATES == frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+def test_a_start_is_queued_until_a_process_exists() -> None:
+    assert _walk([E.START, E.SPAWNED, E.READY]) == [S.QUEUED, S.STARTING, S.RUNNING]
+    # a crash's restart waits for its turn like any other start
+    assert _walk([E.START, E.SPAWNED, E.EXIT_RESTART, E.RETRY, E.SPAWNED]) == [
+        S.QUEUED,
+        S.STARTING,
+        S.BACKOFF,
+        S.QUEUED,
+        S.STARTING,
+    ]
+
+
+def test_stopping_a_queued_start_goes_straight_to_stopped() -> None:
+    assert _walk([E.START, E.STOP]) == [S.QUEUED, S.STOPPED]
 
 
 def test_scripted_history() -> None:
     script = [
-        (E.START, S.STARTING),
+        (E.START, S.QUEUED),
+        (E.SPAWNED, S.STARTING),
         (E.READY, S.RUNNING),
         (E.EXIT_RESTART, S.BACKOFF),  # crash
-        (E.RETRY, S.STARTING),
+        (E.RETRY, S.QUEUED),
+        (E.SPAWNED, S.STARTING),
         (E.READY, S.RUNNING),
         (E.STOP, S.STOPPING),
         (E.STOPPED, S.STOPPED),
     ]
-    state = S.STOPPED
-    walked = []
-    for event, expected in script:
-        state = next_state(state, event)
-        walked.append(state)
-        assert state is expected
-    assert walked == [expected for _, expected in script]
+    assert _walk([event for event, _ in script]) == [expected for _, expected in script]
+
+
+# --- PROCESS_STATES is where a supervised device has a process ---------------
+
+
+def test_a_process_exists_exactly_in_the_process_states(tmp_path: Path) -> None:
+    """Through a history that visits every state, on the fake clock: after each step, a
+    device has a process exactly when its state is one of PROCESS_STATES."""
+    h = Harness(topology({"a": {}, "b": {}, "c": {"restart": "on-failure"}}, tmp_path), max_starting=1)
+    seen: set[State] = set()
+
+    def step() -> None:
+        for child in h.sup.children:
+            has_process = child.process is not None
+            assert (child.state in PROCESS_STATES) == has_process, (child.name, child.state, has_process)
+            seen.add(child.state)
+
+    h.start()
+    step()  # a STARTING, b and c QUEUED
+    h.ready("a")
+    h.advance(0.0)
+    step()
+    h.ready("b")
+    h.advance(0.0)
+    step()
+    h.ready("c")
+    h.exit("a", 1)  # BACKOFF
+    step()
+    h.exit("c", 0)  # EXITED
+    step()
+    h.request("stop", name="b")  # STOPPING
+    step()
+    h.exit("b", 0)  # STOPPED
+    step()
+    h.advance(0.0)  # a: its retry
+    step()
+    # A reported setup error makes it FATAL at once; its process, on its way out, is reaped
+    # by the exit that follows the report: the one moment a process outlives PROCESS_STATES.
+    h.report_error("a", DeviceSetupError("in", "bind", "ipc://x", "in use"))
+    h.exit("a", 1)  # FATAL
+    step()
+    assert seen == set(State)
+
+
+def test_stopping_a_queued_device_emits_no_stopping_and_spawns_nothing(tmp_path: Path) -> None:
+    h = Harness(topology({"a": {}, "b": {}}, tmp_path), max_starting=1).start()
+    assert (h.state("a"), h.state("b")) == ("STARTING", "QUEUED")
+    reply = h.request("stop", name="b")
+    assert reply["ok"], reply
+    steps = [(e["from"], e["to"]) for e in h.events if e["type"] == "state" and e["instance"] == "b"]
+    assert steps == [("STOPPED", "QUEUED"), ("QUEUED", "STOPPED")]
+    h.ready("a")
+    h.advance(1.0)
+    assert h.launches("b") == 0 and h.state("b") == "STOPPED"
+
+
+def test_a_queued_device_becomes_starting_when_its_process_exists(tmp_path: Path) -> None:
+    h = Harness(topology({"a": {}, "b": {}}, tmp_path), max_starting=1).start()
+    assert h.state("b") == "QUEUED" and h.child("b").process is None
+    assert h.request("start", name="b")["code"] == "refused"  # already on its way
+    h.ready("a")
+    h.advance(0.0)
+    assert h.state("b") == "STARTING" and h.launches("b") == 1
+    steps = [e["to"] for e in h.events if e["type"] == "state" and e["instance"] == "b"]
+    assert steps == ["QUEUED", "STARTING"]
 
 
 def test_crash_loop_to_fatal_then_stop_clears_it() -> None:
     state = S.STOPPED
-    for event in (E.START, E.EXIT_RESTART, E.RETRY, E.FAIL, E.STOP):
+    for event in (E.START, E.SPAWNED, E.EXIT_RESTART, E.RETRY, E.FAIL, E.STOP):
         state = next_state(state, event)
     assert state is S.STOPPED
 

@@ -368,14 +368,16 @@ def test_every_transition_and_decision_is_an_event(two: Harness) -> None:
     mine = [e for e in two.events if e.get("instance") == "a"]
     steps = [(e["type"], e.get("from"), e.get("to")) for e in mine]
     assert steps == [
-        ("state", "STOPPED", "STARTING"),
+        ("state", "STOPPED", "QUEUED"),
+        ("state", "QUEUED", "STARTING"),
         ("state", "STARTING", "RUNNING"),
         ("state", "RUNNING", "BACKOFF"),
         ("decision", None, None),
-        ("state", "BACKOFF", "STARTING"),
+        ("state", "BACKOFF", "QUEUED"),
+        ("state", "QUEUED", "STARTING"),
         ("state", "STARTING", "RUNNING"),
     ]
-    exit_event, decision = mine[2], mine[3]
+    exit_event, decision = mine[3], mine[4]
     assert exit_event["pid"] == process.pid and "SIGKILL" in exit_event["reason"]
     assert decision["action"] == "restart" and decision["delay"] == 0.0 and decision["exit_code"] == -signal.SIGKILL
     assert all(isinstance(e["time"], float) and e["device"] == "a" for e in mine)
@@ -435,7 +437,7 @@ def _launches(h: Harness) -> list[int]:
 
 def test_only_max_starting_devices_are_spawned_at_once(five: Harness) -> None:
     assert _launches(five) == [1, 1, 0, 0, 0]
-    assert [five.state(name) for name in "abcde"] == ["STARTING"] * 5
+    assert [five.state(name) for name in "abcde"] == ["STARTING"] * 2 + ["QUEUED"] * 3
     assert five.child("c").pid is None
     five.ready("a")
     five.advance(0.0)
@@ -490,7 +492,7 @@ def test_shutdown_while_devices_wait_to_start(five: Harness) -> None:
 
 def test_restart_of_a_waiting_device_keeps_its_turn(five: Harness) -> None:
     five.sup.restart(five.child("e"))
-    assert five.state("e") == "STARTING" and five.launches("e") == 0
+    assert five.state("e") == "QUEUED" and five.launches("e") == 0
     five.ready("a", "b")
     five.advance(0.0)
     five.ready("c", "d")

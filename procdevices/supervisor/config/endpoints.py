@@ -17,6 +17,7 @@ import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from procdevices import runlayout
 from procdevices.supervisor.config.errors import Invalid, expected, join_key, show
 from procdevices.supervisor.config.libzmq_trial import LibzmqTrial
 from procdevices.supervisor.config.model import REPLICA, DeviceConfig
@@ -195,7 +196,7 @@ def check_bind_hosts(devices: Sequence[DeviceConfig], trial: LibzmqTrial) -> Non
 def check_socket_paths(devices: Sequence[DeviceConfig], run_dir: pathlib.Path, run_dir_key: str) -> None:
     """The supervisor's ``<run_dir>/supervisor.sock`` and each instance's
     ``<run_dir>/ctl/<name>.sock`` must fit the unix socket path limit."""
-    control_path = f"{run_dir}/supervisor.sock"
+    control_path = runlayout.supervisor_socket(run_dir)
     size = len(os.fsencode(control_path))
     if size > IPC_PATH_MAX:
         raise Invalid(
@@ -203,7 +204,7 @@ def check_socket_paths(devices: Sequence[DeviceConfig], run_dir: pathlib.Path, r
             f"run directory is too long: the control socket path '{control_path}' is "
             f"{size} bytes, but unix socket paths are limited to {IPC_PATH_MAX} bytes",
         )
-    ctl_dir_size = len(os.fsencode(f"{run_dir}/ctl/.sock"))
+    ctl_dir_size = len(os.fsencode(runlayout.control_socket(run_dir, "")))
     for device in devices:
         # The last replica has the longest name.
         name = device.instance_name(device.replicas - 1)
@@ -211,6 +212,6 @@ def check_socket_paths(devices: Sequence[DeviceConfig], run_dir: pathlib.Path, r
         if size > IPC_PATH_MAX:
             raise Invalid(
                 join_key("devices", device.name),
-                f"the control socket path '{run_dir}/ctl/{name}.sock' is {size} bytes, but unix socket "
+                f"the control socket path '{runlayout.control_socket(run_dir, name)}' is {size} bytes, but unix socket "
                 f"paths are limited to {IPC_PATH_MAX} bytes; use a shorter device name or run_dir",
             )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import zmq
 
+from procdevices import runlayout
+
 # RestartPolicy, Backoff and Intensity live in policy.py (the single copy the
 # restart logic compares against, e.g. ``policy is RestartPolicy.ALWAYS``);
 # they are re-exported under the names the configuration API uses.
@@ -151,7 +153,7 @@ class SupervisorConfig:
 
     @property
     def control_endpoint(self) -> str:
-        return f"ipc://{self.run_dir}/supervisor.sock"
+        return runlayout.supervisor_endpoint(self.run_dir)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import stat
 import tempfile
 from collections.abc import Sequence
 
+from procdevices import runlayout
 from procdevices.supervisor.config import endpoints, settings
 from procdevices.supervisor.config import hosts as hosts_module
 from procdevices.supervisor.config.errors import ConfigError, Invalid, join_key
@@ -121,7 +122,7 @@ def check_run_dir(run_dir: pathlib.Path, key: str = RUN_DIR_KEY) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise Invalid(key, f"cannot create run dir {run_dir}: {parent} is not writable")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".procdevices-check-", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f"{runlayout.DEFAULT_RUN_DIR}-check-", dir=parent))
     except OSError as exc:
         raise Invalid(key, f"cannot create run dir {run_dir}: {exc.strerror or exc}") from None
 

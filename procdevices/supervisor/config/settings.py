@@ -1,14 +1,15 @@
 """The scalar settings: ONE table, one row per setting.
 
 A row gives the key (dotted for the ``backoff``/``intensity``/``probe``
-sub-tables), its value type, default, range and scope. Everything else is
+sub-tables), its value type, default, range, scope and what a change of it means
+on reload (``OnReload``: reload.py derives its behaviour from this column). Everything else is
 derived from the table: the keys allowed in ``[supervisor]``, in a device and
 in ``[supervisor.defaults]``, the "did you mean" candidates, field-by-field
 merging of defaults, and the keyword arguments of ``DeviceConfig``. The table
 in docs/configuration.md is checked against it (tests/test_config_schema.py).
 
-Recipe, a new device setting: add a row, add the field (same default) to
-``DeviceConfig`` (or to its sub-table's dataclass), use it, document it.
+Recipe, a new device setting: add a row (with its ``on_reload``), add the field (same
+default) to ``DeviceConfig`` (or to its sub-table's dataclass), use it, document it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from procdevices import runlayout
 from procdevices.supervisor.config.errors import Invalid, as_table, check_keys, expected, one_of, show, suggest
 from procdevices.supervisor.config.model import BackoffPolicy, Intensity, ProbeSpec, RestartPolicy, StartMethod
 
@@ -32,6 +34,8 @@ __all__ = [
     "GROUP_TYPES",
     "MAX_DEADLINE_SECONDS",
     "MEMORY_LIMIT_FLOOR",
+    "STRUCTURE_ON_RELOAD",
+    "OnReload",
     "SETTINGS",
     "SUPERVISOR_SETTINGS",
     "Scope",
@@ -39,6 +43,7 @@ __all__ = [
     "ValueType",
     "Values",
     "device_fields",
+    "device_field_on_reload",
     "group_origin",
     "merged",
     "parse_memory_size",
@@ -59,6 +64,16 @@ class ValueType(enum.Enum):
     ADDRESS = "string (HOST:PORT)"
 
 
+class OnReload(enum.Enum):
+    """What a change of a setting means when the topology is reloaded."""
+
+    RESTART = "restart the process"  # the device process runs with it: a new process
+    LIVE = "apply live"  # how the supervisor treats the process: the running one keeps going
+    INSTANCES = "start or stop instances"  # which instances exist (matched by name)
+    NEXT_UP = "needs a new `up`"  # read once at `up`: reported as not applied
+    REFUSED = "refused while running"  # a reload that changes it changes nothing
+
+
 class Scope(enum.Enum):
     SUPERVISOR = "supervisor"  # in [supervisor]
     DEVICE = "device"  # in a device, or in [supervisor.defaults]
@@ -75,6 +90,7 @@ class Setting:
     choices: type[enum.Enum] | None = None  # for CHOICE: the enum whose values are accepted
     label: str = ""  # for CHOICE messages: "invalid <label> 'x'"
     scope: Scope = Scope.DEVICE
+    on_reload: OnReload | None = None  # every row says (a test holds it)
 
     @property
     def group(self) -> str | None:
@@ -100,16 +116,35 @@ MAX_DEADLINE_SECONDS = 1_000_000.0
 MEMORY_LIMIT_FLOOR = 32 * 1024**2
 
 _S, _N, _I = ValueType.SECONDS, ValueType.NUMBER, ValueType.INTEGER
+_RESTART, _LIVE, _NEXT_UP = OnReload.RESTART, OnReload.LIVE, OnReload.NEXT_UP
 _DEADLINE = MAX_DEADLINE_SECONDS
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("run_dir", ValueType.PATH, ".procdevices", scope=Scope.SUPERVISOR),
-    Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR),
-    Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR),
-    Setting("metrics_socket", ValueType.BOOLEAN, False, scope=Scope.SUPERVISOR),
+    Setting("run_dir", ValueType.PATH, runlayout.DEFAULT_RUN_DIR, scope=Scope.SUPERVISOR, on_reload=OnReload.REFUSED),
+    Setting("pool_size", _I, 2, minimum=0, min_inclusive=True, maximum=64, scope=Scope.SUPERVISOR, on_reload=_LIVE),
+    # The metrics server is bound once, before any device starts: a new address needs `up`.
+    Setting("metrics", ValueType.ADDRESS, None, scope=Scope.SUPERVISOR, on_reload=_NEXT_UP),
+    Setting("metrics_socket", ValueType.BOOLEAN, False, scope=Scope.SUPERVISOR, on_reload=_NEXT_UP),
     # Each device's own log (devicelogs.py): its size before rotation, and the older files kept.
-    Setting("device_log_max_bytes", _I, 10 * 1024**2, minimum=4096, min_inclusive=True, scope=Scope.SUPERVISOR),
-    Setting("device_log_backups", _I, 3, minimum=0, min_inclusive=True, maximum=100, scope=Scope.SUPERVISOR),
+    Setting(
+        "device_log_max_bytes",
+        _I,
+        10 * 1024**2,
+        minimum=4096,
+        min_inclusive=True,
+        scope=Scope.SUPERVISOR,
+        on_reload=_NEXT_UP,
+    ),
+    Setting(
+        "device_log_backups",
+        _I,
+        3,
+        minimum=0,
+        min_inclusive=True,
+        maximum=100,
+        scope=Scope.SUPERVISOR,
+        on_reload=_NEXT_UP,
+    ),
     Setting(
         "start_method",
         ValueType.CHOICE,
@@ -117,26 +152,34 @@ SETTINGS: tuple[Setting, ...] = (
         choices=StartMethod,
         label="start method",
         scope=Scope.SUPERVISOR,
+        on_reload=_NEXT_UP,
     ),
-    Setting("restart", ValueType.CHOICE, RestartPolicy.ALWAYS, choices=RestartPolicy, label="restart policy"),
-    Setting("backoff.initial", _S, 0.05, minimum=0, maximum=_DEADLINE),
-    Setting("backoff.max", _S, 5.0, minimum=0, maximum=_DEADLINE),
-    Setting("backoff.factor", _N, 2.0, minimum=1, min_inclusive=True),
-    Setting("intensity.max_restarts", _I, 5, minimum=0, min_inclusive=True),
-    Setting("intensity.within", _S, 30.0, minimum=0),
-    Setting("stable_after", _S, 10.0, minimum=0),
+    Setting(
+        "restart",
+        ValueType.CHOICE,
+        RestartPolicy.ALWAYS,
+        choices=RestartPolicy,
+        label="restart policy",
+        on_reload=_LIVE,
+    ),
+    Setting("backoff.initial", _S, 0.05, minimum=0, maximum=_DEADLINE, on_reload=_LIVE),
+    Setting("backoff.max", _S, 5.0, minimum=0, maximum=_DEADLINE, on_reload=_LIVE),
+    Setting("backoff.factor", _N, 2.0, minimum=1, min_inclusive=True, on_reload=_LIVE),
+    Setting("intensity.max_restarts", _I, 5, minimum=0, min_inclusive=True, on_reload=_LIVE),
+    Setting("intensity.within", _S, 30.0, minimum=0, on_reload=_LIVE),
+    Setting("stable_after", _S, 10.0, minimum=0, on_reload=_LIVE),
     # Below 50 ms the probes themselves load the machine (1e-4 s burnt 44% of a core).
-    Setting("probe.interval", _S, 1.0, minimum=0.05, min_inclusive=True, maximum=_DEADLINE),
+    Setting("probe.interval", _S, 1.0, minimum=0.05, min_inclusive=True, maximum=_DEADLINE, on_reload=_LIVE),
     # A ping round trip on a busy machine takes milliseconds: less flags healthy devices as hung.
-    Setting("probe.timeout", _S, 1.0, minimum=0.01, min_inclusive=True, maximum=_DEADLINE),
-    Setting("probe.failures", _I, 3, minimum=1, min_inclusive=True),
-    Setting("memory_limit", ValueType.MEMORY, None, minimum=MEMORY_LIMIT_FLOOR, min_inclusive=True),
-    Setting("start_timeout", _S, 10.0, minimum=0, maximum=_DEADLINE),
-    Setting("stop_timeout", _S, 5.0, minimum=0, maximum=_DEADLINE),
-    Setting("kill_timeout", _S, 2.0, minimum=0, maximum=_DEADLINE),
-    Setting("stop_linger", _S, 1.0, minimum=0, min_inclusive=True, maximum=_DEADLINE),
-    Setting("replicas", _I, 1, minimum=1, min_inclusive=True, maximum=64),
-    Setting("own_sockets", ValueType.BOOLEAN, True),
+    Setting("probe.timeout", _S, 1.0, minimum=0.01, min_inclusive=True, maximum=_DEADLINE, on_reload=_LIVE),
+    Setting("probe.failures", _I, 3, minimum=1, min_inclusive=True, on_reload=_LIVE),
+    Setting("memory_limit", ValueType.MEMORY, None, minimum=MEMORY_LIMIT_FLOOR, min_inclusive=True, on_reload=_LIVE),
+    Setting("start_timeout", _S, 10.0, minimum=0, maximum=_DEADLINE, on_reload=_LIVE),
+    Setting("stop_timeout", _S, 5.0, minimum=0, maximum=_DEADLINE, on_reload=_LIVE),
+    Setting("kill_timeout", _S, 2.0, minimum=0, maximum=_DEADLINE, on_reload=_LIVE),
+    Setting("stop_linger", _S, 1.0, minimum=0, min_inclusive=True, maximum=_DEADLINE, on_reload=_RESTART),
+    Setting("replicas", _I, 1, minimum=1, min_inclusive=True, maximum=64, on_reload=OnReload.INSTANCES),
+    Setting("own_sockets", ValueType.BOOLEAN, True, on_reload=_RESTART),
 )
 
 DEVICE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope is Scope.DEVICE)
@@ -150,6 +193,26 @@ DEVICE_SETTING_KEYS: tuple[str, ...] = tuple(dict.fromkeys(s.top_key for s in DE
 GROUP_FIELDS: dict[str, tuple[str, ...]] = {
     group: tuple(s.field for s in DEVICE_SETTINGS if s.group == group) for group in GROUP_TYPES
 }
+
+#: The DeviceConfig fields that are not settings rows (the device's shape and identity):
+#: what a change of each means on reload.
+STRUCTURE_ON_RELOAD: dict[str, OnReload] = {
+    "name": OnReload.INSTANCES,  # instances are matched by name
+    # A supervisor runs only its own host's devices: one moved elsewhere is gone here.
+    "host": OnReload.INSTANCES,
+    **dict.fromkeys(("kind", "in_", "out", "mon", "ctrl", "in_prefix", "out_prefix"), OnReload.RESTART),
+}
+
+
+def device_field_on_reload() -> dict[str, OnReload | None]:
+    """Each DeviceConfig field (a sub-table is one field) → what a change of it means on
+    reload, from the rows (a sub-table's rows must agree) and STRUCTURE_ON_RELOAD."""
+    result: dict[str, OnReload | None] = dict(STRUCTURE_ON_RELOAD)
+    for setting in DEVICE_SETTINGS:
+        seen = result.setdefault(setting.top_key, setting.on_reload)
+        if seen is not setting.on_reload:
+            result[setting.top_key] = None  # rows of one sub-table that disagree: unclassified
+    return result
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 "use strict";
 
 const ACTIONS = ["pause", "resume", "restart", "stop", "start"];
-const STATE_RANK = { FATAL: 6, BACKOFF: 5, STOPPING: 4, STARTING: 3, EXITED: 2, STOPPED: 1, RUNNING: 0 };
+const STATE_RANK = { FATAL: 7, BACKOFF: 6, STOPPING: 5, STARTING: 4, QUEUED: 3, EXITED: 2, STOPPED: 1, RUNNING: 0 };
 
 let current = null;      // the last snapshot
 let structure = "";      // what the DOM was built for
