@@ -252,7 +252,9 @@ def _session(leader_pid: int, leader_created: float) -> list[psutil.Process]:
     return found
 
 
-def _kill_all(procs: Iterable[psutil.Process], timeout: float = 10.0) -> None:
+def kill_all(procs: Iterable[psutil.Process], timeout: float = 10.0) -> None:
+    """SIGCONT then SIGKILL each of ``procs`` (a stopped one too), and wait up to ``timeout``
+    until none is alive (a zombie counts as gone); never raises for one already gone."""
     procs = list(procs)
     for proc in procs:
         for sig in (signal.SIGCONT, signal.SIGKILL):  # SIGCONT: a stopped process too
@@ -416,13 +418,13 @@ class LiveTopology:
                 try:
                     self._proc.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
-                    _kill_all([self._leader])
+                    kill_all([self._leader])
                     self._proc.wait()
                 left = self.leftovers()
                 if left:
                     # Devices of a dead supervisor stop by themselves: a moment's grace first.
                     psutil.wait_procs(left, timeout=2.0)
-                    _kill_all(self.leftovers())
+                    kill_all(self.leftovers())
             finished = True
         finally:
             if self._watchdog is not None:
@@ -812,7 +814,7 @@ def _watchdog(leader_pid: int, leader_created: float, directory: str) -> None:
     left = _session(leader_pid, leader_created)
     if left:
         psutil.wait_procs(left, timeout=2.0)
-        _kill_all(_session(leader_pid, leader_created))
+        kill_all(_session(leader_pid, leader_created))
     shutil.rmtree(directory, ignore_errors=True)
 
 
