@@ -1,5 +1,7 @@
 """The command line: flags, the phases to run, the JSON written, the report printed."""
 
+from __future__ import annotations
+
 import argparse
 import compileall
 import contextlib

@@ -1,5 +1,7 @@
 """The devices measured: pyzmq's, procdevices', and one under the supervisor."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import multiprocessing

@@ -1,6 +1,8 @@
 """The shared harness: profiles, deadlines, statistics, logging and errors, process
 clean-up, and the spawned helper processes (:mod:`bench.worker`) driven through pipes."""
 
+from __future__ import annotations
+
 import contextlib
 import multiprocessing
 import os

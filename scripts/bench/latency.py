@@ -1,5 +1,7 @@
 """The latency phase: REQ -> ROUTER/DEALER queue -> REP round trips; and the PING prober."""
 
+from __future__ import annotations
+
 import array
 import contextlib
 import statistics

@@ -1,5 +1,7 @@
 """The overhead phase: CPU of an idle supervisor and its idle devices."""
 
+from __future__ import annotations
+
 import shutil
 import tempfile
 import time

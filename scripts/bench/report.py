@@ -1,5 +1,7 @@
 """The report: the text summary of a run, and the machine it ran on."""
 
+from __future__ import annotations
+
 import contextlib
 import multiprocessing
 import os

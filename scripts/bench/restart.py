@@ -1,5 +1,7 @@
 """The restart phase: SIGKILL a supervised streamer, time its replacement."""
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shutil

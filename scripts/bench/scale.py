@@ -1,5 +1,7 @@
 """The scale phase (--scale N): N devices under one `up`, with spawn and forkserver."""
 
+from __future__ import annotations
+
 import shutil
 import subprocess
 import sys

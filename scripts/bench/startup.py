@@ -1,6 +1,8 @@
 """The startup phase: time until N devices forward, and their memory; pyzmq's
 spawn baseline runs scripts/pyzmq_spawn_devices.py."""
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shutil

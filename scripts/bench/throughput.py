@@ -1,5 +1,7 @@
 """The throughput and mq phases: PUSH -> PULL through each kind of device."""
 
+from __future__ import annotations
+
 import contextlib
 import os
 import tempfile

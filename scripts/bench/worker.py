@@ -2,6 +2,8 @@
 only this module (and pyzmq): a spawned child must not pay for the rest of the benchmark.
 The clock and the case rotation live here, the bottom of the package, for the same reason."""
 
+from __future__ import annotations
+
 import array
 import contextlib
 import signal
