@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
@@ -366,11 +367,14 @@ class Up:
 
     # -- status ---------------------------------------------------------------------------
     def try_status(self) -> dict[str, Any] | None:
-        """What ``status --json`` prints, read over the control socket (no interpreter per
-        check); None while no supervisor answers yet."""
-        data = self.changes.status()
-        if data is None:
+        """``status --json``; None while no supervisor answers yet (exit 4). Through the CLI
+        on purpose: these tests check what users run (the waits between two reads are the
+        library's, ``self.changes``)."""
+        result = self.cli("status", "--json")
+        if result.returncode == 4:
             return None
+        assert result.returncode in (0, 3), describe(result)
+        data: dict[str, Any] = json.loads(result.stdout)
         for device in data["devices"]:
             if device["pid"] and device["pid"] not in self.devices_seen:
                 proc = identify(device["pid"])
