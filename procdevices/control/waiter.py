@@ -89,7 +89,9 @@ class SupervisorWaiter:
             if self.changed(min(left, quiet)):
                 quiet = FIRST_QUIET
             else:
-                quiet = min(quiet * 2, MAX_QUIET)
+                # Without an event stream (another host's supervisor) the re-checks are all
+                # there is: they stay at FIRST_QUIET, as the CLI's polling always did.
+                quiet = min(quiet * 2, MAX_QUIET if self._sock is not None else FIRST_QUIET)
 
     def changed(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for an event; True if there was one (all that arrived are
