@@ -6,9 +6,12 @@ RUNNING; leaving the block stops everything through ``down``, kills whatever is 
 session and removes the directory. ``procdevices.pytest_plugin`` is a thin layer over this
 module (the ``procdevices_topology`` fixture). See docs/testing.md.
 
-This module drives only the public command line (``up``, ``status --json``, ``stats --json``,
+This module drives the public command line (``up``, ``stats --json``,
 ``start``/``stop``/``restart``/``pause``/``resume NAME``, ``down``, always with ``-c FILE``),
-so it tests what users run. It does not import pytest, and ``import procdevices`` does not
+so it tests what users run. Its waits are the library's own
+(:class:`procdevices.control.waiter.SupervisorWaiter`): woken by the supervisor's event
+stream, each re-check reads ``status`` (what ``status --json`` prints) over the supervisor's
+control socket, with no interpreter started per check. It does not import pytest, and ``import procdevices`` does not
 import it.
 
 How the clean-up is guaranteed::
@@ -42,7 +45,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import psutil
 
-from procdevices import runlayout
+from procdevices.control.waiter import SupervisorWaiter, WaitFailed
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -249,7 +252,9 @@ def _session(leader_pid: int, leader_created: float) -> list[psutil.Process]:
     return found
 
 
-def _kill_all(procs: Iterable[psutil.Process], timeout: float = 10.0) -> None:
+def kill_all(procs: Iterable[psutil.Process], timeout: float = 10.0) -> None:
+    """SIGCONT then SIGKILL each of ``procs`` (a stopped one too), and wait up to ``timeout``
+    until none is alive (a zombie counts as gone); never raises for one already gone."""
     procs = list(procs)
     for proc in procs:
         for sig in (signal.SIGCONT, signal.SIGKILL):  # SIGCONT: a stopped process too
@@ -313,6 +318,7 @@ class LiveTopology:
         self._closed = False
         self._final_log: str | None = None
         self._log_reader: BinaryIO | None = None
+        self._waiter: SupervisorWaiter | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self) -> LiveTopology:
@@ -323,6 +329,8 @@ class LiveTopology:
             raise RuntimeError("this topology was started already")
         try:
             self.config_path.write_text(prepare_topology(self._source, self.directory))
+            # Subscribed before `up` starts: the first transitions are not missed.
+            self._waiter = SupervisorWaiter(self.run_dir)
             with open(self.log_path, "wb") as log:
                 self._proc = subprocess.Popen(
                     [*_CLI, "up", "-c", str(self.config_path)],
@@ -410,13 +418,13 @@ class LiveTopology:
                 try:
                     self._proc.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
-                    _kill_all([self._leader])
+                    kill_all([self._leader])
                     self._proc.wait()
                 left = self.leftovers()
                 if left:
                     # Devices of a dead supervisor stop by themselves: a moment's grace first.
                     psutil.wait_procs(left, timeout=2.0)
-                    _kill_all(self.leftovers())
+                    kill_all(self.leftovers())
             finished = True
         finally:
             if self._watchdog is not None:
@@ -439,6 +447,8 @@ class LiveTopology:
             self._final_log = self._read_log()
             if self._log_reader is not None:
                 self._log_reader.close()
+            if self._waiter is not None:
+                self._waiter.close()
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def leftovers(self) -> list[psutil.Process]:
@@ -520,22 +530,14 @@ class LiveTopology:
     # -- status -----------------------------------------------------------------------------------
     def try_status(self) -> dict[str, Any] | None:
         """``status --json``, or None while no supervisor answers yet."""
-        if not Path(runlayout.supervisor_socket(self.run_dir)).exists():
-            # What `status` would say at once (exit 4), without the cost of an interpreter.
+        if self._waiter is None:
             return None
-        result = self.cli("status", "--json")
-        if result.returncode == 4:
+        try:
+            data = self._waiter.status()
+        except WaitFailed as e:
+            raise self._error(str(e)) from None
+        if data is None:
             return None
-        if result.returncode == 78 and self._proc is not None:
-            # The clients read the topology too: `up` rejected it (or is about to).
-            try:
-                self._proc.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                pass
-            raise self._error(result.stderr.strip())
-        if result.returncode not in (0, 3):
-            raise self._error(f"`procdevices status --json` exited {result.returncode}: {result.stderr.strip()}")
-        data: dict[str, Any] = json.loads(result.stdout)
         for device in data["devices"]:
             pid = device.get("pid")
             if pid and pid not in self._devices_seen:
@@ -624,7 +626,7 @@ class LiveTopology:
 
     # -- waiting ----------------------------------------------------------------------------------
     def wait_state(self, name: str | None, state: str, *, timeout: float | None = None) -> dict[str, dict[str, Any]]:
-        """Poll ``status --json`` until every process of ``name`` (all devices for None) is in
+        """Wait until every process of ``name`` (all devices for None) is in
         ``state``; returns their entries by instance name. Fails fast when the supervisor exits
         or a device goes FATAL while another state is awaited; TopologyError naming what was
         awaited and what was last seen at the deadline (``timeout``, default the topology's)."""
@@ -635,7 +637,7 @@ class LiveTopology:
     def wait_states(
         self, states: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> dict[str, dict[str, Any]]:
-        """Poll until every process is in its state from ``states`` (keys: device or instance
+        """Wait until every process is in its state from ``states`` (keys: device or instance
         names), RUNNING for the others; returns every entry by instance name. Fails fast as
         :meth:`wait_state` does (a device FATAL that should not be)."""
         wanted = dict(states or {})
@@ -668,35 +670,37 @@ class LiveTopology:
                 return {e["name"]: e for e in entries}
             return None
 
-        return self._poll(settled, what, self.timeout if timeout is None else timeout)
+        return self._wait_for(settled, what, self.timeout if timeout is None else timeout)
 
     def wait(self, predicate: Callable[[dict[str, Any]], _T | None], what: str, *, timeout: float | None = None) -> _T:
-        """Poll ``status --json`` until ``predicate(status)`` returns something truthy; return
+        """Wait until ``predicate(status)`` (``status`` as ``status --json`` prints it) returns something truthy; return
         it. TopologyError "timed out after Ns waiting for WHAT" at the deadline."""
-        return self._poll(predicate, what, self.timeout if timeout is None else timeout)
+        return self._wait_for(predicate, what, self.timeout if timeout is None else timeout)
 
-    def _poll(self, predicate: Callable[[dict[str, Any]], _T | None], what: str, timeout: float) -> _T:
-        deadline = time.monotonic() + timeout
-        while True:
+    def _wait_for(self, predicate: Callable[[dict[str, Any]], _T | None], what: str, timeout: float) -> _T:
+        last: dict[str, Any] | None = None
+
+        def check() -> _T | None:
+            nonlocal last
             if not self.running():
                 raise self._exited(what)
-            data = self.try_status()
-            if data is not None:
-                value = predicate(data)
-                if value:
-                    return value
-            if time.monotonic() >= deadline:
-                seen = (
-                    "no answer from the supervisor yet"
-                    if data is None
-                    else ", ".join(
-                        f"{d['name']} {d['state']}"
-                        + (f" ({d['last_exit']})" if d["last_exit"] and d["state"] != "RUNNING" else "")
-                        for d in data["devices"]
-                    )
-                )
-                raise self._error(f"timed out after {timeout:g}s waiting for {what}; last seen: {seen}")
-            time.sleep(_POLL_INTERVAL if data is not None else _FILE_POLL_INTERVAL)
+            last = self.try_status()
+            return predicate(last) if last is not None else None
+
+        assert self._waiter is not None, "up() first"
+        value = self._waiter.wait(check, timeout)
+        if value:
+            return value
+        seen = (
+            "no answer from the supervisor yet"
+            if last is None
+            else ", ".join(
+                f"{d['name']} {d['state']}"
+                + (f" ({d['last_exit']})" if d["last_exit"] and d["state"] != "RUNNING" else "")
+                for d in last["devices"]
+            )
+        )
+        raise self._error(f"timed out after {timeout:g}s waiting for {what}; last seen: {seen}")
 
     def _exited(self, what: str) -> TopologyError:
         assert self._proc is not None
@@ -754,7 +758,7 @@ class LiveTopology:
             now = {e["name"]: e for e in data["devices"]}
             return all(now[n]["pid"] != pid or now[n]["state"] != "RUNNING" for n, pid in old.items())
 
-        self._poll(noticed, f"the supervisor to notice that {name} died", self.timeout)
+        self._wait_for(noticed, f"the supervisor to notice that {name} died", self.timeout)
 
     def __repr__(self) -> str:
         return f"<LiveTopology {self.label} {self.directory}>"
@@ -810,7 +814,7 @@ def _watchdog(leader_pid: int, leader_created: float, directory: str) -> None:
     left = _session(leader_pid, leader_created)
     if left:
         psutil.wait_procs(left, timeout=2.0)
-        _kill_all(_session(leader_pid, leader_created))
+        kill_all(_session(leader_pid, leader_created))
     shutil.rmtree(directory, ignore_errors=True)
 
 

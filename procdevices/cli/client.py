@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procdevices import exitcodes, runlayout
 from procdevices.cli import locate, render
 from procdevices.control.protocol import ErrorCode, SupervisorCommand
+
+if TYPE_CHECKING:
+    from procdevices.control.waiter import SupervisorWaiter
 
 
 class CommandFailed(Exception):
@@ -116,30 +118,45 @@ _SETTLED = {"start": {"RUNNING", "FATAL", "EXITED"}, "restart": {"RUNNING", "FAT
 LIFECYCLE_TIMEOUT = 60.0
 
 
+def _waiter(args: argparse.Namespace) -> SupervisorWaiter:
+    """Subscribed to the supervisor's events before the command is sent, so none is missed;
+    a supervisor on another host has no local event stream (the waiter re-checks on its own)."""
+    from procdevices.control.waiter import SupervisorWaiter
+
+    return SupervisorWaiter(None if getattr(args, "remote", None) is not None else run_dir(args))
+
+
 def lifecycle(args: argparse.Namespace) -> int:
     """start, stop, restart: ask, then wait until the supervisor reports the outcome."""
     command = SupervisorCommand(args.command)
     before = request(args, SupervisorCommand.STATUS, on_behalf=command.value, name=args.name)
     old_pids = {d["pid"] for d in before["devices"] if d["pid"]}
-    request(args, command, name=args.name)
-    if args.no_wait:
-        return exitcodes.EXIT_OK
-    deadline = time.monotonic() + LIFECYCLE_TIMEOUT
-    while time.monotonic() < deadline:
-        devices = request(args, SupervisorCommand.STATUS, on_behalf=command.value, name=args.name)["devices"]
-        states = {d["state"] for d in devices}
-        replaced = all(d["pid"] not in old_pids for d in devices)
-        if states <= _SETTLED[command.value] and (command is not SupervisorCommand.RESTART or replaced):
-            for d in devices:
-                settled = (
-                    d["state"] if d["state"] == "RUNNING" or not d["last_exit"] else f"{d['state']} ({d['last_exit']})"
-                )
-                print(f"{d['name']}: {settled}")
-            if "FATAL" in states or (command is not SupervisorCommand.STOP and "EXITED" in states):
-                return exitcodes.EXIT_FAILED
+    with _waiter(args) as waiter:
+        request(args, command, name=args.name)
+        if args.no_wait:
             return exitcodes.EXIT_OK
-        time.sleep(0.05)  # the supervisor never blocks; this client polls its status
-    raise _fail(f"{command.value} {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+
+        def settled() -> list[dict[str, Any]] | None:
+            devices: list[dict[str, Any]] = request(
+                args, SupervisorCommand.STATUS, on_behalf=command.value, name=args.name
+            )["devices"]
+            states = {d["state"] for d in devices}
+            replaced = all(d["pid"] not in old_pids for d in devices)
+            done = states <= _SETTLED[command.value] and (command is not SupervisorCommand.RESTART or replaced)
+            return devices if done else None
+
+        devices = waiter.wait(settled, LIFECYCLE_TIMEOUT)
+    if devices is None:
+        raise _fail(f"{command.value} {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+    for d in devices:
+        print(
+            f"{d['name']}: "
+            + (d["state"] if d["state"] == "RUNNING" or not d["last_exit"] else f"{d['state']} ({d['last_exit']})")
+        )
+    states = {d["state"] for d in devices}
+    if "FATAL" in states or (command is not SupervisorCommand.STOP and "EXITED" in states):
+        return exitcodes.EXIT_FAILED
+    return exitcodes.EXIT_OK
 
 
 def down(args: argparse.Namespace) -> int:
@@ -186,18 +203,24 @@ def reload(args: argparse.Namespace) -> int:
 
 
 def scale(args: argparse.Namespace) -> int:
-    summary = request(args, SupervisorCommand.SCALE, name=args.name, replicas=args.replicas)
-    print(render.changes(f"scaled {args.name} to {args.replicas}", summary))
-    if args.no_wait:
-        return exitcodes.EXIT_OK
-    deadline = time.monotonic() + LIFECYCLE_TIMEOUT
-    while time.monotonic() < deadline:
-        devices = request(args, SupervisorCommand.STATUS, on_behalf="scale", name=args.name)["devices"]
-        if len(devices) == args.replicas and all(d["state"] in ("RUNNING", "FATAL", "EXITED") for d in devices):
-            print("\n".join(f"{d['name']}: {d['state']}" for d in devices))
-            return exitcodes.EXIT_OK if all(d["state"] == "RUNNING" for d in devices) else exitcodes.EXIT_FAILED
-        time.sleep(0.05)  # the supervisor never blocks; this client polls its status
-    raise _fail(f"scale {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+    with _waiter(args) as waiter:
+        summary = request(args, SupervisorCommand.SCALE, name=args.name, replicas=args.replicas)
+        print(render.changes(f"scaled {args.name} to {args.replicas}", summary))
+        if args.no_wait:
+            return exitcodes.EXIT_OK
+
+        def settled() -> list[dict[str, Any]] | None:
+            devices: list[dict[str, Any]] = request(args, SupervisorCommand.STATUS, on_behalf="scale", name=args.name)[
+                "devices"
+            ]
+            done = len(devices) == args.replicas and all(d["state"] in ("RUNNING", "FATAL", "EXITED") for d in devices)
+            return devices if done else None
+
+        devices = waiter.wait(settled, LIFECYCLE_TIMEOUT)
+    if devices is None:
+        raise _fail(f"scale {args.name}: no outcome within {LIFECYCLE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+    print("\n".join(f"{d['name']}: {d['state']}" for d in devices))
+    return exitcodes.EXIT_OK if all(d["state"] == "RUNNING" for d in devices) else exitcodes.EXIT_FAILED
 
 
 def logs(args: argparse.Namespace) -> int:

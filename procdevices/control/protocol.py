@@ -119,6 +119,78 @@ class DeviceStats:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    @classmethod
+    def from_wire(cls, value: object) -> DeviceStats | None:
+        """The counters of a device's answer, or None when it is not exactly that shape
+        (every counter there, a non-negative int)."""
+        if not isinstance(value, dict):
+            return None
+        values = [value.get(f.name) for f in fields(cls)]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            return None
+        return cls(*values)  # type: ignore[arg-type]  # checked just above
+
+
+#: What ``PingReply.loop`` says besides the loop phases (running, stopped, dead): the loop
+#: waits in a send on a full peer (backpressure, not a hang).
+LOOP_BLOCKED = "blocked"
+#: ``PingReply.loop`` of a loop that ended without being asked: the device is hung.
+LOOP_DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class PingReply:
+    """The answer to PING (docs/devices.md, "Liveness: PING"): built by the device's control
+    server, read by the supervisor's health checks; one definition for both ends.
+
+    ``loop`` is ``running``, ``stopped``, ``dead`` or ``blocked`` (then ``blocked_for``
+    seconds, on ``blocked_side`` ``in``/``out`` or None when unknown); ``probed`` says whether
+    the loop is steerable (its counters and blocking can be seen), ``answered_ago`` when it
+    last answered, ``stats`` its last counters (they ride on PING: the supervisor learns the
+    traffic on its probe tick at no extra cost).
+    """
+
+    pid: int
+    paused: bool
+    stopping: bool
+    loop: str
+    blocked_for: float | None = None
+    blocked_side: str | None = None
+    probed: bool = False
+    answered_ago: float | None = None
+    stats: DeviceStats | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["stats"] = self.stats.as_dict() if self.stats is not None else None
+        return body
+
+    @classmethod
+    def from_wire(cls, body: object) -> PingReply | None:
+        """The reply in ``body``, or None when it is not one (not an object, no ``loop``). A
+        field of the wrong type reads as its default: one odd field (an older or newer
+        device) must not cost the rest of the answer."""
+        if not isinstance(body, dict) or not isinstance(body.get("loop"), str):
+            return None
+
+        def number(key: str) -> float | None:
+            value = body.get(key)
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        pid = body.get("pid")
+        side = body.get("blocked_side")
+        return cls(
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
+            paused=body.get("paused") is True,
+            stopping=body.get("stopping") is True,
+            loop=body["loop"],
+            blocked_for=number("blocked_for"),
+            blocked_side=side if isinstance(side, str) else None,
+            probed=body.get("probed") is True,
+            answered_ago=number("answered_ago"),
+            stats=DeviceStats.from_wire(body.get("stats")),
+        )
+
 
 def encode(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()

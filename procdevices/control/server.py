@@ -35,9 +35,12 @@ import zmq
 from procdevices.control import steering as steer
 from procdevices.control.protocol import (
     ERROR,
+    LOOP_BLOCKED,
+    LOOP_DEAD,
     OK,
     Command,
     ErrorCode,
+    PingReply,
     ProtocolError,
     device_error,
     encode,
@@ -68,7 +71,7 @@ class LoopPhase(enum.Enum):
 
     RUNNING = "running"
     STOPPED = "stopped"  # it returned after a stop; the worker drains and closes
-    DEAD = "dead"  # it ended without being asked (an exception)
+    DEAD = LOOP_DEAD  # it ended without being asked (an exception)
 
 
 # Wake-up messages from the worker thread.
@@ -262,7 +265,7 @@ class ControlServer:
             print(f"procdevices: control command failed (please report): {e!r}", file=sys.stderr, flush=True)
             reply.error(ErrorCode.INTERNAL, f"internal error: {e!r}")
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> PingReply:
         """The PING reply: see docs/devices.md, "Liveness: PING"."""
         target, steering, now = self.target, self.target.steering, self.clock()
         loop = self.phase.value
@@ -273,22 +276,20 @@ class ControlServer:
         elif steering is not None:
             since = steering.unanswered_since()
             if self.phase is LoopPhase.RUNNING and since is not None and now - since >= PING_WAIT:
-                loop, blocked_for = "blocked", round(now - since, 3)
+                loop, blocked_for = LOOP_BLOCKED, round(now - since, 3)
             if steering.last_answer_at is not None:
                 answered_ago = round(now - steering.last_answer_at, 3)
-        return {
-            "pid": os.getpid(),
-            "paused": target.paused,
-            "stopping": target.stopping,
-            "loop": loop,
-            "blocked_for": blocked_for,
-            "blocked_side": target.blocked_side if blocked_for is not None else None,
-            "probed": steering is not None,
-            "answered_ago": answered_ago,
-            # The loop's last counters ride on PING's answer: the supervisor learns a device's
-            # traffic on its probe tick at no extra cost.
-            "stats": steering.last_statistics.as_dict() if steering and steering.last_statistics else None,
-        }
+        return PingReply(
+            pid=os.getpid(),
+            paused=target.paused,
+            stopping=target.stopping,
+            loop=loop,
+            blocked_for=blocked_for,
+            blocked_side=target.blocked_side if blocked_for is not None else None,
+            probed=steering is not None,
+            answered_ago=answered_ago,
+            stats=steering.last_statistics if steering is not None else None,
+        )
 
     def _loop_blocked_for(self) -> float | None:
         steering = self.target.steering
@@ -301,13 +302,13 @@ class ControlServer:
     def _ping(self, _: Any, reply: _Reply) -> None:
         steering = self.target.steering
         if steering is None or self.phase is not LoopPhase.RUNNING or self._loop_blocked_for() is not None:
-            reply.ok(self.health())
+            reply.ok(self.health().to_wire())
             return
         if not steering.waiting_for(steer.STATISTICS):
             steering.send(steer.STATISTICS)
 
         def answer() -> None:
-            reply.ok(self.health())
+            reply.ok(self.health().to_wire())
 
         self._loop_waiters.append(answer)
         self._after(PING_WAIT, answer)

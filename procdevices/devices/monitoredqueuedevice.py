@@ -45,31 +45,62 @@ _STATISTICS = struct.Struct("=8Q")
 LOOP_ENV = "PROCDEVICES_MQ_LOOP"
 
 
-def _libzmq_candidates() -> Iterator[str]:
+def _mapped_libzmqs(maps: str = "/proc/self/maps") -> list[str]:
+    """The libzmq files mapped into this process (from ``maps``, a /proc/PID/maps file),
+    sorted; [] where that file cannot be read."""
+    try:
+        with open(maps) as lines:
+            mapped = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in lines) if len(fields) == 6}
+    except OSError:
+        return []
+    return sorted(path for path in mapped if os.path.basename(path).startswith("libzmq"))
+
+
+def _distinct_files(paths: list[str]) -> list[str]:
+    """``paths`` less those naming a file already named (same device and inode: a hard link,
+    a symbolic link), first name kept; a path that cannot be stat'ed counts as distinct."""
+    seen: set[tuple[int, int] | str] = set()
+    distinct = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            key: tuple[int, int] | str = (stat.st_dev, stat.st_ino)
+        except OSError:
+            key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(path)
+    return distinct
+
+
+def _libzmq_candidates(mapped: list[str]) -> Iterator[str]:
     """Where pyzmq's libzmq may be found, best first: pyzmq's backend extension (dlsym on it
     searches its dependencies, the libzmq it was linked with, bundled or the system's), then
-    every libzmq mapped into this process (read only if the first fails)."""
+    every libzmq ``mapped`` into this process."""
     backend = sys.modules.get(zmq.backend.Socket.__module__)
     backend_file = getattr(backend, "__file__", None)
     if backend_file:
         yield backend_file
-    try:
-        with open("/proc/self/maps") as maps:
-            mapped = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
-    except OSError:
-        return
-    yield from sorted(path for path in mapped if os.path.basename(path).startswith("libzmq"))
+    yield from mapped
 
 
-def _load_c_loop() -> tuple[ModuleType | None, str]:
+def _load_c_loop(maps: str = "/proc/self/maps") -> tuple[ModuleType | None, str]:
     """The C loop bound to pyzmq's libzmq and the file of that libzmq; or None and why not."""
     try:
         from procdevices.devices import _mqloop
     except ImportError as e:
         return None, f"the extension procdevices.devices._mqloop is not built ({e})"
+    mapped = _mapped_libzmqs(maps)
+    distinct = _distinct_files(mapped)
+    if len(distinct) > 1:
+        # Two libzmqs in one process (a second copy loaded by another extension or by
+        # ctypes): dlsym could resolve the loop's calls in one while pyzmq's sockets live in
+        # the other, and a socket handed to the wrong libzmq is memory corruption, not an
+        # error. The Python loop only ever calls pyzmq's own.
+        return None, f"{len(distinct)} distinct libzmq files are mapped ({', '.join(distinct)})"
     wanted = zmq.zmq_version_info()
     errors = []
-    for path in _libzmq_candidates():
+    for path in _libzmq_candidates(mapped):
         try:
             libzmq, version = _mqloop.bind(path)
         except (OSError, RuntimeError) as e:

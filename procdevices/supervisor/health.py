@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from procdevices.control.protocol import Command
+from procdevices.control.protocol import LOOP_BLOCKED, LOOP_DEAD, Command, PingReply
 from procdevices.supervisor import policy
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.liveness import Blocked
 from procdevices.supervisor.states import State
-from procdevices.supervisor.traffic import parse_counters
 
 KillUnhealthy = Callable[[Child, str], None]
 
@@ -85,31 +84,24 @@ class Health:
     def _judge(self, child: Child, ok: bool, body: Any) -> None:
         if child.state is not State.RUNNING:
             return
-        loop = body.get("loop") if ok and isinstance(body, dict) else None
-        if loop == "dead":
+        reply = PingReply.from_wire(body) if ok else None
+        if reply is not None and reply.loop == LOOP_DEAD:
             # The process and its control thread live, but nothing forwards any more.
             self.kill(child, "hung: its forwarding loop has ended")
             return
-        blocked = _blocked(body) if loop == "blocked" else None
+        blocked = _blocked(reply) if reply is not None and reply.loop == LOOP_BLOCKED else None
         # A loop that waited a few tens of milliseconds on a busy machine is not worth a flag.
         shown = blocked if blocked is not None and blocked.seconds >= BLOCKED_SHOWN_AFTER else None
         # Every answered PING says whether the loop is paused: the device's word, not a guess
         # from the last pause/resume command (a restarted process is never paused).
-        paused = body.get("paused") if ok and isinstance(body, dict) else None
-        child.liveness.observed(paused=paused if isinstance(paused, bool) else None, blocked=shown)
-        counters = parse_counters(body.get("stats")) if ok and isinstance(body, dict) else None
-        if counters is not None:
-            child.traffic.observe(counters, self.clock())
+        child.liveness.observed(paused=reply.paused if reply is not None else None, blocked=shown)
+        if reply is not None and reply.stats is not None:
+            child.traffic.observe(reply.stats.as_dict(), self.clock())
         probe, hung = policy.after_probe(child.probe, ok, child.config.probe.failures)
         child.liveness.judged(probe)
         if hung:
             self.kill(child, f"hung: {child.config.probe.failures} liveness probes unanswered")
 
 
-def _blocked(body: dict[str, Any]) -> Blocked:
-    side = body.get("blocked_side")
-    seconds = body.get("blocked_for")
-    return Blocked(
-        side=side if isinstance(side, str) else None,
-        seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
-    )
+def _blocked(reply: PingReply) -> Blocked:
+    return Blocked(side=reply.blocked_side, seconds=reply.blocked_for or 0.0)

@@ -11,6 +11,7 @@ import array
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -511,3 +512,29 @@ def test_bind_resolves_through_libzmq_itself_and_refuses_what_is_not_loaded_or_n
         _mqloop.bind("/nonexistent/libzmq.so.5")
     with pytest.raises(OSError, match="no zmq_msg_init"):
         _mqloop.bind(_mqloop.__file__)  # loaded, but no libzmq in it or below it
+
+
+def test_a_second_libzmq_in_the_process_refuses_the_c_loop(tmp_path: Path) -> None:
+    """A second, distinct libzmq mapped (a copy of pyzmq's, loaded by ctypes as another
+    extension might) makes the C loop refuse, with the files named, and the Python loop run,
+    logged; the same file under a second name is still one libzmq."""
+    if mq.C_LOOP_UNAVAILABLE is not None:
+        pytest.skip(f"the C loop is unavailable: {mq.C_LOOP_UNAVAILABLE}")
+    assert mq.C_LOOP_LIBZMQ is not None
+    link = tmp_path / "libzmq-link.so"
+    link.symlink_to(mq.C_LOOP_LIBZMQ)
+    assert mq._distinct_files([mq.C_LOOP_LIBZMQ, str(link)]) == [mq.C_LOOP_LIBZMQ]
+    copy = tmp_path / "libzmq-copy.so.5"
+    copy.write_bytes(Path(mq.C_LOOP_LIBZMQ).read_bytes())
+    script = (
+        "import ctypes, sys, zmq\n"
+        f"ctypes.CDLL({str(copy)!r})\n"
+        "from procdevices.devices import monitoredqueuedevice as mq\n"
+        "print(mq.monitored_queue_loop()); print(mq.C_LOOP_UNAVAILABLE)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != mq.LOOP_ENV}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    loop, why = done.stdout.splitlines()
+    assert loop == "python"
+    assert "2 distinct libzmq files are mapped" in why and str(copy) in why

@@ -30,12 +30,14 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import psutil
 import pytest
 import zmq
+
+from procdevices.control.waiter import SupervisorWaiter
+from procdevices.testing import kill_all
 
 T = TypeVar("T")
 
@@ -173,25 +175,13 @@ def processes_exit(procs: Callable[[], list[psutil.Process]]) -> Wake:
     return wake
 
 
-class SupervisorEvents:
-    """A wake-up for waits on a supervisor's state: its event stream (``events.sock``), to
-    which it publishes every state change and every command. Connected at once: libzmq keeps
-    trying until the supervisor binds it."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.ctx: Ctx = zmq.Context()
-        self.sock: Sock = self.ctx.socket(zmq.SUB)
-        self.sock.linger = 0
-        self.sock.subscribe(b"")
-        self.sock.connect(f"ipc://{run_dir}/events.sock")
+class SupervisorEvents(SupervisorWaiter):
+    """A wake-up for waits on a supervisor's state: the library's own waiter
+    (:class:`procdevices.control.waiter.SupervisorWaiter`), subscribed to the supervisor's
+    event stream at once (libzmq keeps trying until the supervisor binds it)."""
 
     def __call__(self, seconds: float) -> None:
-        if self.sock.poll(int(seconds * 1000)):
-            while self.sock.poll(0):
-                self.sock.recv()
-
-    def close(self) -> None:
-        self.ctx.destroy(linger=0)
+        self.changed(seconds)
 
 
 # -- topology files and one-shot commands ---------------------------------------------------
@@ -294,18 +284,9 @@ def identify(pid: int) -> psutil.Process | None:
 
 
 def kill_and_reap(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        for sig in (signal.SIGCONT, signal.SIGKILL):  # SIGCONT: a SIGSTOPped one too
-            try:
-                proc.send_signal(sig)
-            except psutil.Error:
-                pass
-    wait_for(
-        lambda: all(is_gone(p) for p in procs),
-        10.0,
-        "killed processes to end",
-        wake=processes_exit(lambda: [p for p in procs if not is_gone(p)]),
-    )
+    kill_all(procs)  # the library's: a stopped process too, waited for up to 10 s
+    survivors = [p for p in procs if not is_gone(p)]
+    assert not survivors, f"still alive 10 s after SIGKILL: {survivors}"
 
 
 class Up:
@@ -339,13 +320,10 @@ class Up:
         self.me = psutil.Process(self.proc.pid)
         return self
 
-    def __enter__(self) -> Up:
-        return self.start()
+    __enter__ = start
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close(check=exc_type is None)
+    def __exit__(self, *exc_info: object) -> None:
+        self.close(check=exc_info[0] is None)  # after a failure, its report comes first
 
     @property
     def pid(self) -> int:
@@ -389,7 +367,9 @@ class Up:
 
     # -- status ---------------------------------------------------------------------------
     def try_status(self) -> dict[str, Any] | None:
-        """``status --json``; None while no supervisor answers yet (exit 4)."""
+        """``status --json``; None while no supervisor answers yet (exit 4). Through the CLI
+        on purpose: these tests check what users run (the waits between two reads are the
+        library's, ``self.changes``)."""
         result = self.cli("status", "--json")
         if result.returncode == 4:
             return None

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support.fakes import Harness, topology
 
-from procdevices.control.protocol import Command, ErrorCode, ProtocolError
+from procdevices.control.protocol import Command, ErrorCode, PingReply, ProtocolError
 from procdevices.errors import DeviceSetupError
 from procdevices.supervisor import policy
 from procdevices.supervisor.child import exit_text
@@ -163,7 +163,9 @@ def test_blocked_is_shown_from_half_a_second_and_only_when_the_loop_says_blocked
     ],
 )
 def test_a_blocked_answer_is_read_defensively(body: dict[str, Any], expected: Blocked) -> None:
-    assert _blocked(body) == expected
+    reply = PingReply.from_wire({"loop": "blocked", **body})
+    assert reply is not None
+    assert _blocked(reply) == expected
 
 
 def test_the_probe_round_trip_is_measured_from_the_send(two: Harness) -> None:

@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from procdevices.control.protocol import (
+    LOOP_BLOCKED,
     MAX_JSON_DEPTH,
+    DeviceStats,
     ErrorCode,
+    PingReply,
     ProtocolError,
     SupervisorCommand,
     parse_supervisor_request,
@@ -90,3 +93,24 @@ def test_errors_travel_as_codes_and_come_back_as_the_same_exceptions() -> None:
         assert exception_for(error_code_of(error)) is type(error)
     assert exception_for(ErrorCode.BAD_REQUEST) is RemoteError
     assert exception_for(None) is RemoteError
+
+
+def test_the_ping_reply_round_trips_and_reads_odd_fields_as_their_defaults() -> None:
+    stats = DeviceStats(*range(1, 9))
+    reply = PingReply(
+        pid=42, paused=True, stopping=False, loop=LOOP_BLOCKED, blocked_for=0.7, blocked_side="out",
+        probed=True, answered_ago=0.25, stats=stats,
+    )  # fmt: skip
+    wire = json.loads(json.dumps(reply.to_wire()))
+    assert wire["stats"] == stats.as_dict() and wire["loop"] == "blocked"
+    assert PingReply.from_wire(wire) == reply
+    odd = {**wire, "pid": "42", "paused": 1, "blocked_for": True, "blocked_side": 3, "stats": {"front_msgs_in": 1}}
+    assert PingReply.from_wire(odd) == PingReply(
+        pid=0, paused=False, stopping=False, loop="blocked", probed=True, answered_ago=0.25
+    )
+    assert PingReply.from_wire({**wire, "stats": {**stats.as_dict(), "back_bytes_out": -1}}) == PingReply(
+        **{**reply.__dict__, "stats": None}
+    )
+    not_replies: list[object] = [None, [], "running", {"pid": 1}, {"loop": 1}]
+    for not_a_reply in not_replies:
+        assert PingReply.from_wire(not_a_reply) is None
