@@ -118,6 +118,9 @@ SETTINGS: tuple[Setting, ...] = (
         label="start method",
         scope=Scope.SUPERVISOR,
     ),
+    # How long a device whose supervisor died goes on forwarding, waiting to be adopted by the
+    # next `up` (docs/reliability.md, "Supervisor restarts"); 0: it stops at once.
+    Setting("orphan_grace", _S, 10.0, minimum=0, min_inclusive=True, maximum=_DEADLINE, scope=Scope.SUPERVISOR),
     Setting("restart", ValueType.CHOICE, RestartPolicy.ALWAYS, choices=RestartPolicy, label="restart policy"),
     Setting("backoff.initial", _S, 0.05, minimum=0, maximum=_DEADLINE),
     Setting("backoff.max", _S, 5.0, minimum=0, maximum=_DEADLINE),
