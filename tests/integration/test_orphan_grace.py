@@ -60,8 +60,15 @@ def _kill_supervisor(up: Up) -> float:
 
 
 @pytest.mark.timeout(60)
-def test_an_orphan_forwards_through_the_grace_then_stops_cleanly(short_tmp: Path, zmq_ctx: Ctx) -> None:
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_an_orphan_forwards_through_the_grace_then_stops_cleanly(
+    short_tmp: Path, zmq_ctx: Ctx, start_method: str
+) -> None:
     config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=GRACE)
+    # A forked device's multiprocessing parent is the fork server: it must follow `up` by pid.
+    config.write_text(
+        config.read_text().replace("[supervisor]\n", f'[supervisor]\nstart_method = "{start_method}"\n', 1)
+    )
     with Up(config) as up:
         device, _ = _device(up)
         killed_at = _kill_supervisor(up)
