@@ -56,8 +56,11 @@ def _listen_address(text: str) -> str:
 
 
 def up(args: argparse.Namespace) -> int:
+    import os
+
     from procdevices.cli import cluster
     from procdevices.cluster.control import ControlUnavailable
+    from procdevices.devices.orphans import ORPHAN_GRACE_ENV
     from procdevices.supervisor.metrics import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
     from procdevices.supervisor.service import run_supervisor
@@ -95,6 +98,8 @@ def up(args: argparse.Namespace) -> int:
                 _announce_default_endpoints(topology)
             # Before anything is spawned: every device inherits it, and state.json records it.
             issue_run_token()
+            # Read by every device at its start (devices/orphans.py), like the token.
+            os.environ[ORPHAN_GRACE_ENV] = repr(topology.supervisor.orphan_grace)
             return run_supervisor(
                 topology,
                 run_dir,

@@ -45,6 +45,7 @@ class Command(enum.Enum):
     RESUME = b"RESUME"
     STOP = b"STOP"
     INFO = b"INFO"
+    ADOPT = b"ADOPT"  # a new supervisor of the same run takes an orphaned device (devices/orphans.py)
 
 
 class SupervisorCommand(enum.Enum):

@@ -47,6 +47,7 @@ from procdevices.control.protocol import (
     parse_device_request,
     request_id_of,
 )
+from procdevices.devices import orphans
 from procdevices.errors import ControlTimeout, DeviceError, DeviceNotRunning, UnsupportedOperation, error_code_of
 
 # libzmq's loop serves its control socket between two bursts of forwarding, in microseconds
@@ -140,6 +141,8 @@ class ControlServer:
         parent_sentinel: int | None = None,
         signal_fd: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        orphan_grace: float = 0.0,
+        run_token: str | None = None,
     ) -> None:
         self.target = target
         self.socket = socket
@@ -147,6 +150,13 @@ class ControlServer:
         self.parent_sentinel = parent_sentinel
         self.signal_fd = signal_fd
         self.clock = clock
+        # Supervisor restarts (devices/orphans.py): how long to wait for an adopter once the
+        # parent died, and the token an adopter must show.
+        self.orphan_grace = orphan_grace
+        self.run_token = run_token
+        self.orphaned_at: float | None = None  # when the watched parent died; None: it lives
+        self._orphan_epoch = 0  # bumped on every death and adoption: a stale grace timer is void
+        self._poller: zmq.Poller | None = None
         self.phase = LoopPhase.RUNNING
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
@@ -159,11 +169,12 @@ class ControlServer:
             Command.RESUME: lambda payload, reply: self._steer_pause(False, reply),
             Command.STOP: self._stop,
             Command.INFO: self._info,
+            Command.ADOPT: self._adopt,
         }
 
     # -- the loop -------------------------------------------------------------------------
     def serve(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.wake, zmq.POLLIN)
         steering = self.target.steering
@@ -205,7 +216,7 @@ class ControlServer:
             self._relay_user_commands()
         if self.parent_sentinel is not None and self.parent_sentinel in events:
             poller.unregister(self.parent_sentinel)
-            self._stop_unasked("parent process died")
+            self._parent_died()
         if self.signal_fd is not None and self.signal_fd in events:
             try:
                 os.read(self.signal_fd, 512)
@@ -376,6 +387,60 @@ class ControlServer:
         if self.phase is not LoopPhase.RUNNING:
             raise DeviceNotRunning(f"{operation}: the forwarding loop has ended ({self.phase.value})")
         return self.target.steering
+
+    # -- the supervisor's death and adoption (devices/orphans.py) -----------------------------
+    def _parent_died(self) -> None:
+        # Not closed: multiprocessing's parent object may own it. Unregistered by the caller.
+        self.parent_sentinel = None
+        if self.orphan_grace <= 0:
+            self._stop_unasked("parent process died")
+            return
+        self.orphaned_at = self.clock()
+        self._orphan_epoch += 1
+        epoch = self._orphan_epoch
+        print(
+            f"procdevices: the supervisor died; forwarding on for up to {self.orphan_grace:g}s, waiting to be adopted",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        def grace_over() -> None:
+            if self._orphan_epoch == epoch and self.orphaned_at is not None:
+                self._stop_unasked(
+                    f"parent process died and no supervisor adopted the device within {self.orphan_grace:g}s"
+                )
+
+        self._after(self.orphan_grace, grace_over)
+
+    def _adopt(self, payload: Any, reply: _Reply) -> None:
+        try:
+            adoption = orphans.check_adoption(payload, self.run_token)
+        except orphans.AdoptionRefused as e:
+            reply.error(ErrorCode.REFUSED, str(e))
+            return
+        if self.orphaned_at is None:
+            # Its supervisor lives: a second one must not take the device from it.
+            reply.error(ErrorCode.REFUSED, "adopt: this device's supervisor is alive")
+            return
+        if self.target.stopping:
+            reply.error(ErrorCode.REFUSED, "adopt: the device is stopping")
+            return
+        try:
+            sentinel = os.pidfd_open(adoption.pid)
+        except ProcessLookupError:
+            reply.error(ErrorCode.REFUSED, f"adopt: no process {adoption.pid}")
+            return
+        except OSError as e:
+            reply.error(ErrorCode.FAILED, f"adopt: cannot watch process {adoption.pid}: {e.strerror or e}")
+            return
+        self.parent_sentinel = sentinel
+        if self._poller is not None:
+            self._poller.register(sentinel, zmq.POLLIN)
+        orphaned_for = self.clock() - self.orphaned_at
+        self.orphaned_at = None
+        self._orphan_epoch += 1  # voids the pending grace timer
+        print(f"procdevices: adopted by supervisor pid {adoption.pid}", file=sys.stderr, flush=True)
+        reply.ok({"adopted": True, "pid": os.getpid(), "orphaned_for": round(orphaned_for, 3)})
 
     # -- stopping -----------------------------------------------------------------------------
     def _stop_unasked(self, reason: str) -> None:

@@ -42,6 +42,7 @@ from procdevices.control.server import (
     ControlTarget,
 )
 from procdevices.control.steering import PauseCommands, ProxySteering
+from procdevices.devices import orphans
 from procdevices.devices.contexts import TermOnce
 from procdevices.devices.inherit import INHERITED
 from procdevices.devices.inherit import adopt as adopt_listeners
@@ -188,6 +189,8 @@ class DeviceRuntime:
         parent_sentinel: int | None = None,
         signal_fd: int | None = None,
         cleanup_dir: str | None = None,
+        orphan_grace: float = 0.0,
+        run_token: str | None = None,
     ) -> None:
         self.control_endpoint = control_endpoint
         self.reporter = reporter
@@ -197,6 +200,9 @@ class DeviceRuntime:
         self.parent_sentinel = parent_sentinel
         self.signal_fd = signal_fd
         self.cleanup_dir = cleanup_dir
+        # What the control loop does when the parent dies (devices/orphans.py).
+        self.orphan_grace = orphan_grace
+        self.run_token = run_token
         self.endpoints: dict[str, list[str]] = {}
         self.ctx: Context | None = None
         # Set when the device's context is the device's to terminate (contexts.py).
@@ -289,7 +295,15 @@ class DeviceRuntime:
             pause_commands=pause_commands,
         )
         self._target = target
-        server = ControlServer(target, control, wake_rx, self.parent_sentinel, self.signal_fd)
+        server = ControlServer(
+            target,
+            control,
+            wake_rx,
+            self.parent_sentinel,
+            self.signal_fd,
+            orphan_grace=self.orphan_grace,
+            run_token=self.run_token,
+        )
 
         def serve() -> None:
             try:
@@ -472,6 +486,8 @@ def process_main(conn: Connection, job: Job | None) -> None:
         parent_sentinel=_parent_sentinel(job.parent_pid),
         signal_fd=wake_r.fileno(),
         cleanup_dir=job.cleanup_dir,
+        orphan_grace=orphans.grace_from_env(),
+        run_token=os.environ.get(orphans.RUN_TOKEN_ENV),
     )
     if job.log_path is not None:
         try:

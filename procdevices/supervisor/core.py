@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -73,6 +74,8 @@ class Supervisor:
         self.shutting_down = False
         self.announced_ready = False
         self.started_at = clock()
+        # Wall clock, for people and for comparing runs: when this `up` began supervising.
+        self.started_wall = time.time()
         self.extra_status: dict[str, Any] = {}
         self._state_dirty = True  # state.json is behind
         # Devices being started at once; the rest wait in QUEUED with no process yet.
@@ -249,6 +252,8 @@ class Supervisor:
         return {
             "pid": os.getpid(),
             "uptime": round(self.clock() - self.started_at, 3),
+            "started": round(self.started_wall, 3),
+            "orphan_grace": self.topology.supervisor.orphan_grace,
             "source": self.topology.source,
             "shutting_down": self.shutting_down,
             "pool_idle": self.launcher.idle_workers(),

@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import psutil
 import pytest
 from support.cli import Up, describe, write_topology
 
@@ -89,6 +90,8 @@ def test_status_json_has_every_documented_supervisor_field(short_tmp: Path) -> N
         assert documented == {
             "pid",
             "uptime",
+            "started",
+            "orphan_grace",
             "source",
             "run_dir",
             "control_endpoint",
@@ -100,6 +103,9 @@ def test_status_json_has_every_documented_supervisor_field(short_tmp: Path) -> N
         run_dir = short_tmp / "run"
         assert supervisor["pid"] == up.pid
         assert isinstance(supervisor["uptime"], float) and supervisor["uptime"] > 0
+        started = psutil.Process(up.pid).create_time()
+        assert started <= supervisor["started"] <= started + 30, (started, supervisor["started"])
+        assert supervisor["orphan_grace"] == 0  # what write_topology asks for
         assert supervisor["source"] == str(config)
         assert supervisor["run_dir"] == str(run_dir)
         assert supervisor["control_endpoint"] == f"ipc://{run_dir}/supervisor.sock"

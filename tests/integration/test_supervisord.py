@@ -50,10 +50,12 @@ INSTANCES = ("relay", "stage.0", "stage.1")
 SUPERVISORD_SIGKILL = re.compile(r"killing .* with (signal )?SIGKILL")
 
 # Relative ipc endpoints resolve against the topology file's directory.
+# orphan_grace = 0: the SIGKILL tests here are about devices following a killed `up` at once.
 TOPOLOGY = """\
 [supervisor]
 run_dir = "run"
 pool_size = 0
+orphan_grace = 0
 
 [devices.relay]
 kind = "streamer"

@@ -194,13 +194,16 @@ def write_topology(
     pool_size: int = 1,
     defaults: str = FAST_DEFAULTS,
     name: str = "topology.toml",
+    orphan_grace: float = 0,
 ) -> Path:
     """Write ``[supervisor]`` (run dir ``run`` next to the file) plus ``devices`` (TOML text
-    with ``[devices.NAME]`` tables) to ``directory/name``."""
+    with ``[devices.NAME]`` tables) to ``directory/name``. ``orphan_grace`` is 0 unless asked:
+    most tests rely on devices following a killed supervisor at once (and stay fast)."""
     text = (
         "[supervisor]\n"
         f'run_dir = "{RUN_DIR}"\n'
-        f"pool_size = {pool_size}\n\n"
+        f"pool_size = {pool_size}\n"
+        f"orphan_grace = {orphan_grace}\n\n"
         "[supervisor.defaults]\n"
         f"{textwrap.dedent(defaults)}\n"
         f"{textwrap.dedent(devices)}"

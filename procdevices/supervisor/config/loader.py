@@ -215,6 +215,8 @@ class _Loader:
             if _HOST_KEY in dtable:
                 self.default_host = hosts.device_host(dtable[_HOST_KEY], f"{dprefix}.{_HOST_KEY}", self.hosts)
         start_method = resolved["start_method"]
+        orphan_grace = resolved["orphan_grace"]
+        assert isinstance(orphan_grace, (int, float))
         assert isinstance(start_method, StartMethod)
         return (
             SupervisorConfig(
@@ -225,6 +227,7 @@ class _Loader:
                 device_log_max_bytes=log_max_bytes,
                 device_log_backups=log_backups,
                 start_method=start_method,
+                orphan_grace=float(orphan_grace),
             ),
             defaults,
         )

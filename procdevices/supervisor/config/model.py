@@ -150,6 +150,7 @@ class SupervisorConfig:
     device_log_max_bytes: int = 10 * 1024**2  # a device's log is rotated beyond this
     device_log_backups: int = 3  # rotated files kept per device
     start_method: StartMethod = StartMethod.SPAWN
+    orphan_grace: float = 10.0  # seconds a device outlives its supervisor, waiting to be adopted
 
     @property
     def control_endpoint(self) -> str:

@@ -154,6 +154,19 @@ SETTINGS: tuple[Setting, ...] = (
         scope=Scope.SUPERVISOR,
         on_reload=_NEXT_UP,
     ),
+    # How long a device whose supervisor died goes on forwarding, waiting to be adopted by the
+    # next `up` (docs/reliability.md, "Supervisor restarts"); 0: it stops at once. Devices read
+    # it when they start (from up's environment): a change needs a new `up`.
+    Setting(
+        "orphan_grace",
+        _S,
+        10.0,
+        minimum=0,
+        min_inclusive=True,
+        maximum=_DEADLINE,
+        scope=Scope.SUPERVISOR,
+        on_reload=_NEXT_UP,
+    ),
     Setting(
         "restart",
         ValueType.CHOICE,

@@ -1,0 +1,164 @@
+"""``[supervisor] orphan_grace``: a device whose supervisor died goes on forwarding for up to
+the grace, waiting to be adopted (ADOPT with the run's token); not adopted, it stops itself
+cleanly. Real `up`, real device processes, real traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+from support.cli import Up, connect, recv_within, write_topology
+
+from procdevices.control.client import ControlClient
+from procdevices.control.protocol import Command
+from procdevices.errors import DeviceError
+
+Ctx = zmq.Context[zmq.Socket[bytes]]
+GRACE = 1.5
+
+PIPE = """\
+[devices.pipe]
+kind = "streamer"
+in  = { bind = ["ipc://in.sock"] }
+out = { bind = ["ipc://out.sock"] }
+"""
+
+
+def _flows(ctx: Ctx, tmp: Path, payload: bytes) -> None:
+    """``payload`` goes through the pipe (the device forwards)."""
+    pull = connect(ctx, zmq.PULL, f"ipc://{tmp}/out.sock")
+    push = connect(ctx, zmq.PUSH, f"ipc://{tmp}/in.sock")
+    try:
+        push.send(payload)
+        assert recv_within(pull, f"{payload!r} through the orphaned device") == [payload]
+    finally:
+        push.close(0)
+        pull.close(0)
+
+
+def _device(up: Up) -> tuple[psutil.Process, str]:
+    entry = up.wait_states({"pipe": "RUNNING"})["pipe"]
+    return psutil.Process(entry["pid"]), f"ipc://{up.directory}/run/ctl/pipe.sock"
+
+
+def _token(up: Up) -> str:
+    token = json.loads((up.directory / "run" / "state.json").read_text())["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def _kill_supervisor(up: Up) -> float:
+    up.signal(signal.SIGKILL)
+    assert up.wait_exit() == -signal.SIGKILL
+    return time.monotonic()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_an_orphan_forwards_through_the_grace_then_stops_cleanly(
+    short_tmp: Path, zmq_ctx: Ctx, start_method: str
+) -> None:
+    config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=GRACE)
+    # A forked device's multiprocessing parent is the fork server: it must follow `up` by pid.
+    config.write_text(
+        config.read_text().replace("[supervisor]\n", f'[supervisor]\nstart_method = "{start_method}"\n', 1)
+    )
+    with Up(config) as up:
+        device, _ = _device(up)
+        killed_at = _kill_supervisor(up)
+        _flows(zmq_ctx, short_tmp, b"after the supervisor died")
+        gone, alive = psutil.wait_procs([device], timeout=GRACE + 2.0)
+        ended_after = time.monotonic() - killed_at
+        assert not alive, "the orphan outlived orphan_grace + 2 s"
+        # It waited for an adopter (not stopped at once) and then stopped through its own
+        # control loop: the log names the reason, and no forced stop shows.
+        assert ended_after >= GRACE * 0.9, ended_after
+        log = (short_tmp / "run" / "logs" / "pipe.log").read_text()
+        assert "waiting to be adopted" in log, log
+        assert "control loop error" not in log and "Traceback" not in log, log
+        up.assert_nothing_left(5.0)
+
+
+@pytest.mark.timeout(60)
+def test_adopt_with_the_run_token_keeps_the_orphan_past_the_grace(short_tmp: Path, zmq_ctx: Ctx) -> None:
+    config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=GRACE)
+    with Up(config) as up:
+        device, endpoint = _device(up)
+        token = _token(up)
+        client = ControlClient(endpoint, zmq_ctx)
+        try:
+            # Its supervisor lives: nobody may take the device from it, token or not.
+            with pytest.raises(DeviceError, match="supervisor is alive"):
+                client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
+            _kill_supervisor(up)
+            with pytest.raises(DeviceError, match="wrong run token"):
+                client.request(Command.ADOPT, 2.0, {"token": "0" * 32, "pid": os.getpid()})
+            with pytest.raises(DeviceError, match="payload"):
+                client.request(Command.ADOPT, 2.0, {"token": token, "pid": "me"})
+            answer = client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
+            assert answer["adopted"] is True and answer["pid"] == device.pid, answer
+            # Adopted: the grace no longer runs out. Waiting is the measure here.
+            gone, alive = psutil.wait_procs([device], timeout=GRACE + 1.0)
+            assert alive, "the adopted device stopped when the grace ran out"
+            _flows(zmq_ctx, short_tmp, b"adopted")
+            # Adopted twice: refused, the adopter (this test) lives.
+            with pytest.raises(DeviceError, match="supervisor is alive"):
+                client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
+            client.request(Command.STOP, 2.0)
+        finally:
+            client.close()
+        gone, alive = psutil.wait_procs([device], timeout=5.0)
+        assert not alive
+        up.assert_nothing_left(5.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_device_adopted_by_a_process_that_dies_is_orphaned_again(short_tmp: Path, zmq_ctx: Ctx) -> None:
+    config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=GRACE)
+    with Up(config) as up:
+        device, endpoint = _device(up)
+        token = _token(up)
+        _kill_supervisor(up)
+        # A stand-in adopter that we can kill: a short-lived child of this test.
+        adopter = psutil.Popen(["sleep", "60"])
+        client = ControlClient(endpoint, zmq_ctx)
+        try:
+            client.request(Command.ADOPT, 2.0, {"token": token, "pid": adopter.pid})
+        finally:
+            client.close()
+            adopter.kill()
+            adopter.wait(5)
+        # The adopter's death starts a new grace: the device stops within it.
+        gone, alive = psutil.wait_procs([device], timeout=GRACE + 2.0)
+        assert not alive, "the device outlived its adopter by more than orphan_grace + 2 s"
+        up.assert_nothing_left(5.0)
+
+
+@pytest.mark.timeout(90)
+def test_an_up_started_within_the_grace_stops_the_orphans_through_their_control_socket(
+    short_tmp: Path, zmq_ctx: Ctx
+) -> None:
+    # Until `up` adopts (docs/reliability.md, limits), a new `up` replaces the orphans it finds
+    # alive: through STOP on their control socket, never a signal, before binding anything.
+    config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=30)
+    with Up(config, label="first") as first:
+        device, _ = _device(first)
+        _kill_supervisor(first)
+        _flows(zmq_ctx, short_tmp, b"orphaned")
+        with Up(config, label="second") as second:
+            entry = second.wait_states({"pipe": "RUNNING"})["pipe"]
+            assert entry["pid"] != device.pid
+            gone, alive = psutil.wait_procs([device], timeout=5.0)
+            assert not alive, "the orphan outlived the new supervisor's start"
+            log = second.log()
+            assert f"stopped leftover device pipe (pid {device.pid}) through its control socket" in log, log
+            assert "SIGTERM" not in log and "SIGKILL" not in log and "killed leftover" not in log, log
+            _flows(zmq_ctx, short_tmp, b"new device")
+            assert second.cli("down", timeout=20).returncode == 0
+            second.assert_nothing_left(10.0)
