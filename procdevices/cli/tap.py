@@ -15,7 +15,7 @@ from typing import TextIO
 
 from procdevices import exitcodes
 from procdevices.cli import client
-from procdevices.tap import SIDES, Tap, TapError, TapMessage
+from procdevices.tapreader import SIDES, Tap, TapError, TapMessage
 
 FORMATS = ("text", "hex", "jsonl", "raw")
 DEFAULT_SNAPLEN = 256
