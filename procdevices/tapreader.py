@@ -186,18 +186,7 @@ class Tap:
 
     # -- the messages -----------------------------------------------------------------------
     def _direction(self, frames: list[bytes]) -> tuple[str, list[bytes]]:
-        directions = self.tap["directions"]
-        if directions == "in":
-            return "in", frames
-        if directions != "prefixed" or not frames:
-            return UNKNOWN, frames
-        first = frames[0].hex()
-        in_prefix, out_prefix = self.tap["in_prefix"], self.tap["out_prefix"]
-        if first == in_prefix and first != out_prefix:
-            return "in", frames[1:]
-        if first == out_prefix and first != in_prefix:
-            return "out", frames[1:]
-        return UNKNOWN, frames[1:]
+        return direction_of(self.tap, frames)
 
     def _wanted(self, direction: str, frames: list[bytes]) -> bool:
         if self.side != "both" and direction != self.side:
@@ -286,6 +275,24 @@ class Tap:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def direction_of(entry: dict[str, Any], frames: list[bytes]) -> tuple[str, list[bytes]]:
+    """A copy's direction and the message's own frames, per the device's INFO ``tap`` entry:
+    a monitored queue's copy starts with its in or out prefix (removed here); a one-way
+    device's copies all go in -> out; libzmq's capture of a two-way device does not say."""
+    directions = entry["directions"]
+    if directions == "in":
+        return "in", frames
+    if directions != "prefixed" or not frames:
+        return UNKNOWN, frames
+    first = frames[0].hex()
+    in_prefix, out_prefix = entry["in_prefix"], entry["out_prefix"]
+    if first == in_prefix and first != out_prefix:
+        return "in", frames[1:]
+    if first == out_prefix and first != in_prefix:
+        return "out", frames[1:]
+    return UNKNOWN, frames[1:]
 
 
 def _payload(frames: list[bytes]) -> bytes:

@@ -5,6 +5,7 @@ two taps at once, and one clear line (exit 1) for a stopped or FATAL device."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -246,8 +247,8 @@ def test_cli_sample_shows_every_nth_message(streamer: tuple[Up, Traffic]) -> Non
     seqs = [int(str(line["seq"])) for line in lines]
     numbers = [int(payload_text(line)[1:]) for line in lines]
     # Nothing is dropped at this rate: every third message received is shown.
-    assert [b - a for a, b in zip(seqs, seqs[1:])] == [3, 3, 3], seqs
-    assert [b - a for a, b in zip(numbers, numbers[1:])] == [3, 3, 3], numbers
+    assert [b - a for a, b in itertools.pairwise(seqs)] == [3, 3, 3], seqs
+    assert [b - a for a, b in itertools.pairwise(numbers)] == [3, 3, 3], numbers
 
 
 def test_cli_duration_ends_the_tap_with_its_trailer(streamer: tuple[Up, Traffic]) -> None:
