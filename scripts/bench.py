@@ -5,6 +5,7 @@
     python scripts/bench.py --quick      # < 2 min: fewer reps, messages and kills, 8 devices
     python scripts/bench.py --json out.json --reps 7
     python scripts/bench.py --only startup --scale 256   # start-up, then 256 devices under one up
+    python scripts/bench.py --quick --only tap           # the supervised streamer with and without a tap
 
 What is measured (docs/performance.md explains each figure and the targets):
 
@@ -87,6 +88,8 @@ TP_CASES = ("direct", "pyzmq", "procdevices", "supervised")
 # A monitored queue (PULL -> PUSH, PUB monitor): pyzmq's C loop against procdevices' steerable
 # loop (meta["mq_loop"] says which: "c" or "python").
 MQ_CASES = ("pyzmq-mq", "procdevices-mq")
+# `--only tap`: the supervised streamer alone, then with `procdevices tap` reading its copy.
+TAP_CASES = ("supervised", "supervised-tap")
 LAT_CASES = ("pyzmq", "procdevices", "supervised")
 LABELS = {
     "direct": "direct PUSH->PULL (no device)",
@@ -98,6 +101,7 @@ LABELS = {
     "procdevices": "procdevices ProcessDevice",
     "procdevices-threads": "procdevices ProcessDevice, N threads",
     "supervised": "supervised (up)",
+    "supervised-tap": "supervised (up), `procdevices tap` attached",
 }
 
 
@@ -730,13 +734,25 @@ def tp_device(
     else:
         sockets = 'in = { bind = ["tcp://127.0.0.1:*"] }\nout = { bind = ["tcp://127.0.0.1:*"] }\n'
     sup = Supervised(workdir, f'\n[devices.tp]\nkind = "streamer"\n{sockets}', pool=pool)
+    tap: subprocess.Popen[bytes] | None = None
     try:
         sup.start()
         settle(sup)
         st = sup.status_cli()
         eps = st["devices"][0]["endpoints"]
+        if case == "supervised-tap":
+            # A reader that keeps up as well as it can; what it cannot take, the device drops.
+            command = [sys.executable, "-m", "procdevices", "tap", "tp", "--run-dir", sup.run_dir, "--format", "raw"]
+            tap = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         yield eps["in"][0], eps["out"][0], st["devices"][0]["pid"]
     finally:
+        if tap is not None:
+            tap.send_signal(signal.SIGINT)
+            try:
+                tap.wait(10)
+            except subprocess.TimeoutExpired:
+                tap.kill()
+                tap.wait()
         sup.close()
 
 
@@ -1642,7 +1658,8 @@ def print_report(res: dict[str, Any]) -> None:
             f"{res['profile']['kills']} kills, stop/overhead with {res['profile']['big_n']} devices (not 32)"
         )
     mq_title = f"MONITORED QUEUE THROUGHPUT (base: pyzmq's, fork; procdevices' loop: {meta.get('mq_loop')})"
-    for key, title in (("throughput", "THROUGHPUT"), ("mq", mq_title)):
+    tap_title = "TAP (base: the supervised streamer without a tap; the ratio column is vs that base)"
+    for key, title in (("throughput", "THROUGHPUT"), ("mq", mq_title), ("tap", tap_title)):
         tp = res.get(key)
         if not tp:
             continue
@@ -1876,6 +1893,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = {
             "throughput": lambda: phase_throughput(h, prof, tmp),
             "mq": lambda: phase_throughput(h, prof, tmp, MQ_CASES, "pyzmq-mq"),
+            "tap": lambda: phase_throughput(h, prof, tmp, TAP_CASES, "supervised"),
             "latency": lambda: phase_latency(h, prof, tmp),
             "startup": lambda: phase_startup(prof, tmp),
             "restart": lambda: phase_restart(prof, tmp),
