@@ -100,6 +100,9 @@ class Tap:
 
             run_dir = client_run_dir(None, None)
         self.run_dir = RunDir(Path(run_dir))
+        # The copy holds payloads: read it only from a run dir that is the caller's, as every
+        # client command does (RunDirError otherwise).
+        self.run_dir.check_trusted()
         self.side, self.count, self.duration, self.prefix, self.sample = side, count, duration, prefix, sample
         self.grep = re.compile(grep.encode() if isinstance(grep, str) else grep) if grep is not None else None
         self.on_note = on_note or (lambda text: None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support.cli import Up, describe, finish_cli, wait_for, write_topology
+from support.cli import Up, cli, describe, finish_cli, wait_for, write_topology
 
 from procdevices import Tap, TapMessage
 
@@ -362,3 +362,37 @@ def test_tapping_a_stopped_or_fatal_device_is_one_line_and_exit_1(short_tmp: Pat
         assert result.stderr.splitlines() == [
             f"procdevices: tap: {name} is {state}: nothing passes through it; start it first"
         ]
+
+
+TWO_HOSTS = """\
+[hosts.a]
+address = "10.77.0.1"
+
+[hosts.b]
+address = "10.77.0.2"
+
+[devices.edge]
+host = "a"
+kind = "streamer"
+in = { bind = ["tcp://127.0.0.1:7101"] }
+out = { bind = ["tcp://127.0.0.1:7102"] }
+
+[devices.worker]
+host = "b"
+kind = "streamer"
+in = { bind = ["tcp://127.0.0.1:7201"] }
+out = { bind = ["tcp://127.0.0.1:7202"] }
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_device_of_another_host_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "hosts.toml"
+    config.write_text(TWO_HOSTS)
+    result = cli("tap", "worker", "--host", "a", config=config)
+    assert result.returncode == 1, describe(result)
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "procdevices: tap: worker runs on host b; a tap is read only on the device's own host "
+        "(run `procdevices tap worker` there)"
+    ]
