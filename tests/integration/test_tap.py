@@ -239,6 +239,16 @@ def test_cli_grep_shows_only_matching_messages(streamer: tuple[Up, Traffic]) -> 
     assert len(texts) == 4 and all(t.startswith("keep") for t in texts), texts
 
 
+def test_cli_prefix_shows_only_messages_whose_first_frame_starts_so(streamer: tuple[Up, Traffic]) -> None:
+    up, traffic = streamer
+    result = run_tap_cli(
+        up, traffic, "-n", "3", "--prefix", "keep", payload=lambda i: b"keep%d" % i if i % 3 == 0 else b"x-keep%d" % i
+    )
+    assert result.returncode == 0, describe(result)
+    texts = [payload_text(line) for line in jsonl(result)]
+    assert len(texts) == 3 and all(t.startswith("keep") for t in texts), texts
+
+
 def test_cli_sample_shows_every_nth_message(streamer: tuple[Up, Traffic]) -> None:
     up, traffic = streamer
     result = run_tap_cli(up, traffic, "-n", "4", "--sample", "3")
