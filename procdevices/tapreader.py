@@ -37,6 +37,10 @@ class TapError(Exception):
     """The device cannot be tapped (not running, no tap, another host); one line."""
 
 
+class NoSupervisor(TapError):
+    """No supervisor answers on the run dir."""
+
+
 @dataclass(frozen=True)
 class TapMessage:
     """One message seen by the tap. ``dir``: ``in`` (received on the in socket), ``out``
@@ -124,11 +128,11 @@ class Tap:
     def _status(self) -> dict[str, Any]:
         endpoint = self.run_dir.control_endpoint
         if not (self.run_dir.path / "supervisor.sock").is_socket():
-            raise TapError(f"no supervisor is running with run dir {self.run_dir.path}")
+            raise NoSupervisor(f"no supervisor is running with run dir {self.run_dir.path}")
         try:
             reply = call_supervisor(endpoint, SupervisorCommand.STATUS, {"name": self.name})
         except SupervisorUnreachable as e:
-            raise TapError(str(e)) from None
+            raise NoSupervisor(str(e)) from None
         if not reply["ok"]:
             raise TapError(str(reply.get("error")))
         devices: list[dict[str, Any]] = reply["result"]["devices"]

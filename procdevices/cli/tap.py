@@ -15,7 +15,7 @@ from typing import TextIO
 
 from procdevices import exitcodes
 from procdevices.cli import client
-from procdevices.tapreader import SIDES, Tap, TapError, TapMessage
+from procdevices.tapreader import SIDES, NoSupervisor, Tap, TapError, TapMessage
 
 FORMATS = ("text", "hex", "jsonl", "raw")
 DEFAULT_SNAPLEN = 256
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except TapError as e:
         print(f"procdevices: tap: {e}", file=sys.stderr)
-        return exitcodes.EXIT_FAILED
+        return exitcodes.EXIT_NOT_RUNNING if isinstance(e, NoSupervisor) else exitcodes.EXIT_FAILED
     except re.error as e:
         print(f"procdevices: tap: --grep: {e}", file=sys.stderr)
         return exitcodes.EXIT_FAILED

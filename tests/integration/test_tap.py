@@ -406,3 +406,13 @@ def test_a_device_of_another_host_is_refused_in_one_line(tmp_path: Path) -> None
         "procdevices: tap: worker runs on host b; a tap is read only on the device's own host "
         "(run `procdevices tap worker` there)"
     ]
+
+
+@pytest.mark.timeout(60)
+def test_without_a_supervisor_tap_exits_4_in_one_line(short_tmp: Path) -> None:
+    config = write_topology(short_tmp, TWO_WAY.format(kind="streamer"))
+    result = cli("tap", "dev", config=config)
+    assert result.returncode == 4, describe(result)
+    assert result.stderr.splitlines() == [
+        f"procdevices: tap: no supervisor is running with run dir {short_tmp / 'run'}"
+    ]
