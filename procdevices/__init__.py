@@ -25,13 +25,15 @@ _ERRORS = (
     "DeviceError", "DeviceSetupError", "DeviceStartError", "DeviceExitedEarly", "DeviceNotRunning",
     "ControlTimeout", "UnsupportedOperation", "RemoteError",
 )  # fmt: skip
+_TAP = ("tap", "Tap", "TapMessage", "TapError")
 _HOME = {
     **dict.fromkeys(_DEVICES, "procdevices.devices"),
     **dict.fromkeys(_ERRORS, "procdevices.errors"),
     "DeviceStats": "procdevices.control.protocol",
+    **dict.fromkeys(_TAP, "procdevices.tapreader"),
 }
 
-__all__ = [*_DEVICES, "DeviceStats", *_ERRORS]
+__all__ = [*_DEVICES, "DeviceStats", *_ERRORS, *_TAP]
 
 if TYPE_CHECKING:
     # "X as X": an explicit re-export, for the type checker.
@@ -45,6 +47,10 @@ if TYPE_CHECKING:
     from procdevices.errors import DeviceStartError as DeviceStartError
     from procdevices.errors import RemoteError as RemoteError
     from procdevices.errors import UnsupportedOperation as UnsupportedOperation
+    from procdevices.tapreader import Tap as Tap
+    from procdevices.tapreader import TapError as TapError
+    from procdevices.tapreader import TapMessage as TapMessage
+    from procdevices.tapreader import tap as tap
 
 
 def __getattr__(name: str) -> Any:

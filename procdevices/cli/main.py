@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, cluster, interrupts, serve, top
+from procdevices.cli import client, cluster, interrupts, serve, tap, top
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
 from procdevices.web import command as web
@@ -66,6 +66,7 @@ COMMANDS = (
     Command(
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
     ),
+    Command("tap", tap.run, "print the messages passing through a running device (Ctrl-C to leave)", "required"),
     Command("top", top.top, "a live, refreshing view of every device process (Ctrl-C to leave)", "optional"),
     Command("web", web.run, "serve a live picture of the topology in the browser (read-only unless --allow-actions)"),
     Command("run", serve.run, "run one device process in the foreground (supervisord's per-device mode)", "required"),
@@ -248,6 +249,8 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         commands[name].set_defaults(handler=cluster.routed(commands[name].get_default("handler")))
         cluster.add_host_argument(commands[name], "the host this machine is")
     top.add_arguments(commands["top"])
+    tap.add_arguments(commands["tap"])
+    cluster.add_host_argument(commands["tap"], "the host this machine is")
     web.add_arguments(commands["web"])
     return parser, commands
 

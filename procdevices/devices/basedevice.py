@@ -29,7 +29,7 @@ from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
 
 from procdevices.control.protocol import Command, DeviceStats
 from procdevices.control.steering import PauseCommands
-from procdevices.devices import contexts, drain
+from procdevices.devices import contexts, drain, tapsocket
 from procdevices.devices import runtime as rt
 from procdevices.devices.roles import SocketSetup, role_methods
 from procdevices.errors import (
@@ -211,6 +211,7 @@ class Device:
     def _sockets_ready(self) -> None:
         runtime = self._runtime
         if runtime is not None:
+            self._open_tap(runtime)
             self._attach_user_ctrl(runtime)
             runtime.sockets_built(
                 self._context,
@@ -219,6 +220,43 @@ class Device:
                 self._blocking_side(),
                 pause_commands=self._pause_commands(),
             )
+
+    # -- the tap (tapsocket.py): a PUB copy of the traffic in the run dir -------------------
+    _tap_capture: Socket | None = None  # the capture socket made for the tap, if any
+    _tap_info: dict[str, Any] | None = None  # INFO's "tap" entry
+
+    def _open_tap(self, runtime: rt.DeviceRuntime) -> None:
+        """Bind the tap endpoint: on the PUB mon socket when the device has one (the tap sees
+        what the monitor sees), else on a PUB capture socket of its own, handed to libzmq's
+        proxy in ``_forward``. A failure leaves the device running without a tap."""
+        endpoint = tapsocket.tap_endpoint(runtime.control_endpoint)
+        if endpoint is None:
+            self._tap_info = tapsocket.describe(None)
+            return
+        if "mon" in self._role_sockets:
+            mon = self._role_sockets.get("mon")
+            if mon is None or not tapsocket.mon_can_tap(mon):
+                kind = zmq.SocketType(int(mon.type)).name if mon is not None else "absent"
+                why = f"its mon socket is {kind}; a tap shares only a PUB or XPUB mon socket"
+                self._tap_info = tapsocket.describe(None, why_not=why)
+                return
+            sock = mon
+        else:
+            sock = tapsocket.capture_socket(self._context)
+            self._sockets.append(sock)
+            self._tap_capture = sock
+        try:
+            sock.bind(endpoint)
+        except ZMQError as e:
+            self._tap_info = tapsocket.describe(None, why_not=f"cannot bind {endpoint}: {e.strerror}")
+            return
+        runtime.tap_endpoint = endpoint
+        directions, in_prefix, out_prefix = self._tap_directions()
+        self._tap_info = tapsocket.describe(endpoint, directions=directions, in_prefix=in_prefix, out_prefix=out_prefix)
+
+    def _tap_directions(self) -> tuple[str, bytes, bytes]:
+        """How the tap reader learns each message's direction (tapsocket.describe)."""
+        return ("unknown" if self._two_way() else "in"), b"", b""
 
     def _pause_commands(self) -> PauseCommands | None:
         """The commands that pause and resume this device's loop; None: libzmq's proxy, whose
@@ -260,7 +298,7 @@ class Device:
     def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
         runtime = self._runtime
         control = runtime.proxy_control if runtime is not None else None
-        zmq.proxy_steerable(ins, outs, mons, control)
+        zmq.proxy_steerable(ins, outs, mons if mons is not None else self._tap_capture, control)
 
     def run(self) -> None:
         """Run the device in this thread: build sockets, serve control, forward, and on a
@@ -352,6 +390,7 @@ class Device:
             "in_type": self.in_type,
             "out_type": self.out_type,
             "endpoints": self._runtime.endpoints if self._runtime is not None else {},
+            "tap": self._tap_info,
         }
 
     def start(self) -> None:

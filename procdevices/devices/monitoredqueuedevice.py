@@ -328,6 +328,10 @@ class MonitoredQueueBase(ProxyBase):
         control = runtime.proxy_control if runtime is not None else None
         monitored_queue_steerable(ins, outs, mons, control, self._in_prefix, self._out_prefix)
 
+    def _tap_directions(self) -> tuple[str, bytes, bytes]:
+        # The tap shares the mon socket, whose copies start with the direction's prefix.
+        return "prefixed", self._in_prefix, self._out_prefix
+
     def _pause_commands(self) -> steer.PauseCommands | None:
         # Our own loop: PAUSE pauses, whatever libzmq's proxy does with it.
         return steer.PauseCommands(pause=steer.PAUSE, resume=steer.RESUME)

@@ -218,6 +218,7 @@ class DeviceRuntime:
         self._terminator: threading.Thread | None = None
         self._target: ControlTarget | None = None
         self.finished = False  # a runtime serves one run: a device run again gets a new one
+        self.tap_endpoint: str | None = None  # bound by the device (tapsocket.py); removed at exit
 
     @property
     def owns_context(self) -> bool:
@@ -392,6 +393,8 @@ class DeviceRuntime:
             _remove(path)
         if self.control_endpoint.startswith("ipc://"):
             _remove(self.control_endpoint[len("ipc://") :])
+        if self.tap_endpoint is not None:
+            _remove(self.tap_endpoint[len("ipc://") :])
         if self.cleanup_dir:
             shutil.rmtree(self.cleanup_dir, ignore_errors=True)
 

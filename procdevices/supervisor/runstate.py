@@ -178,6 +178,15 @@ class RunDir:
     def device_control_endpoint(self, name: str) -> str:
         return runlayout.control_endpoint(self.path, name)
 
+    def device_tap_endpoint(self, name: str) -> str:
+        """Where the device publishes the copy ``procdevices tap`` reads, beside its control
+        socket (devices/tapsocket.py spells the rule; it holds payloads: owner-only)."""
+        from procdevices.devices.tapsocket import tap_endpoint
+
+        endpoint = tap_endpoint(self.device_control_endpoint(name))
+        assert endpoint is not None
+        return endpoint
+
     def socket_paths(self, device_names: Iterable[str] = ()) -> list[Path]:
         return [
             Path(runlayout.supervisor_socket(self.path)),

@@ -4,6 +4,7 @@
     python scripts/bench.py --quick      # < 2 min: fewer reps, messages and kills, 8 devices
     python scripts/bench.py --json out.json --reps 7
     python scripts/bench.py --only startup --scale 256   # start-up, then 256 devices under one up
+    python scripts/bench.py --quick --only tap           # the supervised streamer with and without a tap
 
 What is measured (docs/performance.md explains each figure and the targets):
 

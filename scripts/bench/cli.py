@@ -16,7 +16,7 @@ import psutil
 
 import bench
 import procdevices
-from bench.harness import ERRORS, FULL, MQ_CASES, QUICK, Helpers, Profile, kill_tree, log, short_tmp
+from bench.harness import ERRORS, FULL, MQ_CASES, QUICK, TAP_CASES, Helpers, Profile, kill_tree, log, short_tmp
 from bench.latency import phase_latency
 from bench.overhead import phase_overhead
 from bench.report import machine_meta, print_report
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = {
             "throughput": lambda: phase_throughput(h, prof, tmp),
             "mq": lambda: phase_throughput(h, prof, tmp, MQ_CASES, "pyzmq-mq"),
+            "tap": lambda: phase_throughput(h, prof, tmp, TAP_CASES, "supervised"),
             "latency": lambda: phase_latency(h, prof, tmp),
             "startup": lambda: phase_startup(prof, tmp),
             "restart": lambda: phase_restart(prof, tmp),

@@ -33,6 +33,8 @@ TP_CASES = ("direct", "pyzmq", "procdevices", "supervised")
 # A monitored queue (PULL -> PUSH, PUB monitor): pyzmq's C loop against procdevices' steerable
 # loop (meta["mq_loop"] says which: "c" or "python").
 MQ_CASES = ("pyzmq-mq", "procdevices-mq")
+# `--only tap`: the supervised streamer alone, then with `procdevices tap` reading its copy.
+TAP_CASES = ("supervised", "supervised-tap")
 LAT_CASES = ("pyzmq", "procdevices", "supervised")
 LABELS = {
     "direct": "direct PUSH->PULL (no device)",
@@ -44,6 +46,7 @@ LABELS = {
     "procdevices": "procdevices ProcessDevice",
     "procdevices-threads": "procdevices ProcessDevice, N threads",
     "supervised": "supervised (up)",
+    "supervised-tap": "supervised (up), `procdevices tap` attached",
 }
 
 

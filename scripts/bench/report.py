@@ -46,7 +46,8 @@ def print_report(res: dict[str, Any]) -> None:
             f"{res['profile']['kills']} kills, stop/overhead with {res['profile']['big_n']} devices (not 32)"
         )
     mq_title = f"MONITORED QUEUE THROUGHPUT (base: pyzmq's, fork; procdevices' loop: {meta.get('mq_loop')})"
-    for key, title in (("throughput", "THROUGHPUT"), ("mq", mq_title)):
+    tap_title = "TAP (base: the supervised streamer without a tap; the ratio column is vs that base)"
+    for key, title in (("throughput", "THROUGHPUT"), ("mq", mq_title), ("tap", tap_title)):
         tp = res.get(key)
         if not tp:
             continue

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -60,13 +63,25 @@ def tp_device(
     else:
         sockets = 'in = { bind = ["tcp://127.0.0.1:*"] }\nout = { bind = ["tcp://127.0.0.1:*"] }\n'
     sup = Supervised(workdir, f'\n[devices.tp]\nkind = "streamer"\n{sockets}', pool=pool)
+    tap: subprocess.Popen[bytes] | None = None
     try:
         sup.start()
         settle(sup)
         st = sup.status_cli()
         eps = st["devices"][0]["endpoints"]
+        if case == "supervised-tap":
+            # A reader that keeps up as well as it can; what it cannot take, the device drops.
+            command = [sys.executable, "-m", "procdevices", "tap", "tp", "--run-dir", sup.run_dir, "--format", "raw"]
+            tap = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         yield eps["in"][0], eps["out"][0], st["devices"][0]["pid"]
     finally:
+        if tap is not None:
+            tap.send_signal(signal.SIGINT)
+            try:
+                tap.wait(10)
+            except subprocess.TimeoutExpired:
+                tap.kill()
+                tap.wait()
         sup.close()
 
 

@@ -24,7 +24,15 @@ FAKE_STATUS = {
     "result": {"devices": [{"name": "pipe", "state": "RUNNING", "pid": 1, "last_exit": ""}], "pid": 1},
 }
 
-CLIENT_COMMANDS = [("status",), ("status", "--json"), ("stop", "pipe"), ("down",), ("events",), ("logs", "pipe")]
+CLIENT_COMMANDS = [
+    ("status",),
+    ("status", "--json"),
+    ("stop", "pipe"),
+    ("down",),
+    ("events",),
+    ("logs", "pipe"),
+    ("tap", "pipe"),
+]
 
 
 @pytest.fixture
