@@ -202,6 +202,13 @@ def _target(topology: Topology, host: HostConfig, local: HostConfig | None, args
     return Target(host.name, control_connect(host), topology.cluster.keys)
 
 
+def host_targets(topology: Topology, args: argparse.Namespace) -> list[Target]:
+    """How to reach every host of ``topology``: this host through its run dir, the others
+    through their control endpoints (``status --all``, ``web --all``)."""
+    local = _local_host(topology, args)
+    return [_target(topology, h, local, args) for h in topology.hosts]
+
+
 def status(args: argparse.Namespace) -> int:
     """`status`, or with ``--all`` every host's, concurrently: one table with a HOST column."""
     from procdevices.cli import client
@@ -213,8 +220,7 @@ def status(args: argparse.Namespace) -> int:
     if not topology.hosts:
         print(f"procdevices: status --all: {topology.source} defines no [hosts]", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
-    local = _local_host(topology, args)
-    replies = ask_all([_target(topology, h, local, args) for h in topology.hosts], args.name, args.timeout)
+    replies = ask_all(host_targets(topology, args), args.name, args.timeout)
     if args.json:
         print(json.dumps({"hosts": {name: r.as_json() for name, r in replies.items()}}, indent=1))
     else:
