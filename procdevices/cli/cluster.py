@@ -120,6 +120,22 @@ def export(args: argparse.Namespace) -> int:
     from procdevices.supervisor.systemd import render_unit
 
     renderers = {"supervisord": render_host_program, "systemd": render_unit}
+    extra: dict[str, Any] = {}
+    if args.web is not None:
+        if args.target != "supervisord":
+            print(f"procdevices: export {args.target}: --web is for supervisord only", file=sys.stderr)
+            return exitcodes.EXIT_USAGE
+        from procdevices.supervisor.config.settings import split_host_port
+        from procdevices.web.security import is_loopback
+
+        if not is_loopback(split_host_port(args.web)[0]):
+            print(
+                f"procdevices: export supervisord: --web {args.web} is not a loopback address "
+                "(such a page needs --token-file: add it to the program by hand)",
+                file=sys.stderr,
+            )
+            return exitcodes.EXIT_USAGE
+        extra["web"] = args.web
     path = locate.config_path(args.config)
     if path is None:
         print("procdevices: export: name the topology file (-c FILE or $PROCDEVICES_CONFIG)", file=sys.stderr)
@@ -137,6 +153,7 @@ def export(args: argparse.Namespace) -> int:
             python=sys.executable,
             cwd=Path.cwd(),
             run_dir=locate.run_dir_override(args.run_dir),
+            **extra,
         )
     except ValueError as e:
         print(f"procdevices: export {args.target}: {e}", file=sys.stderr)
@@ -152,6 +169,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=EXPORT_TARGETS, help="the engine that will run `up --host NAME`")
     add_host_argument(parser, "the host whose engine runs it")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+    from procdevices.web.command import DEFAULT_LISTEN, listen_address
+
+    parser.add_argument(
+        "--web",
+        nargs="?",
+        const=DEFAULT_LISTEN,
+        default=None,
+        type=listen_address,
+        metavar="HOST:PORT",
+        help=f"supervisord: also a program running `procdevices web` on HOST:PORT (default {DEFAULT_LISTEN})",
+    )
 
 
 # -- keys -----------------------------------------------------------------------------------

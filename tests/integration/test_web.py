@@ -537,3 +537,44 @@ def test_web_all_without_hosts_is_one_line(short_tmp: Path) -> None:
     result = cli("web", "--all", "--listen", "127.0.0.1:0", "-c", str(config), cwd=short_tmp)
     assert result.returncode == 78, describe(result)
     assert result.stderr.strip().splitlines() == [f"procdevices: web --all: {config} defines no [hosts]"]
+
+
+def test_export_supervisord_web_is_a_second_program_that_serves_the_page(pipeline: Up) -> None:
+    """The program `export supervisord --web` writes, run as supervisord would run it (its
+    command line, split as supervisord splits it, from its directory): it shows this `up`."""
+    import configparser
+    import shlex
+
+    plain = pipeline.cli("export", "supervisord")
+    assert plain.returncode == 0, describe(plain)
+    assert "procdevices-web" not in plain.stdout  # off unless asked for
+    refused = pipeline.cli("export", "systemd", "--web")
+    assert refused.returncode == 2 and "--web is for supervisord only" in refused.stderr, describe(refused)
+
+    listen = f"127.0.0.1:{free_tcp_port()}"
+    result = pipeline.cli("export", "supervisord", "--web", listen)
+    assert result.returncode == 0, describe(result)
+    ini = configparser.ConfigParser()  # its %% is supervisord's %% too
+    ini.read_string(result.stdout)
+    assert ini.sections() == ["program:procdevices", "program:procdevices-web"]
+    program = ini["program:procdevices-web"]
+    argv = shlex.split(program["command"])
+    assert argv[argv.index("--listen") + 1] == listen
+    up_argv = shlex.split(ini["program:procdevices"]["command"])
+    assert argv[argv.index("-c") + 1] == up_argv[up_argv.index("-c") + 1] == str(pipeline.config)
+    proc = subprocess.Popen(
+        argv, cwd=program["directory"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = wait_for(proc.stderr.readline, 20.0, "web to listen", wake=readable(proc.stderr.fileno()))
+        assert f"http://{listen}/" in line, line
+        with urllib.request.urlopen(f"http://{listen}/api/state", timeout=10) as response:
+            state = json.loads(response.read())
+        assert state["reachable"] is True, state["error"]
+        assert sorted(g["device"] for g in state["devices"]) == ["sink", "source", "worker"]
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        if proc.stderr is not None:
+            proc.stderr.close()
