@@ -507,11 +507,15 @@ def test_web_all_shows_every_host_and_greys_one_that_stops_answering(short_tmp: 
         up_a.wait_states({"front": "RUNNING"})
         up_b.wait_states({"back": "RUNNING"})
         # Run from a.toml's directory but as no host: both hosts through their control endpoints.
-        with web(up_a, "--all") as server:
+        with web(up_a, "--all", "--allow-actions") as server:
             page = open_page(browser, server.url)
             page.wait_for_selector('.region[data-host="b"][data-reachable="true"] .card[data-device="back"]')
             page.wait_for_selector('.region[data-host="a"][data-reachable="true"] .card[data-device="front"]')
             assert instance_state(page, "back") == "RUNNING" and instance_state(page, "front") == "RUNNING"
+            # An action goes to the device's own host (b), through its control endpoint.
+            code, body = server.post("/api/devices/back/pause", {"X-Procdevices-Action": "1"})
+            assert code == 200 and body["ok"] is True, body
+            assert up_b.devices()["back"]["paused"] is True and up_a.devices()["front"]["paused"] is False
 
             up_b.close()  # host b's supervisor and its devices are gone
             started = time.monotonic()
