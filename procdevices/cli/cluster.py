@@ -120,6 +120,22 @@ def export(args: argparse.Namespace) -> int:
     from procdevices.supervisor.systemd import render_unit
 
     renderers = {"supervisord": render_host_program, "systemd": render_unit}
+    extra: dict[str, Any] = {}
+    if args.web is not None:
+        if args.target != "supervisord":
+            print(f"procdevices: export {args.target}: --web is for supervisord only", file=sys.stderr)
+            return exitcodes.EXIT_USAGE
+        from procdevices.supervisor.config.settings import split_host_port
+        from procdevices.web.security import is_loopback
+
+        if not is_loopback(split_host_port(args.web)[0]):
+            print(
+                f"procdevices: export supervisord: --web {args.web} is not a loopback address "
+                "(such a page needs --token-file: add it to the program by hand)",
+                file=sys.stderr,
+            )
+            return exitcodes.EXIT_USAGE
+        extra["web"] = args.web
     path = locate.config_path(args.config)
     if path is None:
         print("procdevices: export: name the topology file (-c FILE or $PROCDEVICES_CONFIG)", file=sys.stderr)
@@ -137,6 +153,7 @@ def export(args: argparse.Namespace) -> int:
             python=sys.executable,
             cwd=Path.cwd(),
             run_dir=locate.run_dir_override(args.run_dir),
+            **extra,
         )
     except ValueError as e:
         print(f"procdevices: export {args.target}: {e}", file=sys.stderr)
@@ -152,6 +169,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=EXPORT_TARGETS, help="the engine that will run `up --host NAME`")
     add_host_argument(parser, "the host whose engine runs it")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+    from procdevices.web.command import DEFAULT_LISTEN, listen_address
+
+    parser.add_argument(
+        "--web",
+        nargs="?",
+        const=DEFAULT_LISTEN,
+        default=None,
+        type=listen_address,
+        metavar="HOST:PORT",
+        help=f"supervisord: also a program running `procdevices web` on HOST:PORT (default {DEFAULT_LISTEN})",
+    )
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -202,6 +230,13 @@ def _target(topology: Topology, host: HostConfig, local: HostConfig | None, args
     return Target(host.name, control_connect(host), topology.cluster.keys)
 
 
+def host_targets(topology: Topology, args: argparse.Namespace) -> list[Target]:
+    """How to reach every host of ``topology``: this host through its run dir, the others
+    through their control endpoints (``status --all``, ``web --all``)."""
+    local = _local_host(topology, args)
+    return [_target(topology, h, local, args) for h in topology.hosts]
+
+
 def status(args: argparse.Namespace) -> int:
     """`status`, or with ``--all`` every host's, concurrently: one table with a HOST column."""
     from procdevices.cli import client
@@ -213,8 +248,7 @@ def status(args: argparse.Namespace) -> int:
     if not topology.hosts:
         print(f"procdevices: status --all: {topology.source} defines no [hosts]", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
-    local = _local_host(topology, args)
-    replies = ask_all([_target(topology, h, local, args) for h in topology.hosts], args.name, args.timeout)
+    replies = ask_all(host_targets(topology, args), args.name, args.timeout)
     if args.json:
         print(json.dumps({"hosts": {name: r.as_json() for name, r in replies.items()}}, indent=1))
     else:

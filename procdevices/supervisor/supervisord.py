@@ -230,7 +230,14 @@ def up_argv(*, python: str, config: Path, host: str | None, run_dir: Path | None
 
 
 def render_host_program(
-    topology: Topology, *, host: str | None, config_path: Path, python: str, cwd: Path, run_dir: Path | None = None
+    topology: Topology,
+    *,
+    host: str | None,
+    config_path: Path,
+    python: str,
+    cwd: Path,
+    run_dir: Path | None = None,
+    web: str | None = None,
 ) -> str:
     """One supervisord ``[program]`` running ``up --host NAME``: procdevices supervises that
     host's devices, supervisord only keeps ``up`` alive (the mode of supervisor.d/procdevices.conf)."""
@@ -262,7 +269,42 @@ def render_host_program(
             logfile="AUTO",
         ),
     ]
+    if web is not None:
+        lines += ["", *_web_program(host=host, config=config, python=python, cwd=cwd, run_dir=run_dir, listen=web)]
     return "\n".join(lines) + "\n"
+
+
+#: ``export supervisord --web``: the page's program, ``procdevices-web`` (``-HOST`` with a host).
+WEB_SECTION = f"{GROUP}-web"
+
+
+def _web_program(
+    *, host: str | None, config: Path, python: str, cwd: Path, run_dir: Path | None, listen: str
+) -> list[str]:
+    """``[program:procdevices-web]``: ``procdevices web`` next to ``up``, on the same topology
+    file and run dir, so it shows the supervisor this file's other program runs (docs/web.md).
+    A client of ``up``: it starts before or after ``up`` alike (the page shows "unreachable"
+    until ``up`` answers), and its crash or restart never touches supervision."""
+    section = WEB_SECTION if host is None else f"{WEB_SECTION}-{_checked_name(host)}"
+    argv = [python, "-m", "procdevices", "web", "-c", str(config), "--listen", listen]
+    if run_dir is not None:
+        argv += ["--run-dir", str(run_dir)]
+    return [
+        f"; The live page of the same supervisor, read-only, on http://{_comment_text(listen)}/ "
+        "(`procdevices web`, docs/web.md).",
+        "; Exits 0 on SIGTERM; 78 for a bad --listen, which counts as a failed start.",
+        *_section(
+            section,
+            section,
+            argv,
+            cwd=cwd,
+            startsecs=2,
+            startretries=3,
+            autorestart="unexpected",
+            stopwaitsecs=5,  # it stops within its 1 s shutdown budget; open pages are cut, not waited for
+            logfile="AUTO",
+        ),
+    ]
 
 
 # restart = "always": restarted whenever it exits, even with 0, unless supervisord stopped it;

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from procdevices import exitcodes
+
+if TYPE_CHECKING:
+    from procdevices.web.link import Cluster
 
 DEFAULT_LISTEN = "127.0.0.1:9465"
 
@@ -36,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="offer pause, resume, restart, stop and start on the page (default: read-only)",
     )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every host of the topology's [hosts], each through its control endpoint (unreachable hosts greyed)",
+    )
+    from procdevices.cli.cluster import add_host_argument
+
+    add_host_argument(parser, "with --all: the host this runs on, reached through the run dir")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"procdevices: web: --listen {args.listen} is not a loopback address: give --token-file", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
     run_dir = client_run_dir(args.config, args.run_dir)
+    cluster = None
+    if args.all:
+        cluster = _cluster(args)
+        if cluster is None:
+            return exitcodes.EXIT_CONFIG
 
     import asyncio
 
@@ -62,11 +79,28 @@ def run(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         mode = "actions allowed" if args.allow_actions else "read-only"
-        print(f"procdevices: web: {url} ({mode}; run dir {run_dir})", file=sys.stderr, flush=True)
+        where = f"hosts {', '.join(t.name for t in cluster.targets)}" if cluster else f"run dir {run_dir}"
+        print(f"procdevices: web: {url} ({mode}; {where})", file=sys.stderr, flush=True)
 
     try:
-        asyncio.run(serve(host, port, run_dir, token=token, allow_actions=args.allow_actions, ready=ready))
+        asyncio.run(
+            serve(host, port, run_dir, token=token, allow_actions=args.allow_actions, ready=ready, cluster=cluster)
+        )
     except OSError as e:
         print(f"procdevices: web: cannot listen on {args.listen}: {e.strerror or e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
     return exitcodes.EXIT_OK
+
+
+def _cluster(args: argparse.Namespace) -> Cluster | None:
+    """``--all``: every host of the file, reached as ``status --all`` reaches them; None
+    (after one line) for a file without ``[hosts]``: there is no other host to show."""
+    from procdevices.cli import locate
+    from procdevices.cli.cluster import host_targets
+    from procdevices.web.link import Cluster
+
+    topology = locate.topology(args.config, args.run_dir)
+    if not topology.hosts:
+        print(f"procdevices: web --all: {topology.source} defines no [hosts]", file=sys.stderr)
+        return None
+    return Cluster(str(topology.source), tuple(host_targets(topology, args)))

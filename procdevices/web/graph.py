@@ -219,13 +219,41 @@ def build(status: Mapping[str, Any], files: TopologySockets) -> dict[str, Any]:
     for key, endpoints in bound.items():
         if endpoints and key not in reached:
             peers.append(_peer(key, "clients", *endpoints))
-    regions = sorted({g["host"] for g in groups.values() if g["host"] is not None})
+    # `web --all` (merge_hosts): every host of the file is a region, drawn even with no
+    # device seen yet, greyed while it does not answer.
+    reach: Mapping[str, Mapping[str, Any]] = status.get("hosts") or {}
+    regions = sorted({g["host"] for g in groups.values() if g["host"] is not None} | set(reach))
     return {
         "devices": sorted(groups.values(), key=lambda g: str(g["device"])),
         "edges": list(edges.values()),
         "peers": peers,
-        "regions": [{"host": host} for host in regions],
+        "regions": [
+            {
+                "host": host,
+                "reachable": bool(reach.get(host, {}).get("reachable", True)),
+                "error": reach.get(host, {}).get("error"),
+            }
+            for host in regions
+        ],
     }
+
+
+def merge_hosts(
+    replies: Mapping[str, Mapping[str, Any]], last_seen: Mapping[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """One ``status`` of every host for ``web --all``, from each host's ``status --all --json``
+    entry (``{"reachable", "error", "status"}``, in the file's host order): every instance
+    carries its ``host``; a host that did not answer keeps the devices it last showed
+    (``last_seen``, each marked ``"reachable": false``); ``hosts`` says which hosts answered."""
+    devices: list[dict[str, Any]] = []
+    hosts: dict[str, dict[str, Any]] = {}
+    for host, reply in replies.items():
+        status = reply.get("status")
+        answered = bool(reply.get("reachable")) and status is not None
+        hosts[host] = {"reachable": answered, "error": reply.get("error")}
+        seen = status["devices"] if answered and status is not None else last_seen.get(host, [])
+        devices += [{**d, "host": host, "reachable": answered} for d in seen]
+    return {"devices": devices, "hosts": hosts}
 
 
 def _edge(source: SocketKey, target: SocketKey) -> dict[str, Any]:

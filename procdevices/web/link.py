@@ -21,8 +21,9 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -32,6 +33,9 @@ from procdevices.control.client import SupervisorUnreachable, call_supervisor
 from procdevices.control.protocol import SupervisorCommand
 from procdevices.web import graph
 from procdevices.web.history import RateHistory
+
+if TYPE_CHECKING:
+    from procdevices.cluster.remote import Target
 
 log = logging.getLogger("procdevices.web")
 
@@ -44,6 +48,21 @@ SUBSCRIBER_BACKLOG = 256  # messages queued for one page before it is dropped (i
 # Commands whose `command` events say nothing changed: our own polls among them.
 READ_COMMANDS = frozenset({"status", "stats"})
 TRANSITIONS_KEPT = 8
+# `web --all`: each host's wait; an unreachable host is greyed after about this long, and the
+# others' figures are at most this late meanwhile (the page itself never waits: it is pushed).
+HOSTS_TIMEOUT = 1.5
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """``web --all``: every host of the topology file ``source`` (``[hosts]``), each reached as
+    ``status --all`` reaches it (procdevices.cluster.remote)."""
+
+    source: str
+    targets: tuple[Target, ...]
+
+    def target(self, host: str | None) -> Target | None:
+        return next((t for t in self.targets if t.name == host), None)
 
 
 class Subscriber:
@@ -61,8 +80,10 @@ class Subscriber:
 
 
 class SupervisorLink:
-    def __init__(self, run_dir: Path, *, allow_actions: bool) -> None:
+    def __init__(self, run_dir: Path, *, allow_actions: bool, cluster: Cluster | None = None) -> None:
         self.run_dir = run_dir
+        self.cluster = cluster
+        self._host_last: dict[str, list[dict[str, Any]]] = {}  # --all: each host's devices last seen
         self.endpoint = runlayout.supervisor_endpoint(run_dir)
         self.allow_actions = allow_actions
         self.history = RateHistory()
@@ -132,6 +153,9 @@ class SupervisorLink:
             self._wake.clear()
 
     async def refresh(self) -> None:
+        if self.cluster is not None:
+            await self._refresh_hosts(self.cluster)
+            return
         status: dict[str, Any] | None = None
         error: str | None = None
         if not Path(runlayout.supervisor_socket(self.run_dir)).is_socket():
@@ -148,6 +172,32 @@ class SupervisorLink:
                     status = reply["result"]
                 else:
                     error = f"status: {reply.get('error')}"
+        await self._publish(status, error)
+
+    async def _refresh_hosts(self, cluster: Cluster) -> None:
+        """``--all``: every host at once (the threads of ``ask_all``), merged into one status;
+        the picture is reachable while one host answers, and each host's region says its own."""
+        from procdevices.cluster.remote import ask_all
+
+        replies = await asyncio.to_thread(ask_all, list(cluster.targets), None, HOSTS_TIMEOUT)
+        for host, reply in replies.items():
+            if reply.reachable and reply.status is not None:
+                self._host_last[host] = reply.status["devices"]
+        merged = graph.merge_hosts({h: r.as_json() for h, r in replies.items()}, self._host_last)
+        missing = [f"{h}: {r.error}" for h, r in replies.items() if not r.reachable or r.status is None]
+        if len(missing) == len(replies):
+            await self._publish(None, "no host answered (" + "; ".join(missing) + ")", merged)
+        else:
+            unanswered = "; ".join(f"host {m}" for m in missing) or None  # shown above the picture
+            await self._publish({"supervisor": {"source": cluster.source}, **merged}, unanswered)
+
+    async def _publish(
+        self, status: dict[str, Any] | None, error: str | None, unreachable: dict[str, Any] | None = None
+    ) -> None:
+        """The new ``/api/state`` to every page; ``unreachable``: what to draw greyed instead of
+        the last status seen (``--all``, no host answered: every region greyed)."""
+        if unreachable is not None:
+            self._last_status = {"supervisor": None, **unreachable}
         now = time.time()
         if status is not None:
             await self._load_topology(status)
@@ -199,7 +249,8 @@ class SupervisorLink:
             "error": error,
             "actions": self.allow_actions,
             "run_dir": str(self.run_dir),
-            "supervisor": status["supervisor"] if status else None,
+            "supervisor": status["supervisor"] if status and self.cluster is None else None,
+            "all": self.cluster is not None,
             "topology": {
                 "source": status["supervisor"].get("source") if status else None,
                 "error": self._topology_error,

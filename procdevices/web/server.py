@@ -21,7 +21,7 @@ from aiohttp import web
 
 from procdevices.control.client import SupervisorUnreachable, call_supervisor
 from procdevices.control.protocol import SupervisorCommand
-from procdevices.web.link import SupervisorLink
+from procdevices.web.link import Cluster, SupervisorLink
 from procdevices.web.security import TOKEN_COOKIE, Access, Refused
 
 STATIC = Path(__file__).parent / "static"
@@ -118,11 +118,28 @@ async def action(request: web.Request) -> web.StreamResponse:
     if name not in known:
         return web.json_response({"ok": False, "error": f"no device named {name!r}"}, status=404)
     try:
-        reply: dict[str, Any] = await asyncio.to_thread(call_supervisor, link.endpoint, command, {"name": name})
+        reply: dict[str, Any] = await asyncio.to_thread(_send, link, command, name)
     except SupervisorUnreachable as e:
         return web.json_response({"ok": False, "error": str(e)}, status=503)
     link.poke()  # the page sees the outcome at once, not at the next poll
     return web.json_response(reply, status=200 if reply.get("ok") else 409)
+
+
+def _send(link: SupervisorLink, command: SupervisorCommand, name: str) -> dict[str, Any]:
+    """To this host's supervisor, or with ``--all`` to the supervisor of the device's host,
+    the way ``status --all`` reaches it."""
+    if link.cluster is None:
+        return call_supervisor(link.endpoint, command, {"name": name})
+    from procdevices.cluster.remote import call_remote
+
+    host = next(
+        (g["host"] for g in link.state["devices"] if name in {g["device"], *(i["name"] for i in g["instances"])}),
+        None,
+    )
+    target = link.cluster.target(host)
+    if target is None:
+        raise SupervisorUnreachable(f"no host of the topology runs {name!r}")
+    return call_remote(target, command, {"name": name})
 
 
 def make_app(link: SupervisorLink, access: Access) -> web.Application:
@@ -150,10 +167,17 @@ def make_app(link: SupervisorLink, access: Access) -> web.Application:
 
 
 async def serve(
-    host: str, port: int, run_dir: Path, *, token: str | None, allow_actions: bool, ready: Callable[[str], None]
+    host: str,
+    port: int,
+    run_dir: Path,
+    *,
+    token: str | None,
+    allow_actions: bool,
+    ready: Callable[[str], None],
+    cluster: Cluster | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; ``ready(url)`` once listening (the real port for 0)."""
-    link = SupervisorLink(run_dir, allow_actions=allow_actions)
+    link = SupervisorLink(run_dir, allow_actions=allow_actions, cluster=cluster)
     app = make_app(link, Access(token=token, allow_actions=allow_actions))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
     await runner.setup()

@@ -24,10 +24,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import zmq
 from playwright.sync_api import Browser, Page, sync_playwright
-from support.cli import CLI, Up, connect, expect_silence, readable, recv_within, wait_for, write_topology
+from support.cli import (
+    CLI,
+    Up,
+    cli,
+    connect,
+    describe,
+    expect_silence,
+    free_tcp_port,
+    readable,
+    recv_within,
+    wait_for,
+    write_topology,
+)
 
 CHROMIUM = os.environ.get("PROCDEVICES_CHROMIUM", "/usr/bin/chromium")
 # Headless as root: no sandbox; nothing that reaches the network on its own.
@@ -424,3 +437,148 @@ def test_token_and_listen_rules(short_tmp: Path) -> None:
             connection.close()
     finally:
         server.close()
+
+
+# -- web --all -----------------------------------------------------------------------------
+
+# Two hosts on this machine: each `up --host NAME` serves its control endpoint on a loopback
+# address of its own (127.0.0.2, 127.0.0.3: neither is an interface address, so `web --all`
+# reaches both through CURVE, as it would reach other machines), ports chosen at run time.
+TWO_HOSTS = """\
+[supervisor]
+run_dir = "{run_dir}"
+pool_size = 0
+
+[cluster]
+keys = "keys"
+
+[hosts.a]
+address = "127.0.0.2"
+control = "tcp://127.0.0.2:{port_a}"
+
+[hosts.b]
+address = "127.0.0.3"
+control = "tcp://127.0.0.3:{port_b}"
+
+[devices.front]
+host = "a"
+kind = "streamer"
+in = {{ bind = ["ipc://front-in"] }}
+out = {{ bind = ["ipc://front-out"] }}
+
+[devices.back]
+host = "b"
+kind = "streamer"
+in = {{ bind = ["ipc://back-in"] }}
+out = {{ bind = ["ipc://back-out"] }}
+"""
+
+
+class HostUp(Up):
+    """``up --host NAME`` with a topology file of its own (the same hosts and devices, its own
+    run dir), so each host's supervisor has its own run dir as on separate machines."""
+
+    def __init__(self, config: Path, host: str) -> None:
+        super().__init__(config, label=f"up-{host}")
+        self.host = host
+
+    def start(self) -> HostUp:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*CLI, "up", "-c", str(self.config), "--host", self.host],
+                cwd=self.directory,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.me = psutil.Process(self.proc.pid)
+        return self
+
+
+def test_web_all_shows_every_host_and_greys_one_that_stops_answering(short_tmp: Path, browser: Browser) -> None:
+    keys = cli("keys", "generate", str(short_tmp / "keys"), cwd=short_tmp)
+    assert keys.returncode == 0, describe(keys)
+    ports = {"port_a": free_tcp_port(), "port_b": free_tcp_port()}
+    configs = {}
+    for host in ("a", "b"):
+        configs[host] = short_tmp / f"{host}.toml"
+        configs[host].write_text(TWO_HOSTS.format(run_dir=f"run-{host}", **ports))
+    with HostUp(configs["a"], "a") as up_a, HostUp(configs["b"], "b") as up_b:
+        up_a.wait_states({"front": "RUNNING"})
+        up_b.wait_states({"back": "RUNNING"})
+        # Run from a.toml's directory but as no host: both hosts through their control endpoints.
+        with web(up_a, "--all", "--allow-actions") as server:
+            page = open_page(browser, server.url)
+            page.wait_for_selector('.region[data-host="b"][data-reachable="true"] .card[data-device="back"]')
+            page.wait_for_selector('.region[data-host="a"][data-reachable="true"] .card[data-device="front"]')
+            assert instance_state(page, "back") == "RUNNING" and instance_state(page, "front") == "RUNNING"
+            # An action goes to the device's own host (b), through its control endpoint.
+            code, body = server.post("/api/devices/back/pause", {"X-Procdevices-Action": "1"})
+            assert code == 200 and body["ok"] is True, body
+            assert up_b.devices()["back"]["paused"] is True and up_a.devices()["front"]["paused"] is False
+
+            up_b.close()  # host b's supervisor and its devices are gone
+            started = time.monotonic()
+            page.wait_for_selector('.region[data-host="b"].unreachable', timeout=8000)
+            greyed_after = time.monotonic() - started
+            # Only b is greyed: a stays live, b's last picture stays (greyed), the page says why.
+            assert page.locator('.region[data-host="a"].unreachable').count() == 0
+            assert page.locator('.region[data-host="b"] .card[data-device="back"]').count() == 1
+            assert page.locator("#graph.unreachable").count() == 0
+            assert "host b" in page.inner_text("#problem")
+            with urllib.request.urlopen(server.url + "api/state", timeout=10) as response:
+                state = json.loads(response.read())
+            regions = {r["host"]: r for r in state["regions"]}
+            assert regions["a"]["reachable"] is True and regions["b"]["reachable"] is False, regions
+            assert state["reachable"] is True and state["all"] is True
+            assert not page.errors  # type: ignore[attr-defined]
+            page.close()
+    assert greyed_after < 6.0, f"host b greyed after {greyed_after:.1f}s"
+
+
+def test_web_all_without_hosts_is_one_line(short_tmp: Path) -> None:
+    config = write_topology(short_tmp, PIPELINE3)
+    result = cli("web", "--all", "--listen", "127.0.0.1:0", "-c", str(config), cwd=short_tmp)
+    assert result.returncode == 78, describe(result)
+    assert result.stderr.strip().splitlines() == [f"procdevices: web --all: {config} defines no [hosts]"]
+
+
+def test_export_supervisord_web_is_a_second_program_that_serves_the_page(pipeline: Up) -> None:
+    """The program `export supervisord --web` writes, run as supervisord would run it (its
+    command line, split as supervisord splits it, from its directory): it shows this `up`."""
+    import configparser
+    import shlex
+
+    plain = pipeline.cli("export", "supervisord")
+    assert plain.returncode == 0, describe(plain)
+    assert "procdevices-web" not in plain.stdout  # off unless asked for
+    refused = pipeline.cli("export", "systemd", "--web")
+    assert refused.returncode == 2 and "--web is for supervisord only" in refused.stderr, describe(refused)
+
+    listen = f"127.0.0.1:{free_tcp_port()}"
+    result = pipeline.cli("export", "supervisord", "--web", listen)
+    assert result.returncode == 0, describe(result)
+    ini = configparser.ConfigParser()  # its %% is supervisord's %% too
+    ini.read_string(result.stdout)
+    assert ini.sections() == ["program:procdevices", "program:procdevices-web"]
+    program = ini["program:procdevices-web"]
+    argv = shlex.split(program["command"])
+    assert argv[argv.index("--listen") + 1] == listen
+    up_argv = shlex.split(ini["program:procdevices"]["command"])
+    assert argv[argv.index("-c") + 1] == up_argv[up_argv.index("-c") + 1] == str(pipeline.config)
+    proc = subprocess.Popen(
+        argv, cwd=program["directory"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = wait_for(proc.stderr.readline, 20.0, "web to listen", wake=readable(proc.stderr.fileno()))
+        assert f"http://{listen}/" in line, line
+        with urllib.request.urlopen(f"http://{listen}/api/state", timeout=10) as response:
+            state = json.loads(response.read())
+        assert state["reachable"] is True, state["error"]
+        assert sorted(g["device"] for g in state["devices"]) == ["sink", "source", "worker"]
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -126,7 +126,7 @@ def test_without_the_file_the_devices_are_still_drawn() -> None:
 def test_hosts_become_regions() -> None:
     status = {"devices": [{**instance("a", "a", {"in": ["ipc:///r/x"]}), "host": "edge-1"}]}
     drawn = graph.build(status, {})
-    assert drawn["regions"] == [{"host": "edge-1"}]
+    assert drawn["regions"] == [{"host": "edge-1", "reachable": True, "error": None}]
     assert drawn["devices"][0]["host"] == "edge-1"
 
 
@@ -219,6 +219,55 @@ def test_history_keeps_the_window_and_forgets_removed_devices() -> None:
     assert history.series("b", 14.0) == {"t": [], "in": [], "out": []}
 
 
+def host_reply(*devices: dict[str, Any]) -> dict[str, Any]:
+    """One host's entry of ``status --all --json``, answered."""
+    return {"reachable": True, "error": None, "status": {"supervisor": {}, "devices": list(devices)}}
+
+
+GONE = {"reachable": False, "error": "host b: no answer on tcp://10.77.0.2:7100 within 1.5s", "status": None}
+
+
+def test_web_all_merges_every_host_into_one_graph_with_a_region_each() -> None:
+    files = {
+        "edge": {"out": spec("PUSH", connect=("@broker.in",))},
+        "broker": {"in": spec("PULL", bind=("tcp://*:7001",)), "out": spec("PUSH", bind=("tcp://*:7002",))},
+    }
+    merged = graph.merge_hosts(
+        {
+            "a": host_reply(instance("edge", "edge", {})),
+            "b": host_reply(instance("broker", "broker", {"in": ["tcp://0.0.0.0:7001"]})),
+            "c": host_reply(),  # answers, runs nothing: still a region
+        },
+        {},
+    )
+    drawn = graph.build(merged, files)
+    assert {g["device"]: g["host"] for g in drawn["devices"]} == {"broker": "b", "edge": "a"}
+    assert drawn["regions"] == [
+        {"host": "a", "reachable": True, "error": None},
+        {"host": "b", "reachable": True, "error": None},
+        {"host": "c", "reachable": True, "error": None},
+    ]
+    assert [e["id"] for e in drawn["edges"]] == ["edge.out->broker.in"]  # across the hosts
+    assert all(i["reachable"] for g in drawn["devices"] for i in g["instances"])
+
+
+def test_web_all_greys_an_unreachable_host_and_keeps_its_last_devices() -> None:
+    last = {"b": [instance("broker", "broker", {"in": ["tcp://0.0.0.0:7001"]})]}
+    merged = graph.merge_hosts({"a": host_reply(instance("edge", "edge", {})), "b": GONE}, last)
+    drawn = graph.build(merged, {})
+    regions = {r["host"]: r for r in drawn["regions"]}
+    assert regions["a"] == {"host": "a", "reachable": True, "error": None}
+    assert regions["b"] == {"host": "b", "reachable": False, "error": GONE["error"]}
+    broker = next(g for g in drawn["devices"] if g["device"] == "broker")
+    assert broker["host"] == "b" and [i["reachable"] for i in broker["instances"]] == [False]
+    # A host never seen is a greyed region with nothing in it; the state was not invented.
+    never = graph.build(graph.merge_hosts({"a": host_reply(), "b": GONE}, {}), {})
+    assert never["devices"] == [] and [r["reachable"] for r in never["regions"]] == [True, False]
+    # A host that answers but refuses `status` is not shown as answering either.
+    refused = {"reachable": True, "error": "status: busy", "status": None}
+    assert graph.build(graph.merge_hosts({"a": refused}, {}), {})["regions"][0]["reachable"] is False
+
+
 def test_a_reference_across_hosts_is_an_arrow_and_each_host_a_region(tmp_path: Any) -> None:
     # The loader resolves "@broker.in" to tcp://10.77.0.2:7001, which `reaches` cannot judge
     # (another host's address against a wildcard bind): only the reference draws the arrow.
@@ -257,7 +306,7 @@ def test_a_reference_across_hosts_is_an_arrow_and_each_host_a_region(tmp_path: A
     ]
     assert not [p for p in drawn["peers"] if p["kind"] == "service"]
     assert {g["device"]: g["host"] for g in drawn["devices"]} == {"broker": "b", "edge": "a"}
-    assert drawn["regions"] == [{"host": "a"}, {"host": "b"}]
+    assert [r["host"] for r in drawn["regions"]] == ["a", "b"]
     # A reference to a device not drawn (another host's supervisor runs it) keeps its endpoints.
     alone = graph.sockets_from_topology(topology.devices, ["edge"], topology.references)
     assert alone["edge"]["out"].connect == ("tcp://10.77.0.2:7001",)

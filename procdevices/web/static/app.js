@@ -108,6 +108,7 @@ function layout(state) {
 function structureKey(state) {
   return JSON.stringify({
     actions: state.actions,
+    regions: state.regions.map((r) => r.host),
     devices: state.devices.map((d) => [d.device, d.host, d.instances.map((i) => i.name),
       d.sockets.map((s) => [s.role, s.type, s.bind, s.connect])]),
     edges: state.edges.map((e) => e.id),
@@ -268,11 +269,18 @@ function update(state) {
     sparkline(card, group.history);
   }
   const sup = state.supervisor;
-  setText($("supervisor"), sup ? `supervisor pid ${sup.pid}, up ${duration(sup.uptime)} · ${state.run_dir}` : `run dir ${state.run_dir}`);
+  setText($("supervisor"), state.all ? `every host: ${state.regions.map((r) => r.host).join(", ")}` : sup ? `supervisor pid ${sup.pid}, up ${duration(sup.uptime)} · ${state.run_dir}` : `run dir ${state.run_dir}`);
   setText($("mode"), state.actions ? "actions allowed" : "read-only");
   const problems = [state.error, state.topology && state.topology.error ? `topology: ${state.topology.error}` : null].filter(Boolean);
   $("problem").hidden = problems.length === 0;
   setText($("problem"), problems.join(" · "));
+  for (const r of state.regions) {  // web --all: a host that does not answer is greyed alone
+    const region = document.querySelector(`.region[data-host="${CSS.escape(r.host)}"]`);
+    if (!region) continue;
+    region.classList.toggle("unreachable", r.reachable === false);
+    region.dataset.reachable = String(r.reachable !== false);
+    region.title = r.error || "";
+  }
   $("graph").classList.toggle("unreachable", !state.reachable);
   document.body.dataset.reachable = String(state.reachable);
 }
