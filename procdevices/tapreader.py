@@ -21,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from procdevices import runlayout
 from procdevices.control.client import ControlClient, SupervisorUnreachable, call_supervisor
 from procdevices.control.protocol import Command, SupervisorCommand
 from procdevices.errors import DeviceError
@@ -127,7 +128,7 @@ class Tap:
     # -- the device, through the supervisor and its control socket --------------------------
     def _status(self) -> dict[str, Any]:
         endpoint = self.run_dir.control_endpoint
-        if not (self.run_dir.path / "supervisor.sock").is_socket():
+        if not Path(runlayout.supervisor_socket(self.run_dir.path)).is_socket():
             raise NoSupervisor(f"no supervisor is running with run dir {self.run_dir.path}")
         try:
             reply = call_supervisor(endpoint, SupervisorCommand.STATUS, {"name": self.name})

@@ -169,7 +169,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=EXPORT_TARGETS, help="the engine that will run `up --host NAME`")
     add_host_argument(parser, "the host whose engine runs it")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
-    from procdevices.web.command import DEFAULT_LISTEN, listen_address
+    from procdevices.web.security import DEFAULT_LISTEN, listen_address
 
     parser.add_argument(
         "--web",

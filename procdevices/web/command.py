@@ -8,21 +8,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from procdevices import exitcodes
+from procdevices.web.security import DEFAULT_LISTEN, listen_address
 
 if TYPE_CHECKING:
     from procdevices.web.link import Cluster
-
-DEFAULT_LISTEN = "127.0.0.1:9465"
-
-
-def listen_address(text: str) -> str:
-    from procdevices.supervisor.config.settings import split_host_port
-
-    try:
-        split_host_port(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ The rules (docs/web.md):
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import ipaddress
 from collections.abc import Mapping
@@ -101,3 +102,17 @@ class Access:
 
     def token_matches(self, offered: str) -> bool:
         return self.token is not None and hmac.compare_digest(offered.encode(), self.token.encode())
+
+
+# Where `web` listens unless told (`--listen`); also `export supervisord --web`'s default.
+DEFAULT_LISTEN = "127.0.0.1:9465"
+
+
+def listen_address(text: str) -> str:
+    from procdevices.supervisor.config.settings import split_host_port
+
+    try:
+        split_host_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
