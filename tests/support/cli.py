@@ -30,7 +30,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psutil
 import pytest
@@ -311,7 +311,7 @@ class Up:
         self.changes = SupervisorEvents(client_run_dir(str(config), None))
 
     # -- running ------------------------------------------------------------------------
-    def start(self) -> Up:
+    def start(self) -> Self:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [*CLI, "up", "-c", str(self.config)],
@@ -323,7 +323,10 @@ class Up:
         self.me = psutil.Process(self.proc.pid)
         return self
 
-    __enter__ = start
+    def __enter__(self) -> Self:
+        # Not `__enter__ = start`: that binds this class's start, and a subclass's (HostUp,
+        # LimitedUp) would never run.
+        return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close(check=exc_info[0] is None)  # after a failure, its report comes first
