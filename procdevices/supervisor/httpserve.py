@@ -111,7 +111,8 @@ class BoundedServer:
             self._wsgi = _WSGI(str(host), int(port), app)
         listener.setblocking(False)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._lock = threading.Lock()
+        # Guards _open and tells whoever waits (wait_connections) that its size changed.
+        self._lock = threading.Condition()
         self._open: dict[socket.socket, float] = {}  # connection → when it must be gone
         self._closing = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -154,6 +155,7 @@ class BoundedServer:
         conn.setblocking(True)
         with self._lock:
             self._open[conn] = time.monotonic() + DEADLINE
+            self._lock.notify_all()
         if self._short_logged:
             self._short_logged = False
             self.log("metrics: accepting connections again")
@@ -197,6 +199,7 @@ class BoundedServer:
     def _forget(self, conn: socket.socket) -> None:
         with self._lock:
             self._open.pop(conn, None)
+            self._lock.notify_all()
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)
         conn.close()
@@ -206,6 +209,12 @@ class BoundedServer:
     def connections(self) -> int:
         with self._lock:
             return len(self._open)
+
+    def wait_connections(self, predicate: Callable[[int], bool], timeout: float) -> bool:
+        """Whether ``predicate(connections held)`` came true within ``timeout`` seconds; woken
+        by every accept and every close, never by a clock."""
+        with self._lock:
+            return self._lock.wait_for(lambda: predicate(len(self._open)), timeout)
 
     def close(self) -> None:
         self._closing.set()

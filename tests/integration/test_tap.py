@@ -5,6 +5,7 @@ two taps at once, and one clear line (exit 1) for a stopped or FATAL device."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -189,7 +190,9 @@ def run_tap_cli(
     while proc.poll() is None and time.monotonic() < deadline:
         traffic.send(payload(i))
         i += 1
-        time.sleep(0.005)  # a steady trickle, not a flood: the point is the filters
+        # A steady trickle, not a flood (the point is the filters), ended by the tap's exit.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.005)
     return finish_cli(proc)
 
 

@@ -57,11 +57,8 @@ def get(server: httpserve.BoundedServer) -> bytes:
     return data
 
 
-def wait(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)  # polls the server's own counters: it has no event to wait on
+def wait(server: httpserve.BoundedServer, predicate: Callable[[int], bool], timeout: float) -> None:
+    assert server.wait_connections(predicate, timeout), f"timed out; {server.connections} connections held"
 
 
 def test_a_request_is_served(server: httpserve.BoundedServer) -> None:
@@ -78,14 +75,15 @@ def test_a_dribbling_client_is_cut_at_the_deadline(
         started = time.monotonic()
         assert sock.recv(4096) == b""  # closed by the server, with no response
         assert 0.3 < time.monotonic() - started < 3.0
-    wait(lambda: server.connections == 0, 5)
+    wait(server, lambda held: held == 0, 5)
 
 
 def test_at_most_max_connections_are_held_the_rest_wait_in_the_backlog(server: httpserve.BoundedServer) -> None:
     idle = [connect(server) for _ in range(httpserve.MAX_CONNECTIONS + 8)]
     try:
-        wait(lambda: server.connections == httpserve.MAX_CONNECTIONS, 5)
-        time.sleep(0.3)  # give it the chance to take more than it should
+        wait(server, lambda held: held == httpserve.MAX_CONNECTIONS, 5)
+        # Woken by any accept: 0.3 s in which it could take one more than it should.
+        assert not server.wait_connections(lambda held: held > httpserve.MAX_CONNECTIONS, 0.3)
         assert server.connections == httpserve.MAX_CONNECTIONS
     finally:
         for sock in idle:

@@ -1,7 +1,7 @@
 """The validated topology: a tree of frozen dataclasses, nothing else.
 
 Defaults here must equal the rows of ``settings.SETTINGS``; a test holds them
-together (``tests/test_config_schema.py``).
+together (``tests/unit/test_config_schema.py``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ on reload (``OnReload``: reload.py derives its behaviour from this column). Ever
 derived from the table: the keys allowed in ``[supervisor]``, in a device and
 in ``[supervisor.defaults]``, the "did you mean" candidates, field-by-field
 merging of defaults, and the keyword arguments of ``DeviceConfig``. The table
-in docs/configuration.md is checked against it (tests/test_config_schema.py).
+in docs/configuration.md is checked against it (tests/unit/test_config_schema.py).
 
 Recipe, a new device setting: add a row (with its ``on_reload``), add the field (same
 default) to ``DeviceConfig`` (or to its sub-table's dataclass), use it, document it.
