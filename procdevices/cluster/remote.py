@@ -12,8 +12,8 @@ from typing import Any
 import zmq
 
 from procdevices.cluster import keys
-from procdevices.control.client import SupervisorUnreachable, private_context
-from procdevices.control.protocol import SupervisorCommand, decode, supervisor_request
+from procdevices.control.client import SupervisorUnreachable, call_supervisor
+from procdevices.control.protocol import SupervisorCommand
 
 __all__ = ["HostReply", "Target", "call_remote", "ask_all"]
 
@@ -35,25 +35,21 @@ def call_remote(
     """One request to ``target``'s supervisor; its reply object, or SupervisorUnreachable."""
     if target.endpoint is None:
         raise SupervisorUnreachable(target.why_not or f"host {target.name} has no control endpoint")
-    sock: zmq.Socket[bytes] = private_context().socket(zmq.REQ)
-    sock.linger = 0
+    configure = None
+    if target.keys is not None:
+        try:
+            server = keys.server_public(target.keys)
+            public, secret = keys.client_pair(target.keys)
+        except keys.KeyError_ as e:
+            raise SupervisorUnreachable(f"host {target.name}: {e}") from None
+
+        def configure(sock: zmq.Socket[bytes]) -> None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server, public, secret
+
     try:
-        if target.keys is not None:
-            try:
-                sock.curve_serverkey = keys.server_public(target.keys)
-                sock.curve_publickey, sock.curve_secretkey = keys.client_pair(target.keys)
-            except keys.KeyError_ as e:
-                raise SupervisorUnreachable(f"host {target.name}: {e}") from None
-        sock.connect(target.endpoint)
-        sock.send(supervisor_request(command, **(args or {})))
-        if not sock.poll(int(timeout * 1000)):
-            raise SupervisorUnreachable(f"host {target.name}: no answer on {target.endpoint} within {timeout:.3g}s")
-        reply = decode(sock.recv())
-        if not isinstance(reply, dict) or "ok" not in reply:
-            raise SupervisorUnreachable(f"host {target.name}: the answer on {target.endpoint} is not a supervisor's")
-        return reply
-    finally:
-        sock.close(linger=0)
+        return call_supervisor(target.endpoint, command, args, timeout, configure=configure)
+    except SupervisorUnreachable as e:
+        raise SupervisorUnreachable(f"host {target.name}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -91,13 +92,21 @@ class SupervisorUnreachable(Exception):
 
 
 def call_supervisor(
-    endpoint: str, command: SupervisorCommand, args: dict[str, Any] | None = None, timeout: float = 5.0
+    endpoint: str,
+    command: SupervisorCommand,
+    args: dict[str, Any] | None = None,
+    timeout: float = 5.0,
+    *,
+    configure: Callable[[zmq.Socket[bytes]], None] | None = None,
 ) -> dict[str, Any]:
     """Send one request to a supervisor's control endpoint and return its reply object
-    (``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., "code": ...}``)."""
+    (``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., "code": ...}``).
+    ``configure`` sets options before the connect (another host's CURVE keys)."""
     sock: zmq.Socket[bytes] = private_context().socket(zmq.REQ)
     sock.linger = 0
     try:
+        if configure is not None:
+            configure(sock)
         sock.connect(endpoint)
         sock.send(supervisor_request(command, **(args or {})))
         if not sock.poll(int(timeout * 1000)):
