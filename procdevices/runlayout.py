@@ -9,6 +9,8 @@ name cannot drift between the side that creates it and the side that looks for i
         events.sock            the event stream (PUB)
         metrics.sock           the metrics, when ``metrics_socket = true`` (owner only)
         state.json             what the next ``up`` needs to clean up after an unclean end
+        handback.sock          where an adopting supervisor takes back the devices' listening
+                               sockets (unix stream, owner only, only while it adopts)
         ctl/<instance>.sock    each device instance's control socket
         logs/<instance>.log    each device instance's own output
 
@@ -25,6 +27,7 @@ __all__ = [
     "CTL_DIR",
     "DEFAULT_RUN_DIR",
     "EVENTS_SOCKET",
+    "HANDBACK_SOCKET",
     "LOGS_DIR",
     "METRICS_SOCKET",
     "STATE_FILE",
@@ -35,9 +38,11 @@ __all__ = [
     "ctl_dir",
     "events_endpoint",
     "events_socket",
+    "handback_socket",
     "log_dir",
     "log_file",
     "metrics_socket",
+    "run_dir_of_control_endpoint",
     "state_file",
     "supervisor_endpoint",
     "supervisor_socket",
@@ -47,6 +52,7 @@ DEFAULT_RUN_DIR = ".procdevices"
 SUPERVISOR_SOCKET = "supervisor.sock"
 EVENTS_SOCKET = "events.sock"
 METRICS_SOCKET = "metrics.sock"
+HANDBACK_SOCKET = "handback.sock"
 STATE_FILE = "state.json"
 CTL_DIR = "ctl"
 LOGS_DIR = "logs"
@@ -78,6 +84,12 @@ def metrics_socket(run_dir: RunDirPath) -> str:
     return f"{os.fspath(run_dir)}/{METRICS_SOCKET}"
 
 
+def handback_socket(run_dir: RunDirPath) -> str:
+    """The unix stream socket an adopter listens on to take back the devices' listening
+    sockets (a plain path: it is not a ZeroMQ endpoint)."""
+    return f"{os.fspath(run_dir)}/{HANDBACK_SOCKET}"
+
+
 def state_file(run_dir: RunDirPath) -> Path:
     return Path(run_dir) / STATE_FILE
 
@@ -97,6 +109,18 @@ def control_endpoint(run_dir: RunDirPath, instance: str) -> str:
 def control_endpoint_prefix(run_dir: RunDirPath) -> str:
     """What every instance's control endpoint starts with (the name follows, no ``/``)."""
     return _ipc(f"{os.fspath(run_dir)}/{CTL_DIR}/")
+
+
+def run_dir_of_control_endpoint(endpoint: str) -> str | None:
+    """The run dir whose instance control endpoint ``endpoint`` is (the inverse of
+    :func:`control_endpoint`); None when it is not one (a device run outside a supervisor)."""
+    prefix, ctl, suffix = "ipc://", f"/{CTL_DIR}/", ".sock"
+    if not endpoint.startswith(prefix) or not endpoint.endswith(suffix):
+        return None
+    run_dir, sep, instance = endpoint[len(prefix) : -len(suffix)].rpartition(ctl)
+    if not sep or not run_dir or not instance or "/" in instance:
+        return None
+    return run_dir
 
 
 def log_dir(run_dir: RunDirPath) -> Path:

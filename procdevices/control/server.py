@@ -23,10 +23,11 @@ import enum
 import heapq
 import itertools
 import os
+import select
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ from procdevices.control.protocol import (
     parse_device_request,
     request_id_of,
 )
-from procdevices.devices import orphans
+from procdevices.devices import handback, orphans
 from procdevices.errors import ControlTimeout, DeviceError, DeviceNotRunning, UnsupportedOperation, error_code_of
 
 # libzmq's loop serves its control socket between two bursts of forwarding, in microseconds
@@ -143,11 +144,17 @@ class ControlServer:
         clock: Callable[[], float] = time.monotonic,
         orphan_grace: float = 0.0,
         run_token: str | None = None,
+        watched_pid: int | None = None,
+        handback_path: str | None = None,
+        listeners: Mapping[str, int] | None = None,
     ) -> None:
         self.target = target
         self.socket = socket
         self.wake = wake
         self.parent_sentinel = parent_sentinel
+        # The pid parent_sentinel watches (None: unknown, or nobody): ADOPT from that very
+        # process is a supervisor that re-executed itself (same pid), not a second supervisor.
+        self.watched_pid = watched_pid if parent_sentinel is not None else None
         self.signal_fd = signal_fd
         self.clock = clock
         # Supervisor restarts (devices/orphans.py): how long to wait for an adopter once the
@@ -155,6 +162,10 @@ class ControlServer:
         self.orphan_grace = orphan_grace
         self.run_token = run_token
         self.orphaned_at: float | None = None  # when the watched parent died; None: it lives
+        # Where an adopter may take back the listening sockets (devices/handback.py), and
+        # those sockets (endpoint → descriptor, inherit.INHERITED in a device process).
+        self.handback_path = handback_path
+        self.listeners: Mapping[str, int] = listeners if listeners is not None else {}
         self._orphan_epoch = 0  # bumped on every death and adoption: a stale grace timer is void
         self._poller: zmq.Poller | None = None
         self.phase = LoopPhase.RUNNING
@@ -392,6 +403,7 @@ class ControlServer:
     def _parent_died(self) -> None:
         # Not closed: multiprocessing's parent object may own it. Unregistered by the caller.
         self.parent_sentinel = None
+        self.watched_pid = None
         if self.orphan_grace <= 0:
             self._stop_unasked("parent process died")
             return
@@ -412,18 +424,36 @@ class ControlServer:
 
         self._after(self.orphan_grace, grace_over)
 
+    def _parent_death_pending(self) -> bool:
+        """Whether the watched parent has died but the loop has not seen it yet (the sentinel
+        is readable): then its pid may be somebody else's already."""
+        sentinel = self.parent_sentinel
+        if sentinel is None:
+            return False
+        readable, _, _ = select.select([sentinel], [], [], 0)
+        if not readable:
+            return False
+        if self._poller is not None:
+            self._poller.unregister(sentinel)
+        self._parent_died()
+        return True
+
     def _adopt(self, payload: Any, reply: _Reply) -> None:
         try:
-            adoption = orphans.check_adoption(payload, self.run_token)
+            adoption = orphans.check_adoption(payload, self.run_token, self.handback_path)
         except orphans.AdoptionRefused as e:
             reply.error(ErrorCode.REFUSED, str(e))
             return
-        if self.orphaned_at is None:
+        self._parent_death_pending()
+        if self.orphaned_at is None and adoption.pid != self.watched_pid:
             # Its supervisor lives: a second one must not take the device from it.
             reply.error(ErrorCode.REFUSED, "adopt: this device's supervisor is alive")
             return
         if self.target.stopping:
             reply.error(ErrorCode.REFUSED, "adopt: the device is stopping")
+            return
+        if self.orphaned_at is None:
+            self._adopt_again(adoption, reply)
             return
         try:
             sentinel = os.pidfd_open(adoption.pid)
@@ -433,14 +463,39 @@ class ControlServer:
         except OSError as e:
             reply.error(ErrorCode.FAILED, f"adopt: cannot watch process {adoption.pid}: {e.strerror or e}")
             return
+        try:
+            listeners = self._hand_back(adoption)
+        except handback.HandbackFailed as e:
+            # Not adopted: the device stays an orphan and its grace runs on.
+            os.close(sentinel)
+            reply.error(ErrorCode.FAILED, f"adopt: cannot hand back the listening sockets: {e}")
+            return
         self.parent_sentinel = sentinel
+        self.watched_pid = adoption.pid
         if self._poller is not None:
             self._poller.register(sentinel, zmq.POLLIN)
         orphaned_for = self.clock() - self.orphaned_at
         self.orphaned_at = None
         self._orphan_epoch += 1  # voids the pending grace timer
         print(f"procdevices: adopted by supervisor pid {adoption.pid}", file=sys.stderr, flush=True)
-        reply.ok({"adopted": True, "pid": os.getpid(), "orphaned_for": round(orphaned_for, 3)})
+        reply.ok({"adopted": True, "pid": os.getpid(), "orphaned_for": round(orphaned_for, 3), "listeners": listeners})
+
+    def _adopt_again(self, adoption: orphans.Adoption, reply: _Reply) -> None:
+        """ADOPT from the process the device already follows: its supervisor re-executed
+        itself (same pid, new program) and takes the device back. The device keeps watching
+        the same pidfd; only the listening sockets travel."""
+        try:
+            listeners = self._hand_back(adoption)
+        except handback.HandbackFailed as e:
+            reply.error(ErrorCode.FAILED, f"adopt: cannot hand back the listening sockets: {e}")
+            return
+        print(f"procdevices: adopted again by supervisor pid {adoption.pid}", file=sys.stderr, flush=True)
+        reply.ok({"adopted": True, "pid": os.getpid(), "orphaned_for": 0.0, "listeners": listeners})
+
+    def _hand_back(self, adoption: orphans.Adoption) -> list[str]:
+        if adoption.handback is None:
+            return []
+        return handback.hand_back(adoption.handback, self.listeners, adoption.pid)
 
     # -- stopping -----------------------------------------------------------------------------
     def _stop_unasked(self, reason: str) -> None:

@@ -4,7 +4,10 @@ A supervised device watches its parent (the supervisor). With an orphan grace of
 as soon as the parent dies (no orphans). With a grace of N seconds it goes on forwarding for
 up to N seconds, waiting for a new supervisor of the same run to adopt it with ADOPT (the
 run's token and the adopter's pid); adopted, it watches the adopter instead; not adopted in
-time, it stops itself through the usual path (drain, LINGER, exit 0).
+time, it stops itself through the usual path (drain, LINGER, exit 0). ADOPT may also name the
+adopter's handback socket: the device then sends it duplicates of its listening sockets
+(devices/handback.py) before it answers. ADOPT from the very process the device watches (a
+supervisor that re-executed itself: same pid) is accepted while that process lives.
 
 Both values reach the device through its environment, set by ``up`` before any device is
 spawned (the run token already travels that way): a device started outside a supervisor
@@ -37,17 +40,21 @@ def grace_from_env(environ: dict[str, str] | None = None) -> float:
 
 @dataclass(frozen=True)
 class Adoption:
-    """A checked ADOPT request: the pid of the supervisor that adopts the device."""
+    """A checked ADOPT request: the pid of the supervisor that adopts the device, and where
+    it takes back the listening sockets (None: it does not ask for them)."""
 
     pid: int
+    handback: str | None = None
 
 
 class AdoptionRefused(Exception):
     """An ADOPT request this device must not follow; one-line message."""
 
 
-def check_adoption(payload: Any, run_token: str | None) -> Adoption:
-    """The adoption ``payload`` asks for, if it proves it comes from the device's own run."""
+def check_adoption(payload: Any, run_token: str | None, handback_path: str | None = None) -> Adoption:
+    """The adoption ``payload`` asks for, if it proves it comes from the device's own run.
+    ``handback_path``: the only handback socket this device sends its listening sockets to
+    (runlayout.handback_socket of its own run dir); None: it sends them nowhere."""
     if not isinstance(payload, dict):
         raise AdoptionRefused("adopt: the payload is an object {token, pid}")
     token, pid = payload.get("token"), payload.get("pid")
@@ -58,4 +65,9 @@ def check_adoption(payload: Any, run_token: str | None) -> Adoption:
     # Constant time: the token is the only proof, it must not leak by timing.
     if not hmac.compare_digest(token.encode(), run_token.encode()):
         raise AdoptionRefused("adopt: wrong run token")
-    return Adoption(pid)
+    handback = payload.get("handback")
+    if handback is not None and (handback_path is None or handback != handback_path):
+        # Anywhere else could be somebody else's socket: a listening socket is never given away.
+        shown = repr(handback)[:200]
+        raise AdoptionRefused(f"adopt: handback {shown} is not this device's run dir handback socket")
+    return Adoption(pid, handback)

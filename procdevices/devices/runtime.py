@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import zmq
 
+from procdevices import runlayout
 from procdevices.control.server import (
     MAX_CONTROL_MESSAGE,
     WAKE_DEAD,
@@ -191,6 +192,7 @@ class DeviceRuntime:
         cleanup_dir: str | None = None,
         orphan_grace: float = 0.0,
         run_token: str | None = None,
+        watched_pid: int | None = None,
     ) -> None:
         self.control_endpoint = control_endpoint
         self.reporter = reporter
@@ -203,6 +205,7 @@ class DeviceRuntime:
         # What the control loop does when the parent dies (devices/orphans.py).
         self.orphan_grace = orphan_grace
         self.run_token = run_token
+        self.watched_pid = watched_pid  # the pid parent_sentinel watches, when known
         self.endpoints: dict[str, list[str]] = {}
         self.ctx: Context | None = None
         # Set when the device's context is the device's to terminate (contexts.py).
@@ -304,6 +307,9 @@ class DeviceRuntime:
             self.signal_fd,
             orphan_grace=self.orphan_grace,
             run_token=self.run_token,
+            watched_pid=self.watched_pid,
+            handback_path=_handback_path(self.control_endpoint),
+            listeners=INHERITED,
         )
 
         def serve() -> None:
@@ -482,15 +488,17 @@ def process_main(conn: Connection, job: Job | None) -> None:
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     # A handler (not SIG_DFL) so SIGTERM only wakes the control loop: a stop like any other.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    sentinel, watched_pid = _parent_sentinel(job.parent_pid)
     runtime = DeviceRuntime(
         job.control_endpoint,
         PipeReporter(conn),
         whole_process=True,
-        parent_sentinel=_parent_sentinel(job.parent_pid),
+        parent_sentinel=sentinel,
         signal_fd=wake_r.fileno(),
         cleanup_dir=job.cleanup_dir,
         orphan_grace=orphans.grace_from_env(),
         run_token=os.environ.get(orphans.RUN_TOKEN_ENV),
+        watched_pid=watched_pid,
     )
     if job.log_path is not None:
         try:
@@ -549,15 +557,23 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _parent_sentinel(parent_pid: int | None = None) -> int | None:
+def _parent_sentinel(parent_pid: int | None = None) -> tuple[int | None, int | None]:
+    """What tells the device that its parent died, and that parent's pid (None: unknown)."""
     if parent_pid is not None:
         try:
             # Readable when that process exits. Opened at once, so the pid cannot have been
             # reused: the launcher is waiting for this process's ready report.
-            return os.pidfd_open(parent_pid)
+            return os.pidfd_open(parent_pid), parent_pid
         except ProcessLookupError:
             _exit_now(0)  # the launcher is gone already: nobody to run the device for
         except OSError:
-            return None  # no pidfds (Linux < 5.3): the supervisor's stop paths still apply
+            return None, None  # no pidfds (Linux < 5.3): the supervisor's stop paths still apply
     parent = parent_process()
-    return parent.sentinel if parent is not None else None
+    return (parent.sentinel, parent.pid) if parent is not None else (None, None)
+
+
+def _handback_path(control_endpoint: str) -> str | None:
+    """The one socket an adopter may take back this device's listening sockets on: its run
+    dir's handback socket (devices/handback.py); None outside a run dir."""
+    run_dir = runlayout.run_dir_of_control_endpoint(control_endpoint)
+    return runlayout.handback_socket(run_dir) if run_dir is not None else None
