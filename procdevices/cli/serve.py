@@ -61,8 +61,9 @@ def up(args: argparse.Namespace) -> int:
     from procdevices.cli import cluster
     from procdevices.cluster.control import ControlUnavailable
     from procdevices.devices.orphans import ORPHAN_GRACE_ENV
+    from procdevices.supervisor.adoption import take_inventory
     from procdevices.supervisor.metrics import MetricsUnavailable
-    from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets, stop_leftovers
+    from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets
     from procdevices.supervisor.service import run_supervisor
 
     try:
@@ -79,7 +80,10 @@ def up(args: argparse.Namespace) -> int:
     try:
         run_dir.validate(c.name for c in topology.instances())
         with run_dir.locked():
-            for line in stop_leftovers(run_dir):
+            # What the previous supervisor of this run dir left running: adopted, or stopped
+            # when the file no longer names it (supervisor/adoption.py).
+            inventory = take_inventory(run_dir)
+            for line in inventory.lines:
                 _say(line)
             stale = [
                 Path(runlayout.supervisor_socket(run_dir.path)),
@@ -97,7 +101,8 @@ def up(args: argparse.Namespace) -> int:
             if topology.source == "<default>":
                 _announce_default_endpoints(topology)
             # Before anything is spawned: every device inherits it, and state.json records it.
-            issue_run_token()
+            # Devices to adopt: their run goes on, under its token.
+            issue_run_token(inventory.token if inventory.alive else None)
             # Read by every device at its start (devices/orphans.py), like the token.
             os.environ[ORPHAN_GRACE_ENV] = repr(topology.supervisor.orphan_grace)
             return run_supervisor(
@@ -108,6 +113,7 @@ def up(args: argparse.Namespace) -> int:
                 remote=cluster.control_endpoint(topology, host),
                 # A Ctrl-C since the command line started: the loop stops what was started.
                 signals_ready=args.held.replay if getattr(args, "held", None) else None,
+                inventory=inventory,
             )
     except (MetricsUnavailable, ControlUnavailable) as e:
         print(f"procdevices: {e}", file=sys.stderr)

@@ -30,7 +30,7 @@ from procdevices.control.protocol import OK, Command, ErrorCode, ProtocolError, 
 # (ok, body): body is the device's result, or an error payload {"error": ..., "code": ...}.
 ReplyCallback = Callable[[bool, Any], None]
 
-# Every request the supervisor sends has no arguments: encode them once.
+# Most requests the supervisor sends have no arguments (ADOPT has): encode them once.
 _NO_ARGS = encode(None)
 
 # Replies read per wake-up, so a device that floods its control socket cannot starve the rest
@@ -41,7 +41,9 @@ MAX_REPLIES_PER_WAKEUP = 1024
 class ControlChannel(Protocol):
     """What the supervisor needs of one device's control connection (tests supply a fake)."""
 
-    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None: ...
+    def send(
+        self, command: Command, now: float, timeout: float, callback: ReplyCallback, payload: Any = None
+    ) -> None: ...
 
     def expire(self, now: float) -> None: ...
 
@@ -95,10 +97,11 @@ class ControlRouter:
             if len(frames) == 4 and (connection := self._waiting.pop(frames[1], None)) is not None:
                 connection.answered(frames[1], frames[2], frames[3])
 
-    def _send(self, connection: ControlConnection, command: Command) -> bytes | None:
+    def _send(self, connection: ControlConnection, command: Command, payload: Any = None) -> bytes | None:
         request_id = next(self._ids).to_bytes(8, "big")
+        args = _NO_ARGS if payload is None else encode(payload)
         try:
-            self.socket.send_multipart([connection.routing_id, request_id, command.value, _NO_ARGS], zmq.NOBLOCK)
+            self.socket.send_multipart([connection.routing_id, request_id, command.value, args], zmq.NOBLOCK)
         except zmq.ZMQError:
             # EAGAIN: the device has not read a request for a long while; EHOSTUNREACH: no pipe.
             return None
@@ -154,8 +157,8 @@ class ControlConnection:
         self._pending: dict[bytes, tuple[float, ReplyCallback]] = {}
         self._closed = False
 
-    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None:
-        request_id = None if self._closed else self._router._send(self, command)
+    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback, payload: Any = None) -> None:
+        request_id = None if self._closed else self._router._send(self, command, payload)
         if request_id is None:
             callback(False, device_error(ErrorCode.TIMEOUT, "the device's control queue is full"))
             return

@@ -16,6 +16,7 @@ from typing import Any
 from procdevices.control.aclient import ControlChannel
 from procdevices.devices.runtime import ReadyInfo
 from procdevices.supervisor import policy
+from procdevices.supervisor.books import Books
 from procdevices.supervisor.config import DeviceConfig
 from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.liveness import Blocked, Liveness
@@ -40,6 +41,9 @@ class Child:
     device_name: str  # the [devices.NAME] this instance belongs to
     control_endpoint: str
     pickled: bytes
+    # What its process runs, as the file wrote it (books.fingerprint): an adopting supervisor
+    # restarts an adopted process whose fingerprint differs from the file's.
+    fingerprint: str = ""
     state: State = State.STOPPED
     process: DeviceProcess | None = None
     control: ControlChannel | None = None
@@ -159,6 +163,72 @@ class Child:
         self.unhealthy = None
         self.liveness = Liveness()
 
+    def adopted(self, process: DeviceProcess, spawned_at: float, ready_at: float) -> None:
+        """A running process of this instance, started by an earlier supervisor, is ours now
+        (supervisor/adoption.py): RUNNING at once, its books already restored."""
+        self.process = process
+        self.fire(Event.ADOPTED)
+        self.spawned_at = spawned_at
+        self.ready_at = ready_at
+        self.ever_ready = True
+        self.retry_at = None
+        self.stop = None
+        self.unhealthy = None
+        self.liveness = Liveness()
+        self.liveness.schedule(ready_at, self.config.probe.interval)
+
+    def write_books(self, listeners: list[tuple[str, str, str]]) -> dict[str, Any]:
+        """What an adopting supervisor needs to carry on (state.json; books.py reads it back)."""
+        return {
+            "restarts": self.restarts,
+            "failures": self.failures,
+            "history": list(self.history.times),
+            "traffic_ended": dict(self.traffic.ended),
+            "spawned_at": self.spawned_at,
+            "ready_at": self.ready_at,
+            "endpoints": self.endpoints,
+            "mq_loop": self.mq_loop,
+            "listeners": [list(key) for key in listeners],
+        }
+
+    def resume_books(self, books: Books) -> None:
+        """Carry on with the books an earlier supervisor kept for this instance (books.py)."""
+        if books.restarts is not None:
+            self.restarts = books.restarts
+        if books.failures is not None:
+            self.failures = books.failures
+        if books.history is not None:
+            self.history = books.history
+        if books.traffic_ended is not None:
+            self.traffic = Traffic(ended=dict(books.traffic_ended))
+        if books.endpoints is not None:
+            self.endpoints = books.endpoints
+        if books.mq_loop is not None:
+            self.mq_loop = books.mq_loop
+
+    def lost_unsupervised(self, run_seconds: float, now: float) -> bool:
+        """Its process ended while no supervisor ran (state.json named it, it is gone, its
+        exit code is nobody's to know): the restart policy decides as for a crash. True: start
+        it again (one more restart counted); False: it stays down, and ``last_exit`` says why."""
+        decision = policy.decide_after_exit(
+            policy=self.config.restart,
+            exit_code=None,
+            requested_stop=False,
+            run_seconds=run_seconds,
+            now=now,
+            backoff=self.config.backoff,
+            intensity=self.config.intensity,
+            stable_after=self.config.stable_after,
+            history=self.history,
+            failures=self.failures,
+        )
+        self.history, self.failures = decision.history, decision.failures
+        restart = decision.event_name == "EXIT_RESTART"
+        self.restarts += restart
+        verdict = "restarted" if restart else decision.reason.rpartition("; ")[2]
+        self.last_exit = f"exited while no supervisor ran; {verdict}"
+        return restart
+
     def ready(self, info: ReadyInfo, now: float) -> None:
         self.fire(Event.READY)
         self.ready_at = now
@@ -257,7 +327,7 @@ class Child:
         self.history, self.failures = decision.history, decision.failures
         if stop is not None:
             self.stop = None
-            self.last_exit = f"stopped through the {stop.stopped_by}" + ("" if code == 0 else f" ({description})")
+            self.last_exit = f"stopped through the {stop.stopped_by}" + ("" if code in (0, None) else f" ({description})")
             self.fire(Event.STOPPED)
             return f"{self.name}: STOPPED ({self.last_exit})"
         self.last_exit = f"{description}; {decision.reason}" if self.unhealthy else decision.reason

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from procdevices.control.aclient import ControlChannel
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, device_error
 from procdevices.errors import DeviceError, DeviceExitedEarly
 from procdevices.logs import Log
@@ -130,7 +131,14 @@ class Supervisor:
         if not self._state_dirty:
             return
         devices = {
-            c.name: {"pid": c.process.pid, "create_time": ct, "control_endpoint": c.control_endpoint}
+            c.name: {
+                "pid": c.process.pid,
+                "create_time": ct,
+                "control_endpoint": c.control_endpoint,
+                "device": c.device_name,
+                "fingerprint": c.fingerprint,
+                "books": c.write_books(self.launcher.listener_keys(c.name)),
+            }
             for c in self.children
             if c.process is not None and (ct := c.process.create_time()) is not None
         }
@@ -150,12 +158,25 @@ class Supervisor:
         self._state_dirty = self._state_write_failing = False
 
     # -- events -----------------------------------------------------------------------------------
-    def start_all(self) -> None:
+    def start_all(self, hold: frozenset[str] = frozenset()) -> None:
+        """Start every device that has no process yet (the adopted ones have one) and that
+        is not held down (one its restart policy keeps down: adoption.py)."""
         for child in self.children:
-            child.fire(Event.START)
-            self._waiting_to_spawn.append(child)
+            if child.state is State.STOPPED and child.name not in hold:
+                child.fire(Event.START)
+                self._waiting_to_spawn.append(child)
         self._spawn_waiting()
         self.log(f"supervising {len(self.children)} device process(es)")
+        self._maybe_announce_ready()  # every device adopted: no report will come to say so
+
+    def take_over(
+        self, child: Child, process: DeviceProcess, control: ControlChannel, spawned_at: float, ready_at: float
+    ) -> None:
+        """Follow ``process``, started by an earlier supervisor and adopted (adoption.py)."""
+        child.adopted(process, spawned_at, ready_at)
+        child.connect(control)
+        self.watcher.watch(process.sentinel, lambda now: self.on_exit(child, process, now))
+        self._state_dirty = True
 
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -190,6 +211,7 @@ class Supervisor:
         if child.state is not State.STARTING:
             return  # a stop was requested meanwhile; the stop path goes on
         child.ready(info, now)
+        self._state_dirty = True  # its books: when it became ready, what it reported
         endpoints = " ".join(f"{role}={','.join(eps)}" for role, eps in info.endpoints.items() if eps)
         self.log(f"{child.name}: RUNNING (pid {info.pid}) {endpoints}", device=child.name)
         if info.mq_loop == "python":

@@ -102,6 +102,10 @@ class Launcher(Protocol):
         """The device instance ``label`` is gone for good (a reload removed it)."""
         ...
 
+    def listener_keys(self, label: str) -> list[tuple[str, str, str]]:
+        """The listening sockets kept for ``label``: (role, as written, resolved)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -255,6 +259,9 @@ class ProcessLauncher:
 
     def forget(self, label: str) -> None:
         self.listeners.release(label)
+
+    def listener_keys(self, label: str) -> list[tuple[str, str, str]]:
+        return self.listeners.keys(label)
 
     def connect(self, control_endpoint: str) -> ControlChannel:
         return self.controls.connect(control_endpoint)

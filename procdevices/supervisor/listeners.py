@@ -62,6 +62,29 @@ class Listeners:
             if instance in owners and endpoint in self._sockets
         }
 
+    def keys(self, instance: str) -> list[tuple[str, str, str]]:
+        """What the supervisor listens on for ``instance``: (role, endpoint as written,
+        endpoint it resolved to). state.json records it (books.py), so that an adopting
+        supervisor knows which handed-back socket is which."""
+        return [
+            (role, written, resolved)
+            for (name, role, written), resolved in self._resolved.items()
+            if name == instance and resolved in self._sockets
+        ]
+
+    def restore(self, instance: str, key: tuple[str, str, str], sock: socket.socket) -> None:
+        """Listen again on a socket a running device of ``instance`` handed back to an
+        adopting supervisor (supervisor/adoption.py): from now on as if :meth:`own` had made
+        it. A socket for an endpoint already held (a replica handed back the same one) is
+        closed: one copy is enough."""
+        role, written, resolved = key
+        if resolved in self._sockets:
+            sock.close()
+        else:
+            self._sockets[resolved] = sock
+        self._resolved[(instance, role, written)] = resolved
+        self._owners.setdefault(resolved, set()).add(instance)
+
     def release(self, instance: str) -> None:
         """``instance`` is gone for good: close what no other instance uses."""
         for endpoint, owners in list(self._owners.items()):

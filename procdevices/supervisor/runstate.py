@@ -30,7 +30,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,12 +77,16 @@ class StateCorrupt(ValueError):
 _issued_token: str | None = None
 
 
-def issue_run_token() -> str:
+def issue_run_token(resume: str | None = None) -> str:
     """The token of this supervisor run, set in ``os.environ`` so every process spawned after
     this call carries it. Idempotent within a process; a token inherited from a parent process
-    is replaced, never trusted."""
+    is replaced, never trusted. ``resume``: the token of the run whose devices this supervisor
+    adopted (read from our own state.json, after the run dir was checked to be ours): the run
+    goes on, and a later adopter proves itself to old and new devices alike."""
     global _issued_token
-    if _issued_token is None:
+    if resume is not None:
+        _issued_token = resume
+    elif _issued_token is None:
         _issued_token = secrets.token_hex(16)
     os.environ[RUN_TOKEN_ENV] = _issued_token
     return _issued_token
@@ -104,6 +108,12 @@ class DeviceRecord:
     pid: int
     create_time: float
     control_endpoint: str | None
+    # What an adopting supervisor resumes from (supervisor/adoption.py): the [devices.NAME]
+    # the instance belongs to, what its process runs (a fingerprint of the file's instance),
+    # and its bookkeeping (restarts, history, traffic, listening sockets), checked there.
+    device: str | None = None
+    fingerprint: str | None = None
+    books: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,12 @@ def parse_state(data: bytes) -> RunState:
         endpoint = record.get("control_endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise StateCorrupt(f"device {name[:40]!r}: control_endpoint is not a string")
-        records.append(DeviceRecord(name, pid, float(created), endpoint))
+        device, fingerprint, books = record.get("device"), record.get("fingerprint"), record.get("books", {})
+        if not isinstance(device, str | None) or not isinstance(fingerprint, str | None):
+            raise StateCorrupt(f"device {name[:40]!r}: device or fingerprint is not a string")
+        if not isinstance(books, dict):
+            raise StateCorrupt(f"device {name[:40]!r}: books is {_kind(books)}, not an object")
+        records.append(DeviceRecord(name, pid, float(created), endpoint, device, fingerprint, books))
     return RunState(token, tuple(records))
 
 
@@ -487,31 +502,54 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
     """Stop devices recorded by a supervisor that is gone; returns what was done (including a
     warning when the state file is unusable: it is then ignored and removed). Never raises
     for anything found in the state file."""
+    state, done = read_usable_state(run_dir)
+    if state is not None:
+        done += stop_recorded(run_dir, state.devices, state.token, stop_timeout)
+    run_dir.clear_state()
+    return done
+
+
+def read_usable_state(run_dir: RunDir) -> tuple[RunState | None, list[str]]:
+    """The recorded run, if anything in it can be verified, and the warnings to say (a state
+    file that is corrupt or has no token is removed: nothing in it can be trusted)."""
     try:
         state = run_dir.read_state()
     except StateCorrupt as e:
         run_dir.clear_state()
-        return [f"warning: ignoring corrupt state file {run_dir.state_file}: {e}"]
-    if state is None:
-        return []
-    if state.token is None and state.devices:
+        return None, [f"warning: ignoring corrupt state file {run_dir.state_file}: {e}"]
+    if state is not None and state.token is None and state.devices:
         # Written before run tokens existed (or forged): nothing in it can be verified.
         run_dir.clear_state()
-        return [
+        return None, [
             f"warning: state file {run_dir.state_file} has no run token: its {len(state.devices)} "
             "recorded device(s) cannot be verified and are left alone"
         ]
+    return state, []
+
+
+def own_control_endpoint(run_dir: RunDir, record: DeviceRecord) -> str | None:
+    """The recorded control endpoint, only if it is one of this run dir's: a state file must
+    not make us connect elsewhere."""
+    endpoint = record.control_endpoint
+    ctl_prefix = runlayout.control_endpoint_prefix(run_dir.path)
+    if endpoint is None or not endpoint.startswith(ctl_prefix) or "/" in endpoint[len(ctl_prefix) :]:
+        return None
+    return endpoint
+
+
+def stop_recorded(
+    run_dir: RunDir, records: Iterable[DeviceRecord], token: str | None, stop_timeout: float = 3.0
+) -> list[str]:
+    """Stop the recorded devices that are verifiably of run ``token`` (identify()): through
+    their control socket, else SIGTERM, then SIGKILL past ``stop_timeout``; returns what was
+    done. Anything not verifiably ours is left alone."""
     done: list[str] = []
     leftovers: list[psutil.Process] = []
-    for record in state.devices:
-        proc = identify(record.pid, record.create_time, state.token)
+    for record in records:
+        proc = identify(record.pid, record.create_time, token)
         if proc is None:
             continue
-        endpoint = record.control_endpoint
-        ctl_prefix = runlayout.control_endpoint_prefix(run_dir.path)
-        # Only our own control sockets: a state file must not make us connect elsewhere.
-        if endpoint is None or not endpoint.startswith(ctl_prefix) or "/" in endpoint[len(ctl_prefix) :]:
-            endpoint = None
+        endpoint = own_control_endpoint(run_dir, record)
         stopped = False
         if endpoint is not None:
             client = ControlClient(endpoint)
@@ -534,7 +572,6 @@ def stop_leftovers(run_dir: RunDir, stop_timeout: float = 3.0) -> list[str]:
             proc.kill()
             done.append(f"killed leftover device pid {proc.pid}")
     psutil.wait_procs(alive, timeout=stop_timeout)
-    run_dir.clear_state()
     return done
 
 

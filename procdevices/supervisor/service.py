@@ -21,7 +21,7 @@ from procdevices.cluster.control import ControlEndpoint, ControlUnavailable, Ser
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
 from procdevices.logs import Log, to_logger
-from procdevices.supervisor import devicelogs
+from procdevices.supervisor import adoption, books, devicelogs
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import DeviceConfig, Topology
@@ -33,7 +33,7 @@ from procdevices.supervisor.listeners import Listeners
 from procdevices.supervisor.loop import EventLoop, RequestServer
 from procdevices.supervisor.metrics import MetricsServer, metrics_socket_path, start_metrics
 from procdevices.supervisor.notify import sd_notify
-from procdevices.supervisor.reload import ChildFactory
+from procdevices.supervisor.reload import PROCESS_FIELDS, ChildFactory, instances
 from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import State
 
@@ -42,6 +42,7 @@ def child_factory(run_dir: RunDir, listeners: Listeners, log: Log) -> ChildFacto
     def make_child(instance: DeviceConfig, device: str) -> Child:
         """One device instance, its listening sockets made (listeners.py), its device built
         and pickled once, up front."""
+        fingerprint = books.fingerprint(instance, PROCESS_FIELDS)  # as written, not as resolved
         try:
             instance = listeners.own(instance)
         except OSError as e:
@@ -49,7 +50,7 @@ def child_factory(run_dir: RunDir, listeners: Listeners, log: Log) -> ChildFacto
             log(f"{instance.name}: {e}; the device will bind by itself", device=instance.name, level=logging.WARNING)
             instance = dataclasses.replace(instance, own_sockets=False)
         endpoint = run_dir.device_control_endpoint(instance.name)
-        return Child(instance, device, endpoint, pickle_device(build_device(instance, endpoint)))
+        return Child(instance, device, endpoint, pickle_device(build_device(instance, endpoint)), fingerprint)
 
     return make_child
 
@@ -63,6 +64,7 @@ def run_supervisor(
     metrics: str | None = None,
     remote: ControlEndpoint | None = None,
     signals_ready: Callable[[], object] | None = None,
+    inventory: adoption.Inventory | None = None,
 ) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
 
@@ -71,7 +73,9 @@ def run_supervisor(
     overrides the topology's (``metrics_socket`` adds ``<run_dir>/metrics.sock``);
     MetricsUnavailable, before any device starts, when it cannot be served.
     ``signals_ready()`` is called once the loop handles SIGTERM, SIGINT and SIGHUP: the caller
-    re-raises there what it held before (the command line's ``interrupts``)."""
+    re-raises there what it held before (the command line's ``interrupts``).
+    ``inventory``: what the previous supervisor of the run dir left (adoption.py): its
+    devices that still run are adopted, not started again."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
@@ -86,10 +90,17 @@ def run_supervisor(
         log_rotation=rotation,
     )
     publish = EventPublisher(launcher.ctx, events_endpoint(run_dir.path))
+    wanted = instances(topology)
+    adopted = adoption.Adoption()
+    if inventory is not None and inventory.alive:
+        adopted = adoption.adopt(inventory, wanted, run_dir, launcher.controls)
+        for line in adopted.lines:
+            log(line)
+        adoption.restore_listeners(adopted, wanted, listeners)
     make_child = child_factory(run_dir, listeners, log)
     supervisor = Supervisor(
         topology,
-        [make_child(i, d.name) for d in topology.devices for i in d.instances()],
+        [make_child(i.config, i.device) for i in wanted.values()],
         launcher=launcher,
         watcher=loop,
         store=run_dir,
@@ -100,7 +111,10 @@ def run_supervisor(
         load=load,
         make_child=make_child,
     )
-    supervisor.extra_status.update(run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint)
+    supervisor.extra_status.update(
+        run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint, adopted=len(adopted.taken)
+    )
+    hold = adoption.resume(supervisor, adopted, inventory.gone if inventory else (), clock())
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
     metrics_address = metrics or topology.supervisor.metrics
     metrics_server: MetricsServer | None = None
@@ -137,7 +151,7 @@ def run_supervisor(
         if signals_ready is not None:
             signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
-        supervisor.start_all()
+        supervisor.start_all(hold)
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)
     finally:

@@ -53,6 +53,7 @@ class Event(enum.Enum):
     EXIT_FINAL = "EXIT_FINAL"  # the child died and the policy says stay down
     STOP = "STOP"  # operator asked to stop
     STOPPED = "STOPPED"  # the child exited while being stopped (or there was nothing to stop)
+    ADOPTED = "ADOPTED"  # a running process of an earlier supervisor is now followed by this one
 
 
 _S = State
@@ -70,6 +71,9 @@ _TABLE: dict[tuple[State, Event], State] = {
     (_S.EXITED, _E.STOP): _S.STOPPED,
     (_S.FATAL, _E.START): _S.QUEUED,
     (_S.FATAL, _E.STOP): _S.STOPPED,
+    # A new supervisor (after a crash, or re-executed by `upgrade`) takes over a process
+    # the previous one started and that proved it belongs to this run: it is serving already.
+    (_S.STOPPED, _E.ADOPTED): _S.RUNNING,
     # Waiting for its turn to spawn (only so many devices start at once) with
     # no process yet. SPAWNED when its process exists; a STOP has nothing to
     # kill, so it goes straight to STOPPED (no STOPPING); FAIL when the spawn

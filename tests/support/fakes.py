@@ -105,7 +105,7 @@ class FakeControl:
         self.sent: list[Command] = []
         self.closed = False
 
-    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback) -> None:
+    def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback, payload: Any = None) -> None:
         self.sent.append(command)
         self.pending.append(SentRequest(command, now + timeout, callback))
 
@@ -177,6 +177,9 @@ class FakeLauncher:
     def forget(self, label: str) -> None:
         self.forgotten.append(label)
         self.ops.append(("forget", label))
+
+    def listener_keys(self, label: str) -> list[tuple[str, str, str]]:
+        return []
 
     def idle_workers(self) -> int:
         return self.idle

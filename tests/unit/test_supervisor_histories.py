@@ -357,7 +357,27 @@ def test_a_failed_state_write_is_logged_once_and_retried(two: Harness) -> None:
 def test_state_file_names_live_processes_with_their_identity(two: Harness) -> None:
     two.sup.flush()
     record = two.store.written[-1]["a"]
-    assert record == {"pid": two.process("a").pid, "create_time": 1.5, "control_endpoint": "ipc://fake/a.sock"}
+    identity = {k: record.pop(k) for k in ("pid", "create_time", "control_endpoint", "device")}
+    assert identity == {
+        "pid": two.process("a").pid,
+        "create_time": 1.5,
+        "control_endpoint": "ipc://fake/a.sock",
+        "device": "a",
+    }
+    # And what an adopter carries on with (supervisor/books.py): restarts, history, traffic.
+    assert record["books"]["restarts"] == 0 and record["books"]["history"] == []
+    assert set(record) == {"fingerprint", "books"}
+
+
+def test_the_books_in_the_state_file_follow_restarts(two: Harness) -> None:
+    two.ready("a", "b")
+    two.exit("a", -signal.SIGKILL)
+    two.advance(0.0)
+    two.ready("a")
+    two.sup.flush()
+    books = two.store.written[-1]["a"]["books"]
+    assert books["restarts"] == 1 and len(books["history"]) == 1
+    assert books["ready_at"] is not None
 
 
 def test_every_transition_and_decision_is_an_event(two: Harness) -> None:
