@@ -117,6 +117,8 @@ def test_a_handback_elsewhere_is_refused_and_a_failed_one_adopts_nothing(short_t
             with HandbackServer(runlayout.handback_socket(run_dir)) as server:
                 answer = client.request(Command.ADOPT, 5.0, payload)
                 assert answer["adopted"] is True and len(answer["listeners"]) == 2, answer
+                # Adopted now, as an orphan (not taken for an adopter adopting again).
+                assert answer["orphaned_for"] > 0, answer
                 assert list(server.collect()) == [device.pid]
             client.request(Command.STOP, 5.0)
         finally:
