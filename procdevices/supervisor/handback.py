@@ -23,6 +23,7 @@ server, so the caller holds the run dir's adoption lock while a server is open.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -66,12 +67,17 @@ class HandbackServer:
         self.path = path
         self.received: dict[int, dict[str, socket.socket]] = {}
         self.rejected: list[str] = []  # one line per dropped message, for the caller's log
+        self.accepted = 0  # connections accepted so far
         self._pending: list[_Pending] = []
         self._uid = os.getuid()
         _unlink_stale_socket(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(path)
+        except BaseException:
+            listener.close()  # the path is not ours (bind failed): left as it is
+            raise
+        try:
             # Before listen: nobody can connect yet, so nobody connects with looser rights.
             os.chmod(path, 0o600)
             listener.listen(BACKLOG)
@@ -103,6 +109,7 @@ class HandbackServer:
             except OSError as e:  # EMFILE and the like: what is accepted so far still counts
                 self.rejected.append(f"accept: {e.strerror or e}")
                 break
+            self.accepted += 1
             conn.setblocking(False)
             self._pending.append(_Pending(conn))
         new: dict[int, dict[str, socket.socket]] = {}
@@ -157,10 +164,7 @@ class HandbackServer:
         while True:
             room = MAX_HEADER + 1 - len(pending.data)
             try:
-                # Close-on-exec at once: a supervisor that re-executes must not leak these.
-                data, fds, flags, _ = socket.recv_fds(
-                    pending.sock, max(room, 1), MAX_FDS - len(pending.fds) + 1, socket.MSG_CMSG_CLOEXEC
-                )
+                data, fds, flags = _recv_fds(pending.sock, max(room, 1), MAX_FDS - len(pending.fds) + 1)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as e:
@@ -215,6 +219,17 @@ class HandbackServer:
             sockets[endpoint] = sock
         pending.fds = []  # every one is now a socket object above, or closed by _listening_socket
         return pid, sockets
+
+
+def _recv_fds(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int], int]:
+    """socket.recv_fds, but close-on-exec at once (a supervisor that re-executes must not
+    leak these; recv_fds ignores its flags argument up to Python 3.12)."""
+    item = array.array("i")
+    data, ancillary, flags, _ = sock.recvmsg(size, socket.CMSG_LEN(max_fds * item.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            item.frombytes(payload[: len(payload) - (len(payload) % item.itemsize)])
+    return data, list(item), flags
 
 
 def _parse_header(data: bytes) -> tuple[int, list[str]] | None:

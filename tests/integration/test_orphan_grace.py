@@ -107,9 +107,17 @@ def test_adopt_with_the_run_token_keeps_the_orphan_past_the_grace(short_tmp: Pat
             gone, alive = psutil.wait_procs([device], timeout=GRACE + 1.0)
             assert alive, "the adopted device stopped when the grace ran out"
             _flows(zmq_ctx, short_tmp, b"adopted")
-            # Adopted twice: refused, the adopter (this test) lives.
-            with pytest.raises(DeviceError, match="supervisor is alive"):
-                client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
+            # Adopted by another process while the adopter (this test) lives: refused. By the
+            # adopter itself again (a supervisor that re-executed itself keeps its pid): accepted.
+            other = psutil.Popen(["sleep", "60"])
+            try:
+                with pytest.raises(DeviceError, match="supervisor is alive"):
+                    client.request(Command.ADOPT, 2.0, {"token": token, "pid": other.pid})
+            finally:
+                other.kill()
+                other.wait(5)
+            again = client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
+            assert again["adopted"] is True and again["orphaned_for"] == 0.0, again
             client.request(Command.STOP, 2.0)
         finally:
             client.close()

@@ -44,3 +44,26 @@ def test_adopt_with_the_token_names_the_adopter() -> None:
 def test_adopt_refused(payload: object, token: str | None, reason: str) -> None:
     with pytest.raises(AdoptionRefused, match=reason):
         check_adoption(payload, token)
+
+
+HANDBACK = "/run/x/handback.sock"
+
+
+def test_adopt_names_the_handback_socket_of_the_device_run_dir() -> None:
+    adoption = check_adoption({"token": TOKEN, "pid": 1234, "handback": HANDBACK}, TOKEN, HANDBACK)
+    assert (adoption.pid, adoption.handback) == (1234, HANDBACK)
+    assert check_adoption({"token": TOKEN, "pid": 1234}, TOKEN, HANDBACK).handback is None
+
+
+@pytest.mark.parametrize(
+    ("handback", "expected"),
+    [
+        ("/tmp/elsewhere.sock", HANDBACK),
+        ("/run/x/../x/handback.sock", HANDBACK),
+        (5, HANDBACK),
+        (HANDBACK, None),  # a device outside a run dir sends its sockets nowhere
+    ],
+)
+def test_adopt_refuses_any_other_handback(handback: object, expected: str | None) -> None:
+    with pytest.raises(AdoptionRefused, match="not this device's run dir handback socket"):
+        check_adoption({"token": TOKEN, "pid": 1234, "handback": handback}, TOKEN, expected)

@@ -18,6 +18,7 @@ NAMES = (
     runlayout.EVENTS_SOCKET,
     runlayout.METRICS_SOCKET,
     runlayout.STATE_FILE,
+    runlayout.HANDBACK_SOCKET,
     runlayout.DEFAULT_RUN_DIR,
     f"/{runlayout.CTL_DIR}/",
 )
@@ -74,3 +75,17 @@ def test_the_supervisor_the_config_and_the_clients_agree(tmp_path: Path) -> None
     assert run_dir.state_file == run_dir.path / "state.json"
     assert events_endpoint(run_dir.path) == f"ipc://{run_dir.path}/events.sock"
     assert log_path(run_dir.path, "pipe") == run_dir.path / "logs" / "pipe.log"
+
+
+def test_a_control_endpoint_names_its_run_dir(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "run")
+    endpoint = run_dir.device_control_endpoint("pipe-2")
+    assert runlayout.run_dir_of_control_endpoint(endpoint) == str(run_dir.path)
+    assert runlayout.handback_socket(run_dir.path) == f"{run_dir.path}/handback.sock"
+    for other in (
+        "tcp://127.0.0.1:5555",
+        "ipc:///tmp/pipe.sock",
+        f"ipc://{run_dir.path}/ctl/a/b.sock",
+        "ipc:///ctl/.sock",
+    ):
+        assert runlayout.run_dir_of_control_endpoint(other) is None, other
