@@ -59,10 +59,12 @@ def process_context(start_method: str) -> Any:
 
 
 def _parent_pid(start_method: str) -> int | None:
-    # A forked-by-the-server child's multiprocessing parent sentinel is the pipe its job came
-    # through, which reads EOF as soon as the job is written: useless as a death signal. It
-    # follows the launching process by pid instead.
-    return os.getpid() if start_method == "forkserver" else None
+    # Every device follows the launching process by pid (a pidfd), not by multiprocessing's
+    # parent sentinel: a forked-by-the-server child's sentinel is the pipe its job came
+    # through, which reads EOF as soon as the job is written; a spawned child's is a pipe
+    # that `up` closes when it re-executes itself for an upgrade (same pid, still alive).
+    del start_method
+    return os.getpid()
 
 
 # -- starting a device process without re-running the user's main script -----------------

@@ -146,27 +146,3 @@ def test_a_device_adopted_by_a_process_that_dies_is_orphaned_again(short_tmp: Pa
         gone, alive = psutil.wait_procs([device], timeout=GRACE + 2.0)
         assert not alive, "the device outlived its adopter by more than orphan_grace + 2 s"
         up.assert_nothing_left(5.0)
-
-
-@pytest.mark.timeout(90)
-def test_an_up_started_within_the_grace_stops_the_orphans_through_their_control_socket(
-    short_tmp: Path, zmq_ctx: Ctx
-) -> None:
-    # Until `up` adopts (docs/reliability.md, limits), a new `up` replaces the orphans it finds
-    # alive: through STOP on their control socket, never a signal, before binding anything.
-    config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=30)
-    with Up(config, label="first") as first:
-        device, _ = _device(first)
-        _kill_supervisor(first)
-        _flows(zmq_ctx, short_tmp, b"orphaned")
-        with Up(config, label="second") as second:
-            entry = second.wait_states({"pipe": "RUNNING"})["pipe"]
-            assert entry["pid"] != device.pid
-            gone, alive = psutil.wait_procs([device], timeout=5.0)
-            assert not alive, "the orphan outlived the new supervisor's start"
-            log = second.log()
-            assert f"stopped leftover device pipe (pid {device.pid}) through its control socket" in log, log
-            assert "SIGTERM" not in log and "SIGKILL" not in log and "killed leftover" not in log, log
-            _flows(zmq_ctx, short_tmp, b"new device")
-            assert second.cli("down", timeout=20).returncode == 0
-            second.assert_nothing_left(10.0)
