@@ -169,6 +169,45 @@ def down(args: argparse.Namespace) -> int:
     raise _fail(f"supervisor {pid} is still running", exitcodes.EXIT_FAILED)
 
 
+# An upgrade checks the new version, then re-executes `up`, which adopts every device again.
+UPGRADE_TIMEOUT = 120.0
+
+
+def upgrade(args: argparse.Namespace) -> int:
+    """Re-execute `up` with the procdevices installed now (same pid; every device keeps
+    running and is adopted again); returns once it runs again, or with the reason it did not."""
+    with _waiter(args) as waiter:
+        before = request(args, SupervisorCommand.STATUS, on_behalf="upgrade")["supervisor"]
+        request(args, SupervisorCommand.UPGRADE)
+
+        def outcome() -> tuple[bool, dict[str, Any]] | None:
+            status = waiter.status(timeout=1.0)
+            if status is None:
+                return None  # re-executing: nobody answers for a moment
+            now = status["supervisor"]
+            if now["started"] != before["started"]:
+                return True, status
+            attempt = now.get("upgrade") or {}
+            # Failed, and not the failure of an earlier attempt.
+            if attempt.get("state") == "failed" and attempt != before.get("upgrade"):
+                return False, status
+            return None
+
+        result = waiter.wait(outcome, UPGRADE_TIMEOUT)
+    if result is None:
+        raise _fail(f"upgrade: no outcome within {UPGRADE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
+    upgraded, status = result
+    now = status["supervisor"]
+    if not upgraded:
+        raise _fail(f"upgrade: {now['upgrade']['error']}", exitcodes.EXIT_FAILED)
+    running = sum(d["state"] == "RUNNING" for d in status["devices"])
+    print(
+        f"procdevices: upgraded: supervisor {now['pid']} runs procdevices {now['version']} "
+        f"(was {before['version']}); {now['adopted']} device process(es) adopted, {running} running"
+    )
+    return exitcodes.EXIT_OK
+
+
 def events(args: argparse.Namespace) -> int:
     import zmq
 

@@ -40,6 +40,9 @@ class Held:
     def start(self) -> Held:
         for signum in HELD:
             self._previous[signum] = signal.signal(signum, self._record)
+        # `up` re-executing itself for an upgrade blocks them across its exec (a signal then
+        # would meet the default action): recorded from here on, with any that came meanwhile.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
         return self
 
     def replay(self) -> None:

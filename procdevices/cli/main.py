@@ -64,6 +64,11 @@ COMMANDS = (
     Command("scale", client.scale, "run N replicas of a device (the file is not changed)", "required", wait=True),
     Command("down", client.down, "stop every device and the supervisor; returns once it has exited"),
     Command(
+        "upgrade",
+        client.upgrade,
+        "re-execute `up` with the procdevices installed now; every device keeps running (SIGUSR2 does the same)",
+    ),
+    Command(
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
     ),
     Command("tap", tap.run, "print the messages passing through a running device (Ctrl-C to leave)", "required"),

@@ -61,6 +61,7 @@ def up(args: argparse.Namespace) -> int:
     from procdevices.cli import cluster
     from procdevices.cluster.control import ControlUnavailable
     from procdevices.devices.orphans import ORPHAN_GRACE_ENV
+    from procdevices.supervisor import upgrade
     from procdevices.supervisor.adoption import take_inventory
     from procdevices.supervisor.metrics import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets
@@ -79,7 +80,7 @@ def up(args: argparse.Namespace) -> int:
     run_dir = RunDir(topology.supervisor.run_dir)
     try:
         run_dir.validate(c.name for c in topology.instances())
-        with run_dir.locked():
+        with run_dir.locked(upgrade.inherited_lock_fd()) as lock:
             # What the previous supervisor of this run dir left running: adopted, or stopped
             # when the file no longer names it (supervisor/adoption.py).
             inventory = take_inventory(run_dir)
@@ -114,6 +115,8 @@ def up(args: argparse.Namespace) -> int:
                 # A Ctrl-C since the command line started: the loop stops what was started.
                 signals_ready=args.held.replay if getattr(args, "held", None) else None,
                 inventory=inventory,
+                lock_fd=lock.fileno(),
+                preflight=_preflight(args),
             )
     except (MetricsUnavailable, ControlUnavailable) as e:
         print(f"procdevices: {e}", file=sys.stderr)
@@ -121,6 +124,25 @@ def up(args: argparse.Namespace) -> int:
     except RunDirBusy as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_NOT_RUNNING
+
+
+# The new code imports everything `up` runs on (the supervisor's service pulls in the rest),
+# then checks the topology and the run dir as `check` does.
+_PREFLIGHT = (
+    "import sys; import procdevices.supervisor.service; from procdevices.cli.main import main; "
+    "sys.exit(main(['check', *sys.argv[1:]]))"
+)
+
+
+def _preflight(args: argparse.Namespace) -> list[str]:
+    """What `upgrade` runs with the newly installed code before re-executing `up` on it:
+    its imports, and `check` of the same topology and run dir (supervisor/upgrade.py)."""
+    command = [sys.executable, "-c", _PREFLIGHT]
+    if args.config:
+        command += ["-c", str(Path(args.config).resolve())]
+    if args.run_dir:
+        command += ["--run-dir", str(Path(args.run_dir).resolve())]
+    return command
 
 
 def _fits_descriptors(topology: Topology) -> bool:

@@ -61,6 +61,7 @@ class SupervisorCommand(enum.Enum):
     DOWN = "down"
     RELOAD = "reload"
     SCALE = "scale"
+    UPGRADE = "upgrade"  # re-execute with the procdevices now installed (supervisor/upgrade.py)
 
 
 OK = b"ok"
@@ -301,6 +302,7 @@ SUPERVISOR_ARGS: dict[SupervisorCommand, dict[str, tuple[type, bool]]] = {
     SupervisorCommand.DOWN: {},
     SupervisorCommand.RELOAD: {"config": (str, False)},
     SupervisorCommand.SCALE: {"name": (str, True), "replicas": (int, True)},
+    SupervisorCommand.UPGRADE: {},
 }
 
 

@@ -327,7 +327,9 @@ class Child:
         self.history, self.failures = decision.history, decision.failures
         if stop is not None:
             self.stop = None
-            self.last_exit = f"stopped through the {stop.stopped_by}" + ("" if code in (0, None) else f" ({description})")
+            self.last_exit = f"stopped through the {stop.stopped_by}" + (
+                "" if code in (0, None) else f" ({description})"
+            )
             self.fire(Event.STOPPED)
             return f"{self.name}: STOPPED ({self.last_exit})"
         self.last_exit = f"{description}; {decision.reason}" if self.unhealthy else decision.reason

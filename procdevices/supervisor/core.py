@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from procdevices import __version__
 from procdevices.control.aclient import ControlChannel
 from procdevices.control.protocol import Command, ErrorCode, ProtocolError, device_error
 from procdevices.errors import DeviceError, DeviceExitedEarly
@@ -30,6 +31,7 @@ from procdevices.supervisor.launcher import DeviceProcess, Launcher
 from procdevices.supervisor.loop import Watcher
 from procdevices.supervisor.startclock import StartClock
 from procdevices.supervisor.states import PROCESS_STATES, Event, State
+from procdevices.supervisor.upgrade import Upgrader
 
 Clock = Callable[[], float]
 Notify = Callable[[str], object]
@@ -86,6 +88,8 @@ class Supervisor:
         self.start_clock = StartClock(cpus)
         self._waiting_to_spawn: deque[Child] = deque()
         self._state_write_failing = False
+        # Set by service.py where this supervisor can re-execute itself (supervisor/upgrade.py).
+        self.upgrader: Upgrader | None = None
 
     # -- the loop's questions ---------------------------------------------------------------------
     def finished(self) -> bool:
@@ -130,20 +134,8 @@ class Supervisor:
         goes on without it."""
         if not self._state_dirty:
             return
-        devices = {
-            c.name: {
-                "pid": c.process.pid,
-                "create_time": ct,
-                "control_endpoint": c.control_endpoint,
-                "device": c.device_name,
-                "fingerprint": c.fingerprint,
-                "books": c.write_books(self.launcher.listener_keys(c.name)),
-            }
-            for c in self.children
-            if c.process is not None and (ct := c.process.create_time()) is not None
-        }
         try:
-            self.store.write_state(devices)
+            self.write_state_now()
         except OSError as e:
             if not self._state_write_failing:
                 self.log(
@@ -156,6 +148,22 @@ class Supervisor:
         if self._state_write_failing:
             self.log("state file written again")
         self._state_dirty = self._state_write_failing = False
+
+    def write_state_now(self) -> None:
+        """Write state.json (every running process and its books); OSError when it cannot."""
+        devices = {
+            c.name: {
+                "pid": c.process.pid,
+                "create_time": ct,
+                "control_endpoint": c.control_endpoint,
+                "device": c.device_name,
+                "fingerprint": c.fingerprint,
+                "books": c.write_books(self.launcher.listener_keys(c.name)),
+            }
+            for c in self.children
+            if c.process is not None and (ct := c.process.create_time()) is not None
+        }
+        self.store.write_state(devices)
 
     # -- events -----------------------------------------------------------------------------------
     def start_all(self, hold: frozenset[str] = frozenset()) -> None:
@@ -180,6 +188,13 @@ class Supervisor:
 
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGUSR2:
+            self.log(f"received {name}: upgrading")
+            try:
+                self.upgrade()
+            except ProtocolError as e:
+                self.log(f"upgrade refused: {e.message}", level=logging.ERROR)
+            return
         if signum == signal.SIGHUP:
             self.log(f"received {name}: reloading {self.topology.source}")
             try:
@@ -280,6 +295,8 @@ class Supervisor:
             "shutting_down": self.shutting_down,
             "pool_idle": self.launcher.idle_workers(),
             "scaled": self.scaled(),
+            "version": __version__,
+            "upgrade": self.upgrader.describe() if self.upgrader is not None else None,
             **self.extra_status,
         }
 
@@ -329,6 +346,12 @@ class Supervisor:
         if self._make_child is None or self.shutting_down:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot scale now")
         return livechange.scale(self, self._make_child, name, replicas)
+
+    def upgrade(self) -> dict[str, Any]:
+        """Re-execute with the procdevices now installed, keeping every device (upgrade.py)."""
+        if self.upgrader is None or self.shutting_down:
+            raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot upgrade now")
+        return self.upgrader.begin()
 
     def scaled(self) -> dict[str, dict[str, int]]:
         """Devices whose number of instances differs from the file's (after `scale`)."""

@@ -51,6 +51,8 @@ class Verbs(Protocol):
 
     def scale(self, name: str, replicas: int) -> dict[str, Any]: ...
 
+    def upgrade(self) -> dict[str, Any]: ...
+
     def now(self) -> float: ...
 
 
@@ -68,6 +70,7 @@ class CommandHandlers:
             SupervisorCommand.DOWN: self.down,
             SupervisorCommand.RELOAD: self.reload,
             SupervisorCommand.SCALE: self.scale,
+            SupervisorCommand.UPGRADE: self.upgrade,
         }
 
     def handle(self, request: SupervisorRequest, reply: Reply) -> None:
@@ -112,6 +115,12 @@ class CommandHandlers:
 
     def scale(self, request: SupervisorRequest, reply: Reply) -> None:
         reply(_ok(self.supervisor.scale(request.args["name"], request.args["replicas"])))
+
+    def upgrade(self, request: SupervisorRequest, reply: Reply) -> None:
+        """Re-execute with the procdevices now installed; answered once the check of the new
+        version has begun (`status`'s ``supervisor.upgrade`` follows it)."""
+        self._refuse_while_shutting_down()
+        reply(_ok(self.supervisor.upgrade()))
 
     def pause(self, request: SupervisorRequest, reply: Reply) -> None:
         self._forward(Command.PAUSE, request, reply, _record_paused)

@@ -331,8 +331,10 @@ class RunDir:
         return fd
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[IO[str]]:
-        """Hold the run directory for the lifetime of a supervisor."""
+    def locked(self, inherited: int | None = None) -> Iterator[IO[str]]:
+        """Hold the run directory for the lifetime of a supervisor. ``inherited``: the lock
+        this very process held before it re-executed itself (supervisor/upgrade.py), used
+        only if it is this run dir's lock file; no other ``up`` could take it in between."""
         dir_fd = self._open_dir()
         try:
             fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -340,6 +342,17 @@ class RunDir:
             raise RunDirError(f"run dir {self.path}: cannot open lock: {e.strerror or _one_line(e)}") from None
         finally:
             os.close(dir_fd)
+        if inherited is not None:
+            try:
+                same = os.path.samestat(os.fstat(inherited), os.fstat(fd))
+            except OSError:
+                same = False
+            if same:
+                os.close(fd)
+                fd = inherited  # flock below succeeds at once: this open file holds it
+            else:
+                with contextlib.suppress(OSError):
+                    os.close(inherited)
         with os.fdopen(fd, "r+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,7 +21,7 @@ from procdevices.cluster.control import ControlEndpoint, ControlUnavailable, Ser
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
 from procdevices.logs import Log, to_logger
-from procdevices.supervisor import adoption, books, devicelogs
+from procdevices.supervisor import adoption, books, devicelogs, upgrade
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import DeviceConfig, Topology
@@ -65,6 +65,8 @@ def run_supervisor(
     remote: ControlEndpoint | None = None,
     signals_ready: Callable[[], object] | None = None,
     inventory: adoption.Inventory | None = None,
+    lock_fd: int | None = None,
+    preflight: list[str] | None = None,
 ) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
 
@@ -75,10 +77,14 @@ def run_supervisor(
     ``signals_ready()`` is called once the loop handles SIGTERM, SIGINT and SIGHUP: the caller
     re-raises there what it held before (the command line's ``interrupts``).
     ``inventory``: what the previous supervisor of the run dir left (adoption.py): its
-    devices that still run are adopted, not started again."""
+    devices that still run are adopted, not started again. ``lock_fd`` (the run dir's lock)
+    and ``preflight`` (the command that checks a newly installed version) make ``upgrade``
+    possible (upgrade.py)."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
+    # Children already: an upgrade's exec kept the old image's (upgrade.py).
+    inherited = upgrade.children()
     listeners = Listeners()
     devicelogs.prepare(run_dir.path)
     rotation = devicelogs.Rotation(topology.supervisor.device_log_max_bytes, topology.supervisor.device_log_backups)
@@ -115,6 +121,16 @@ def run_supervisor(
         run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint, adopted=len(adopted.taken)
     )
     hold = adoption.resume(supervisor, adopted, inventory.gone if inventory else (), clock())
+    upgrade.reap_strays(loop, inherited - {t.process.pid for t in adopted.taken.values()})
+    if lock_fd is not None and preflight is not None:
+        supervisor.upgrader = upgrade.Upgrader(
+            preflight=preflight,
+            command=upgrade.reexec_command(),
+            lock_fd=lock_fd,
+            before_exec=supervisor.write_state_now,
+            watcher=loop,
+            log=log,
+        )
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
     metrics_address = metrics or topology.supervisor.metrics
     metrics_server: MetricsServer | None = None
@@ -147,7 +163,7 @@ def run_supervisor(
         loop.watch(server.socket, server.on_readable)
         # Probe answers change no timer: quiet, so they do not make the loop walk every device.
         loop.watch(launcher.controls.socket, lambda now: launcher.controls.on_readable(), quiet=True)
-        loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP), supervisor.on_signal)
+        loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2), supervisor.on_signal)
         if signals_ready is not None:
             signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
@@ -155,6 +171,8 @@ def run_supervisor(
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)
     finally:
+        if supervisor.upgrader is not None:
+            supervisor.upgrader.close()
         rotator.close()
         if metrics_server is not None:
             metrics_server.close()
