@@ -11,9 +11,10 @@ changes (see docs/devices.md):
 - A process device stops itself when its parent dies, even by SIGKILL.
 
 The class composes one module per job: the recorded setup (roles.py: ``RecordedSetup`` and
-pyzmq's recording methods), the graceful stop (drain.py: ``GracefulStop``), the caller's
-side of the control socket (remote.py, loaded only by callers), and the worker's runtime
-(runtime.py). What stays here is pyzmq's API and the build of the sockets in the worker.
+pyzmq's recording methods), the graceful stop (drain.py: ``GracefulStop``), the tap
+(tapsocket.py: ``Tapped``), the caller's side of the control socket (remote.py, loaded only
+by callers), and the worker's runtime (runtime.py). What stays here is pyzmq's API, the build
+of the sockets in the worker and the launch of a background device.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ import zmq
 from zmq import ENOTSOCK, ETERM, QUEUE, ZMQError
 
 from procdevices.control.steering import PauseCommands
-from procdevices.devices import contexts, drain, tapsocket
+from procdevices.devices import contexts, drain
 from procdevices.devices import runtime as rt
 from procdevices.devices.drain import GracefulStop
 from procdevices.devices.roles import RecordedSetup, role_methods
+from procdevices.devices.tapsocket import Tapped
 from procdevices.errors import ControlTimeout, DeviceError, DeviceNotRunning, DeviceStartError
 
 if TYPE_CHECKING:
@@ -70,7 +72,7 @@ def _reports_ready(setup: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], t
     return setup_then_report
 
 
-class Device(RecordedSetup, GracefulStop):
+class Device(RecordedSetup, GracefulStop, Tapped):
     """A 0MQ device to be run in the foreground (``start()`` blocks), as in pyzmq.
 
     Pass socket types, not sockets: ``Device(zmq.QUEUE, zmq.ROUTER, zmq.DEALER)``. Sockets
@@ -178,7 +180,9 @@ class Device(RecordedSetup, GracefulStop):
     def _sockets_ready(self) -> None:
         runtime = self._runtime
         if runtime is not None:
-            self._open_tap(runtime)
+            tap = self._open_tap(runtime.control_endpoint, self._context)
+            if tap is not None:
+                runtime.tap_endpoint = tap
             self._attach_user_ctrl(runtime)
             runtime.sockets_built(
                 self._context,
@@ -187,43 +191,6 @@ class Device(RecordedSetup, GracefulStop):
                 self._blocking_side(),
                 pause_commands=self._pause_commands(),
             )
-
-    # -- the tap (tapsocket.py): a PUB copy of the traffic in the run dir -------------------
-    _tap_capture: Socket | None = None  # the capture socket made for the tap, if any
-    _tap_info: dict[str, Any] | None = None  # INFO's "tap" entry
-
-    def _open_tap(self, runtime: rt.DeviceRuntime) -> None:
-        """Bind the tap endpoint: on the PUB mon socket when the device has one (the tap sees
-        what the monitor sees), else on a PUB capture socket of its own, handed to libzmq's
-        proxy in ``_forward``. A failure leaves the device running without a tap."""
-        endpoint = tapsocket.tap_endpoint(runtime.control_endpoint)
-        if endpoint is None:
-            self._tap_info = tapsocket.describe(None)
-            return
-        if "mon" in self._role_sockets:
-            mon = self._role_sockets.get("mon")
-            if mon is None or not tapsocket.mon_can_tap(mon):
-                kind = zmq.SocketType(int(mon.type)).name if mon is not None else "absent"
-                why = f"its mon socket is {kind}; a tap shares only a PUB or XPUB mon socket"
-                self._tap_info = tapsocket.describe(None, why_not=why)
-                return
-            sock = mon
-        else:
-            sock = tapsocket.capture_socket(self._context)
-            self._sockets.append(sock)
-            self._tap_capture = sock
-        try:
-            sock.bind(endpoint)
-        except ZMQError as e:
-            self._tap_info = tapsocket.describe(None, why_not=f"cannot bind {endpoint}: {e.strerror}")
-            return
-        runtime.tap_endpoint = endpoint
-        directions, in_prefix, out_prefix = self._tap_directions()
-        self._tap_info = tapsocket.describe(endpoint, directions=directions, in_prefix=in_prefix, out_prefix=out_prefix)
-
-    def _tap_directions(self) -> tuple[str, bytes, bytes]:
-        """How the tap reader learns each message's direction (tapsocket.describe)."""
-        return ("unknown" if self._two_way() else "in"), b"", b""
 
     def _pause_commands(self) -> PauseCommands | None:
         """The commands that pause and resume this device's loop; None: libzmq's proxy, whose
