@@ -20,9 +20,9 @@ from :class:`RoleMethods`, so ``dev.bind_mon(42)`` is a type error under ``--str
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import zmq
 
@@ -70,12 +70,33 @@ class RecordedSetup:
     ports it reserved. A mixin of ``Device`` (implements :class:`RecordsSetup`); its state is
     plain data, the part of a device that crosses to a spawned worker."""
 
+    socket_roles: ClassVar[tuple[str, ...]]
     _setups: dict[str, SocketSetup]
     _random_addrs: list[str]
 
     def _start_recording(self) -> None:
         self._setups = {}
         self._random_addrs = []
+
+    def record_setup(
+        self,
+        role: str,
+        *,
+        sockopts: Iterable[tuple[int, Any]] = (),
+        binds: Iterable[str] = (),
+        connects: Iterable[str] = (),
+    ) -> None:
+        """Record a role's setup at once, as its ``setsockopt_``/``bind_``/``connect_`` calls
+        would (the supervisor builds a device from its config this way). A role that this
+        class does not have is refused with ValueError: nothing would ever replay it."""
+        if role not in type(self).socket_roles:
+            raise ValueError(
+                f"{type(self).__name__} has no {role!r} socket (its roles: {', '.join(self.socket_roles)})"
+            )
+        setup = self._setup_of(role)
+        setup.sockopts.extend(sockopts)
+        setup.binds.extend(binds)
+        setup.connects.extend(connects)
 
     def _setup_of(self, role: str) -> SocketSetup:
         return self._setups.setdefault(role, SocketSetup())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from procdevices import ProcessProxySteerable, ThreadDevice
+from procdevices import ProcessProxy, ProcessProxySteerable, ThreadDevice
 from procdevices.devices.launch import FORKSERVER_PRELOAD
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,6 +32,21 @@ def test_a_pickled_device_carries_its_recorded_setup_and_its_settings() -> None:
     assert copy._setup_of("ctrl").binds == [f"tcp://127.0.0.1:{port}"]
     assert copy._random_addrs == [f"tcp://127.0.0.1:{port}"]
     assert (copy.stop_linger, copy.mon_type, copy.ctrl_type) == (0.25, zmq.PUB, zmq.PAIR)
+
+
+def test_record_setup_records_what_the_role_methods_would_and_refuses_a_missing_role() -> None:
+    by_calls = ProcessProxy(zmq.SUB, zmq.PUB, zmq.PUB)
+    by_calls.setsockopt_in(zmq.SUBSCRIBE, b"")
+    by_calls.bind_in("ipc://@a")
+    by_calls.connect_in("tcp://127.0.0.1:5")
+    by_calls.bind_mon("ipc://@m")
+    at_once = ProcessProxy(zmq.SUB, zmq.PUB, zmq.PUB)
+    at_once.record_setup("in", sockopts=[(zmq.SUBSCRIBE, b"")], binds=["ipc://@a"], connects=["tcp://127.0.0.1:5"])
+    at_once.record_setup("mon", binds=["ipc://@m"])
+    assert at_once._setups == by_calls._setups
+    with pytest.raises(ValueError, match="ProcessProxy has no 'ctrl' socket"):
+        at_once.record_setup("ctrl", binds=["ipc://@c"])
+    assert "ctrl" not in at_once._setups
 
 
 def test_a_device_asked_through_its_control_socket_still_pickles_without_its_live_state(short_tmp: Path) -> None:
