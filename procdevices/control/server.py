@@ -366,7 +366,9 @@ class ControlServer:
 
         def done(_: list[bytes]) -> None:
             self.target.paused = paused
-            reply.ok({"paused": paused})
+            # The device's state once the loop took the command, as a PING would report it:
+            # the caller reads it as it reads every PING, not as an echo of what it asked.
+            reply.ok(self.health().to_wire())
 
         if not steering.send(command, done):
             raise ControlTimeout("the forwarding loop is not taking commands")

@@ -31,6 +31,23 @@ FIRST_QUIET = 0.05
 MAX_QUIET = 0.5
 
 
+def wait_until(check: Callable[[], T | None], timeout: float, pause: Callable[[float], object]) -> T | None:
+    """The one waiting loop: ``check()`` until it returns something truthy, which is
+    returned; None once ``timeout`` seconds have passed. Between two checks it calls
+    ``pause(left)``, which returns when the answer may have changed, within ``left`` seconds
+    (the time to the deadline). ``check`` runs at once and after every pause; what it or
+    ``pause`` raises ends the wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        pause(left)
+
+
 class SupervisorWaiter:
     """Subscribed to the events of the supervisor of ``run_dir`` from construction on (make
     one *before* asking for a change, so that its events are not missed); ``run_dir`` None
@@ -72,21 +89,18 @@ class SupervisorWaiter:
         """``check()`` until it returns something truthy, which is returned; None once
         ``timeout`` seconds have passed. ``check`` runs at once, after every event, and after
         each quiet spell; what it raises ends the wait."""
-        deadline = time.monotonic() + timeout
         quiet = FIRST_QUIET
-        while True:
-            value = check()
-            if value:
-                return value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
+
+        def until_event_or_quiet(left: float) -> None:
+            nonlocal quiet
             if self.changed(min(left, quiet)):
                 quiet = FIRST_QUIET
             else:
                 # Without an event stream (another host's supervisor) the re-checks are all
                 # there is: they stay at FIRST_QUIET, as the CLI's polling always did.
                 quiet = min(quiet * 2, MAX_QUIET if self._sock is not None else FIRST_QUIET)
+
+        return wait_until(check, timeout, until_event_or_quiet)
 
     def changed(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for an event; True if there was one (all that arrived are

@@ -9,6 +9,12 @@ changes (see docs/devices.md):
 - Every device has a dedicated control socket: ``stop()``, ``pause()``, ``resume()``,
   ``stats()``, ``ping()``, ``info()``.
 - A process device stops itself when its parent dies, even by SIGKILL.
+
+The class composes one module per job: the recorded setup (roles.py: ``RecordedSetup`` and
+pyzmq's recording methods), the graceful stop (drain.py: ``GracefulStop``), the tap
+(tapsocket.py: ``Tapped``), the caller's side of the control socket (remote.py, loaded only
+by callers), and the worker's runtime (runtime.py). What stays here is pyzmq's API, the build
+of the sockets in the worker and the launch of a background device.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-import sys
 import threading
 import time
 import uuid
@@ -25,33 +30,22 @@ from multiprocessing.connection import wait as wait_for
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
-from zmq import ENOTSOCK, ETERM, PUSH, QUEUE, ZMQBindError, ZMQError
+from zmq import ENOTSOCK, ETERM, QUEUE, ZMQError
 
-from procdevices.control.protocol import Command, DeviceStats
 from procdevices.control.steering import PauseCommands
-from procdevices.devices import contexts, drain, tapsocket
+from procdevices.devices import contexts, drain
 from procdevices.devices import runtime as rt
-from procdevices.devices.roles import SocketSetup, role_methods
-from procdevices.errors import (
-    ControlTimeout,
-    DeviceError,
-    DeviceNotRunning,
-    DeviceStartError,
-)
+from procdevices.devices.drain import GracefulStop
+from procdevices.devices.roles import RecordedSetup, role_methods
+from procdevices.devices.tapsocket import Tapped
+from procdevices.errors import ControlTimeout, DeviceError, DeviceNotRunning, DeviceStartError
 
 if TYPE_CHECKING:
-    from procdevices.control.client import ControlClient
+    from procdevices.control.protocol import DeviceStats
+    from procdevices.devices.remote import DeviceRemote
 
 Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
-
-# How many times _reserve_random_port draws again when it draws a port this device already
-# reserved (the same bound as pyzmq's).
-_RESERVE_DRAWS = 5
-
-# How long stop() waits for the answer to one STOP before it looks whether the device has
-# ended anyway, and asks again. A running control loop answers in well under a millisecond.
-_STOP_ASK_EVERY = 0.02
 
 # Socket types whose send blocks at the high-water mark (the others drop, or cannot send).
 _BLOCKING_SEND = frozenset({zmq.PUSH, zmq.DEALER, zmq.PAIR, zmq.REQ})
@@ -78,7 +72,7 @@ def _reports_ready(setup: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], t
     return setup_then_report
 
 
-class Device:
+class Device(RecordedSetup, GracefulStop, Tapped):
     """A 0MQ device to be run in the foreground (``start()`` blocks), as in pyzmq.
 
     Pass socket types, not sockets: ``Device(zmq.QUEUE, zmq.ROUTER, zmq.DEALER)``. Sockets
@@ -103,11 +97,6 @@ class Device:
     in_type: int
     out_type: int
     control_endpoint: str | None
-    stop_linger: float | None = 1.0
-    """Seconds a stopping device gives its queued messages: the drain of what is queued in
-    its sockets and the LINGER of their close share this one deadline. Applied only on the
-    stop path; ``None`` keeps each socket's own LINGER (with LINGER -1 and a peer that never
-    connects, such a device never exits). Set it on the instance, or in a subclass's body."""
 
     bind_in, bind_in_to_random_port, connect_in, setsockopt_in = role_methods("in")
     bind_out, bind_out_to_random_port, connect_out, setsockopt_out = role_methods("out")
@@ -128,38 +117,18 @@ class Device:
             raise TypeError("out_type must be specified")
         self.in_type = in_type
         self.out_type = out_type
-        self._setups: dict[str, SocketSetup] = {}
-        self._random_addrs: list[str] = []
+        self._start_recording()
         self.daemon = True
         self.done = False
         self._sockets: list[Socket] = []
         self._role_sockets: dict[str, Socket] = {}
         self._setup_depth = 0
-        # When a stop's drain and final LINGER must be over (monotonic); set when the loop ends.
-        self._stop_deadline: float | None = None
+        self._stop_deadline = None
         # Where the control socket binds; chosen at start when left None.
         self.control_endpoint = None
         self._runtime: rt.DeviceRuntime | None = None
         self._ready: rt.ReadyInfo | None = None
-        self._client: ControlClient | None = None
-
-    # -- recording socket setup (pyzmq API: the role methods above) ---------------------------
-    def _setup_of(self, role: str) -> SocketSetup:
-        return self._setups.setdefault(role, SocketSetup())
-
-    def _reserve_random_port(self, addr: str, *args: int, **kwargs: int) -> int:
-        # The port is only held while this throw-away socket lives: another process may take
-        # it before the device binds. Drawing again avoids handing one device the same port
-        # twice.
-        with zmq.Context() as ctx, ctx.socket(PUSH) as binder:
-            for _ in range(_RESERVE_DRAWS):
-                port = binder.bind_to_random_port(addr, *args, **kwargs)
-                if f"{addr}:{port}" not in self._random_addrs:
-                    break
-            else:
-                raise ZMQBindError("Could not reserve random port.")
-        self._random_addrs.append(f"{addr}:{port}")
-        return port
+        self._remote: DeviceRemote | None = None
 
     # -- in the worker ----------------------------------------------------------------------
     @_reports_ready
@@ -211,7 +180,9 @@ class Device:
     def _sockets_ready(self) -> None:
         runtime = self._runtime
         if runtime is not None:
-            self._open_tap(runtime)
+            tap = self._open_tap(runtime.control_endpoint, self._context)
+            if tap is not None:
+                runtime.tap_endpoint = tap
             self._attach_user_ctrl(runtime)
             runtime.sockets_built(
                 self._context,
@@ -221,52 +192,10 @@ class Device:
                 pause_commands=self._pause_commands(),
             )
 
-    # -- the tap (tapsocket.py): a PUB copy of the traffic in the run dir -------------------
-    _tap_capture: Socket | None = None  # the capture socket made for the tap, if any
-    _tap_info: dict[str, Any] | None = None  # INFO's "tap" entry
-
-    def _open_tap(self, runtime: rt.DeviceRuntime) -> None:
-        """Bind the tap endpoint: on the PUB mon socket when the device has one (the tap sees
-        what the monitor sees), else on a PUB capture socket of its own, handed to libzmq's
-        proxy in ``_forward``. A failure leaves the device running without a tap."""
-        endpoint = tapsocket.tap_endpoint(runtime.control_endpoint)
-        if endpoint is None:
-            self._tap_info = tapsocket.describe(None)
-            return
-        if "mon" in self._role_sockets:
-            mon = self._role_sockets.get("mon")
-            if mon is None or not tapsocket.mon_can_tap(mon):
-                kind = zmq.SocketType(int(mon.type)).name if mon is not None else "absent"
-                why = f"its mon socket is {kind}; a tap shares only a PUB or XPUB mon socket"
-                self._tap_info = tapsocket.describe(None, why_not=why)
-                return
-            sock = mon
-        else:
-            sock = tapsocket.capture_socket(self._context)
-            self._sockets.append(sock)
-            self._tap_capture = sock
-        try:
-            sock.bind(endpoint)
-        except ZMQError as e:
-            self._tap_info = tapsocket.describe(None, why_not=f"cannot bind {endpoint}: {e.strerror}")
-            return
-        runtime.tap_endpoint = endpoint
-        directions, in_prefix, out_prefix = self._tap_directions()
-        self._tap_info = tapsocket.describe(endpoint, directions=directions, in_prefix=in_prefix, out_prefix=out_prefix)
-
-    def _tap_directions(self) -> tuple[str, bytes, bytes]:
-        """How the tap reader learns each message's direction (tapsocket.describe)."""
-        return ("unknown" if self._two_way() else "in"), b"", b""
-
     def _pause_commands(self) -> PauseCommands | None:
         """The commands that pause and resume this device's loop; None: libzmq's proxy, whose
         PAUSE and RESUME depend on the libzmq version (measured when first needed)."""
         return None
-
-    def _relay_at_stop(self, source: Socket, frames: list[bytes]) -> list[bytes]:
-        """What the drain at stop sends for ``frames`` read from ``source``: as libzmq's
-        proxy would, the frames unchanged (a forwarding loop of another kind overrides it)."""
-        return frames
 
     def _blocking_side(self) -> str | None:
         """The one socket whose send can block libzmq's loop, if only one can (for PING's
@@ -324,60 +253,11 @@ class Device:
         finally:
             try:
                 runtime.loop_ended(outcome)
-                self._end_gracefully(outcome)
+                self._end_gracefully(outcome is rt.LoopOutcome.RETURNED)
             finally:
                 runtime.finish()
                 self._close_sockets(self._remaining_linger_ms() if outcome is not rt.LoopOutcome.DEAD else None)
                 self.done = True
-
-    def _end_gracefully(self, outcome: rt.LoopOutcome) -> None:
-        """After libzmq's loop returned from a stop: stop input, deliver what is queued."""
-        deadline = time.monotonic() + (self.stop_linger if self.stop_linger is not None else 1.0)
-        self._stop_deadline = deadline
-        ins, outs = self._role_sockets.get("in"), self._role_sockets.get("out")
-        if outcome is not rt.LoopOutcome.RETURNED or not type(self).steerable or ins is None or outs is None:
-            return
-        two_way = self._two_way()
-        if not two_way:
-            drain.stop_input(ins, self._bound("in"), self._setup_of("in").connects)
-        try:
-            result = drain.drain(ins, outs, deadline, two_way=two_way, relay=self._relay_at_stop)
-        except ZMQError as e:  # the context went away under us (a shutdown): nothing to save
-            print(f"procdevices: {type(self).__name__}: drain at stop failed: {e}", file=sys.stderr, flush=True)
-            return
-        if result.forwarded or result.returned or not result.complete:
-            print(f"procdevices: {type(self).__name__}: stop: {result.describe()}", file=sys.stderr, flush=True)
-
-    def _bound_linger(self, sock: Socket) -> None:
-        """Cap the socket's LINGER at ``stop_linger`` as soon as it is built. LINGER only acts
-        when a socket closes, which a device does only when it stops, so this changes nothing
-        before the stop. It cannot wait for the stop: when a stop has to shut the context
-        down (a loop blocked in a send), libzmq refuses every setsockopt (ETERM) and a LINGER
-        of -1 would keep the context, and the process, alive for ever."""
-        if self.stop_linger is not None:
-            sock.linger = _min_linger(int(sock.linger), int(self.stop_linger * 1000))
-
-    def _remaining_linger_ms(self) -> int | None:
-        """What is left of the stop deadline, for the LINGER of the final close."""
-        if self.stop_linger is None:
-            return None
-        deadline = self._stop_deadline
-        remaining = self.stop_linger if deadline is None else deadline - time.monotonic()
-        return max(0, int(remaining * 1000))
-
-    def _close_sockets(self, linger_ms: int | None = None) -> None:
-        """Close the sockets this device created: on the stop path with at most ``linger_ms``
-        of LINGER (never more than the socket's own), else with each socket's own LINGER."""
-        for s in self._sockets:
-            if not s or s.closed:
-                continue
-            linger = None
-            if linger_ms is not None:
-                try:
-                    linger = _min_linger(int(s.linger), linger_ms)
-                except ZMQError:
-                    linger = None  # the context is terminating: LINGER was capped at setup
-            s.close(linger=linger)
 
     def _attach_user_ctrl(self, runtime: rt.DeviceRuntime) -> None:
         """Hand the user's ctrl socket (ProxySteerable) to the control loop."""
@@ -415,16 +295,16 @@ class Device:
             return self._ready.endpoints
         return self._runtime.endpoints if self._runtime is not None else {}
 
-    def _control(self) -> ControlClient:
-        if self._client is None:
+    def _control(self) -> DeviceRemote:
+        if self._remote is None:
             if self.control_endpoint is None:
                 raise DeviceNotRunning(f"{type(self).__name__} has not been started")
             # Only callers of a device talk to its control socket: the device process itself
-            # never imports the client.
-            from procdevices.control.client import ControlClient
+            # never imports remote.py nor the control client.
+            from procdevices.devices.remote import DeviceRemote
 
-            self._client = ControlClient(self.control_endpoint, self._client_context())
-        return self._client
+            self._remote = DeviceRemote(self.control_endpoint, self._client_context())
+        return self._remote
 
     def _client_context(self) -> Context | None:
         # An inproc control socket is only reachable from the runtime's own context.
@@ -434,62 +314,47 @@ class Device:
         """Round-trip time, in seconds, of a PING through the control socket. The control
         thread answers even while the forwarding loop is blocked; :meth:`health` says how
         the loop is doing. Raises ControlTimeout when the device does not answer at all."""
-        started = time.perf_counter()
-        self._control().request(Command.PING, timeout)
-        return time.perf_counter() - started
+        return self._control().ping(timeout)
 
     def health(self, timeout: float = 1.0) -> dict[str, Any]:
         """The PING reply: ``{"pid", "paused", "stopping", "loop", "blocked_for",
         "blocked_side", "probed", "answered_ago"}`` (docs/devices.md, "Liveness")."""
-        result: dict[str, Any] = self._control().request(Command.PING, timeout)
-        return result
+        return self._control().health(timeout)
 
     def stats(self, timeout: float = 2.0) -> DeviceStats:
         """Message and byte counters of the forwarding loop since it started. Raises
         ControlTimeout at once while the loop is blocked (its counters are out of reach)."""
-        return DeviceStats(**self._control().request(Command.STATS, timeout))
+        return self._control().stats(timeout)
 
     def pause(self, timeout: float = 2.0) -> None:
         """Stop forwarding; messages wait in the sockets' queues (up to their HWM)."""
-        self._control().request(Command.PAUSE, timeout)
+        self._control().pause(timeout)
 
     def resume(self, timeout: float = 2.0) -> None:
         """Forward again after :meth:`pause`."""
-        self._control().request(Command.RESUME, timeout)
+        self._control().resume(timeout)
 
     def info(self, timeout: float = 2.0) -> dict[str, Any]:
-        result: dict[str, Any] = self._control().request(Command.INFO, timeout)
-        return result
+        return self._control().info(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the device to stop through its control socket and wait until it has."""
         deadline = time.monotonic() + timeout
-        while not self.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                self._control().request(Command.STOP, min(_STOP_ASK_EVERY, remaining))
-                break
-            except ControlTimeout:
-                # Unanswered: when its caller terminated the device's context meanwhile, the
-                # device ends without its control loop, which answers nothing. Look whether
-                # it has ended, and ask again (STOP is idempotent) until the deadline.
-                continue
+        self._control().stop_until(lambda: self.done, deadline)
         self.join(max(0.0, deadline - time.monotonic()))
         if not self.done:
             raise ControlTimeout(f"{type(self).__name__} did not stop within {timeout:.3g}s")
         self._close_client()
 
     def _close_client(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
 
     def __getstate__(self) -> dict[str, Any]:
         # What crosses to a spawned worker is the recorded setup, never live state.
         state = self.__dict__.copy()
-        for runtime_only in ("launcher", "_runtime", "_ready", "_client", "_context", "_reporter", "_conn"):
+        for runtime_only in ("launcher", "_runtime", "_ready", "_remote", "_context", "_tap_capture", "_tap_info"):
             state.pop(runtime_only, None)
         state["_sockets"] = []
         state["_role_sockets"] = {}
@@ -501,7 +366,7 @@ class Device:
         self.__dict__.update(state)
         self._runtime = None
         self._ready = None
-        self._client = None
+        self._remote = None
 
 
 class BackgroundDevice(Device):
@@ -612,7 +477,7 @@ class ProcessDevice(BackgroundDevice):
         deadline = time.monotonic() + timeout
         try:
             if self.launcher.is_alive():
-                self._control().request(Command.STOP, timeout)
+                self._control().ask_to_stop(timeout)
             self.launcher.join(max(0.0, deadline - time.monotonic()))
         except ControlTimeout:
             pass
@@ -643,15 +508,6 @@ class ProcessDevice(BackgroundDevice):
             import shutil
 
             shutil.rmtree(cleanup_dir, ignore_errors=True)
-
-
-def _min_linger(a: int, b: int) -> int:
-    """The shorter of two LINGER values, where a negative one means for ever."""
-    if a < 0:
-        return b
-    if b < 0:
-        return a
-    return min(a, b)
 
 
 __all__ = ["Device", "ThreadDevice", "ProcessDevice"]

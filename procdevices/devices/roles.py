@@ -1,4 +1,9 @@
-"""The socket roles of a device (in, out, mon, ctrl) and the pyzmq methods that record them.
+"""The socket setup of a device: its roles (in, out, mon, ctrl), recorded in the parent.
+
+pyzmq's ``bind_X``/``connect_X``/``setsockopt_X`` calls never touch a socket: sockets are
+built where the device runs (a thread, or a spawned process the device is pickled to).
+:class:`RecordedSetup` keeps what they asked, per role, as plain data that pickles with the
+device; ``Device._setup_sockets`` replays it on the sockets it builds in the worker.
 
 pyzmq writes ``bind_X``, ``connect_X``, ``setsockopt_X`` and ``bind_X_to_random_port`` out
 by hand for every role. Here one table (:data:`ROLES`) describes the roles, and
@@ -15,9 +20,15 @@ from :class:`RoleMethods`, so ``dev.bind_mon(42)`` is a type error under ``--str
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+import zmq
+
+# How many times _reserve_random_port draws again when it draws a port this device already
+# reserved (the same bound as pyzmq's).
+_RESERVE_DRAWS = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,57 @@ class RecordsSetup(Protocol):
 
     def _setup_of(self, role: str) -> SocketSetup: ...
     def _reserve_random_port(self, addr: str, *args: int, **kwargs: int) -> int: ...
+
+
+class RecordedSetup:
+    """What a device records of its setup: a :class:`SocketSetup` per role and the random
+    ports it reserved. A mixin of ``Device`` (implements :class:`RecordsSetup`); its state is
+    plain data, the part of a device that crosses to a spawned worker."""
+
+    socket_roles: ClassVar[tuple[str, ...]]
+    _setups: dict[str, SocketSetup]
+    _random_addrs: list[str]
+
+    def _start_recording(self) -> None:
+        self._setups = {}
+        self._random_addrs = []
+
+    def record_setup(
+        self,
+        role: str,
+        *,
+        sockopts: Iterable[tuple[int, Any]] = (),
+        binds: Iterable[str] = (),
+        connects: Iterable[str] = (),
+    ) -> None:
+        """Record a role's setup at once, as its ``setsockopt_``/``bind_``/``connect_`` calls
+        would (the supervisor builds a device from its config this way). A role that this
+        class does not have is refused with ValueError: nothing would ever replay it."""
+        if role not in type(self).socket_roles:
+            raise ValueError(
+                f"{type(self).__name__} has no {role!r} socket (its roles: {', '.join(self.socket_roles)})"
+            )
+        setup = self._setup_of(role)
+        setup.sockopts.extend(sockopts)
+        setup.binds.extend(binds)
+        setup.connects.extend(connects)
+
+    def _setup_of(self, role: str) -> SocketSetup:
+        return self._setups.setdefault(role, SocketSetup())
+
+    def _reserve_random_port(self, addr: str, *args: int, **kwargs: int) -> int:
+        # The port is only held while this throw-away socket lives: another process may take
+        # it before the device binds. Drawing again avoids handing one device the same port
+        # twice.
+        with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as binder:
+            for _ in range(_RESERVE_DRAWS):
+                port = binder.bind_to_random_port(addr, *args, **kwargs)
+                if f"{addr}:{port}" not in self._random_addrs:
+                    break
+            else:
+                raise zmq.ZMQBindError("Could not reserve random port.")
+        self._random_addrs.append(f"{addr}:{port}")
+        return port
 
 
 class RoleMethods(NamedTuple):

@@ -50,7 +50,7 @@ from procdevices.devices.inherit import adopt as adopt_listeners
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
 
 if TYPE_CHECKING:
-    from procdevices.devices.basedevice import Device
+    from procdevices.devices.runnable import RunsInWorker as Device
 
 Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]

@@ -16,11 +16,12 @@ before the proxy starts, so the socket is always there:
 - a ``mon`` socket of a blocking type (PUSH, ...) cannot be shared: no tap, and INFO says why.
 
 What the reader needs to decode the copy is in INFO's ``tap`` entry (:func:`describe`).
+:class:`Tapped` opens the tap of a device once its sockets are built (a mixin of ``Device``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -71,3 +72,51 @@ def describe(
         "in_prefix": in_prefix.hex(),
         "out_prefix": out_prefix.hex(),
     }
+
+
+class Tapped:
+    """The tap of a device (a mixin of ``Device``, which provides its sockets)."""
+
+    _tap_capture: Socket | None = None  # the capture socket made for the tap, if any
+    _tap_info: dict[str, Any] | None = None  # INFO's "tap" entry
+    _sockets: list[Socket]
+    _role_sockets: dict[str, Socket]
+
+    if TYPE_CHECKING:  # provided by Device
+
+        def _two_way(self) -> bool: ...
+
+    def _open_tap(self, control_endpoint: str, ctx: zmq.Context[Socket]) -> str | None:
+        """Bind the tap endpoint of the device whose control socket is ``control_endpoint``:
+        on the PUB mon socket when the device has one (the tap sees what the monitor sees),
+        else on a PUB capture socket of its own in ``ctx``, handed to libzmq's proxy in
+        ``_forward``. Returns the endpoint bound; None: the device runs without a tap (INFO's
+        ``tap`` entry says why)."""
+        endpoint = tap_endpoint(control_endpoint)
+        if endpoint is None:
+            self._tap_info = describe(None)
+            return None
+        if "mon" in self._role_sockets:
+            mon = self._role_sockets.get("mon")
+            if mon is None or not mon_can_tap(mon):
+                kind = zmq.SocketType(int(mon.type)).name if mon is not None else "absent"
+                why = f"its mon socket is {kind}; a tap shares only a PUB or XPUB mon socket"
+                self._tap_info = describe(None, why_not=why)
+                return None
+            sock = mon
+        else:
+            sock = capture_socket(ctx)
+            self._sockets.append(sock)
+            self._tap_capture = sock
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            self._tap_info = describe(None, why_not=f"cannot bind {endpoint}: {e.strerror}")
+            return None
+        directions, in_prefix, out_prefix = self._tap_directions()
+        self._tap_info = describe(endpoint, directions=directions, in_prefix=in_prefix, out_prefix=out_prefix)
+        return endpoint
+
+    def _tap_directions(self) -> tuple[str, bytes, bytes]:
+        """How the tap reader learns each message's direction (:func:`describe`)."""
+        return ("unknown" if self._two_way() else "in"), b"", b""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import zmq
 
 from procdevices.devices import (
@@ -12,7 +10,7 @@ from procdevices.devices import (
     ProcessProxy,
     ProcessProxySteerable,
 )
-from procdevices.supervisor.config import DeviceConfig, SocketSpec
+from procdevices.supervisor.config import DeviceConfig
 from procdevices.supervisor.config.kinds import KIND_SPECS, Factory
 
 
@@ -36,21 +34,7 @@ def build_device(config: DeviceConfig, control_endpoint: str) -> ProcessDevice:
         device = ProcessDevice(spec.device_type, in_type, out_type)
     # The loader admits mon and ctrl only on kinds that have them (KindSpec.mon / .ctrl).
     for role, socket in config.sockets():
-        _record(device, role, socket)
+        device.record_setup(role, sockopts=socket.sockopts, binds=socket.bind, connects=socket.connect)
     device.control_endpoint = control_endpoint
-    # Through Any: the attribute is read by the device's stop path where that implements it,
-    # and is harmless on an instance where it does not (yet).
-    cast(Any, device).stop_linger = config.stop_linger
+    device.stop_linger = config.stop_linger
     return device
-
-
-def _record(device: ProcessDevice, role: str, spec: SocketSpec) -> None:
-    setsockopt = getattr(device, f"setsockopt_{role}")
-    bind = getattr(device, f"bind_{role}")
-    connect = getattr(device, f"connect_{role}")
-    for option, value in spec.sockopts:
-        setsockopt(option, value)
-    for address in spec.bind:
-        bind(address)
-    for address in spec.connect:
-        connect(address)

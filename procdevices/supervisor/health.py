@@ -25,11 +25,12 @@ BLOCKED_SHOWN_AFTER = 0.5
 
 
 def pause_answered(child: Child, body: Any) -> None:
-    """The device answered a pause/resume with its ``paused`` flag (what its next PING will
-    report too): shown at once, so that `status` right after `pause` says paused."""
-    paused = body.get("paused") if isinstance(body, dict) else None
-    if isinstance(paused, bool):
-        child.liveness.observed(paused=paused, blocked=child.liveness.blocked)
+    """The device answered a pause/resume with its PING reply once its loop took the command:
+    its ``paused`` is read as every PING's is, and shown at once, so that `status` right after
+    `pause` says paused. An answer that is not a PING reply says nothing about pausing."""
+    reply = PingReply.from_wire(body)
+    if reply is not None:
+        child.liveness.observed(paused=reply.paused, blocked=child.liveness.blocked)
 
 
 class Health:

@@ -34,6 +34,8 @@ from procdevices import (
     ThreadProxy,
     ThreadProxySteerable,
 )
+from procdevices.control.client import ControlClient
+from procdevices.control.protocol import Command, PingReply
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -293,6 +295,24 @@ def test_stop_while_paused(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
         push.send(b"never forwarded")
         assert_quiet(pull)
     assert dev.exitcode == 0
+
+
+def test_pause_and_resume_answer_with_the_devices_ping_reply(short_tmp: Path, zmq_ctx: zmq.Context[Any]) -> None:
+    """A PAUSE or RESUME answers with the device's state once its loop took the command, as a
+    PING reports it (the supervisor's `status` shows `paused` from it), not an echo of the
+    request."""
+    with pipeline(ProcessDevice, zmq_ctx, short_tmp) as (dev, push, pull):
+        client = ControlClient(dev.control_endpoint)
+        try:
+            paused = PingReply.from_wire(client.request(Command.PAUSE, 2.0))
+            assert paused is not None and (paused.paused, paused.loop, paused.pid) == (True, "running", dev.pid)
+            push.send(b"while paused")
+            assert_quiet(pull)
+            resumed = PingReply.from_wire(client.request(Command.RESUME, 2.0))
+            assert resumed is not None and (resumed.paused, resumed.loop) == (False, "running")
+            assert recv_within(pull) == [b"while paused"]
+        finally:
+            client.close()
 
 
 # -- stats and ping ------------------------------------------------------------------------------

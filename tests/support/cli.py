@@ -11,9 +11,9 @@
   being re-parented when the supervisor dies: ``leftovers`` finds them all.
 - traffic checks (request/reply, pub/sub, push/pull, the monitor socket) with deadlines, and
   ``expect_silence`` (a bounded poll) to prove that nothing flows.
-- ``wait_for``: the one waiting loop: a predicate, a deadline, a clear failure message, and a
-  wake-up on the events that can change the answer (``SupervisorEvents``,
-  ``processes_exit``, ``FileChanges``, ``readable``).
+- ``wait_for``: the library's one waiting loop (``procdevices.control.waiter.wait_until``)
+  with a clear failure message, and a wake-up on the events that can change the answer
+  (``SupervisorEvents``, ``processes_exit``, ``FileChanges``, ``readable``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import psutil
 import pytest
 import zmq
 
-from procdevices.control.waiter import SupervisorWaiter
+from procdevices.control.waiter import SupervisorWaiter, wait_until
 from procdevices.testing import kill_all
 
 T = TypeVar("T")
@@ -87,16 +87,11 @@ def wait_for(
     change the answer happened (the supervisor's event stream, a process exit, a file
     written or removed, a pipe with output) or the given seconds passed. Each wait is at
     most WAKE_SLICE, so a wake-up that missed its event costs a second, not the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        left = deadline - time.monotonic()
-        if left <= 0:
-            extra = f"\n{detail()}" if detail is not None else ""
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}{extra}", pytrace=False)
-        wake(min(left, WAKE_SLICE))
+    value = wait_until(predicate, timeout, lambda left: wake(min(left, WAKE_SLICE)))
+    if value:
+        return value
+    extra = f"\n{detail()}" if detail is not None else ""
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}{extra}", pytrace=False)
 
 
 # A waker may miss an event (a subscriber that is still joining): re-check this often anyway.

@@ -324,7 +324,8 @@ def test_status_of_a_restarted_then_stopped_device(two: Harness) -> None:
     two.ready("a", "b")
     assert two.child("a").describe(two.clock.now)["endpoints"] == {"in": ["ipc://in"], "out": ["ipc://out"]}
     two.request("pause", name="a")
-    two.control("a").answer(Command.PAUSE, True, {"paused": True})  # the device's own answer
+    # The device's own answer: its PING reply once the loop took the command.
+    two.control("a").answer(Command.PAUSE, True, {"loop": "running", "paused": True})
     assert two.child("a").describe(two.clock.now)["paused"] is True
     two.exit("a", 1)
     two.advance(0.0)  # a new process, STARTING: not paused (false, not null)
@@ -342,6 +343,22 @@ def test_the_exit_of_a_device_that_reported_its_setup_error_logs_nothing_more(tw
     lines = len(two.lines)
     two.exit("a", 1)
     assert len(two.lines) == lines, two.lines[lines:]
+
+
+def test_a_pause_answer_is_read_as_a_ping_reply(two: Harness) -> None:
+    """`status` right after `pause` or `resume` shows what the device answered, its PING reply
+    once its loop took the command; an answer that is not one (an echo of the request) shows
+    nothing."""
+    two.ready("a")
+    two.request("pause", name="a")
+    two.control("a").answer(Command.PAUSE, True, {"paused": True})
+    assert two.child("a").paused is False
+    two.request("pause", name="a")
+    two.control("a").answer(Command.PAUSE, True, {"loop": "running", "paused": True})
+    assert two.child("a").paused is True
+    two.request("resume", name="a")
+    two.control("a").answer(Command.RESUME, True, {"loop": "running", "paused": False})
+    assert two.child("a").paused is False
 
 
 def test_paused_is_what_every_ping_reports(two: Harness) -> None:

@@ -301,7 +301,7 @@ def test_pause_is_forwarded_and_answered_once_every_device_answered(two: Harness
     from procdevices.control.protocol import SupervisorCommand, SupervisorRequest
 
     two.handlers.handle(SupervisorRequest(SupervisorCommand.PAUSE, {}), replies.append)
-    two.control("a").answer(Command.PAUSE, True, {"paused": True})
+    two.control("a").answer(Command.PAUSE, True, {"loop": "running", "paused": True})
     assert replies == []
     two.control("b").answer(Command.PAUSE, False, {"error": "no answer", "code": "timeout"})
     assert len(replies) == 1
