@@ -232,7 +232,6 @@ class Resumer(Protocol):
     """The supervisor verbs adoption resumes supervision through (core.py)."""
 
     children: list[Child]
-    events: EventSink
     log: Log
 
     def take_over(
@@ -242,10 +241,14 @@ class Resumer(Protocol):
     def restart(self, child: Child) -> None: ...
 
 
-def resume(supervisor: Resumer, adoption: Adoption, gone: tuple[DeviceRecord, ...], now: float) -> frozenset[str]:
+def resume(
+    supervisor: Resumer, adoption: Adoption, gone: tuple[DeviceRecord, ...], now: float, announce: EventSink
+) -> frozenset[str]:
     """Resume supervision of every adopted device with its books; restart those whose process
     no longer runs what the file asks; count a restart for those that died meanwhile. Returns
-    the instances their restart policy keeps down (the caller does not start them)."""
+    the instances their restart policy keeps down (the caller does not start them).
+    ``announce`` gets an ``adopted`` event per device (service.py publishes them once the
+    supervisor announced itself running, so that they follow that event)."""
     by_name = {c.name: c for c in supervisor.children}
     for name, taken in adoption.taken.items():
         child = by_name[name]
@@ -254,7 +257,7 @@ def resume(supervisor: Resumer, adoption: Adoption, gone: tuple[DeviceRecord, ..
         supervisor.take_over(child, taken.process, taken.control, spawned_at, ready_at)
         since = f" after {taken.orphaned_for:g}s without a supervisor" if taken.orphaned_for else ""
         supervisor.log(f"{name}: adopted (pid {taken.process.pid}){since}", device=name)
-        supervisor.events(
+        announce(
             event(
                 "adopted",
                 device=child.device_name,

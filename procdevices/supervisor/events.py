@@ -103,6 +103,9 @@ def describe(payload: dict[str, Any]) -> str:
     if kind == "command":
         args = " ".join(f"{k}={v}" for k, v in payload.get("args", {}).items())
         return f"{stamp} command {payload['command']} {args}".rstrip()
+    if kind == "adopted":
+        since = f" after {payload['orphaned_for']:g}s without a supervisor" if payload.get("orphaned_for") else ""
+        return f"{stamp} {payload['instance']}: adopted (pid {payload['pid']}, {payload['restarts']} restarts){since}"
     if kind == "supervisor":
         return f"{stamp} supervisor {payload.get('state')} (pid {payload.get('pid')})"
     return f"{stamp} {payload}"

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -99,9 +100,14 @@ def run_supervisor(
     wanted = instances(topology)
     adopted = adoption.Adoption()
     if inventory is not None and inventory.alive:
+        began = clock()
         adopted = adoption.adopt(inventory, wanted, run_dir, launcher.controls)
         for line in adopted.lines:
             log(line)
+        log(
+            f"adopted {len(adopted.taken)} of the {len(inventory.alive)} device process(es) still running "
+            f"in {clock() - began:.3f}s"
+        )
         adoption.restore_listeners(adopted, wanted, listeners)
     make_child = child_factory(run_dir, listeners, log)
     supervisor = Supervisor(
@@ -120,7 +126,8 @@ def run_supervisor(
     supervisor.extra_status.update(
         run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint, adopted=len(adopted.taken)
     )
-    hold = adoption.resume(supervisor, adopted, inventory.gone if inventory else (), clock())
+    adopted_events: list[dict[str, Any]] = []
+    hold = adoption.resume(supervisor, adopted, inventory.gone if inventory else (), clock(), adopted_events.append)
     upgrade.reap_strays(loop, inherited - {t.process.pid for t in adopted.taken.values()})
     if lock_fd is not None and preflight is not None:
         supervisor.upgrader = upgrade.Upgrader(
@@ -167,6 +174,8 @@ def run_supervisor(
         if signals_ready is not None:
             signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
+        for adopted_event in adopted_events:
+            publish(adopted_event)
         supervisor.start_all(hold)
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)

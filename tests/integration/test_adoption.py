@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -256,3 +257,65 @@ def test_a_full_adoption_announces_readiness_and_the_state_file_again(short_tmp:
     state = json.loads((short_tmp / "run" / "state.json").read_text())
     assert {n: d["pid"] for n, d in state["devices"].items()} == pids
     assert state["supervisor"]["pid"] == second.pid
+
+
+@pytest.mark.timeout(60)
+def test_the_event_stream_says_adopted(short_tmp: Path, zmq_ctx: Ctx, kept_down: list[Up]) -> None:
+    config = write_topology(short_tmp, TOPOLOGY, pool_size=0, orphan_grace=20)
+    first = Up(config, label="first").start()
+    kept_down.append(first)
+    pids = {n: e["pid"] for n, e in _running(first).items()}
+    first.signal(signal.SIGKILL)
+    assert first.wait_exit() == -signal.SIGKILL
+    # Subscribed before the new supervisor binds: libzmq connects as soon as it does.
+    sub = zmq_ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RECONNECT_IVL, 1)
+    sub.subscribe(b"")
+    sub.connect(f"ipc://{short_tmp}/run/events.sock")
+    second = Up(config, label="second").start()
+    kept_down.append(second)
+    seen: dict[str, dict[str, Any]] = {}
+    while len(seen) < 2 and sub.poll(20_000):
+        payload = json.loads(sub.recv())
+        if payload["type"] == "adopted":
+            seen[payload["instance"]] = payload
+    sub.close(0)
+    assert {n: e["pid"] for n, e in seen.items()} == pids
+    assert all(e["restarts"] == 0 and e["orphaned_for"] > 0 for e in seen.values()), seen
+
+
+# 256 device processes: four devices of 64 replicas (the most one device may have).
+MANY = "".join(
+    f"""
+[devices.r{d}]
+kind = "streamer"
+replicas = 64
+in  = {{ bind = ["ipc://r{d}-{{replica}}i.sock"] }}
+out = {{ bind = ["ipc://r{d}-{{replica}}o.sock"] }}
+"""
+    for d in range(4)
+)
+
+
+@pytest.mark.timeout(300)
+def test_256_devices_are_adopted_within_2_s(short_tmp: Path, kept_down: list[Up]) -> None:
+    config = write_topology(short_tmp, MANY, pool_size=0, orphan_grace=60)
+    config.write_text(config.read_text().replace("[supervisor]\n", '[supervisor]\nstart_method = "forkserver"\n', 1))
+    first = Up(config, label="first").start()
+    kept_down.append(first)
+    names = [f"r{d}.{i}" for d in range(4) for i in range(64)]
+    before = first.wait_states(dict.fromkeys(names, "RUNNING"), timeout=240)
+    first.signal(signal.SIGKILL)
+    assert first.wait_exit() == -signal.SIGKILL
+    second = Up(config, label="second").start()
+    kept_down.append(second)
+    line = second.wait_until(
+        lambda: re.search(r"adopted (\d+) of the (\d+) device process\(es\) still running in ([0-9.]+)s", second.log()),
+        60,
+        "the adoption's line",
+    )
+    print(line.group(0))  # the figure, for -s
+    assert line.group(1) == line.group(2) == "256", line.group(0)
+    assert float(line.group(3)) < 2.0, line.group(0)
+    after = second.wait_states(dict.fromkeys(names, "RUNNING"), timeout=60)
+    assert {n: e["pid"] for n, e in after.items()} == {n: e["pid"] for n, e in before.items()}
