@@ -75,6 +75,8 @@ class Supervisor:
             child.watch(self._on_transition)
         self.health = Health(self._kill_unhealthy, clock)
         self.shutting_down = False
+        # Exiting without stopping the devices, for the next supervisor to adopt (SIGUSR1).
+        self.leaving = False
         self.announced_ready = False
         self.started_at = clock()
         # Wall clock, for people and for comparing runs: when this `up` began supervising.
@@ -93,7 +95,7 @@ class Supervisor:
 
     # -- the loop's questions ---------------------------------------------------------------------
     def finished(self) -> bool:
-        return self.shutting_down and not any(c.state in PROCESS_STATES or c.process is not None for c in self.children)
+        return self.leaving or self.shutting_down and not any(c.state in PROCESS_STATES or c.process is not None for c in self.children)
 
     def next_deadline(self, now: float) -> float:
         if self._waiting_to_spawn and self._starting() < self.max_starting:
@@ -194,6 +196,9 @@ class Supervisor:
                 self.upgrade()
             except ProtocolError as e:
                 self.log(f"upgrade refused: {e.message}", level=logging.ERROR)
+            return
+        if signum == signal.SIGUSR1:
+            self.leave(f"received {name}")
             return
         if signum == signal.SIGHUP:
             self.log(f"received {name}: reloading {self.topology.source}")
@@ -319,6 +324,20 @@ class Supervisor:
             self._stop(child, self.clock())
         else:
             self.start(child)
+
+    def leave(self, why: str) -> None:
+        """Exit at once and leave every device forwarding, for the next ``up`` on this run dir
+        to adopt (adoption.py); not adopted within ``orphan_grace``, each stops itself."""
+        if self.shutting_down:
+            return
+        grace = self.topology.supervisor.orphan_grace
+        if grace > 0:
+            self.log(f"leaving every device running for the next supervisor to adopt within {grace:g}s ({why})")
+        else:
+            self.log(f"leaving; orphan_grace is 0, so every device stops as this supervisor exits ({why})")
+        self.notify("STOPPING=1")
+        self.leaving = self.shutting_down = True
+        self._state_dirty = True
 
     def begin_shutdown(self, why: str) -> None:
         if self.shutting_down:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing.process
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -106,7 +107,9 @@ class Launcher(Protocol):
         """The listening sockets kept for ``label``: (role, as written, resolved)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self, *, leave_devices: bool = False) -> None:
+        """``leave_devices``: the devices go on without this supervisor (leave, upgrade)."""
+        ...
 
 
 class SpawnedDevice:
@@ -189,6 +192,16 @@ class SpawnedDevice:
                 )
         except psutil.Error:
             return None
+
+
+def _disown_children() -> None:
+    """Let the device processes outlive this one. At interpreter exit multiprocessing
+    terminates every daemonic child it started and joins the others: the devices left for the
+    next ``up`` to adopt must be neither. CPython keeps those children in
+    ``multiprocessing.process._children``; there is no public way to disown one."""
+    children = getattr(multiprocessing.process, "_children", None)
+    if isinstance(children, set):
+        children.clear()
 
 
 class PoolLike(Protocol):
@@ -281,9 +294,11 @@ class ProcessLauncher:
     def idle_workers(self) -> int:
         return sum(1 for _ in self.pool.processes())
 
-    def close(self) -> None:
+    def close(self, *, leave_devices: bool = False) -> None:
         self.controls.close()
         self.pool.close()
-        self.listeners.close()
+        self.listeners.close(unlink=not leave_devices)
+        if leave_devices:
+            _disown_children()
         with contextlib.suppress(zmq.ZMQError):
             self.ctx.term()

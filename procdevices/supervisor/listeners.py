@@ -93,9 +93,11 @@ class Listeners:
                 self._close(endpoint)
         self._resolved = {k: v for k, v in self._resolved.items() if k[0] != instance}
 
-    def close(self) -> None:
+    def close(self, *, unlink: bool = True) -> None:
+        """Close every socket; ``unlink`` False leaves the ipc paths (supervisor leaving its
+        devices running for the next one: their own copies still listen there)."""
         for endpoint in list(self._sockets):
-            self._close(endpoint)
+            self._close(endpoint, unlink=unlink)
 
     def _own(self, instance: str, role: str, endpoint: str) -> str:
         key = (instance, role, endpoint)
@@ -112,13 +114,13 @@ class Listeners:
             self._owners.setdefault(resolved, set()).add(instance)
         return resolved
 
-    def _close(self, endpoint: str) -> None:
+    def _close(self, endpoint: str, *, unlink: bool = True) -> None:
         sock = self._sockets.pop(endpoint, None)
         self._owners.pop(endpoint, None)
         if sock is None:
             return
         sock.close()
-        if endpoint.startswith("ipc://"):
+        if unlink and endpoint.startswith("ipc://"):
             with contextlib.suppress(OSError):
                 os.unlink(endpoint[len("ipc://") :])
 

@@ -170,7 +170,9 @@ def run_supervisor(
         loop.watch(server.socket, server.on_readable)
         # Probe answers change no timer: quiet, so they do not make the loop walk every device.
         loop.watch(launcher.controls.socket, lambda now: launcher.controls.on_readable(), quiet=True)
-        loop.handle_signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2), supervisor.on_signal)
+        loop.handle_signals(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2), supervisor.on_signal
+        )
         if signals_ready is not None:
             signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
@@ -189,18 +191,24 @@ def run_supervisor(
             metrics_socket.close()
             with contextlib.suppress(OSError):
                 os.unlink(metrics_socket.address)
-        publish(event("supervisor", state="stopped", pid=os.getpid()))
+        publish(event("supervisor", state="left" if supervisor.leaving else "stopped", pid=os.getpid()))
         publish.close()
         server.close()
         if remote_server is not None:
             remote_server.close()
         if served is not None:
             served.close()
-        launcher.close()
+        if supervisor.leaving:
+            supervisor.flush()  # the books the next supervisor carries on with
+        launcher.close(leave_devices=supervisor.leaving)
         loop.close()
-        run_dir.clear_state()
+        if not supervisor.leaving:
+            run_dir.clear_state()
         with contextlib.suppress(OSError):
             os.unlink(run_dir.control_endpoint[len("ipc://") :])
+    if supervisor.leaving:
+        log("left the devices running")
+        return EXIT_OK
     fatal = [c.name for c in supervisor.children if c.state is State.FATAL]
     log("stopped" + (f"; FATAL: {', '.join(fatal)}" if fatal else ""), level=logging.ERROR if fatal else logging.INFO)
     return EXIT_FATAL if fatal else EXIT_OK

@@ -151,9 +151,9 @@ def device_pids(topo: Path) -> dict[str, int]:
     return {d["name"]: d["pid"] for d in devices}
 
 
-def write_topology(directory: Path) -> Path:
+def write_topology(directory: Path, orphan_grace: float = 0) -> Path:
     topo = directory / "topo.toml"
-    topo.write_text(TOPOLOGY)
+    topo.write_text(TOPOLOGY.replace("orphan_grace = 0", f"orphan_grace = {orphan_grace}"))
     return topo
 
 
@@ -329,7 +329,8 @@ def test_procdevices_conf_settings_as_supervisord_reads_them(short_tmp: Path, mo
     argv = shlex.split(program.command)
     assert argv[:2] == ["/bin/sh", "-c"] and argv[2].count("exec ") == 1
     assert '-m procdevices up -c "$PROCDEVICES_CONFIG"' in argv[2]
-    assert program.stopsignal == signal.SIGTERM
+    # SIGUSR1: `up` leaves its devices to the next `up` (a restart keeps them all).
+    assert program.stopsignal == signal.SIGUSR1
     assert program.stopasgroup is False and program.killasgroup is True
     # Longer than procdevices' own worst-case stop with the default timeouts, with room to spare.
     assert program.stopwaitsecs >= policy.worst_case_stop_seconds(5.0, 2.0) + 2
@@ -451,11 +452,55 @@ def test_up_runs_forwards_and_stops_through_control_sockets(
     assert stopped["statename"] == "STOPPED" and stopped["exitstatus"] == 0, stopped
     assert elapsed < 5.0  # well before stopwaitsecs (15): no escalation anywhere
     log = sd.program_log("procdevices")
-    for instance in INSTANCES:
-        assert f"{instance}: STOPPED (stopped through the control socket)" in log, log
+    # SIGUSR1 (the program's stopsignal): `up` left; with orphan_grace = 0 each device then
+    # stops itself at once, through its own control loop (drain, LINGER, exit 0).
+    assert "leaving; orphan_grace is 0" in log, log
+    wait_for(
+        lambda: not [i for i in devices if alive(i)],
+        10,
+        "the devices to stop",
+        wake=processes_exit(lambda: live(devices)),
+    )
     assert "SIGTERM;" not in log and "SIGKILL" not in log, log  # procdevices' own escalation lines
     assert not SUPERVISORD_SIGKILL.search(sd.read(sd.log))
     assert not [i for i in {procdevices} | devices if alive(i)]
+
+
+@pytest.mark.timeout(90)
+def test_supervisorctl_restart_keeps_every_device(
+    short_tmp: Path, supervisord: Callable[..., Supervisord], zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    topo = write_topology(short_tmp, orphan_grace=20)
+    sd = supervisord(include=[PROCDEVICES_CONF], env={"PROCDEVICES_CONFIG": str(topo)})
+    first = sd.running("procdevices")
+    pids = wait_for(lambda: device_pids(topo), 20, "every device RUNNING in procdevices", wake=changes(topo))
+    sd.seen |= {identity(pid) for pid in pids.values()}
+    result = sd.ctl("restart", "procdevices")
+    assert result.returncode == 0, result.stdout + result.stderr
+    second = sd.running("procdevices", not_pid=first["pid"])
+    after = wait_for(
+        lambda: (found := device_pids(topo)) and _adopted(topo) and found,
+        30,
+        "the devices adopted",
+        wake=changes(topo),
+        detail=lambda: sd.program_log("procdevices"),
+    )
+    assert after == pids, "a device process changed across `supervisorctl restart`"
+    for instance in INSTANCES:
+        forwards(zmq_ctx, *endpoints(short_tmp, instance))
+    assert second["pid"] != first["pid"]
+    sd.seen.add(identity(second["pid"]))
+    assert f"adopted {len(INSTANCES)} of the {len(INSTANCES)}" in sd.program_log("procdevices")
+    # `down` stops the devices at once (supervisord's own stop would leave them their grace).
+    down = subprocess.run(
+        [sys.executable, "-m", "procdevices", "down", "-c", str(topo)], capture_output=True, text=True, timeout=60
+    )
+    assert down.returncode == 0, down.stderr
+
+
+def _adopted(topo: Path) -> bool:
+    reply = call_supervisor(load_topology(topo).supervisor.control_endpoint, SupervisorCommand.STATUS, None, 1.0)
+    return bool(reply.get("result", {}).get("supervisor", {}).get("adopted"))
 
 
 @pytest.mark.timeout(90)

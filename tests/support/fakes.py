@@ -184,7 +184,7 @@ class FakeLauncher:
     def idle_workers(self) -> int:
         return self.idle
 
-    def close(self) -> None:
+    def close(self, *, leave_devices: bool = False) -> None:
         pass
 
 
