@@ -95,7 +95,11 @@ class Supervisor:
 
     # -- the loop's questions ---------------------------------------------------------------------
     def finished(self) -> bool:
-        return self.leaving or self.shutting_down and not any(c.state in PROCESS_STATES or c.process is not None for c in self.children)
+        return (
+            self.leaving
+            or self.shutting_down
+            and not any(c.state in PROCESS_STATES or c.process is not None for c in self.children)
+        )
 
     def next_deadline(self, now: float) -> float:
         if self._waiting_to_spawn and self._starting() < self.max_starting:
