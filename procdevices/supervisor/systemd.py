@@ -8,8 +8,10 @@ failure, not after exit 78 (an invalid topology does not get better by retrying)
 Hardening, and what it must not break: devices and clients meet on ipc socket files, so the
 unit gets no private /tmp (``PrivateTmp`` would hide them from clients outside the unit) and
 the directories holding the run dir and every ipc bind stay writable under
-``ProtectSystem=strict``. ``KillMode=mixed``: SIGTERM goes to `up` alone, which stops its
-devices in order; the final SIGKILL, if it comes, reaches every process of the unit.
+``ProtectSystem=strict``. ``KillMode=process``: SIGTERM goes to `up` alone, which stops its
+devices in order; and when `up` dies (a crash, the OOM killer) systemd leaves its devices
+alone, forwarding, for the restarted `up` to adopt (supervisor/adoption.py). Under
+``mixed`` or ``control-group`` systemd would SIGKILL them with the dead `up`.
 
 The syntax: systemd splits ``ExecStart`` itself (quotes and backslashes as in a shell, ``%``
 specifiers, ``$`` variables): each argument is double-quoted with ``\\``, ``"``, ``%`` and
@@ -89,9 +91,12 @@ def render_unit(
         "RestartSec=2",
         "RestartPreventExitStatus=78",
         "TimeoutStartSec=120",
-        "# SIGTERM to `up` alone; it stops every device in order. SIGKILL to the unit after:",
+        "# SIGTERM to `up` alone; it stops every device in order. KillMode=process: when `up`",
+        "# dies, its devices go on forwarding for orphan_grace seconds and the restarted `up`",
+        "# adopts them (mixed or control-group would SIGKILL them along with it). A new",
+        "# procdevices version: `procdevices upgrade` (same pid, nothing stops).",
         f"TimeoutStopSec={up_stop_seconds(topology)}",
-        "KillMode=mixed",
+        "KillMode=process",
         "# Hardening. No PrivateTmp: clients outside the unit must see the ipc socket files.",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

@@ -132,7 +132,7 @@ def test_export_systemd_passes_systemd_analyze_verify(three: Path) -> None:
     assert result.returncode == 0, describe(result)
     unit = three.parent / "procdevices-b.service"
     unit.write_text(result.stdout)
-    assert "Type=notify" in result.stdout and "KillMode=mixed" in result.stdout
+    assert "Type=notify" in result.stdout and "KillMode=process" in result.stdout
     assert f'"up" "-c" "{three}" "--host" "b"' in result.stdout
     assert "PrivateTmp" not in result.stdout.replace("No PrivateTmp", "")  # ipc files stay visible
     verify = subprocess.run(
