@@ -231,8 +231,10 @@ def restore_listeners(adoption: Adoption, wanted: dict[str, Instance], listeners
 class Resumer(Protocol):
     """The supervisor verbs adoption resumes supervision through (core.py)."""
 
-    children: list[Child]
     log: Log
+
+    @property
+    def children(self) -> list[Child]: ...
 
     def take_over(
         self, child: Child, process: DeviceProcess, control: ControlChannel, spawned_at: float, ready_at: float

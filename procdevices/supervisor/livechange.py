@@ -13,17 +13,17 @@ from typing import Any, Protocol
 from procdevices.control.protocol import ErrorCode, ProtocolError
 from procdevices.logs import Log
 from procdevices.supervisor import reload as _plan
-from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import ConfigError, Topology
 from procdevices.supervisor.launcher import Launcher
+from procdevices.supervisor.roster import Roster
 
 Load = Callable[[str | None], Topology]
 
 
-class Host(_plan.Adopter, Protocol):
+class Host(Protocol):
     """What a live change needs of the supervisor."""
 
-    children: list[Child]
+    roster: Roster  # the instances, and the changes to that set (reload.py's plan applies them)
     topology: Topology  # the file's, as last loaded
     running_topology: Topology  # the file's, with any `scale` applied
     shutting_down: bool
@@ -76,8 +76,8 @@ def scale(host: Host, make_child: _plan.ChildFactory, name: str, replicas: int) 
 
 
 def apply(host: Host, make_child: _plan.ChildFactory, topology: Topology) -> dict[str, Any]:
-    running = _plan.running_instances(host.children, host.running_topology)
-    summary = _plan.apply(_plan.plan(running, _plan.instances(topology)), host, make_child)
+    running = _plan.running_instances(host.roster.children, host.running_topology)
+    summary = _plan.apply(_plan.plan(running, _plan.instances(topology)), host.roster, make_child)
     host.running_topology = topology
     return summary
 

@@ -2,7 +2,7 @@
 
     new Topology ──plan()──► Plan (pure: which instances keep, update, restart, stop, start)
                                  │
-                                 └──apply()──► Supervisor verbs (adopt, retire, replace, update)
+                                 └──apply()──► Supervisor verbs (add, retire, replace, update)
 
 What counts as a change (docs/cli.md, "reload"): an instance whose *process* would run
 differently (kind, sockets, socket options, prefixes, stop_linger) is restarted with the new
@@ -158,10 +158,10 @@ def fits_descriptors(topology: Topology) -> None:
         raise ProtocolError(ErrorCode.INVALID_CONFIG, str(e)) from None
 
 
-class Adopter(Protocol):
+class Changes(Protocol):
     """The supervisor verbs a plan is applied through."""
 
-    def adopt(self, child: Child) -> None: ...
+    def add(self, child: Child) -> None: ...
 
     def retire(self, child: Child) -> None: ...
 
@@ -174,7 +174,7 @@ class Adopter(Protocol):
 ChildFactory = Callable[[DeviceConfig, str], Child]
 
 
-def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[str, Any]:
+def apply(result: Plan, supervisor: Changes, make_child: ChildFactory) -> dict[str, Any]:
     """Apply ``result``: every new instance is made first (its listening sockets, its pickled
     device), and only when all are made does any running instance change; a failure to make
     one is a ProtocolError and changes nothing."""
@@ -196,7 +196,7 @@ def apply(result: Plan, supervisor: Adopter, make_child: ChildFactory) -> dict[s
     for old, successor in handovers:
         supervisor.replace(supervisor.child_named(old), successor)
     for child in started:
-        supervisor.adopt(child)
+        supervisor.add(child)
     return result.summary()
 
 

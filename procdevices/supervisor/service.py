@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ from procdevices.cluster.control import ControlEndpoint, ControlUnavailable, Ser
 from procdevices.devices.launch import pickle_device
 from procdevices.exitcodes import EXIT_FATAL, EXIT_OK
 from procdevices.logs import Log, to_logger
-from procdevices.supervisor import adoption, books, devicelogs, upgrade
+from procdevices.supervisor import adoption, books, devicelogs, signals, upgrade
 from procdevices.supervisor.build import build_device
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.config import DeviceConfig, Topology
@@ -170,9 +169,7 @@ def run_supervisor(
         loop.watch(server.socket, server.on_readable)
         # Probe answers change no timer: quiet, so they do not make the loop walk every device.
         loop.watch(launcher.controls.socket, lambda now: launcher.controls.on_readable(), quiet=True)
-        loop.handle_signals(
-            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2), supervisor.on_signal
-        )
+        loop.handle_signals(signals.HANDLED, supervisor.on_signal)
         if signals_ready is not None:
             signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))

@@ -161,7 +161,7 @@ def test_state_json_is_written_first_then_after_each_exit_and_removal(tmp_path: 
     count = len(harness.store.written)
     harness.sup.flush()
     assert len(harness.store.written) == count
-    harness.sup.retire(harness.child("a"))  # no process (BACKOFF): removed at once
+    harness.sup.roster.retire(harness.child("a"))  # no process (BACKOFF): removed at once
     harness.sup.flush()
     assert len(harness.store.written) == count + 1
 
@@ -232,7 +232,7 @@ def test_status_shows_the_supervisors_uptime_to_the_millisecond(two: Harness) ->
 def test_an_adopted_device_publishes_its_transitions(tmp_path: Path) -> None:
     harness = Harness(topology({"a": {}}, tmp_path)).start()
     (instance,) = topology({"b": {}}, tmp_path).instances()
-    harness.sup.adopt(make_child(instance, "b"))
+    harness.sup.roster.add(make_child(instance, "b"))
     assert [(e["instance"], e["to"]) for e in harness.events if e["type"] == "state"][-1] == ("b", "STARTING")
 
 

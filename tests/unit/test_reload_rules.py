@@ -190,7 +190,7 @@ def test_max_starting_is_sixteen_per_cpu(cpus: int | None, expected: int) -> Non
 def test_the_supervisor_uses_the_cpu_count_when_not_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("procdevices.supervisor.core.os.cpu_count", lambda: 3)
     harness = Harness(topology({"a": {}}, tmp_path), cpus=None)
-    assert harness.sup.max_starting == 48
+    assert harness.sup.starts.max_starting == 48
 
 
 def test_wildcard_ports_never_make_a_handover(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_a_mass_start_on_a_busy_machine_kills_nothing_that_is_merely_slow(tmp_pa
     past start_timeout (10 s). Counted on the wall clock, the whole first wave was killed."""
     names = [f"r{i}" for i in range(64)]
     h = Harness(topology({name: {} for name in names}, tmp_path), cpus=2).start()
-    assert h.sup.max_starting == 32
+    assert h.sup.starts.max_starting == 32
 
     kills = run_busy_machine(h, cpus=2, other_load=14, work=0.5, seconds=60.0)
 
@@ -82,4 +82,4 @@ def test_the_loop_sleeps_until_the_moved_deadline(tmp_path: Path) -> None:
     deadline = h.sup.next_deadline(h.clock.now)
     assert deadline > h.clock.now
     assert abs(min(deadline, h.clock.now + 1.0) - (h.clock.now + 1.0)) < 1e-9  # 7 s × 4 away: the 1 s tick
-    assert h.sup.start_clock.deadline(h.child("a"), 10.0, h.clock.now, 4) == h.clock.now + 28.0
+    assert h.sup.starts.clock.deadline(h.child("a"), 10.0, h.clock.now, 4) == h.clock.now + 28.0
