@@ -200,6 +200,14 @@ def upgrade(args: argparse.Namespace) -> int:
     now = status["supervisor"]
     if not upgraded:
         raise _fail(f"upgrade: {now['upgrade']['error']}", exitcodes.EXIT_FAILED)
+    if now["pid"] != before["pid"]:
+        # Another `up` answers: the new image failed after its exec and an outer supervisor
+        # started `up` again (which adopted the devices).
+        raise _fail(
+            f"upgrade: supervisor {before['pid']} ended after its re-exec; supervisor {now['pid']} runs now "
+            f"(procdevices {now['version']}, {now['adopted']} device process(es) adopted): see its log",
+            exitcodes.EXIT_FAILED,
+        )
     running = sum(d["state"] == "RUNNING" for d in status["devices"])
     print(
         f"procdevices: upgraded: supervisor {now['pid']} runs procdevices {now['version']} "

@@ -323,6 +323,7 @@ class Child:
             stable_after=self.config.stable_after,
             history=self.history,
             failures=self.failures,
+            unhealthy=self.unhealthy is not None,
         )
         self.history, self.failures = decision.history, decision.failures
         if stop is not None:

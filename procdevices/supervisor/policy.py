@@ -169,9 +169,10 @@ class ExitDecision:
     reason: str
 
 
-def _describe_exit(exit_code: int | None) -> str:
+def _describe_exit(exit_code: int | None, unhealthy: bool = True) -> str:
     if exit_code is None:
-        return "was killed as unhealthy"
+        # Not ours to reap (an adopted device after a supervisor crash): the code is unknown.
+        return "was killed as unhealthy" if unhealthy else "exited (exit code unknown: not this supervisor's child)"
     if exit_code < 0:
         try:
             name = signal.Signals(-exit_code).name
@@ -195,6 +196,7 @@ def decide_after_exit(
     stable_after: float,
     history: RestartHistory,
     failures: int,
+    unhealthy: bool = True,
 ) -> ExitDecision:
     """Combine policy, failure streak, intensity and backoff into one decision.
 
@@ -202,7 +204,7 @@ def decide_after_exit(
     failure streak ends, so ``failures`` goes back to 0 and the restart
     history is left untouched: neither was a restart.
     """
-    what = _describe_exit(exit_code)
+    what = _describe_exit(exit_code, unhealthy)
     if requested_stop:
         return ExitDecision("EXIT_FINAL", 0.0, history, 0, f"{what}; stopped on request")
     if not should_restart(policy, exit_code, requested_stop=False):

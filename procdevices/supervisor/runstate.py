@@ -6,9 +6,10 @@
         state.json        run token, pid + create time of the supervisor and of every device
         ctl/<name>.sock   each device's control socket
 
-A device of a supervisor that died normally stops by itself (it watches its parent), but
-state.json lets the next ``up`` find and stop any device that did not. A process named there is
-only touched if it is verifiably a device of that run: same uid as us, same create time (a
+A device of a supervisor that died waits ``orphan_grace`` seconds to be adopted (it watches
+its parent), and state.json lets the next ``up`` find it: adopt it, or stop it when the file no
+longer names it (supervisor/adoption.py). A process named there is only touched if it is
+verifiably a device of that run: same uid as us, same create time (a
 reused pid never matches), not a zombie, and the run's random token in its environment (which
 only its own user and root can read). So a forged or stale state file can at worst be ignored.
 

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
@@ -125,8 +124,6 @@ def run_supervisor(
     supervisor.extra_status.update(
         run_dir=str(run_dir.path), control_endpoint=run_dir.control_endpoint, adopted=len(adopted.taken)
     )
-    adopted_events: list[dict[str, Any]] = []
-    hold = adoption.resume(supervisor, adopted, inventory.gone if inventory else (), clock(), adopted_events.append)
     upgrade.reap_strays(loop, inherited - {t.process.pid for t in adopted.taken.values()})
     if lock_fd is not None and preflight is not None:
         supervisor.upgrader = upgrade.Upgrader(
@@ -173,8 +170,8 @@ def run_supervisor(
         if signals_ready is not None:
             signals_ready()
         publish(event("supervisor", state="running", pid=os.getpid()))
-        for adopted_event in adopted_events:
-            publish(adopted_event)
+        # After "running": the adopted devices' events follow it on the stream.
+        hold = adoption.resume(supervisor, adopted, inventory.gone if inventory else (), clock(), publish)
         supervisor.start_all(hold)
         log(f"control: {run_dir.control_endpoint}")
         loop.run(supervisor)

@@ -43,8 +43,8 @@ class StateKeeper:
         except OSError as e:
             if not self._failing:
                 self.log(
-                    f"{e}; supervising without it (leftover devices of this run cannot be cleaned up "
-                    "after an unclean end)",
+                    f"{e}; supervising without it (after an unclean end, the next `up` can neither "
+                    "adopt nor stop the devices of this run)",
                     level=logging.WARNING,
                 )
             self._failing = True

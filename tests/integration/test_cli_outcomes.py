@@ -98,6 +98,9 @@ def test_status_json_has_every_documented_supervisor_field(short_tmp: Path) -> N
             "shutting_down",
             "pool_idle",
             "metrics",
+            "adopted",
+            "version",
+            "upgrade",
         }
         assert documented <= set(supervisor), f"missing: {sorted(documented - set(supervisor))}"
         run_dir = short_tmp / "run"
@@ -113,5 +116,7 @@ def test_status_json_has_every_documented_supervisor_field(short_tmp: Path) -> N
         assert supervisor["pool_idle"] in (0, 1)
         host, port = supervisor["metrics"].rsplit(":", 1)
         assert host == "127.0.0.1" and int(port) > 0, "the real port, not the 0 asked for"
+        assert supervisor["adopted"] == 0
+        assert supervisor["upgrade"] == {"state": "idle", "attempt": 0}
         assert supervisor["scaled"] == {}  # docs/cli.md, `scale`
         assert os.path.exists(run_dir / "supervisor.sock")

@@ -282,7 +282,7 @@ def test_up_supervises_on_a_full_disk_with_one_warning(short_tmp: Path, full_run
         assert len(warnings) == 1, up.log_tail()
         assert warnings[0].endswith(
             f" WARNING procdevices: cannot write {full_run_dir}/state.json: No space left on device; "
-            "supervising without it (leftover devices of this run cannot be cleaned up after an unclean end)"
+            "supervising without it (after an unclean end, the next `up` can neither adopt nor stop the devices of this run)"
         ), up.log_tail()
         assert not (full_run_dir / "state.json").exists()
         assert up.cli("down").returncode == 0

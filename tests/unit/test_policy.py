@@ -392,3 +392,22 @@ def test_after_probe_single_failure_allowed() -> None:
 def test_after_probe_rejects_zero_allowed() -> None:
     with pytest.raises(ValueError):
         after_probe(ProbeState(), True, 0)
+
+
+def test_an_unknown_exit_code_is_a_failure_and_says_so() -> None:
+    # An adopted device that is not our child: no exit code, and not killed as unhealthy.
+    unknown = decide_after_exit(
+        policy=RestartPolicy.ON_FAILURE,
+        exit_code=None,
+        requested_stop=False,
+        run_seconds=60.0,
+        now=100.0,
+        backoff=Backoff(),
+        intensity=Intensity(max_restarts=5, within=30.0),
+        stable_after=10.0,
+        history=RestartHistory(),
+        failures=0,
+        unhealthy=False,
+    )
+    assert unknown.event_name == "EXIT_RESTART"
+    assert unknown.reason.startswith("exited (exit code unknown: not this supervisor's child); restarting")
