@@ -22,7 +22,7 @@ import psutil
 
 from procdevices.devices.runtime import ReadyInfo
 from procdevices.errors import DeviceExitedEarly
-from procdevices.supervisor.launcher import Resources
+from procdevices.supervisor.launcher import Resources, resources_of
 
 
 class AdoptedProcess:
@@ -106,14 +106,4 @@ class AdoptedProcess:
         return resources.rss if resources is not None else None
 
     def resources(self) -> Resources | None:
-        if self._ps is None:
-            return None
-        try:
-            with self._ps.oneshot():
-                return Resources(
-                    rss=int(self._ps.memory_info().rss),
-                    cpu_percent=float(self._ps.cpu_percent(None)),
-                    zombie=self._ps.status() == psutil.STATUS_ZOMBIE,
-                )
-        except psutil.Error:
-            return None
+        return resources_of(self._ps)

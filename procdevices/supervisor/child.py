@@ -154,28 +154,24 @@ class Child:
 
     def spawned(self, process: DeviceProcess, now: float) -> None:
         """A new process runs for this device: everything about the previous run is reset."""
-        self.process = process
-        self.fire(Event.SPAWNED)
-        self.spawned_at = now
-        self.ready_at = None
-        self.retry_at = None
-        self.stop = None
-        self.unhealthy = None
-        self.liveness = Liveness()
+        self._new_run(process, Event.SPAWNED, now, None)
 
     def adopted(self, process: DeviceProcess, spawned_at: float, ready_at: float) -> None:
         """A running process of this instance, started by an earlier supervisor, is ours now
         (supervisor/adoption.py): RUNNING at once, its books already restored."""
+        self._new_run(process, Event.ADOPTED, spawned_at, ready_at)
+        self.ever_ready = True
+        self.liveness.schedule(ready_at, self.config.probe.interval)
+
+    def _new_run(self, process: DeviceProcess, event: Event, spawned_at: float, ready_at: float | None) -> None:
         self.process = process
-        self.fire(Event.ADOPTED)
+        self.fire(event)
         self.spawned_at = spawned_at
         self.ready_at = ready_at
-        self.ever_ready = True
         self.retry_at = None
         self.stop = None
         self.unhealthy = None
         self.liveness = Liveness()
-        self.liveness.schedule(ready_at, self.config.probe.interval)
 
     def write_books(self, listeners: list[tuple[str, str, str]]) -> dict[str, Any]:
         """What an adopting supervisor needs to carry on (state.json; books.py reads it back)."""
@@ -210,19 +206,7 @@ class Child:
         """Its process ended while no supervisor ran (state.json named it, it is gone, its
         exit code is nobody's to know): the restart policy decides as for a crash. True: start
         it again (one more restart counted); False: it stays down, and ``last_exit`` says why."""
-        decision = policy.decide_after_exit(
-            policy=self.config.restart,
-            exit_code=None,
-            requested_stop=False,
-            run_seconds=run_seconds,
-            now=now,
-            backoff=self.config.backoff,
-            intensity=self.config.intensity,
-            stable_after=self.config.stable_after,
-            history=self.history,
-            failures=self.failures,
-        )
-        self.history, self.failures = decision.history, decision.failures
+        decision = self._decide(None, requested_stop=False, run_seconds=run_seconds, now=now, unhealthy=False)
         restart = decision.event_name == "EXIT_RESTART"
         self.restarts += restart
         verdict = "restarted" if restart else decision.reason.rpartition("; ")[2]
@@ -312,20 +296,13 @@ class Child:
             return ""
         stop = self.stop
         description = self.unhealthy or exit_text(code)
-        decision = policy.decide_after_exit(
-            policy=self.config.restart,
-            exit_code=None if self.unhealthy else code,
+        decision = self._decide(
+            None if self.unhealthy else code,
             requested_stop=stop is not None,
             run_seconds=now - self.spawned_at,
             now=now,
-            backoff=self.config.backoff,
-            intensity=self.config.intensity,
-            stable_after=self.config.stable_after,
-            history=self.history,
-            failures=self.failures,
             unhealthy=self.unhealthy is not None,
         )
-        self.history, self.failures = decision.history, decision.failures
         if stop is not None:
             self.stop = None
             self.last_exit = f"stopped through the {stop.stopped_by}" + (
@@ -340,6 +317,26 @@ class Child:
             self.restarts += 1
             self.retry_at = now + decision.delay
         return f"{self.name}: {new_state.value} ({self.last_exit})"
+
+    def _decide(
+        self, code: int | None, *, requested_stop: bool, run_seconds: float, now: float, unhealthy: bool
+    ) -> policy.ExitDecision:
+        """The policy's decision after an exit; the restart books follow it."""
+        decision = policy.decide_after_exit(
+            policy=self.config.restart,
+            exit_code=code,
+            requested_stop=requested_stop,
+            run_seconds=run_seconds,
+            now=now,
+            backoff=self.config.backoff,
+            intensity=self.config.intensity,
+            stable_after=self.config.stable_after,
+            history=self.history,
+            failures=self.failures,
+            unhealthy=unhealthy,
+        )
+        self.history, self.failures = decision.history, decision.failures
+        return decision
 
     def next_deadline(self) -> float | None:
         """The earliest moment something is due for this device (a retry, a probe, a

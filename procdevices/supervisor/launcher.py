@@ -181,17 +181,7 @@ class SpawnedDevice:
             return None
 
     def resources(self) -> Resources | None:
-        if self._ps is None:
-            return None
-        try:
-            with self._ps.oneshot():
-                return Resources(
-                    rss=int(self._ps.memory_info().rss),
-                    cpu_percent=float(self._ps.cpu_percent(None)),
-                    zombie=self._ps.status() == psutil.STATUS_ZOMBIE,
-                )
-        except psutil.Error:
-            return None
+        return resources_of(self._ps)
 
 
 def _disown_children() -> None:
@@ -202,6 +192,21 @@ def _disown_children() -> None:
     children = getattr(multiprocessing.process, "_children", None)
     if isinstance(children, set):
         children.clear()
+
+
+def resources_of(ps: psutil.Process | None) -> Resources | None:
+    """What psutil says about ``ps`` now; None once it is gone (or was never seen)."""
+    if ps is None:
+        return None
+    try:
+        with ps.oneshot():
+            return Resources(
+                rss=int(ps.memory_info().rss),
+                cpu_percent=float(ps.cpu_percent(None)),
+                zombie=ps.status() == psutil.STATUS_ZOMBIE,
+            )
+    except psutil.Error:
+        return None
 
 
 class PoolLike(Protocol):

@@ -48,6 +48,18 @@ def _running(up: Up, names: tuple[str, ...] = ("pipe", "broker")) -> dict[str, d
     return up.wait_states(dict.fromkeys(names, "RUNNING"))
 
 
+def _orphaned(directory: Path, ups: list[Up]) -> tuple[Path, dict[str, int]]:
+    """TOPOLOGY run by a first `up`, SIGKILLed once every device runs: the topology file and
+    the pids of its orphaned devices, which wait (orphan_grace = 20) to be adopted."""
+    config = write_topology(directory, TOPOLOGY, pool_size=0, orphan_grace=20)
+    first = Up(config, label="first").start()
+    ups.append(first)
+    pids = {n: e["pid"] for n, e in _running(first).items()}
+    first.signal(signal.SIGKILL)
+    assert first.wait_exit() == -signal.SIGKILL
+    return config, pids
+
+
 @pytest.fixture
 def kept_down() -> Iterator[list[Up]]:
     """Every `up` of the test; at the end, `down` through the last one, then nothing left of
@@ -84,13 +96,7 @@ def test_a_killed_supervisor_is_replaced_without_a_message_lost(
         "the pipe restarted once",
     )
     before = first.devices()
-    traffic = Sequenced(
-        zmq_ctx,
-        endpoints["pipe"]["in"][0],
-        endpoints["pipe"]["out"][0],
-        endpoints["broker"]["in"][0],
-        endpoints["broker"]["out"][0],
-    )
+    traffic = Sequenced.through(zmq_ctx, endpoints)
     with traffic:
         wait_for(
             lambda: len(traffic.got_pipe) > 100 and len(traffic.got_broker) > 100,
@@ -137,12 +143,7 @@ def test_a_killed_supervisor_is_replaced_without_a_message_lost(
 
 @pytest.mark.timeout(90)
 def test_a_device_that_died_meanwhile_is_restarted_by_policy(short_tmp: Path, kept_down: list[Up]) -> None:
-    config = write_topology(short_tmp, TOPOLOGY, pool_size=0, orphan_grace=20)
-    first = Up(config, label="first").start()
-    kept_down.append(first)
-    pids = {n: e["pid"] for n, e in _running(first).items()}
-    first.signal(signal.SIGKILL)
-    assert first.wait_exit() == -signal.SIGKILL
+    config, pids = _orphaned(short_tmp, kept_down)
     dead = psutil.Process(pids["pipe"])
     dead.kill()
     assert not psutil.wait_procs([dead], timeout=10)[1]
@@ -157,13 +158,8 @@ def test_a_device_that_died_meanwhile_is_restarted_by_policy(short_tmp: Path, ke
 
 @pytest.mark.timeout(90)
 def test_a_changed_device_is_restarted_and_a_removed_one_stopped(short_tmp: Path, kept_down: list[Up]) -> None:
-    config = write_topology(short_tmp, TOPOLOGY, pool_size=0, orphan_grace=20)
-    first = Up(config, label="first").start()
-    kept_down.append(first)
-    pids = {n: e["pid"] for n, e in _running(first).items()}
+    config, pids = _orphaned(short_tmp, kept_down)
     broker = psutil.Process(pids["broker"])
-    first.signal(signal.SIGKILL)
-    assert first.wait_exit() == -signal.SIGKILL
     # While no supervisor runs: the pipe gets another out endpoint, the broker goes.
     text = config.read_text()
     head, _, _ = text.partition("[devices.broker]")
@@ -184,12 +180,7 @@ def test_a_changed_device_is_restarted_and_a_removed_one_stopped(short_tmp: Path
 
 @pytest.mark.timeout(90)
 def test_two_ups_racing_to_adopt_one_wins_the_other_exits_4(short_tmp: Path, kept_down: list[Up]) -> None:
-    config = write_topology(short_tmp, TOPOLOGY, pool_size=0, orphan_grace=20)
-    first = Up(config, label="first").start()
-    kept_down.append(first)
-    pids = {n: e["pid"] for n, e in _running(first).items()}
-    first.signal(signal.SIGKILL)
-    assert first.wait_exit() == -signal.SIGKILL
+    config, pids = _orphaned(short_tmp, kept_down)
     a, b = Up(config, label="a"), Up(config, label="b")
     a.start(), b.start()
     kept_down += [a, b]
@@ -244,12 +235,7 @@ def test_a_planted_state_file_adopts_and_signals_nothing_foreign(short_tmp: Path
 
 @pytest.mark.timeout(60)
 def test_a_full_adoption_announces_readiness_and_the_state_file_again(short_tmp: Path, kept_down: list[Up]) -> None:
-    config = write_topology(short_tmp, TOPOLOGY, pool_size=0, orphan_grace=20)
-    first = Up(config, label="first").start()
-    kept_down.append(first)
-    pids = {n: e["pid"] for n, e in _running(first).items()}
-    first.signal(signal.SIGKILL)
-    assert first.wait_exit() == -signal.SIGKILL
+    config, pids = _orphaned(short_tmp, kept_down)
     second = Up(config, label="second").start()
     kept_down.append(second)
     _running(second)
@@ -261,12 +247,7 @@ def test_a_full_adoption_announces_readiness_and_the_state_file_again(short_tmp:
 
 @pytest.mark.timeout(60)
 def test_the_event_stream_says_adopted(short_tmp: Path, zmq_ctx: Ctx, kept_down: list[Up]) -> None:
-    config = write_topology(short_tmp, TOPOLOGY, pool_size=0, orphan_grace=20)
-    first = Up(config, label="first").start()
-    kept_down.append(first)
-    pids = {n: e["pid"] for n, e in _running(first).items()}
-    first.signal(signal.SIGKILL)
-    assert first.wait_exit() == -signal.SIGKILL
+    config, pids = _orphaned(short_tmp, kept_down)
     # Subscribed before the new supervisor binds: libzmq connects as soon as it does.
     sub = zmq_ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RECONNECT_IVL, 1)

@@ -61,13 +61,7 @@ def test_an_upgrade_under_traffic_runs_the_new_code_and_loses_nothing(up: Up, pa
     endpoints = {name: entry["endpoints"] for name, entry in before.items()}
     assert up.status()["supervisor"]["version"] == procdevices.__version__
     _set_version(package, "99.0")
-    traffic = Sequenced(
-        zmq_ctx,
-        endpoints["pipe"]["in"][0],
-        endpoints["pipe"]["out"][0],
-        endpoints["broker"]["in"][0],
-        endpoints["broker"]["out"][0],
-    )
+    traffic = Sequenced.through(zmq_ctx, endpoints)
     with traffic:
         wait_for(lambda: len(traffic.got_pipe) > 100, 30, "traffic flows", wake=traffic.wake)
         result = up.cli("upgrade", timeout=60)
@@ -109,13 +103,7 @@ def test_a_new_version_that_cannot_start_changes_nothing(up: Up, package: Path, 
     assert "upgrade failed:" in up.log()
     # The devices forwarded all along; a second try is allowed.
     endpoints = {d["name"]: d["endpoints"] for d in status["devices"]}
-    traffic = Sequenced(
-        zmq_ctx,
-        endpoints["pipe"]["in"][0],
-        endpoints["pipe"]["out"][0],
-        endpoints["broker"]["in"][0],
-        endpoints["broker"]["out"][0],
-    )
+    traffic = Sequenced.through(zmq_ctx, endpoints)
     with traffic:
         wait_for(lambda: len(traffic.got_pipe) > 10 and len(traffic.got_broker) > 10, 30, "traffic", wake=traffic.wake)
     assert up.cli("upgrade", timeout=60).returncode == 1

@@ -32,6 +32,13 @@ class Sequenced:
         self._done = threading.Event()
         self.progress = threading.Event()  # set on every message received: what waits wake on
 
+    @classmethod
+    def through(cls, ctx: Ctx, endpoints: dict[str, dict[str, list[str]]]) -> Sequenced:
+        """Through the devices ``pipe`` (a streamer) and ``broker`` (a queue) of a status's
+        endpoints (name → role → endpoints)."""
+        pipe, broker = endpoints["pipe"], endpoints["broker"]
+        return cls(ctx, pipe["in"][0], pipe["out"][0], broker["in"][0], broker["out"][0])
+
     def wake(self, seconds: float) -> None:
         self.progress.wait(seconds)
         self.progress.clear()
