@@ -133,6 +133,7 @@ def run_supervisor(
             before_exec=supervisor.write_state_now,
             watcher=loop,
             log=log,
+            notify=sd_notify,
         )
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
     metrics_address = metrics or topology.supervisor.metrics

@@ -34,6 +34,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +67,7 @@ class Upgrader:
         before_exec: Callable[[], None],
         watcher: Watcher,
         log: Log,
+        notify: Callable[[str], object] = lambda message: None,
         execv: Callable[[str, list[str]], Any] = os.execv,
     ) -> None:
         self.preflight = list(preflight)
@@ -74,6 +76,7 @@ class Upgrader:
         self.before_exec = before_exec  # writes state.json (raises OSError when it cannot)
         self.watcher = watcher
         self.log = log
+        self.notify = notify
         self.execv = execv
         self.state: dict[str, Any] = {"state": "idle", "attempt": 0}
         self._check: subprocess.Popen[bytes] | None = None
@@ -125,6 +128,8 @@ class Upgrader:
         for handler in logging.getLogger().handlers + logging.getLogger("procdevices").handlers:
             with contextlib.suppress(Exception):
                 handler.flush()
+        # systemd: reloading until the new image says READY=1 again (same main pid).
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         os.set_inheritable(self.lock_fd, True)
         os.environ[LOCK_FD_ENV] = str(self.lock_fd)
         previous_usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # ignored until the new loop
@@ -133,6 +138,7 @@ class Upgrader:
             self.execv(self.command[0], self.command)
         except OSError as e:
             self._failed(f"cannot re-execute {self.command[0]} ({e.strerror or e}); still running the old one")
+            self.notify("READY=1")
         finally:
             # Only reached when the exec failed (or a test's execv returned).
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -260,3 +260,24 @@ def test_ready_is_sent_once_even_when_the_last_device_to_start_fails(
     assert code == 3, err  # a device was FATAL
     assert "Address already in use" in err and err.count("ready: 1 device process(es) running, 1 not") == 1, err
     assert notify_socket.nothing_more() == [{"STOPPING": "1"}]
+
+
+@pytest.mark.timeout(60)
+def test_an_upgrade_reloads_and_is_ready_again_from_the_same_pid(short_tmp: Path, notify_socket: NotifySocket) -> None:
+    up = start(["up"], short_tmp, notify_socket)
+    signalled = False
+    try:
+        ready, sender = notify_socket.receive(timeout=30)
+        assert ready.get("READY") == "1" and sender == up.pid, ready
+        up.send_signal(signal.SIGUSR2)
+        reloading, sender = notify_socket.receive(timeout=30)
+        assert reloading.get("RELOADING") == "1" and int(reloading["MONOTONIC_USEC"]) > 0, reloading
+        assert sender == up.pid
+        # The re-executed image adopts its devices and says so, still as the main pid.
+        ready, sender = notify_socket.receive(timeout=30)
+        assert ready.get("READY") == "1" and ready.get("STATUS") == "2 devices running", ready
+        assert sender == up.pid and up.poll() is None
+    finally:
+        code, err = finish(up, signalled)
+    assert code == 0, err
+    assert "relay: adopted (pid" in err and "fanout: adopted (pid" in err, err
