@@ -7,11 +7,15 @@ not show (dropped at the device's bound, or filtered here) is the difference bet
 device's own counters (STATS) and what was shown: :meth:`Tap.trailer`.
 
 The tap follows the instance across restarts (the SUB socket reconnects to the same path; a
-change of pid is reported to ``on_note``), and ends when the device is stopped or FATAL.
+change of pid is reported to ``on_note``), and ends when the device is stopped or FATAL. It
+learns of those from the supervisor's event stream (events.sock) and asks ``status`` only
+then, and every few seconds in case an event was missed; the device's own counters (STATS on
+its control socket, not through the supervisor) are read twice a second.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -23,14 +27,16 @@ import zmq
 
 from procdevices import runlayout
 from procdevices.control.client import ControlClient, SupervisorUnreachable, call_supervisor
-from procdevices.control.protocol import Command, SupervisorCommand
+from procdevices.control.protocol import Command, PingReply, SupervisorCommand
 from procdevices.errors import DeviceError
 from procdevices.supervisor.runstate import RunDir
 
 SIDES = ("in", "out", "both")
 UNKNOWN = "?"
-# How often the reader asks the supervisor whether the device restarted or stopped.
-STATUS_EVERY = 0.5
+# How often the reader reads the device's counters (a killed process loses at most this much
+# of its count), and how often it asks the supervisor about the device without an event.
+COUNTS_EVERY = 0.5
+STATUS_EVERY = 5.0
 _FRAME_COUNTERS = ("front_msgs_in", "back_msgs_in")
 
 
@@ -118,12 +124,19 @@ class Tap:
         self._control = ControlClient(self.run_dir.device_control_endpoint(name))
         self.pid = self._running_pid()
         self.tap = self._tap_entry()
-        self._last_counts = self._counts()
+        counted = self._counts()  # what passed before the tap began is not counted
+        self._counted_pid: int = counted[0] if counted is not None else self.pid
+        self._last_counts: int | None = counted[1] if counted is not None else None
+        self._events = self._subscribe_events()
         self._sub = self._subscribe()
         self._restarts = 0
         self._matched = 0  # messages that passed the filters before --sample
         self._ended = False
+        self._next_counts = time.monotonic() + COUNTS_EVERY
         self._next_status = time.monotonic() + STATUS_EVERY
+        self._poller = zmq.Poller()
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._events, zmq.POLLIN)
 
     # -- the device, through the supervisor and its control socket --------------------------
     def _status(self) -> dict[str, Any]:
@@ -162,22 +175,28 @@ class Tap:
             raise TapError(f"{self.name}'s tap is not in the run dir ({entry['endpoint']}): refused")
         return entry
 
-    def _counts(self) -> int | None:
-        """Frames the device has received on both sides since it started; None: unknown."""
+    def _counts(self) -> tuple[int, int] | None:
+        """(pid, frames it has received on both sides since it started) of the process behind
+        the control socket now; None: unknown. The pid tells a restart from a quiet spell."""
         try:
+            ping = PingReply.from_wire(self._control.request(Command.PING, 1.0))
             stats = self._control.request(Command.STATS, 1.0)
         except DeviceError:
             return None
-        return sum(int(stats.get(key, 0)) for key in _FRAME_COUNTERS)
+        if ping is None or not isinstance(stats, dict):
+            return None
+        return ping.pid, sum(int(stats.get(key, 0)) for key in _FRAME_COUNTERS)
 
     def _update_passed(self) -> None:
-        now = self._counts()
-        if now is None:
+        counted = self._counts()
+        if counted is None:
             return
-        last = self._last_counts
-        # After a restart the counters start again from zero.
+        pid, now = counted
+        last = self._last_counts if pid == self._counted_pid else None
+        # A new process (or counters lower than before: one that restarted between the two
+        # requests) counts from zero: all it counted passed since.
         self._passed += now - last if last is not None and now >= last else now
-        self._last_counts = now
+        self._counted_pid, self._last_counts = pid, now
 
     def _subscribe(self) -> zmq.Socket[bytes]:
         from procdevices.control.client import private_context
@@ -191,6 +210,29 @@ class Tap:
         sock.subscribe(self.prefix if undirected and self.prefix else b"")
         sock.connect(self.tap["endpoint"])
         return sock
+
+    def _subscribe_events(self) -> zmq.Socket[bytes]:
+        from procdevices.control.client import private_context
+
+        sock: zmq.Socket[bytes] = private_context().socket(zmq.SUB)
+        sock.linger = 0
+        sock.subscribe(b"")
+        sock.connect(runlayout.events_endpoint(self.run_dir.path))
+        return sock
+
+    def _news(self) -> bool:
+        """Whether the event stream says something about this device (or the supervisor)."""
+        news = False
+        while self._events.poll(0):
+            try:
+                payload = json.loads(self._events.recv())
+            except ValueError:
+                continue
+            if isinstance(payload, dict) and (
+                payload.get("instance") == self.name or payload.get("type") == "supervisor"
+            ):
+                news = True
+        return news
 
     # -- the messages -----------------------------------------------------------------------
     def _direction(self, frames: list[bytes]) -> tuple[str, list[bytes]]:
@@ -220,13 +262,21 @@ class Tap:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
+            if now >= self._next_counts:
+                self._next_counts = now + COUNTS_EVERY
+                if self.pid:
+                    self._update_passed()
             if now >= self._next_status:
                 self._next_status = now + STATUS_EVERY
                 if not self._follow():
                     self._ended = True
                     return None
-            until = self._next_status if deadline is None else min(self._next_status, deadline)
-            if not self._sub.poll(max(1, int((until - now) * 1000))):
+            until = min(self._next_counts, self._next_status, *([deadline] if deadline is not None else []))
+            ready = dict(self._poller.poll(max(1, int((until - now) * 1000))))
+            if self._events in ready and self._news():
+                self._next_status = now  # ask the supervisor at once
+                continue
+            if self._sub not in ready:
                 continue
             frames = self._sub.recv_multipart()
             self.received += 1
@@ -253,13 +303,9 @@ class Tap:
             self.on_note(f"{self.name} is {state}; the tap ends")
             return False
         if state == "RUNNING" and pid and pid != self.pid:
-            self._last_counts = 0  # the new process counts from zero
             self._restarts += 1
             self.pid = int(pid)
             self.on_note(f"{self.name} restarted (pid {pid}); the tap goes on")
-        if state == "RUNNING":
-            # Read now and then, so that a process killed meanwhile loses little of its count.
-            self._update_passed()
         return True
 
     # -- the end ----------------------------------------------------------------------------
@@ -267,7 +313,7 @@ class Tap:
         """Messages shown, and the frames that passed the device without being shown."""
         self._update_passed()
         missed = max(0, self._passed - self.shown_frames)
-        lost = f" (plus what a killed process counted in its last {STATUS_EVERY:g}s)" if self._restarts else ""
+        lost = f" (plus what a killed process counted in its last {COUNTS_EVERY:g}s)" if self._restarts else ""
         return (
             f"{self.shown} messages shown ({self.shown_frames} frames); the device received "
             f"{self._passed} frames meanwhile{lost}: {missed} not shown "
@@ -276,6 +322,7 @@ class Tap:
 
     def close(self) -> None:
         self._sub.close(linger=0)
+        self._events.close(linger=0)
         self._control.close()
 
     def __enter__(self) -> Tap:

@@ -419,3 +419,29 @@ def test_without_a_supervisor_tap_exits_4_in_one_line(short_tmp: Path) -> None:
     assert result.stderr.splitlines() == [
         f"procdevices: tap: no supervisor is running with run dir {short_tmp / 'run'}"
     ]
+
+
+def test_a_tap_follows_the_event_stream_and_does_not_poll_the_supervisor(short_tmp: Path, zmq_ctx: Ctx) -> None:
+    config = write_topology(short_tmp, TWO_WAY.format(kind="streamer"))
+    with Up(config) as up:
+        first = up.wait_states({"dev": "RUNNING"})["dev"]["pid"]
+        events = zmq_ctx.socket(zmq.SUB)
+        events.linger = 0
+        events.subscribe(b"")
+        events.connect(f"ipc://{short_tmp}/run/events.sock")
+        notes: list[str] = []
+        with Tap("dev", short_tmp / "run", on_note=notes.append) as tap:
+            # The restart is told by the event stream at once (no status poll is due for 5 s).
+            killed = time.monotonic()
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: notes or None, 4.0, "the restart note", wake=lambda s: tap.next(time.monotonic() + s))
+            assert time.monotonic() - killed < 4.0 and "restarted" in notes[0], notes
+            tap.next(time.monotonic() + 1.5)  # a quiet spell: the tap reads the device, not `status`
+        commands = []
+        while events.poll(0):
+            payload = json.loads(events.recv())
+            if payload.get("type") == "command":
+                commands.append(payload["command"])
+        events.close()
+        # The test's own wait_states asks `status` too; the tap asked once when the event came.
+        assert commands.count("status") <= 3, commands
