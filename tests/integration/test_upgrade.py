@@ -40,9 +40,14 @@ def _set_version(package: Path, version: str) -> None:
     init.write_text(text.replace(f'__version__ = "{procdevices.__version__}"', f'__version__ = "{version}"'))
 
 
-@pytest.fixture
-def up(short_tmp: Path, package: Path) -> Iterator[Up]:
+@pytest.fixture(params=["spawn", "forkserver"])
+def up(request: pytest.FixtureRequest, short_tmp: Path, package: Path) -> Iterator[Up]:
+    """`up` on the package copy. With forkserver the devices are the fork server's children,
+    which exits at the exec: they pass to init, and the new image follows them all the same."""
     config = write_topology(short_tmp, TOPOLOGY, pool_size=1, orphan_grace=20)
+    config.write_text(
+        config.read_text().replace("[supervisor]\n", f'[supervisor]\nstart_method = "{request.param}"\n', 1)
+    )
     with Up(config) as running:
         running.wait_states({"pipe": "RUNNING", "broker": "RUNNING"})
         yield running
