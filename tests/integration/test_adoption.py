@@ -300,3 +300,25 @@ def test_256_devices_are_adopted_within_2_s(short_tmp: Path, kept_down: list[Up]
     assert float(line.group(3)) < 2.0, line.group(0)
     after = second.wait_states(dict.fromkeys(names, "RUNNING"), timeout=60)
     assert {n: e["pid"] for n, e in after.items()} == {n: e["pid"] for n, e in before.items()}
+
+
+@pytest.mark.timeout(90)
+def test_an_adopted_device_restarts_on_the_sockets_it_handed_back(
+    short_tmp: Path, zmq_ctx: Ctx, kept_down: list[Up]
+) -> None:
+    config, pids = _orphaned(short_tmp, kept_down)
+    second = Up(config, label="second").start()
+    kept_down.append(second)
+    endpoints = _endpoints(second) if _running(second) else {}
+    pipe_in = endpoints["pipe"]["in"][0]
+    os.kill(pids["pipe"], signal.SIGKILL)
+    refused = []
+    # While the adopted device restarts, the supervisor's copy of its listening socket (handed
+    # back at the adoption) keeps accepting: clients wait in the backlog, none is refused.
+    while (d := second.devices()["pipe"])["pid"] in (None, pids["pipe"]) or d["state"] != "RUNNING":
+        if not accepts_connections(pipe_in):
+            refused.append(time.monotonic())
+    assert not refused, f"{len(refused)} connections refused during the restart"
+    after = second.devices()["pipe"]
+    assert after["restarts"] == 1 and after["endpoints"]["in"] == [pipe_in], after
+    push_pull(zmq_ctx, pipe_in, endpoints["pipe"]["out"][0], [b"after the restart"])
