@@ -137,15 +137,16 @@ def main_hint(label: str) -> str:
     )
 
 
-#: What a terminal sends its whole foreground process group (Ctrl-C, hangup). A device process
-#: ignores both (runtime.process_main), but only from its first line of Python: a new
-#: interpreter spends ~0.1 s before that, where either signal kills it with a traceback.
-TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+#: What a terminal sends its whole foreground process group (Ctrl-C, hangup), and the
+#: supervisor's own SIGUSR1 and SIGUSR2 (runtime.IGNORED_SIGNALS). A device process ignores
+#: them (runtime.process_main), but only from its first line of Python: a new interpreter
+#: spends ~0.1 s before that, where any of them kills it.
+TERMINAL_SIGNALS = rt.IGNORED_SIGNALS
 
 
 @contextlib.contextmanager
 def terminal_signals_blocked() -> Iterator[None]:
-    """Start processes inside this block: they start with SIGINT and SIGHUP blocked (a signal
+    """Start processes inside this block: they start with TERMINAL_SIGNALS blocked (a signal
     mask survives fork and exec), until process_main ignores and unblocks them. In this
     thread the signals wait meanwhile, and are handled once the block ends."""
     # multiprocessing starts its resource tracker with the first process, and *unblocks*
@@ -249,9 +250,9 @@ def pool_worker_main(conn: Connection) -> None:
     """Entry point of a warm worker: import what a device needs, then wait on ``conn`` for a
     job (and the listening descriptors that follow it, inherit.send_job) and run it. Exits
     quietly if the pipe closes first: the pool was released, or its supervisor died."""
-    # As process_main does for a device: Ctrl-C and a hangup are the supervisor's business.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # As process_main does for a device: these signals are the supervisor's business.
+    for signum in TERMINAL_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     for module in POOL_PRELOAD:
         importlib.import_module(module)
     try:

@@ -56,6 +56,13 @@ Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
 
 
+#: Signals meant for ``up`` that reach its devices too when sent to the process group or to a
+#: systemd unit's every process (``systemctl kill``, supervisord's ``stopasgroup``): Ctrl-C and a
+#: terminal hangup (the supervisor decides how its devices stop), SIGUSR1 and SIGUSR2 (leave,
+#: upgrade: the supervisor's own business; their default action would end the device).
+IGNORED_SIGNALS = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})
+
+
 @dataclass(frozen=True)
 class ReadyInfo:
     """What a device reports once its sockets are bound and connected."""
@@ -466,15 +473,13 @@ class Job:
 def process_main(conn: Connection, job: Job | None) -> None:
     """Entry point of a device process. A pooled worker is started with ``job=None`` and
     waits on ``conn`` for its device; it exits quietly if the pipe closes first."""
-    # Ctrl-C reaches the whole foreground process group; the parent decides how its devices
-    # stop, through their control sockets.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A terminal hangup is not the device's business either: it follows its parent (the
-    # parent's death sentinel) and its supervisor (control socket, SIGTERM).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # Both were blocked from the fork on (launch.terminal_signals_blocked); ignored, they can
+    # The supervisor's signals (IGNORED_SIGNALS) are not the device's business: it follows its
+    # parent (the death sentinel) and its supervisor (control socket, SIGTERM).
+    for signum in IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    # They were blocked from the fork on (launch.terminal_signals_blocked); ignored, they can
     # be let through now (a pending one is discarded).
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED_SIGNALS)
     if job is None:
         try:
             job = conn.recv()
@@ -567,7 +572,7 @@ def _parent_sentinel(parent_pid: int | None = None) -> tuple[int | None, int | N
         except ProcessLookupError:
             _exit_now(0)  # the launcher is gone already: nobody to run the device for
         except OSError:
-            return None, None  # no pidfds (Linux < 5.3): the supervisor's stop paths still apply
+            pass  # no pidfds (Linux < 5.3): multiprocessing's sentinel, as far as it goes
     parent = parent_process()
     return (parent.sentinel, parent.pid) if parent is not None else (None, None)
 
