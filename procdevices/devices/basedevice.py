@@ -180,16 +180,14 @@ class Device(RecordedSetup, GracefulStop, Tapped):
     def _sockets_ready(self) -> None:
         runtime = self._runtime
         if runtime is not None:
-            tap = self._open_tap(runtime.control_endpoint, self._context)
-            if tap is not None:
-                runtime.tap_endpoint = tap
-            self._attach_user_ctrl(runtime)
             runtime.sockets_built(
                 self._context,
                 type(self).steerable,
                 self._describe,
                 self._blocking_side(),
                 pause_commands=self._pause_commands(),
+                user_ctrl=self._role_sockets.get("ctrl"),  # ProxySteerable's, served by the loop
+                tap_endpoint=self._open_tap(runtime.control_endpoint, self._context),
             )
 
     def _pause_commands(self) -> PauseCommands | None:
@@ -229,6 +227,12 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         control = runtime.proxy_control if runtime is not None else None
         zmq.proxy_steerable(ins, outs, mons if mons is not None else self._tap_capture, control)
 
+    def run_with(self, runtime: rt.DeviceRuntime) -> None:
+        """Run in a device process's worker, with the runtime it made (runtime.run_in_worker):
+        its control endpoint, its reporter to the parent, its parent's death sentinel."""
+        self._runtime = runtime
+        self.run()
+
     def run(self) -> None:
         """Run the device in this thread: build sockets, serve control, forward, and on a
         stop drain what is queued and close within ``stop_linger``."""
@@ -258,10 +262,6 @@ class Device(RecordedSetup, GracefulStop, Tapped):
                 runtime.finish()
                 self._close_sockets(self._remaining_linger_ms() if outcome is not rt.LoopOutcome.DEAD else None)
                 self.done = True
-
-    def _attach_user_ctrl(self, runtime: rt.DeviceRuntime) -> None:
-        """Hand the user's ctrl socket (ProxySteerable) to the control loop."""
-        runtime.user_ctrl = self._role_sockets.get("ctrl")
 
     def _describe(self) -> dict[str, Any]:
         return {

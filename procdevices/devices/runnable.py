@@ -13,8 +13,7 @@ from typing import Any, Protocol
 class RunsInWorker(Protocol):
     """A device the worker hands its runtime and runs (``Device`` and every subclass)."""
 
-    # The worker's DeviceRuntime. Typed loosely: naming the class would import runtime.py,
-    # the one module that uses this protocol.
-    _runtime: Any
-
-    def run(self) -> None: ...
+    def run_with(self, runtime: Any) -> None:
+        """Run with the worker's DeviceRuntime. Typed loosely: naming the class would import
+        runtime.py, the one module that uses this protocol."""
+        ...

@@ -267,11 +267,17 @@ class DeviceRuntime:
         blocked_side: str | None = None,
         *,
         pause_commands: PauseCommands | None = None,
+        user_ctrl: Socket | None = None,
+        tap_endpoint: str | None = None,
     ) -> None:
         """Start the control loop, then tell the parent the device is ready. Called once, by
-        the thread that runs the forwarding loop; later calls do nothing."""
+        the thread that runs the forwarding loop; later calls do nothing. ``user_ctrl``: the
+        device's own ctrl socket (ProxySteerable), which the control loop serves too;
+        ``tap_endpoint``: the tap the device bound (tapsocket.py), removed at exit."""
         if self._control_thread is not None:
             return
+        self.user_ctrl = user_ctrl
+        self.tap_endpoint = tap_endpoint
         if self.ctx is None:  # a subclass made its context itself: the program's, not ours
             self.adopt_context(ctx, made_for_device=False)
         steering = None
@@ -435,9 +441,8 @@ def _remove(path: str) -> None:
 
 def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
     """Run ``device`` with ``runtime``; returns the exit code a process would use."""
-    device._runtime = runtime
     try:
-        device.run()
+        device.run_with(runtime)
     except DeviceError as e:
         if runtime.reported:  # nobody is waiting for this error: leave it in the log
             print(f"procdevices: {type(device).__name__}: {e}", file=sys.stderr, flush=True)

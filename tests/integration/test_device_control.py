@@ -224,8 +224,7 @@ class ControlThreadEndsFirst(ProcessProxySteerable):
     import it. It reaches into the runtime (``finish``, ``_control_thread``, ``_wake``): if those
     change, the device fails to start and the test fails loudly with DeviceStartError."""
 
-    def _attach_user_ctrl(self, runtime: Any) -> None:
-        super()._attach_user_ctrl(runtime)
+    def run_with(self, runtime: Any) -> None:
         finish = runtime.finish
 
         def control_thread_first() -> None:
@@ -241,6 +240,7 @@ class ControlThreadEndsFirst(ProcessProxySteerable):
             finish()
 
         runtime.finish = control_thread_first
+        super().run_with(runtime)
 
 
 # Regression for a race (it hung about one stop in two under load): with a user ctrl socket, the
