@@ -14,13 +14,12 @@ OWNER = PACKAGE / "devices" / "runtime.py"
 def _runtime_writes(source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else [node.target]
-            if isinstance(node, ast.AugAssign | ast.AnnAssign)
-            else []
-        )
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
         for target in targets:
             if isinstance(target, ast.Attribute) and isinstance(target.ctx, ast.Store):
                 base = ast.unparse(target.value)
