@@ -24,8 +24,7 @@ Handler = Callable[[argparse.Namespace], int]
 EXAMPLES = (
     ("up", "run ./procdevices.toml, or the embedded default topology"),
     ("check -c topo.toml", "validate a file, start nothing"),
-    ("status", "every device process (from anywhere: -c, $PROCDEVICES_CONFIG or $PROCDEVICES_RUN_DIR)"),
-    ("status --json", "one JSON object, for scripts"),
+    ("status --json", "every device process, as JSON (from anywhere: -c, $PROCDEVICES_CONFIG or $PROCDEVICES_RUN_DIR)"),
     ("pause broker", "stop forwarding, keep the device alive"),
     ("events", "follow state changes live"),
 )
@@ -66,7 +65,7 @@ COMMANDS = (
     Command(
         "upgrade",
         client.upgrade,
-        "re-execute `up` with the procdevices installed now; every device keeps running (SIGUSR2 does the same)",
+        "re-execute `up` with the procdevices installed now, keeping every device (SIGUSR2 too)",
     ),
     Command(
         "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
