@@ -26,10 +26,10 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 import zmq
 
@@ -55,13 +55,18 @@ Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
 
 
-@dataclass(frozen=True)
-class ReadyInfo:
+# The records a device process needs are NamedTuples, not dataclasses: importing
+# ``dataclasses`` (and with it ``inspect``, ``ast``, ``dis``) costs every device ~1.2 MiB of
+# private memory and ~10 ms of CPU (docs/performance.md). Job is still one: inherit.py
+# rebuilds it with ``dataclasses.replace``.
+
+
+class ReadyInfo(NamedTuple):
     """What a device reports once its sockets are bound and connected."""
 
     pid: int
     control_endpoint: str
-    endpoints: dict[str, list[str]] = field(default_factory=dict)  # role -> bound endpoints
+    endpoints: dict[str, list[str]]  # role -> bound endpoints
     mq_loop: str | None = None  # a monitored queue's loop, "c" or "python"; None: another kind
 
 
