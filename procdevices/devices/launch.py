@@ -258,6 +258,8 @@ def pool_worker_main(conn: Connection) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for module in POOL_PRELOAD:
         importlib.import_module(module)
+    # Its device's control thread too: a restart then does not wait for a thread to start.
+    rt.prestart_control_thread()
     try:
         job = inherit.receive_job(conn)
     except (EOFError, OSError):

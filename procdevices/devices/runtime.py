@@ -171,6 +171,52 @@ def _option_name(option: int) -> str:
         return str(option)
 
 
+# -- the control loop's thread, started ahead in a warm worker ------------------------------
+
+
+class ControlThread:
+    """A thread started before its device exists, idle until it is handed the control loop.
+
+    ``threading.Thread.start()`` waits until the new thread has run; on a busy machine that
+    is a wait for the scheduler (up to milliseconds), and a device that starts its control
+    thread just before its forwarding loop waits it out on a restart's critical path. A warm
+    worker starts this thread while it is idle (:func:`prestart_control_thread`), so that the
+    device it becomes hands the loop over without waiting and forwards at once."""
+
+    def __init__(self) -> None:
+        self._handed = threading.Event()
+        self._serve: Callable[[], None] | None = None
+        self.thread = threading.Thread(target=self._run, name="procdevices-control", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self._handed.wait()
+        assert self._serve is not None
+        self._serve()
+
+    def run(self, serve: Callable[[], None]) -> threading.Thread:
+        """Run ``serve`` in the thread (once); returns at once, with the thread to join."""
+        self._serve = serve
+        self._handed.set()
+        return self.thread
+
+
+_prestarted: ControlThread | None = None
+
+
+def prestart_control_thread() -> None:
+    """Start the control loop's thread of the device this process will run (a warm worker,
+    while it waits for its job)."""
+    global _prestarted
+    _prestarted = ControlThread()
+
+
+def _take_prestarted() -> ControlThread | None:
+    global _prestarted
+    prestarted, _prestarted = _prestarted, None
+    return prestarted
+
+
 # -- the per-run state of a device in its worker ------------------------------------------
 
 
@@ -325,8 +371,12 @@ class DeviceRuntime:
         # that uses it, never from another one while it may be in a call.
         self._private_sockets.remove(control)
         self._private_sockets.remove(wake_rx)
-        self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
-        self._control_thread.start()
+        prestarted = _take_prestarted() if self.whole_process else None
+        if prestarted is not None:
+            self._control_thread = prestarted.run(serve)
+        else:
+            self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
+            self._control_thread.start()
         self.reported = True
         self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints, info().get("mq_loop")))
 
