@@ -26,7 +26,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
@@ -57,8 +56,7 @@ Context = zmq.Context[Socket]
 
 # The records a device process needs are NamedTuples, not dataclasses: importing
 # ``dataclasses`` (and with it ``inspect``, ``ast``, ``dis``) costs every device ~1.2 MiB of
-# private memory and ~10 ms of CPU (docs/performance.md). Job is still one: inherit.py
-# rebuilds it with ``dataclasses.replace``.
+# private memory and ~10 ms of CPU (docs/performance.md).
 
 
 class ReadyInfo(NamedTuple):
@@ -496,8 +494,7 @@ def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """A device for a process to run: what a spawned or pooled worker receives."""
 
     pickled_device: bytes
@@ -510,6 +507,10 @@ class Job:
     parent_pid: int | None = None
     # endpoint → listening socket owned by the parent (InheritedFd in the parent, int here)
     listeners: dict[str, Any] | None = None
+
+    def with_listeners(self, listeners: dict[str, Any]) -> Job:
+        """This job with other listeners (inherit.send_job: placeholders, then descriptors)."""
+        return self._replace(listeners=listeners)
 
 
 def process_main(conn: Connection, job: Job | None) -> None:
