@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 # Re-exported: the wire's error vocabulary lives on the bottom floor (errors.py maps to it).
 from procdevices.errorcodes import ErrorCode as ErrorCode
@@ -94,8 +93,12 @@ def error_code(body: Any) -> ErrorCode | None:
     return None
 
 
-@dataclass(frozen=True)
-class DeviceStats:
+# The records of this module are NamedTuples, not dataclasses: every device process imports
+# it, and ``dataclasses`` (with ``inspect``, ``ast``, ``dis``, ``tokenize``) would cost each
+# device ~1.2 MiB of private memory and ~10 ms of CPU at start (docs/performance.md).
+
+
+class DeviceStats(NamedTuple):
     """Traffic counters of a forwarding loop since it started.
 
     ``msgs`` count message frames, as libzmq does (a routing envelope counts).
@@ -114,12 +117,12 @@ class DeviceStats:
 
     @classmethod
     def from_counters(cls, values: list[int]) -> DeviceStats:
-        if len(values) != len(fields(cls)):
-            raise ValueError(f"expected {len(fields(cls))} counters, got {len(values)}")
+        if len(values) != len(cls._fields):
+            raise ValueError(f"expected {len(cls._fields)} counters, got {len(values)}")
         return cls(*values)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_wire(cls, value: object) -> DeviceStats | None:
@@ -127,7 +130,7 @@ class DeviceStats:
         (every counter there, a non-negative int)."""
         if not isinstance(value, dict):
             return None
-        values = [value.get(f.name) for f in fields(cls)]
+        values = [value.get(name) for name in cls._fields]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             return None
         return cls(*values)  # type: ignore[arg-type]  # checked just above
@@ -140,8 +143,7 @@ LOOP_BLOCKED = "blocked"
 LOOP_DEAD = "dead"
 
 
-@dataclass(frozen=True)
-class PingReply:
+class PingReply(NamedTuple):
     """The answer to PING (docs/devices.md, "Liveness: PING"): built by the device's control
     server, read by the supervisor's health checks; one definition for both ends.
 
@@ -163,7 +165,7 @@ class PingReply:
     stats: DeviceStats | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        body = asdict(self)
+        body = self._asdict()
         body["stats"] = self.stats.as_dict() if self.stats is not None else None
         return body
 
@@ -249,8 +251,7 @@ def _one_line(text: str, limit: int = 200) -> str:
 # -- the device protocol ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeviceRequest:
+class DeviceRequest(NamedTuple):
     request_id: bytes
     command: Command
     payload: Any
@@ -306,8 +307,7 @@ SUPERVISOR_ARGS: dict[SupervisorCommand, dict[str, tuple[type, bool]]] = {
 }
 
 
-@dataclass(frozen=True)
-class SupervisorRequest:
+class SupervisorRequest(NamedTuple):
     command: SupervisorCommand
     args: dict[str, Any]
 

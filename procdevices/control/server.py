@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -82,24 +81,34 @@ WAKE_DEAD = LoopPhase.DEAD.value.encode()
 WAKE_EXIT = b"exit"
 
 
-@dataclass
 class ControlTarget:
-    """What the control loop steers. Built by the device runtime."""
+    """What the control loop steers. Built by the device runtime. (A plain class, not a
+    dataclass: the device process would import ``dataclasses`` for it, protocol.py says why.)"""
 
-    steering: steer.ProxySteering | None  # None: the loop has no control socket
-    info: Callable[[], dict[str, Any]]
-    # How to stop a loop without a control socket; None when that is impossible.
-    shutdown: Callable[[], None] | None
-    user_ctrl: zmq.Socket[bytes] | None = None
-    # The thread that runs the forwarding loop: gone while the process lives means "dead".
-    loop_thread: threading.Thread | None = None
-    # The one socket whose send can block the loop, by socket types; None when several can.
-    blocked_side: str | None = None
-    # The commands that pause and resume the loop; None: libzmq's proxy (measured once).
-    pause_commands: steer.PauseCommands | None = None
-    paused: bool = False
-    stopping: bool = False
-    stop_reason: str = ""
+    def __init__(
+        self,
+        steering: steer.ProxySteering | None,  # None: the loop has no control socket
+        info: Callable[[], dict[str, Any]],
+        # How to stop a loop without a control socket; None when that is impossible.
+        shutdown: Callable[[], None] | None,
+        user_ctrl: zmq.Socket[bytes] | None = None,
+        # The thread that runs the forwarding loop: gone while the process lives means "dead".
+        loop_thread: threading.Thread | None = None,
+        # The one socket whose send can block the loop, by socket types; None when several can.
+        blocked_side: str | None = None,
+        # The commands that pause and resume the loop; None: libzmq's proxy (measured once).
+        pause_commands: steer.PauseCommands | None = None,
+    ) -> None:
+        self.steering = steering
+        self.info = info
+        self.shutdown = shutdown
+        self.user_ctrl = user_ctrl
+        self.loop_thread = loop_thread
+        self.blocked_side = blocked_side
+        self.pause_commands = pause_commands
+        self.paused = False
+        self.stopping = False
+        self.stop_reason = ""
 
 
 class _Reply:

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import zmq
 
@@ -38,8 +38,7 @@ def decode_statistics(frames: list[bytes]) -> DeviceStats:
     return DeviceStats.from_counters([struct.unpack("=Q", f)[0] for f in frames])
 
 
-@dataclass
-class _Outstanding:
+class _Outstanding(NamedTuple):
     command: bytes
     sent_at: float
     on_reply: Callable[[list[bytes]], None] | None
@@ -127,8 +126,7 @@ class ProxySteering:
         return decode_statistics(self.call(STATISTICS, timeout))
 
 
-@dataclass(frozen=True)
-class PauseCommands:
+class PauseCommands(NamedTuple):
     pause: bytes
     resume: bytes
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import zmq
@@ -137,12 +136,17 @@ def sends(socket_type: int) -> bool:
     return socket_type not in _CANNOT_SEND
 
 
-@dataclass
 class DrainResult:
-    forwarded: int = 0  # messages moved from in to out
-    returned: int = 0  # messages moved from out back to in (two-way devices)
-    complete: bool = True  # False: the deadline passed with messages still queued or unsendable
-    seconds: float = 0.0
+    """What a drain did (a plain class, not a dataclass: the device process imports this
+    module, runtime.py says why)."""
+
+    __slots__ = ("forwarded", "returned", "complete", "seconds")
+
+    def __init__(self) -> None:
+        self.forwarded = 0  # messages moved from in to out
+        self.returned = 0  # messages moved from out back to in (two-way devices)
+        self.complete = True  # False: the deadline passed with messages still queued or unsendable
+        self.seconds = 0.0
 
     def describe(self) -> str:
         moved = f"forwarded {self.forwarded} message(s) still queued in the in socket"

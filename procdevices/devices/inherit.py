@@ -21,12 +21,10 @@ Two ways in, both without a round trip:
 
 from __future__ import annotations
 
-import dataclasses
 import socket
-from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 # endpoint → the inherited listening descriptor, in this (device) process.
 INHERITED: dict[str, int] = {}
@@ -47,17 +45,20 @@ def _rebuild(duplicate: Any) -> int:
     return fd
 
 
-@dataclass(frozen=True)
-class FollowingFd:
-    """Stands in a job for the ``index``-th descriptor of the SCM_RIGHTS message that follows
-    the job on a worker's pipe."""
+class FollowingFd(NamedTuple):
+    """Stands in a job for the ``position``-th descriptor of the SCM_RIGHTS message that
+    follows the job on a worker's pipe."""
 
-    index: int
+    position: int
 
 
 class HasListeners(Protocol):
     @property
     def listeners(self) -> dict[str, Any] | None: ...
+
+    def with_listeners(self, listeners: dict[str, Any]) -> Self:
+        """A copy of the job with these listeners."""
+        ...
 
 
 J = TypeVar("J", bound=HasListeners)
@@ -72,7 +73,7 @@ def send_job(conn: Connection, job: J) -> None:
     fds = [fd.fd for fd in listeners.values()]
     if fds:
         placeholders = {endpoint: FollowingFd(i) for i, endpoint in enumerate(listeners)}
-        job = dataclasses.replace(job, listeners=placeholders)  # type: ignore[type-var]
+        job = job.with_listeners(placeholders)
     conn.send(job)
     if fds:
         # The kernel hands the receiver its own duplicates: the supervisor keeps its copies.
@@ -88,7 +89,7 @@ def receive_job(conn: Connection) -> Any:
     Raises EOFError or OSError when the pipe closes first or the descriptors do not come."""
     job = conn.recv()
     listeners = getattr(job, "listeners", None) or {}
-    wanted = [p.index for p in listeners.values() if isinstance(p, FollowingFd)]
+    wanted = [p.position for p in listeners.values() if isinstance(p, FollowingFd)]
     if not wanted:
         return job
     sock = socket.socket(fileno=conn.fileno())
@@ -98,8 +99,8 @@ def receive_job(conn: Connection) -> Any:
         sock.detach()
     if flags & socket.MSG_CTRUNC or len(fds) != len(wanted):
         raise EOFError(f"expected {len(wanted)} listening descriptors with the job, got {len(fds)}")
-    received = {endpoint: fds[p.index] if isinstance(p, FollowingFd) else p for endpoint, p in listeners.items()}
-    return dataclasses.replace(job, listeners=received)
+    received = {endpoint: fds[p.position] if isinstance(p, FollowingFd) else p for endpoint, p in listeners.items()}
+    return job.with_listeners(received)
 
 
 def adopt(listeners: dict[str, int] | None) -> None:

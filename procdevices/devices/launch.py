@@ -16,11 +16,10 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing import resource_tracker, spawn
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
@@ -160,16 +159,24 @@ def terminal_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-@dataclass
 class PendingStart:
-    """A device process that has been started and will report ready or failed on ``conn``."""
+    """A device process that has been started and will report ready or failed on ``conn``.
+    (Not a dataclass: a warm worker imports this module, and becomes a device: runtime.py.)"""
 
-    process: BaseProcess
-    conn: Connection
-    label: str
-    cleanup_dir: str | None = None
-    # Set when the device needs the parent's __main__: the likely cause of an early exit.
-    hint: str | None = None
+    def __init__(
+        self,
+        process: BaseProcess,
+        conn: Connection,
+        label: str,
+        cleanup_dir: str | None = None,
+        # Set when the device needs the parent's __main__: the likely cause of an early exit.
+        hint: str | None = None,
+    ) -> None:
+        self.process = process
+        self.conn = conn
+        self.label = label
+        self.cleanup_dir = cleanup_dir
+        self.hint = hint
 
     def waitables(self) -> list[Any]:
         return [self.conn, self.process.sentinel]
@@ -234,8 +241,7 @@ def spawn_device(
     return PendingStart(process, parent_end, label, cleanup_dir, hint)
 
 
-@dataclass
-class _Worker:
+class _Worker(NamedTuple):
     process: BaseProcess
     conn: Connection
 
@@ -255,6 +261,8 @@ def pool_worker_main(conn: Connection) -> None:
         signal.signal(signum, signal.SIG_IGN)
     for module in POOL_PRELOAD:
         importlib.import_module(module)
+    # Its device's control thread too: a restart then does not wait for a thread to start.
+    rt.prestart_control_thread()
     try:
         job = inherit.receive_job(conn)
     except (EOFError, OSError):

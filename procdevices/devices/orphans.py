@@ -16,11 +16,9 @@ has neither, and keeps the no-orphan rule.
 
 from __future__ import annotations
 
-import hmac
 import math
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ORPHAN_GRACE_ENV = "PROCDEVICES_ORPHAN_GRACE"
 # The same name as runstate.RUN_TOKEN_ENV (the supervisor's side), kept here so that the
@@ -38,8 +36,7 @@ def grace_from_env(environ: dict[str, str] | None = None) -> float:
     return value if math.isfinite(value) and value > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class Adoption:
+class Adoption(NamedTuple):
     """A checked ADOPT request: the pid of the supervisor that adopts the device, and where
     it takes back the listening sockets (None: it does not ask for them)."""
 
@@ -62,7 +59,11 @@ def check_adoption(payload: Any, run_token: str | None, handback_path: str | Non
         raise AdoptionRefused("adopt: the payload is an object {token: string, pid: positive integer}")
     if run_token is None:
         raise AdoptionRefused("adopt: this device was not started by a supervisor run")
-    # Constant time: the token is the only proof, it must not leak by timing.
+    # Constant time: the token is the only proof, it must not leak by timing. Imported here,
+    # not at the top: hmac loads OpenSSL (hashlib), ~3.7 MiB of RSS in every device process
+    # for a command that is rare.
+    import hmac
+
     if not hmac.compare_digest(token.encode(), run_token.encode()):
         raise AdoptionRefused("adopt: wrong run token")
     handback = payload.get("handback")

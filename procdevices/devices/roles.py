@@ -21,7 +21,6 @@ from :class:`RoleMethods`, so ``dev.bind_mon(42)`` is a type error under ``--str
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import zmq
@@ -31,8 +30,7 @@ import zmq
 _RESERVE_DRAWS = 5
 
 
-@dataclass(frozen=True)
-class Role:
+class Role(NamedTuple):
     name: str
     what: str  # how pyzmq's docstrings call the socket
 
@@ -49,13 +47,31 @@ ROLES: dict[str, Role] = {
 }
 
 
-@dataclass
 class SocketSetup:
-    """What the parent records for one socket; the worker replays it (sockopts first)."""
+    """What the parent records for one socket; the worker replays it (sockopts first). A
+    plain class, not a dataclass: the device process imports this module (runtime.py)."""
 
-    binds: list[str] = field(default_factory=list)
-    connects: list[str] = field(default_factory=list)
-    sockopts: list[tuple[int, Any]] = field(default_factory=list)
+    __slots__ = ("binds", "connects", "sockopts")
+
+    def __init__(
+        self,
+        binds: list[str] | None = None,
+        connects: list[str] | None = None,
+        sockopts: list[tuple[int, Any]] | None = None,
+    ) -> None:
+        self.binds: list[str] = [] if binds is None else binds
+        self.connects: list[str] = [] if connects is None else connects
+        self.sockopts: list[tuple[int, Any]] = [] if sockopts is None else sockopts
+
+    def __repr__(self) -> str:
+        return f"SocketSetup(binds={self.binds!r}, connects={self.connects!r}, sockopts={self.sockopts!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SocketSetup):
+            return NotImplemented
+        return (self.binds, self.connects, self.sockopts) == (other.binds, other.connects, other.sockopts)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
 
 
 class RecordsSetup(Protocol):

@@ -26,10 +26,9 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 import zmq
 
@@ -62,14 +61,17 @@ Context = zmq.Context[Socket]
 #: upgrade: the supervisor's own business; their default action would end the device).
 IGNORED_SIGNALS = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})
 
+# The records a device process needs are NamedTuples, not dataclasses: importing
+# ``dataclasses`` (and with it ``inspect``, ``ast``, ``dis``) costs every device ~1.2 MiB of
+# private memory and ~10 ms of CPU (docs/performance.md).
 
-@dataclass(frozen=True)
-class ReadyInfo:
+
+class ReadyInfo(NamedTuple):
     """What a device reports once its sockets are bound and connected."""
 
     pid: int
     control_endpoint: str
-    endpoints: dict[str, list[str]] = field(default_factory=dict)  # role -> bound endpoints
+    endpoints: dict[str, list[str]]  # role -> bound endpoints
     mq_loop: str | None = None  # a monitored queue's loop, "c" or "python"; None: another kind
 
 
@@ -172,6 +174,52 @@ def _option_name(option: int) -> str:
         return zmq.SocketOption(option).name
     except ValueError:
         return str(option)
+
+
+# -- the control loop's thread, started ahead in a warm worker ------------------------------
+
+
+class ControlThread:
+    """A thread started before its device exists, idle until it is handed the control loop.
+
+    ``threading.Thread.start()`` waits until the new thread has run; on a busy machine that
+    is a wait for the scheduler (up to milliseconds), and a device that starts its control
+    thread just before its forwarding loop waits it out on a restart's critical path. A warm
+    worker starts this thread while it is idle (:func:`prestart_control_thread`), so that the
+    device it becomes hands the loop over without waiting and forwards at once."""
+
+    def __init__(self) -> None:
+        self._handed = threading.Event()
+        self._serve: Callable[[], None] | None = None
+        self.thread = threading.Thread(target=self._run, name="procdevices-control", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self._handed.wait()
+        assert self._serve is not None
+        self._serve()
+
+    def run(self, serve: Callable[[], None]) -> threading.Thread:
+        """Run ``serve`` in the thread (once); returns at once, with the thread to join."""
+        self._serve = serve
+        self._handed.set()
+        return self.thread
+
+
+_prestarted: ControlThread | None = None
+
+
+def prestart_control_thread() -> None:
+    """Start the control loop's thread of the device this process will run (a warm worker,
+    while it waits for its job)."""
+    global _prestarted
+    _prestarted = ControlThread()
+
+
+def _take_prestarted() -> ControlThread | None:
+    global _prestarted
+    prestarted, _prestarted = _prestarted, None
+    return prestarted
 
 
 # -- the per-run state of a device in its worker ------------------------------------------
@@ -339,8 +387,12 @@ class DeviceRuntime:
         # that uses it, never from another one while it may be in a call.
         self._private_sockets.remove(control)
         self._private_sockets.remove(wake_rx)
-        self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
-        self._control_thread.start()
+        prestarted = _take_prestarted() if self.whole_process else None
+        if prestarted is not None:
+            self._control_thread = prestarted.run(serve)
+        else:
+            self._control_thread = threading.Thread(target=serve, name="procdevices-control", daemon=True)
+            self._control_thread.start()
         self.reported = True
         self.reporter.ready(ReadyInfo(os.getpid(), self.control_endpoint, self.endpoints, info().get("mq_loop")))
 
@@ -459,8 +511,7 @@ def run_in_worker(device: Device, runtime: DeviceRuntime) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """A device for a process to run: what a spawned or pooled worker receives."""
 
     pickled_device: bytes
@@ -473,6 +524,10 @@ class Job:
     parent_pid: int | None = None
     # endpoint → listening socket owned by the parent (InheritedFd in the parent, int here)
     listeners: dict[str, Any] | None = None
+
+    def with_listeners(self, listeners: dict[str, Any]) -> Job:
+        """This job with other listeners (inherit.send_job: placeholders, then descriptors)."""
+        return self._replace(listeners=listeners)
 
 
 def process_main(conn: Connection, job: Job | None) -> None:

@@ -22,7 +22,7 @@ from bench.overhead import phase_overhead
 from bench.report import machine_meta, print_report
 from bench.restart import phase_restart
 from bench.scale import phase_scale
-from bench.startup import phase_startup
+from bench.startup import STARTUP_CASES, phase_startup
 from bench.throughput import phase_throughput
 from bench.worker import now
 
@@ -55,14 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         help="pool_size of the supervised device in the throughput, mq and latency phases "
         "(default: the supervisor's, 2; 0 runs it without idle warm workers)",
     )
+    ap.add_argument(
+        "--startup-n",
+        default=None,
+        metavar="N[,N...]",
+        help="startup: the numbers of devices started at once (default 1,8,32; quick 1,8)",
+    )
+    ap.add_argument(
+        "--startup-cases",
+        default=None,
+        metavar="CASE[,CASE...]",
+        help=f"startup: the cases to run, of {','.join(STARTUP_CASES)} (default: all)",
+    )
+    ap.add_argument("--startup-reps", type=int, default=None, help="startup: repetitions (default 3, quick 1)")
     ap.add_argument("--kills", type=int, default=None, help="restart: kills per run (default 10, quick 3)")
     ap.add_argument(
         "--restart-runs", type=int, default=None, help="restart: runs per own_sockets setting (default 3, quick 1)"
     )
     args = ap.parse_args(argv)
     prof = QUICK if args.quick else FULL
+    startup_ns = tuple(int(n) for n in args.startup_n.split(",")) if args.startup_n else None
+    startup_cases = tuple(c.strip() for c in args.startup_cases.split(",")) if args.startup_cases else None
+    if startup_cases and not set(startup_cases) <= set(STARTUP_CASES):
+        ap.error(f"--startup-cases: each of {', '.join(STARTUP_CASES)}")
     overrides = {
         "reps": args.reps,
+        "startup_ns": startup_ns,
+        "startup_cases": startup_cases,
+        "startup_reps": args.startup_reps,
         "kills": args.kills,
         "restart_runs": args.restart_runs,
         "supervised_pool": args.supervised_pool,

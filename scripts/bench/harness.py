@@ -67,6 +67,8 @@ class Profile:
     # pool_size of the supervised device in the throughput, mq and latency phases; None: the
     # supervisor's default (2), and each case waits until the pool is full first
     supervised_pool: int | None = None
+    # the start-up phase's cases (None: every one of startup.STARTUP_CASES)
+    startup_cases: tuple[str, ...] | None = None
 
 
 FULL = Profile(

@@ -114,6 +114,12 @@ def print_report(res: dict[str, Any]) -> None:
                 f"{r['n']:>3} {LABELS[r['case']]:<38} {fmt_rate(r['all_forwarding_s'], 1, 3):>24} {ratio:>8} {ratio_spawn:>9} "
                 f"{rss:>7} {uss:>7} {pss:>7}  {stop}"
             )
+            if r.get("ratio_vs_pyzmq_spawn_per_rep", {}).get("median") and r["case"] != "pyzmq-spawn":
+                uss_ratio = r.get("uss_ratio_vs_pyzmq_spawn")
+                p(
+                    f"{'':>3} {'':<38} vs spawn rep by rep {fmt_ratio(r['ratio_vs_pyzmq_spawn_per_rep'])}"
+                    + (f", USS {uss_ratio:.2f}x" if uss_ratio else "")
+                )
     rs = res.get("restart")
     if rs:
         p()

@@ -240,8 +240,11 @@ def supervisor_trouble(sup: Supervised) -> str:
     return "; ".join(parts)
 
 
+STARTUP_CASES = ("pyzmq", "pyzmq-spawn", "procdevices", "procdevices-threads", "supervised", "supervised-forkserver")
+
+
 def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
-    cases = ("pyzmq", "pyzmq-spawn", "procdevices", "procdevices-threads", "supervised", "supervised-forkserver")
+    cases = prof.startup_cases or STARTUP_CASES
     raw: dict[int, dict[str, list[dict[str, Any]]]] = {n: {c: [] for c in cases} for n in prof.startup_ns}
     for rep in range(prof.startup_reps):
         for n in prof.startup_ns:
@@ -256,15 +259,16 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
                             r = startup_pyzmq_spawn(n, d)
                         else:
                             r = startup_local(case, n, d)
-                    raw[n][case].append(r)
+                    raw[n][case].append({**r, "rep": rep})
                 except Exception as e:
                     record_error("startup", f"{case} n={n}", e)
                 finally:
                     shutil.rmtree(d, ignore_errors=True)
     out: dict[str, Any] = {"raw": {str(n): v for n, v in raw.items()}, "summary": []}
     for n in prof.startup_ns:
-        base = summary([r["all_forwarding_s"] for r in raw[n]["pyzmq"]])
-        base_spawn = summary([r["all_forwarding_s"] for r in raw[n]["pyzmq-spawn"]])
+        base = summary([r["all_forwarding_s"] for r in raw[n].get("pyzmq", [])])
+        spawned = raw[n].get("pyzmq-spawn", [])
+        base_spawn = summary([r["all_forwarding_s"] for r in spawned])
         for c in cases:
             rs = raw[n][c]
             row = {"n": n, "case": c, "all_forwarding_s": summary([r["all_forwarding_s"] for r in rs])}
@@ -281,6 +285,15 @@ def phase_startup(prof: Profile, tmp: str) -> dict[str, Any]:
                 row["ratio_vs_pyzmq"] = row["all_forwarding_s"]["median"] / base["median"]
             if base_spawn["median"] and row["all_forwarding_s"]["median"]:
                 row["ratio_vs_pyzmq_spawn"] = row["all_forwarding_s"]["median"] / base_spawn["median"]
+                # The same ratio rep by rep (the cases of a rep run one after the other), which
+                # holds better when the machine's speed drifts between reps; and the USS ratio.
+                by_rep = {b["rep"]: b for b in spawned}
+                pairs = [(a, by_rep[a["rep"]]) for a in rs if a["rep"] in by_rep]
+                row["ratio_vs_pyzmq_spawn_per_rep"] = summary(
+                    [a["all_forwarding_s"] / b["all_forwarding_s"] for a, b in pairs]
+                )
+                uss_pairs = [(a["memory"]["uss_mib"], b["memory"]["uss_mib"]) for a, b in pairs]
+                row["uss_ratio_vs_pyzmq_spawn"] = median([a / b for a, b in uss_pairs if a and b])
             out["summary"].append(row)
     return out
 

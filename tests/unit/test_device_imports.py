@@ -1,0 +1,42 @@
+"""What a device process imports: none of the heavy standard modules that pyzmq's own device
+process does without (docs/performance.md, "pyzmq-spawn baseline with a minimal main").
+
+``dataclasses`` brings ``inspect``, ``ast``, ``dis`` and ``tokenize`` (~1.2 MiB of private
+memory and ~10 ms of CPU per device); ``hmac`` brings ``hashlib`` and OpenSSL (~3.7 MiB of
+RSS). Each device of a topology pays them again, so they stay out of the device path:
+the modules a spawned device, a warm worker and the fork server import.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from procdevices.devices.launch import FORKSERVER_PRELOAD
+
+#: Modules a device process must not import at start-up.
+HEAVY = ("dataclasses", "inspect", "ast", "hmac", "hashlib")
+
+# What a device process runs: multiprocessing's spawn entry point, then (unpickling its job)
+# the runtime and its device class's module; a warm worker also runs launch.pool_worker_main.
+DEVICE_PATH = ["multiprocessing.spawn", "procdevices.devices.launch", *FORKSERVER_PRELOAD]
+
+PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_device_path_imports_no_heavy_module() -> None:
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", PROBE, *DEVICE_PATH], capture_output=True, text=True, check=True, timeout=50
+    )
+    modules = set(json.loads(out.stdout))
+    assert set(DEVICE_PATH) <= modules  # the probe did import the device path
+    assert sorted(modules.intersection(HEAVY)) == []
