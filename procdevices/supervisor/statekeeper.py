@@ -11,7 +11,7 @@ device: 14 writes, ~0.15 s of blocked loop, while 32 devices started. So during 
 changes are gathered: the file is written ``GATHER`` after the first unwritten one, then at
 most once per ``SPACING``; as soon as no device is starting, at once. A supervisor that
 dies during a start therefore leaves a file at most ``SPACING`` behind (plus a loop turn);
-its devices end on their own once orphaned (devices/orphans.py).
+a device it does not name ends on its own after its orphan_grace (devices/orphans.py).
 """
 
 from __future__ import annotations
