@@ -63,7 +63,7 @@ def up(args: argparse.Namespace) -> int:
     from procdevices.devices.orphans import ORPHAN_GRACE_ENV
     from procdevices.supervisor import upgrade
     from procdevices.supervisor.adoption import take_inventory
-    from procdevices.supervisor.metrics import MetricsUnavailable
+    from procdevices.supervisor.metricserror import MetricsUnavailable
     from procdevices.supervisor.runstate import issue_run_token, remove_stale_sockets
     from procdevices.supervisor.service import run_supervisor
 

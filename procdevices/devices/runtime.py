@@ -24,7 +24,6 @@ import signal
 import socket as pysocket
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
@@ -330,7 +329,7 @@ class DeviceRuntime:
             self.adopt_context(ctx, made_for_device=False)
         steering = None
         if steerable:
-            address = f"inproc://procdevices-proxy-ctrl-{uuid.uuid4().hex}"
+            address = f"inproc://procdevices-proxy-ctrl-{os.urandom(16).hex()}"
             self.proxy_control = self._private(ctx, zmq.REP)
             self.proxy_control.bind(address)
             steering = ProxySteering(ctx, address)
@@ -345,7 +344,7 @@ class DeviceRuntime:
             if steering is not None:
                 steering.close()
             raise _setup_error("control", "bind to", self.control_endpoint, e) from None
-        wake_address = f"inproc://procdevices-wake-{uuid.uuid4().hex}"
+        wake_address = f"inproc://procdevices-wake-{os.urandom(16).hex()}"
         wake_rx = self._private(self.control_ctx, zmq.PAIR)
         wake_rx.bind(wake_address)
         self._wake = self._private(self.control_ctx, zmq.PAIR)

@@ -72,7 +72,7 @@ class Supervisor:
         # Wall clock, for people and for comparing runs: when this `up` began supervising.
         self.started_wall = time.time()
         self.extra_status: dict[str, Any] = {}
-        self.state_file = StateKeeper(store, log)
+        self.state_file = StateKeeper(store, log, clock)
         self.readiness = Readiness(log, notify, self.state_file)
         self.roster = Roster(children, self, launcher, self.state_file)
         # Devices being started at once; the rest wait in QUEUED with no process yet.
@@ -96,7 +96,8 @@ class Supervisor:
     def next_deadline(self, now: float) -> float:
         starts = self.starts.next_deadline(self.children, now)
         deadlines = (d for c in self.children if (d := c.next_deadline()) is not None)
-        return min([now + 1.0, *deadlines, *([starts] if starts is not None else [])])
+        state = self.state_file.due(self.children)
+        return min([now + 1.0, *deadlines, *(t for t in (starts, state) if t is not None)])
 
     def tick(self, now: float) -> None:
         self.starts.advance(self.children, now)
@@ -119,8 +120,8 @@ class Supervisor:
             self.launcher.refill()
 
     def flush(self) -> None:
-        """Write state.json if it is behind (statekeeper.py)."""
-        self.state_file.flush(self.children, self.launcher.listener_keys)
+        """Write state.json if it is behind and due (statekeeper.py); leaving, at once."""
+        self.state_file.flush(self.children, self.launcher.listener_keys, at_once=self.leaving)
 
     def write_state_now(self) -> None:
         """Write state.json at once; OSError when it cannot (an upgrade needs it)."""

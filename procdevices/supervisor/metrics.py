@@ -13,6 +13,9 @@ are atomic; the supervisor replaces the objects it changes), and it never raises
 whose row cannot be read is left out of that scrape and counted in
 ``procdevices_metrics_errors_total``.
 
+`up` imports this module only when a metrics server is configured (service.py); catching
+its error needs metricserror.py only.
+
 The registry is private, never prometheus_client's global one: tests and several
 supervisors in one process stay independent.
 """
@@ -39,6 +42,7 @@ from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.health import Health
 from procdevices.supervisor.httpserve import BoundedServer, listen_tcp, listen_unix
 from procdevices.supervisor.launcher import DeviceProcess
+from procdevices.supervisor.metricserror import MetricsUnavailable
 from procdevices.supervisor.states import PROCESS_STATES, State
 from procdevices.supervisor.traffic import COUNTERS
 
@@ -46,10 +50,6 @@ LABELS = ("device", "instance", "kind")
 # Probe round trips are sub-millisecond on an idle machine, seconds when one is overloaded
 # (probe.timeout is at least 10 ms and defaults to 1 s).
 RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class MetricsUnavailable(Exception):
-    """The metrics address cannot be served (in use, not an address of this host)."""
 
 
 class Supervised(Protocol):

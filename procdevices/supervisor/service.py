@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -30,11 +31,13 @@ from procdevices.supervisor.handlers import CommandHandlers
 from procdevices.supervisor.launcher import ProcessLauncher
 from procdevices.supervisor.listeners import Listeners
 from procdevices.supervisor.loop import EventLoop, RequestServer
-from procdevices.supervisor.metrics import MetricsServer, metrics_socket_path, start_metrics
 from procdevices.supervisor.notify import sd_notify
 from procdevices.supervisor.reload import PROCESS_FIELDS, ChildFactory, instances
 from procdevices.supervisor.runstate import RunDir
 from procdevices.supervisor.states import State
+
+if TYPE_CHECKING:
+    from procdevices.supervisor.metrics import MetricsServer
 
 
 def child_factory(run_dir: RunDir, listeners: Listeners, log: Log) -> ChildFactory:
@@ -156,6 +159,9 @@ def run_supervisor(
             loop.watch(remote_server.socket, remote_server.on_readable)
             log(f"remote control: {remote.endpoint} (CURVE)")
         supervisor.extra_status["remote_control"] = remote.endpoint if remote is not None else None
+        if metrics_address is not None or topology.supervisor.metrics_socket:
+            # Only now: metrics.py brings prometheus_client and http.server (~0.1 s of CPU).
+            from procdevices.supervisor.metrics import metrics_socket_path, start_metrics
         if metrics_address is not None:
             metrics_server = start_metrics(supervisor, metrics_address, log)
             log(f"metrics: {metrics_server.url}")

@@ -356,10 +356,12 @@ class Harness:
                 break
             self.clock.now = max(self.clock.now, deadline)
             self.sup.tick(self.clock.now)
+            self.sup.flush()  # as the loop does at the end of every turn
             self.answer_probes()
             last_tick = self.clock.now
         self.clock.now = end
         self.sup.tick(end)
+        self.sup.flush()
         self.answer_probes()
 
     def answer_probes(self) -> None:

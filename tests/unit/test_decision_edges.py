@@ -19,6 +19,7 @@ from procdevices.supervisor.child import exit_text
 from procdevices.supervisor.health import _blocked
 from procdevices.supervisor.liveness import Blocked, next_slot
 from procdevices.supervisor.reload import instances, plan, scaled
+from procdevices.supervisor.statekeeper import GATHER
 
 
 @pytest.fixture
@@ -101,6 +102,9 @@ def test_every_deadline_of_a_child(two: Harness) -> None:
     child = two.child("a")
     # start_timeout is the supervisor's deadline (it counts in fair shares of the machine).
     assert child.next_deadline() is None
+    # First the state file's write, gathered while the devices start (statekeeper.py).
+    assert two.sup.next_deadline(two.clock.now) == pytest.approx(two.clock.now + GATHER)
+    two.sup.state_file.flush(two.sup.children, two.launcher.listener_keys, at_once=True)
     assert two.sup.next_deadline(two.clock.now) == min(two.clock.now + 1.0, child.spawned_at + 10.0)
     two.ready("a", "b")
     assert child.next_deadline() == 1001.0  # the next probe slot

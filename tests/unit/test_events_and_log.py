@@ -17,6 +17,7 @@ from support.fakes import Harness, topology
 
 from procdevices.errors import DeviceSetupError
 from procdevices.supervisor.events import SUBSCRIBER_BACKLOG, EventPublisher, describe, event, events_endpoint
+from procdevices.supervisor.statekeeper import SPACING
 
 
 @pytest.fixture
@@ -168,6 +169,7 @@ def test_a_spawn_failure_is_an_error_of_its_device(tmp_path: Path) -> None:
 
 def test_a_failing_state_write_is_a_warning(two: Harness) -> None:
     two.store.fail_with = OSError(28, "No space left on device")
+    two.clock.now += SPACING  # the devices are starting: the write is gathered (statekeeper.py)
     two.sup.flush()
     assert two.record("supervising without it") == (None, logging.WARNING)
 

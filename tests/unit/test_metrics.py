@@ -16,7 +16,8 @@ from support.fakes import Harness, topology
 from procdevices.supervisor.config import ConfigError, parse_topology
 from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.launcher import DeviceProcess
-from procdevices.supervisor.metrics import Metrics, MetricsUnavailable, start_metrics
+from procdevices.supervisor.metrics import Metrics, start_metrics
+from procdevices.supervisor.metricserror import MetricsUnavailable
 from procdevices.supervisor.traffic import COUNTERS
 
 

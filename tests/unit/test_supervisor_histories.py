@@ -17,6 +17,7 @@ from support.fakes import Harness, topology
 
 from procdevices.control.protocol import Command, ErrorCode
 from procdevices.errors import DeviceSetupError
+from procdevices.supervisor.statekeeper import SPACING
 
 
 @pytest.fixture
@@ -349,12 +350,14 @@ def test_a_failed_state_write_is_logged_once_and_retried(two: Harness) -> None:
     two.advance(0.0)
     assert two.state("a") == "STARTING", "supervision stopped on a full disk"
     two.store.fail_with = None
+    two.clock.now += SPACING  # "a" is starting again: the write is gathered (statekeeper.py)
     two.sup.flush()
     assert two.logged("state file written again")
     assert set(two.store.written[-1]) == {"a", "b"}
 
 
 def test_state_file_names_live_processes_with_their_identity(two: Harness) -> None:
+    two.clock.now += SPACING  # the devices are starting: the write is gathered (statekeeper.py)
     two.sup.flush()
     record = two.store.written[-1]["a"]
     identity = {k: record.pop(k) for k in ("pid", "create_time", "control_endpoint", "device")}

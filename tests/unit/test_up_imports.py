@@ -1,0 +1,61 @@
+"""What `up` imports before it runs a device: not the metrics server's libraries unless a
+metrics server is configured (docs/performance.md, "Session 5").
+
+prometheus_client brings http.server, wsgiref, urllib.request, email and ssl: ~0.1 s of
+`up`'s CPU at every start, paid before its first device is spawned. service.py imports
+metrics.py only when ``metrics``, ``--metrics`` or ``metrics_socket`` asks for a server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+#: Modules `up` must not import while no metrics server is configured.
+METRICS_ONLY = ("prometheus_client", "http.server", "wsgiref", "procdevices.supervisor.metrics")
+
+# What `python -m procdevices up` imports: the command line, then (inside cli/serve.py's up())
+# the modules it imports when it runs the supervisor.
+UP_PATH = [
+    "procdevices.cli.main",
+    "procdevices.cli.serve",
+    "procdevices.cli.cluster",
+    "procdevices.cluster.control",
+    "procdevices.devices.orphans",
+    "procdevices.supervisor.upgrade",
+    "procdevices.supervisor.adoption",
+    "procdevices.supervisor.metricserror",
+    "procdevices.supervisor.runstate",
+    "procdevices.supervisor.service",
+]
+
+PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def imported_by(names: list[str]) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", PROBE, *names], capture_output=True, text=True, check=True, timeout=50
+    )
+    modules = set(json.loads(out.stdout))
+    assert set(names) <= modules  # the probe did import them
+    return modules
+
+
+@pytest.mark.timeout(60)
+def test_up_imports_no_metrics_server_library() -> None:
+    assert sorted(imported_by(UP_PATH).intersection(METRICS_ONLY)) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_metrics_module_does_bring_them() -> None:
+    # The list above names what metrics.py really imports: a rename there would otherwise
+    # leave the first test checking for modules nobody imports.
+    assert set(METRICS_ONLY) <= imported_by(["procdevices.supervisor.metrics"])
