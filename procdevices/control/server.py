@@ -98,8 +98,11 @@ class ControlTarget:
         blocked_side: str | None = None,
         # The commands that pause and resume the loop; None: libzmq's proxy (measured once).
         pause_commands: steer.PauseCommands | None = None,
+        # The tap's capture, switched on while a tap reader is connected; None: fixed.
+        capture: steer.CaptureSwitch | None = None,
     ) -> None:
         self.steering = steering
+        self.capture = capture if steering is not None else None
         self.info = info
         self.shutdown = shutdown
         self.user_ctrl = user_ctrl
@@ -202,6 +205,8 @@ class ControlServer:
             poller.register(steering.socket, zmq.POLLIN)
         if self.target.user_ctrl is not None:
             poller.register(self.target.user_ctrl, zmq.POLLIN)
+        if self.target.capture is not None:
+            poller.register(self.target.capture.monitor, zmq.POLLIN)
         for fd in (self.parent_sentinel, self.signal_fd):
             if fd is not None:
                 poller.register(fd, zmq.POLLIN)
@@ -225,6 +230,7 @@ class ControlServer:
             steering.collect()
             if steering.unanswered_since() is None:
                 self._release_loop_waiters()
+            self._switch_capture()
         if self.socket in events:
             for _ in range(BATCH):
                 try:
@@ -234,6 +240,10 @@ class ControlServer:
                 self._answer(frames)
         if self.target.user_ctrl is not None and self.target.user_ctrl in events:
             self._relay_user_commands()
+        capture = self.target.capture
+        if capture is not None and capture.monitor in events:
+            capture.read_events()
+            self._switch_capture()
         if self.parent_sentinel is not None and self.parent_sentinel in events:
             poller.unregister(self.parent_sentinel)
             self._parent_died()
@@ -409,6 +419,35 @@ class ControlServer:
         if self.phase is not LoopPhase.RUNNING:
             raise DeviceNotRunning(f"{operation}: the forwarding loop has ended ({self.phase.value})")
         return self.target.steering
+
+    def _switch_capture(self) -> None:
+        """Leave the proxy so that the worker enters it again with (or without) the tap's
+        capture socket, when that is wanted (steering.CaptureSwitch). Only while it runs
+        unpaused and nothing that changes its state is on the way to it: a paused loop
+        forwards nothing anyway, and switches when it is resumed (this runs after every
+        answer of the loop, the RESUME's included); a PAUSE, RESUME or TERMINATE on the way
+        must reach the loop it was meant for. PAUSE first: the counters read next are the
+        last of this run, and STATISTICS carries them into the next one."""
+        capture, steering, target = self.target.capture, self.target.steering, self.target
+        if capture is None or steering is None or capture.wanted == capture.capturing or not capture.settled:
+            return
+        if target.paused or target.stopping or self.phase is not LoopPhase.RUNNING:
+            return
+        commands = target.pause_commands or steer.pause_commands()
+        if any(steering.waiting_for(c) for c in (commands.pause, commands.resume, steer.TERMINATE)):
+            return
+        if steering.room() < 4:
+            return  # the loop is not taking commands: a half-sent switch could leave it paused
+        steering.send(commands.pause)
+        steering.send(steer.STATISTICS, steering.carry)
+        # Counted before it is sent: the worker may see the loop return before send() does.
+        capture.requested += 1
+        if not steering.send(steer.TERMINATE):
+            capture.requested -= 1
+            steering.send(commands.resume)
+            return
+        # Answered by the next run of the loop: the control loop looks again then.
+        steering.send(steer.STATISTICS)
 
     # -- the supervisor's death and adoption (devices/orphans.py) -----------------------------
     def _parent_died(self) -> None:

@@ -35,7 +35,15 @@ STATISTICS = b"STATISTICS"
 
 def decode_statistics(frames: list[bytes]) -> DeviceStats:
     """libzmq sends eight native-endian uint64 frames."""
-    return DeviceStats.from_counters([struct.unpack("=Q", f)[0] for f in frames])
+    return DeviceStats.from_counters(_counters(frames))
+
+
+def _counters(frames: list[bytes]) -> list[int]:
+    return [struct.unpack("=Q", f)[0] for f in frames]
+
+
+def _encode_counters(values: list[int], carried: tuple[int, ...]) -> list[bytes]:
+    return [struct.pack("=Q", (v + c) & 0xFFFFFFFFFFFFFFFF) for v, c in zip(values, carried, strict=True)]
 
 
 class _Outstanding(NamedTuple):
@@ -68,6 +76,10 @@ class ProxySteering:
         self._outstanding: deque[_Outstanding] = deque()
         self.last_statistics: DeviceStats | None = None
         self.last_answer_at: float | None = None
+        # The counters of the loop's earlier runs (a capture switch leaves the proxy and
+        # enters it again, and libzmq's counters start at zero on every entry): added to every
+        # STATISTICS answer, so that the totals never go backwards.
+        self.carried: tuple[int, ...] | None = None
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -96,6 +108,8 @@ class ProxySteering:
             self.last_answer_at = self._clock()
             reply = frames[1:]
             if entry.command == STATISTICS and len(reply) == 8:
+                if self.carried is not None:
+                    reply = _encode_counters(_counters(reply), self.carried)
                 self.last_statistics = decode_statistics(reply)
             if entry.on_reply is not None:
                 entry.on_reply(reply)
@@ -104,6 +118,10 @@ class ProxySteering:
     def unanswered_since(self) -> float | None:
         """When the oldest command still waiting for the loop was sent; None if none waits."""
         return self._outstanding[0].sent_at if self._outstanding else None
+
+    def room(self) -> int:
+        """How many more commands :meth:`send` takes now."""
+        return self.MAX_OUTSTANDING - len(self._outstanding)
 
     def waiting_for(self, command: bytes) -> bool:
         return any(entry.command == command for entry in self._outstanding)
@@ -124,6 +142,72 @@ class ProxySteering:
 
     def statistics(self, timeout: float) -> DeviceStats:
         return decode_statistics(self.call(STATISTICS, timeout))
+
+    def carry(self, frames: list[bytes]) -> None:
+        """Carry a STATISTICS answer (``carried`` included) into the loop's next run."""
+        if len(frames) == 8:
+            self.carried = tuple(_counters(frames))
+
+
+class CaptureSwitch:
+    """Whether the forwarding loop runs with its tap's capture socket (tapsocket.py).
+
+    libzmq's proxy copies every frame to its capture socket, ~15-20 % of its own work per
+    small message even when nobody reads the copy, and it takes the capture socket only when
+    it starts. So the loop runs without it while no tap reader is connected: the control loop
+    counts the readers from the capture socket's monitor events (``monitor``, a PAIR only the
+    control loop reads), and when the wanted state differs it leaves the proxy (PAUSE,
+    STATISTICS carried over, TERMINATE); the worker enters it again on the same sockets, with
+    or without the capture. Messages queued in the sockets stay there.
+
+    Written by one thread each: ``readers`` and ``requested`` by the control loop,
+    ``capturing`` and ``taken`` by the worker. Every TERMINATE the control loop sends for a
+    switch bumps ``requested``; the worker enters the proxy again once for each
+    (``switch_asked``), and returns for any other TERMINATE (a stop).
+    """
+
+    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+    def __init__(self, monitor: zmq.Socket[bytes]) -> None:
+        self.monitor = monitor
+        self.readers = 0
+        self.capturing = False
+        self.requested = 0
+        self.taken = 0
+
+    @property
+    def wanted(self) -> bool:
+        return self.readers > 0
+
+    @property
+    def settled(self) -> bool:
+        """The worker has entered the proxy again after every switch asked for."""
+        return self.taken == self.requested
+
+    def read_events(self) -> None:
+        """Count the tap's readers from the monitor's events (never blocks)."""
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = struct.unpack("=H", frames[0][:2])[0] if frames and len(frames[0]) >= 2 else 0
+            if event == zmq.EVENT_ACCEPTED:
+                self.readers += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.readers = max(0, self.readers - 1)
+
+    def entering(self, capturing: bool, switched: bool) -> None:
+        """In the worker, as it enters the proxy: with the capture or not, and whether after
+        a switch (then counted taken, after ``capturing`` is set: the control loop compares
+        the two once the switch is settled)."""
+        self.capturing = capturing
+        if switched:
+            self.taken += 1
+
+    def switch_asked(self) -> bool:
+        """In the worker, after the proxy returned: whether that was a switch's TERMINATE."""
+        return self.taken < self.requested
 
 
 class PauseCommands(NamedTuple):

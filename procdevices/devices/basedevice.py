@@ -188,6 +188,7 @@ class Device(RecordedSetup, GracefulStop, Tapped):
                 pause_commands=self._pause_commands(),
                 user_ctrl=self._role_sockets.get("ctrl"),  # ProxySteerable's, served by the loop
                 tap_endpoint=self._open_tap(runtime.control_endpoint, self._context),
+                capture_switch=self._tap_switch,
             )
 
     def _pause_commands(self) -> PauseCommands | None:
@@ -222,10 +223,27 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         sockets = self._setup_sockets()
         self._forward(sockets[0], sockets[1], sockets[2] if len(sockets) > 2 else None)
 
+    def _steerable(self) -> bool:
+        return type(self).steerable
+
     def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
         runtime = self._runtime
         control = runtime.proxy_control if runtime is not None else None
-        zmq.proxy_steerable(ins, outs, mons if mons is not None else self._tap_capture, control)
+        switch = self._tap_switch
+        if mons is not None or switch is None or control is None:
+            zmq.proxy_steerable(ins, outs, mons if mons is not None else self._tap_capture, control)
+            return
+        # The tap's capture only while a reader is connected (steering.CaptureSwitch): each
+        # switch leaves the proxy with TERMINATE and enters it again on the same sockets,
+        # whose queued messages wait meanwhile; any other TERMINATE (a stop) ends the loop.
+        switched = False
+        while True:
+            capture = self._tap_capture if switch.wanted else None
+            switch.entering(capture is not None, switched)
+            zmq.proxy_steerable(ins, outs, capture, control)
+            switched = switch.switch_asked()
+            if not switched:
+                return
 
     def run_with(self, runtime: rt.DeviceRuntime) -> None:
         """Run in a device process's worker, with the runtime it made (runtime.run_in_worker):
@@ -270,7 +288,7 @@ class Device(RecordedSetup, GracefulStop, Tapped):
             "in_type": self.in_type,
             "out_type": self.out_type,
             "endpoints": self._runtime.endpoints if self._runtime is not None else {},
-            "tap": self._tap_info,
+            "tap": self._tap_entry(),
         }
 
     def start(self) -> None:
@@ -354,7 +372,16 @@ class Device(RecordedSetup, GracefulStop, Tapped):
     def __getstate__(self) -> dict[str, Any]:
         # What crosses to a spawned worker is the recorded setup, never live state.
         state = self.__dict__.copy()
-        for runtime_only in ("launcher", "_runtime", "_ready", "_remote", "_context", "_tap_capture", "_tap_info"):
+        for runtime_only in (
+            "launcher",
+            "_runtime",
+            "_ready",
+            "_remote",
+            "_context",
+            "_tap_capture",
+            "_tap_info",
+            "_tap_switch",
+        ):
             state.pop(runtime_only, None)
         state["_sockets"] = []
         state["_role_sockets"] = {}

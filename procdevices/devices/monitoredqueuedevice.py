@@ -302,6 +302,9 @@ class MonitoredQueueBase(ProxyBase):
     """Prefixes monitor copies with ``in_prefix`` or ``out_prefix`` by direction."""
 
     steerable: ClassVar[bool] = True
+    # Its tap shares the mon socket, whose prefixed copy pyzmq's semantics make anyway: no
+    # copy of the tap's own to switch off, and its loop is never re-entered.
+    _switches_capture = False
     _in_prefix = b""
     _out_prefix = b""
 

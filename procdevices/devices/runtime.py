@@ -40,7 +40,7 @@ from procdevices.control.server import (
     ControlServer,
     ControlTarget,
 )
-from procdevices.control.steering import PauseCommands, ProxySteering
+from procdevices.control.steering import CaptureSwitch, PauseCommands, ProxySteering
 from procdevices.devices import orphans
 from procdevices.devices.contexts import TermOnce
 from procdevices.devices.inherit import INHERITED
@@ -316,11 +316,13 @@ class DeviceRuntime:
         pause_commands: PauseCommands | None = None,
         user_ctrl: Socket | None = None,
         tap_endpoint: str | None = None,
+        capture_switch: CaptureSwitch | None = None,
     ) -> None:
         """Start the control loop, then tell the parent the device is ready. Called once, by
         the thread that runs the forwarding loop; later calls do nothing. ``user_ctrl``: the
         device's own ctrl socket (ProxySteerable), which the control loop serves too;
-        ``tap_endpoint``: the tap the device bound (tapsocket.py), removed at exit."""
+        ``tap_endpoint``: the tap the device bound (tapsocket.py), removed at exit;
+        ``capture_switch``: its capture, switched by the control loop (steering.py)."""
         if self._control_thread is not None:
             return
         self.user_ctrl = user_ctrl
@@ -357,6 +359,7 @@ class DeviceRuntime:
             loop_thread=threading.current_thread(),
             blocked_side=blocked_side,
             pause_commands=pause_commands,
+            capture=capture_switch,
         )
         self._target = target
         server = ControlServer(

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from procdevices.control.steering import CaptureSwitch
+
 Socket = zmq.Socket[bytes]
 
 #: Messages a stalled tap reader may hold queued in the device before the device drops.
@@ -78,6 +80,9 @@ class Tapped:
     """The tap of a device (a mixin of ``Device``, which provides its sockets)."""
 
     _tap_capture: Socket | None = None  # the capture socket made for the tap, if any
+    _tap_switch: CaptureSwitch | None = None  # switches _tap_capture on and off (steering.py)
+    # Whether the device's ``_forward`` re-enters libzmq's proxy for a CaptureSwitch.
+    _switches_capture: bool = True
     _tap_info: dict[str, Any] | None = None  # INFO's "tap" entry
     _sockets: list[Socket]
     _role_sockets: dict[str, Socket]
@@ -85,6 +90,8 @@ class Tapped:
     if TYPE_CHECKING:  # provided by Device
 
         def _two_way(self) -> bool: ...
+
+        def _steerable(self) -> bool: ...
 
     def _open_tap(self, control_endpoint: str, ctx: zmq.Context[Socket]) -> str | None:
         """Bind the tap endpoint of the device whose control socket is ``control_endpoint``:
@@ -108,6 +115,12 @@ class Tapped:
             sock = capture_socket(ctx)
             self._sockets.append(sock)
             self._tap_capture = sock
+            if self._switches_capture and self._steerable():
+                # The loop copies to the capture socket only while a reader is connected.
+                monitor: Socket = sock.get_monitor_socket(CaptureSwitch.EVENTS)
+                monitor.linger = 0
+                self._sockets.append(monitor)  # closed by the worker, after the control loop
+                self._tap_switch = CaptureSwitch(monitor)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as e:
@@ -116,6 +129,17 @@ class Tapped:
         directions, in_prefix, out_prefix = self._tap_directions()
         self._tap_info = describe(endpoint, directions=directions, in_prefix=in_prefix, out_prefix=out_prefix)
         return endpoint
+
+    def _tap_entry(self) -> dict[str, Any] | None:
+        """INFO's ``tap`` entry, with the capture's state now: ``"on"`` or ``"off"`` (switched
+        by the readers connected, ``readers``), ``"always"`` (the mon socket's copy)."""
+        info = self._tap_info
+        if info is None or info.get("endpoint") is None:
+            return info
+        switch = self._tap_switch
+        if switch is None:
+            return {**info, "capture": "always"}
+        return {**info, "capture": "on" if switch.capturing else "off", "readers": switch.readers}
 
     def _tap_directions(self) -> tuple[str, bytes, bytes]:
         """How the tap reader learns each message's direction (:func:`describe`)."""
