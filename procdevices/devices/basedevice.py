@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from multiprocessing.connection import wait as wait_for
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -256,7 +255,7 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         stop drain what is queued and close within ``stop_linger``."""
         if self._runtime is None or self._runtime.finished:
             self._runtime = rt.DeviceRuntime(
-                self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
+                self.control_endpoint or f"inproc://procdevices-control-{os.urandom(16).hex()}",
                 rt.NullReporter(),
                 whole_process=False,
             )
@@ -426,7 +425,7 @@ class ThreadDevice(BackgroundDevice):
     def start(self) -> None:
         reporter = rt.EventReporter()
         runtime = rt.DeviceRuntime(
-            self.control_endpoint or f"inproc://procdevices-control-{uuid.uuid4().hex}",
+            self.control_endpoint or f"inproc://procdevices-control-{os.urandom(16).hex()}",
             reporter,
             whole_process=False,
         )
