@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from support.cli import Up, accepts_connections, processes_exit, push_pull, wait_for, write_topology
+from support.cli import Up, accepts_connections, processes_exit, push_pull, wait_for, wait_gone, write_topology
 from support.sequenced import Sequenced
 
 Ctx = zmq.Context[zmq.Socket[bytes]]
@@ -146,7 +146,7 @@ def test_a_device_that_died_meanwhile_is_restarted_by_policy(short_tmp: Path, ke
     config, pids = _orphaned(short_tmp, kept_down)
     dead = psutil.Process(pids["pipe"])
     dead.kill()
-    assert not psutil.wait_procs([dead], timeout=10)[1]
+    assert not wait_gone([dead], 10)
     second = Up(config, label="second").start()
     kept_down.append(second)
     after = _running(second)
@@ -171,7 +171,7 @@ def test_a_changed_device_is_restarted_and_a_removed_one_stopped(short_tmp: Path
     after = _running(second, ("pipe",))
     assert after["pipe"]["pid"] != pids["pipe"]
     assert after["pipe"]["endpoints"]["out"] == [f"ipc://{short_tmp}/pipe-out2.sock"]
-    gone, alive = psutil.wait_procs([broker], timeout=10)
+    alive = wait_gone([broker], 10)
     assert not alive, "the device the file no longer names still runs"
     log = second.log()
     assert "pipe: its configuration changed while no supervisor ran; restarting it" in log

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from support.cli import Up, connect, recv_within, write_topology
+from support.cli import Up, connect, recv_within, wait_gone, write_topology
 
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command
@@ -73,7 +73,7 @@ def test_an_orphan_forwards_through_the_grace_then_stops_cleanly(
         device, _ = _device(up)
         killed_at = _kill_supervisor(up)
         _flows(zmq_ctx, short_tmp, b"after the supervisor died")
-        gone, alive = psutil.wait_procs([device], timeout=GRACE + 2.0)
+        alive = wait_gone([device], GRACE + 2.0)
         ended_after = time.monotonic() - killed_at
         assert not alive, "the orphan outlived orphan_grace + 2 s"
         # It waited for an adopter (not stopped at once) and then stopped through its own
@@ -104,7 +104,7 @@ def test_adopt_with_the_run_token_keeps_the_orphan_past_the_grace(short_tmp: Pat
             answer = client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
             assert answer["adopted"] is True and answer["pid"] == device.pid, answer
             # Adopted: the grace no longer runs out. Waiting is the measure here.
-            gone, alive = psutil.wait_procs([device], timeout=GRACE + 1.0)
+            alive = wait_gone([device], GRACE + 1.0)
             assert alive, "the adopted device stopped when the grace ran out"
             _flows(zmq_ctx, short_tmp, b"adopted")
             # Adopted by another process while the adopter (this test) lives: refused. By the
@@ -121,7 +121,7 @@ def test_adopt_with_the_run_token_keeps_the_orphan_past_the_grace(short_tmp: Pat
             client.request(Command.STOP, 2.0)
         finally:
             client.close()
-        gone, alive = psutil.wait_procs([device], timeout=5.0)
+        alive = wait_gone([device], 5.0)
         assert not alive
         up.assert_nothing_left(5.0)
 
@@ -143,6 +143,6 @@ def test_a_device_adopted_by_a_process_that_dies_is_orphaned_again(short_tmp: Pa
             adopter.kill()
             adopter.wait(5)
         # The adopter's death starts a new grace: the device stops within it.
-        gone, alive = psutil.wait_procs([device], timeout=GRACE + 2.0)
+        alive = wait_gone([device], GRACE + 2.0)
         assert not alive, "the device outlived its adopter by more than orphan_grace + 2 s"
         up.assert_nothing_left(5.0)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import select
@@ -269,6 +270,19 @@ def is_gone(proc: psutil.Process) -> bool:
         return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; returns those still running at the deadline. A
+    zombie has exited: reaping it is its parent's job, and an orphan's parent (init, here a
+    process of the sandbox) may take its time, which psutil.wait_procs would wait out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if not is_gone(p)]
+        left = deadline - time.monotonic()
+        if not alive or left <= 0:
+            return alive
+        processes_exit(functools.partial(list, alive))(min(left, WAKE_SLICE))
 
 
 def identify(pid: int) -> psutil.Process | None:

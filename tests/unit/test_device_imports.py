@@ -44,4 +44,7 @@ def imported_by(names: list[str]) -> set[str]:
 
 @pytest.mark.timeout(60)
 def test_the_device_path_imports_no_heavy_module() -> None:
-    assert sorted(imported_by(DEVICE_PATH).intersection(HEAVY)) == []
+    # Beyond what pyzmq itself imports: on Python 3.13 its Cython backend imports inspect and
+    # ast, for pyzmq's own device as for ours.
+    pyzmq = imported_by(["zmq", "zmq.devices"])
+    assert sorted(imported_by(DEVICE_PATH).intersection(HEAVY) - pyzmq) == []
