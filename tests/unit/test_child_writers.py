@@ -12,6 +12,8 @@ import ast
 import dataclasses
 from pathlib import Path
 
+from support.astwrites import attribute_writes
+
 from procdevices.supervisor.child import Child
 from procdevices.supervisor.liveness import Liveness
 
@@ -33,26 +35,14 @@ def _child_params(tree: ast.AST) -> set[str]:
 def writes(source: str) -> list[str]:
     tree = ast.parse(source)
     holders = CHILD_NAMES | _child_params(tree)
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
-            targets = [node.target]
-        else:
-            continue
-        for target in targets:
-            for sub in ast.walk(target):
-                if not (isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)):
-                    continue
-                base = sub.value
-                on_child = isinstance(base, ast.Name) and base.id in holders and sub.attr in CHILD_FIELDS
-                on_liveness = (
-                    isinstance(base, ast.Attribute) and base.attr == "liveness" and sub.attr in LIVENESS_FIELDS
-                )
-                if on_child or on_liveness:
-                    found.append(f"{node.lineno}: {ast.unparse(sub)}")
-    return found
+
+    def counts(sub: ast.Attribute) -> bool:
+        base = sub.value
+        on_child = isinstance(base, ast.Name) and base.id in holders and sub.attr in CHILD_FIELDS
+        on_liveness = isinstance(base, ast.Attribute) and base.attr == "liveness" and sub.attr in LIVENESS_FIELDS
+        return on_child or on_liveness
+
+    return list(attribute_writes(tree, counts))
 
 
 def test_no_child_field_is_written_outside_its_owners() -> None:

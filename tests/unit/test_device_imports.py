@@ -9,11 +9,8 @@ the modules a spawned device, a warm worker and the fork server import.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from support.imports import imported_by
 
 from procdevices.devices.launch import FORKSERVER_PRELOAD
 
@@ -24,22 +21,6 @@ HEAVY = ("dataclasses", "inspect", "ast", "hmac", "hashlib", "uuid")
 # What a device process runs: multiprocessing's spawn entry point, then (unpickling its job)
 # the runtime and its device class's module; a warm worker also runs launch.pool_worker_main.
 DEVICE_PATH = ["multiprocessing.spawn", "procdevices.devices.launch", *FORKSERVER_PRELOAD]
-
-PROBE = """
-import importlib, json, sys
-for name in sys.argv[1:]:
-    importlib.import_module(name)
-print(json.dumps(sorted(sys.modules)))
-"""
-
-
-def imported_by(names: list[str]) -> set[str]:
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", PROBE, *names], capture_output=True, text=True, check=True, timeout=50
-    )
-    modules = set(json.loads(out.stdout))
-    assert set(names) <= modules  # the probe did import them
-    return modules
 
 
 @pytest.mark.timeout(60)

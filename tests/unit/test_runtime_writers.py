@@ -7,25 +7,18 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from support.astwrites import attribute_writes
+
 PACKAGE = Path(__file__).resolve().parents[2] / "procdevices"
 OWNER = PACKAGE / "devices" / "runtime.py"
 
 
 def _runtime_writes(source: str) -> list[str]:
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
-            targets = [node.target]
-        else:
-            continue
-        for target in targets:
-            if isinstance(target, ast.Attribute) and isinstance(target.ctx, ast.Store):
-                base = ast.unparse(target.value)
-                if base in ("runtime", "self._runtime", "device._runtime") or base.endswith("._runtime"):
-                    found.append(f"{node.lineno}: {ast.unparse(target)}")
-    return found
+    def counts(sub: ast.Attribute) -> bool:
+        base = ast.unparse(sub.value)
+        return base in ("runtime", "self._runtime", "device._runtime") or base.endswith("._runtime")
+
+    return list(attribute_writes(ast.parse(source), counts))
 
 
 def test_no_module_but_runtime_py_writes_a_runtime_field() -> None:

@@ -8,11 +8,8 @@ metrics.py only when ``metrics``, ``--metrics`` or ``metrics_socket`` asks for a
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from support.imports import imported_by
 
 #: Modules `up` must not import while no metrics server is configured.
 METRICS_ONLY = ("prometheus_client", "http.server", "wsgiref", "procdevices.supervisor.metrics")
@@ -31,22 +28,6 @@ UP_PATH = [
     "procdevices.supervisor.runstate",
     "procdevices.supervisor.service",
 ]
-
-PROBE = """
-import importlib, json, sys
-for name in sys.argv[1:]:
-    importlib.import_module(name)
-print(json.dumps(sorted(sys.modules)))
-"""
-
-
-def imported_by(names: list[str]) -> set[str]:
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", PROBE, *names], capture_output=True, text=True, check=True, timeout=50
-    )
-    modules = set(json.loads(out.stdout))
-    assert set(names) <= modules  # the probe did import them
-    return modules
 
 
 @pytest.mark.timeout(60)

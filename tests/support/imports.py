@@ -1,0 +1,25 @@
+"""What a set of modules imports, measured in a fresh isolated interpreter (``-I``: no
+user site, no PYTHONPATH), so nothing the test process imported already hides a cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+_PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def imported_by(names: list[str]) -> set[str]:
+    """Every module in ``sys.modules`` once ``names`` are imported."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", _PROBE, *names], capture_output=True, text=True, check=True, timeout=50
+    )
+    modules = set(json.loads(out.stdout))
+    assert set(names) <= modules  # the probe did import them
+    return modules
