@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support.cli import wait_gone
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "devices.md"
 
@@ -38,7 +39,7 @@ def run_script(path: Path) -> subprocess.CompletedProcess[str]:
             process.wait()
     # Whatever is still on its way out (multiprocessing's resource tracker ends when the
     # script's end closes its pipe) gets a moment.
-    _, left = psutil.wait_procs([p for p in psutil.process_iter() if _session_of(p) == process.pid], timeout=3)
+    left = wait_gone([p for p in psutil.process_iter() if _session_of(p) == process.pid], 3)
     for p in left:
         p.kill()
     assert left == [], f"the script left processes running: {[p.cmdline() for p in left]}"

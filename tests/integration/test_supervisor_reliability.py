@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from support.cli import Up, connect, write_topology
+from support.cli import Up, connect, wait_gone, write_topology
 from support.topologies import STREAMER
 
 # out SNDHWM 100: below libzmq's burst of 1000, so a full consumer stops the loop inside a send
@@ -119,5 +119,5 @@ def test_devices_stop_soon_after_their_supervisor_is_killed_whatever_their_queue
         for i in range(200):
             producer.send(b"queued %d" % i)
         up.signal(signal.SIGKILL)
-        gone, alive = psutil.wait_procs([device], timeout=2.0 + 1.0)  # stop_timeout and a margin
+        alive = wait_gone([device], 2.0 + 1.0)  # stop_timeout and a margin
         assert not alive, "the device outlived its supervisor by more than its stop timeout"
