@@ -16,12 +16,11 @@ from __future__ import annotations
 import os
 import select
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.cli import RUN_DIR, FileChanges, Up, wait_for, write_topology
+from support.cli import RUN_DIR, FileChanges, Up, processes_exit, wait_for, write_topology
 
 DEVICES = """\
 [devices.pipe]
@@ -125,7 +124,9 @@ def test_ctrl_c_at_any_moment_of_start_up_is_one_clean_stop(milestone: str, dela
     with Up(config) as up:
         wait_milestone(up, run, milestone)
         if delay:
-            time.sleep(delay)  # where the signal lands: the test's input, not a wait
+            # Where the signal lands (the test's input): ``delay`` after the milestone, unless
+            # the supervisor ends before, which the pidfd it waits on tells at once.
+            processes_exit(lambda: [up.me] if up.me is not None else [])(delay)
         up.signal(signal.SIGINT, group=True)
         code = up.wait_exit()
         log = up.log()
