@@ -158,11 +158,19 @@ class ControlConnection:
         self._closed = False
 
     def send(self, command: Command, now: float, timeout: float, callback: ReplyCallback, payload: Any = None) -> None:
+        if not self.try_send(command, now, timeout, callback, payload):
+            callback(False, device_error(ErrorCode.TIMEOUT, "the device's control queue is full"))
+
+    def try_send(
+        self, command: Command, now: float, timeout: float, callback: ReplyCallback, payload: Any = None
+    ) -> bool:
+        """Queue the request; False (and no callback) when it cannot be: the queue is full,
+        or the connection is not up yet (the caller may try again)."""
         request_id = None if self._closed else self._router._send(self, command, payload)
         if request_id is None:
-            callback(False, device_error(ErrorCode.TIMEOUT, "the device's control queue is full"))
-            return
+            return False
         self._pending[request_id] = (now + timeout, callback)
+        return True
 
     def answered(self, request_id: bytes, status: bytes, frame: bytes) -> None:
         entry = self._pending.pop(request_id, None)

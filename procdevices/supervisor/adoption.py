@@ -27,6 +27,7 @@ run: a planted or stale state.json can at worst be ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -177,22 +178,17 @@ def _exchange(
     settled: set[str] = set()
     unsent = dict(asked)
     deadline = clock() + timeout
+
+    def answered(name: str, ok: bool, body: Any) -> None:
+        settled.add(name)
+        if ok and isinstance(body, dict) and body.get("adopted") is True:
+            answers[name] = body
+
     while len(settled) < len(asked) and (now := clock()) < deadline:
         for name, (_, control) in list(unsent.items()):
-            # Sent before the ROUTER's connection is up, a request fails at once: try again
-            # on the next turn (the connect to a live ipc socket takes well under a ms).
-            sent_now: list[bool] = []
-
-            def answered(ok: bool, body: Any, name: str = name, sent_now: list[bool] = sent_now) -> None:
-                if not sent_now:
-                    return  # failed inside send(): not delivered, retried
-                settled.add(name)
-                if ok and isinstance(body, dict) and body.get("adopted") is True:
-                    answers[name] = body
-
-            control.send(Command.ADOPT, now, deadline - now, answered, payload)
-            sent_now.append(True)
-            if control.next_deadline() is not None:
+            # Before the ROUTER's connection is up a request cannot be queued: try again on
+            # the next turn (the connect to a live ipc socket takes well under a ms).
+            if control.try_send(Command.ADOPT, now, deadline - now, functools.partial(answered, name), payload):
                 del unsent[name]
         if router.socket.poll(5, zmq.POLLIN):
             router.on_readable()
