@@ -21,10 +21,11 @@ Two ways in, both without a round trip:
 
 from __future__ import annotations
 
-import socket
 from multiprocessing import reduction
-from multiprocessing.connection import Connection
-from typing import Any, NamedTuple, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, TypeVar
+
+if TYPE_CHECKING:
+    from procdevices.devices.channel import Channel
 
 # endpoint → the inherited listening descriptor, in this (device) process.
 INHERITED: dict[str, int] = {}
@@ -64,11 +65,10 @@ class HasListeners(Protocol):
 J = TypeVar("J", bound=HasListeners)
 
 
-def send_job(conn: Connection, job: J) -> None:
+def send_job(conn: Channel, job: J) -> None:
     """Send ``job`` to a running worker: its :class:`InheritedFd` listeners become
     :class:`FollowingFd` and the descriptors follow the job in one SCM_RIGHTS message.
-    ``conn`` must be one end of a socketpair (``Pipe(duplex=True)``). Raises OSError when
-    the worker is gone."""
+    Raises OSError when the worker is gone."""
     listeners = job.listeners or {}
     fds = [fd.fd for fd in listeners.values()]
     if fds:
@@ -77,14 +77,10 @@ def send_job(conn: Connection, job: J) -> None:
     conn.send(job)
     if fds:
         # The kernel hands the receiver its own duplicates: the supervisor keeps its copies.
-        sock = socket.socket(fileno=conn.fileno())
-        try:
-            socket.send_fds(sock, [b"F"], fds)
-        finally:
-            sock.detach()  # the descriptor is the Connection's, not this object's
+        conn.send_fds(fds)
 
 
-def receive_job(conn: Connection) -> Any:
+def receive_job(conn: Channel) -> Any:
     """The worker's side of :func:`send_job`: the job, its listeners as plain descriptors.
     Raises EOFError or OSError when the pipe closes first or the descriptors do not come."""
     job = conn.recv()
@@ -92,13 +88,7 @@ def receive_job(conn: Connection) -> Any:
     wanted = [p.position for p in listeners.values() if isinstance(p, FollowingFd)]
     if not wanted:
         return job
-    sock = socket.socket(fileno=conn.fileno())
-    try:
-        _, fds, flags, _ = socket.recv_fds(sock, 1, len(wanted))
-    finally:
-        sock.detach()
-    if flags & socket.MSG_CTRUNC or len(fds) != len(wanted):
-        raise EOFError(f"expected {len(wanted)} listening descriptors with the job, got {len(fds)}")
+    fds = conn.recv_fds(len(wanted))
     received = {endpoint: fds[p.position] if isinstance(p, FollowingFd) else p for endpoint, p in listeners.items()}
     return job.with_listeners(received)
 

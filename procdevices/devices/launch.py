@@ -17,12 +17,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing import resource_tracker, spawn
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, NamedTuple
 
 from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
+from procdevices.devices.channel import Channel
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -166,7 +166,7 @@ class PendingStart:
     def __init__(
         self,
         process: BaseProcess,
-        conn: Connection,
+        conn: Channel,
         label: str,
         cleanup_dir: str | None = None,
         # Set when the device needs the parent's __main__: the likely cause of an early exit.
@@ -223,7 +223,7 @@ def spawn_device(
     ``listeners``: endpoint → :class:`~procdevices.devices.inherit.InheritedFd` of a listening
     socket it takes over."""
     context = process_context(start_method)
-    parent_end, child_end = context.Pipe(duplex=True)
+    parent_end, child_end = Channel.pair()
     job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, _parent_pid(start_method), listeners)
     process = (process_class or context.Process)(
         target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
@@ -243,7 +243,7 @@ def spawn_device(
 
 class _Worker(NamedTuple):
     process: BaseProcess
-    conn: Connection
+    conn: Channel
 
 
 #: What an idle warm worker imports while it waits: the modules a supervised device's
@@ -252,7 +252,7 @@ class _Worker(NamedTuple):
 POOL_PRELOAD = FORKSERVER_PRELOAD
 
 
-def pool_worker_main(conn: Connection) -> None:
+def pool_worker_main(conn: Channel) -> None:
     """Entry point of a warm worker: import what a device needs, then wait on ``conn`` for a
     job (and the listening descriptors that follow it, inherit.send_job) and run it. Exits
     quietly if the pipe closes first: the pool was released, or its supervisor died."""
@@ -281,9 +281,13 @@ class WorkerPool:
         self._released: list[BaseProcess] = []
 
     def refill(self) -> None:
-        self._idle = [w for w in self._idle if w.process.is_alive()]
+        for worker in self._idle:
+            if not worker.process.is_alive():
+                worker.conn.close()  # it died while idle
+                worker.process.join(0)
+        self._idle = [w for w in self._idle if not w.conn.closed]
         while len(self._idle) < self.size:
-            parent_end, child_end = self._context.Pipe(duplex=True)
+            parent_end, child_end = Channel.pair()
             process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
             process.daemon = True
             # A pooled worker gets only devices the supervisor built from procdevices' own

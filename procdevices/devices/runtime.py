@@ -7,7 +7,8 @@ sockets, starts the control loop, reports readiness, then runs the forwarding lo
                                   │ _setup_sockets()   (errors name role, address, reason)
                                   │ DeviceRuntime.sockets_built(): control thread up
     parent: start() returns ◄─────┤ ready report (pid, bound endpoints) over a pipe
-                                  │ zmq.proxy_steerable(in, out, mon, inproc REP)
+                                  │ the forwarding loop (in, out, mon, inproc REP):
+                                  │ cloop.py's, else zmq.proxy_steerable
     parent: stop() ──control──►   │ TERMINATE → loop returns → in stops taking input,
                                   │ what is queued is delivered (drain.py), sockets closed
                                   │ with LINGER bounded by stop_linger
@@ -19,14 +20,12 @@ from __future__ import annotations
 import enum
 import os
 import pickle
-import shutil
 import signal
 import socket as pysocket
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from multiprocessing import parent_process
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 import zmq
@@ -48,6 +47,7 @@ from procdevices.devices.inherit import adopt as adopt_listeners
 from procdevices.errors import DeviceError, DeviceSetupError, DeviceStartError
 
 if TYPE_CHECKING:
+    from procdevices.devices.channel import Channel
     from procdevices.devices.runnable import RunsInWorker as Device
 
 Socket = zmq.Socket[bytes]
@@ -90,7 +90,7 @@ class NullReporter:
 
 
 class PipeReporter:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self.conn = conn
 
     def ready(self, info: ReadyInfo) -> None:
@@ -469,6 +469,8 @@ class DeviceRuntime:
         if self.tap_endpoint is not None:
             _remove(self.tap_endpoint[len("ipc://") :])
         if self.cleanup_dir:
+            import shutil  # here, not at the top: a supervised device has no cleanup dir
+
             shutil.rmtree(self.cleanup_dir, ignore_errors=True)
 
 
@@ -532,7 +534,7 @@ class Job(NamedTuple):
         return self._replace(listeners=listeners)
 
 
-def process_main(conn: Connection, job: Job | None) -> None:
+def process_main(conn: Channel, job: Job | None) -> None:
     """Entry point of a device process. A pooled worker is started with ``job=None`` and
     waits on ``conn`` for its device; it exits quietly if the pipe closes first."""
     # The supervisor's signals (IGNORED_SIGNALS) are not the device's business: it follows its

@@ -26,7 +26,6 @@ import fcntl
 import json
 import math
 import os
-import secrets
 import socket
 import stat
 import time
@@ -88,7 +87,7 @@ def issue_run_token(resume: str | None = None) -> str:
     if resume is not None:
         _issued_token = resume
     elif _issued_token is None:
-        _issued_token = secrets.token_hex(16)
+        _issued_token = os.urandom(16).hex()
     os.environ[RUN_TOKEN_ENV] = _issued_token
     return _issued_token
 
@@ -408,7 +407,13 @@ class RunDir:
         self._write_atomically(json.dumps(state, indent=1).encode())
 
     def _write_atomically(self, data: bytes) -> None:
-        tmp = self.path / f".state.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        # No fsync, of the file or of the directory: the state file serves the next `up` after
+        # this one ends (a crash, SIGUSR1, an upgrade), and the page cache it reads from
+        # outlives any process. What an fsync adds is only survival of a kernel crash or a
+        # power loss, after which no device the file names is running; a file torn by one is
+        # ignored with a warning (read_usable_state). Two fsyncs per write blocked the
+        # supervisor's loop 5-40 ms each time, 0.14 s in all while 32 devices started.
+        tmp = self.path / f".state.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -416,21 +421,11 @@ class RunDir:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, self.state_file)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise self._write_error(e) from None
-        # The rename itself survives a crash only once the directory is on disk too; failing
-        # that, the old state file stays, which is still a consistent one.
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
 
     def _write_error(self, e: OSError) -> StateWriteError:
         return StateWriteError(e.errno, f"cannot write {self.state_file}: {e.strerror or _one_line(e)}")
@@ -504,7 +499,9 @@ def identify(pid: int, create_time: float, token: str | None) -> psutil.Process 
         # A zombie has already exited: it only waits for its (new) parent to reap it.
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        if not secrets.compare_digest(proc.environ().get(RUN_TOKEN_ENV, ""), token):
+        from hmac import compare_digest  # here: only an adopting `up` compares tokens
+
+        if not compare_digest(proc.environ().get(RUN_TOKEN_ENV, ""), token):
             return None
         # psutil.Process checks the create time again before every signal it sends.
         return proc

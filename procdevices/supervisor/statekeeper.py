@@ -6,8 +6,9 @@ writes it then. A failed write (a full disk) is logged once and tried again on l
 the state file only helps a later run, so supervision goes on without it.
 
 While devices are starting, changes come in a burst (a spawn and a ready per device), and
-each write costs the loop two fsyncs (5-15 ms on a busy disk) and a JSON dump of every
-device: 14 writes, ~0.15 s of blocked loop, while 32 devices started. So during a start the
+each write costs the loop a JSON dump of every device and a file replaced (it cost two
+fsyncs too, 5-40 ms each, until runstate.py gave them up): 14 writes while 32 devices
+started. So during a start the
 changes are gathered: the file is written ``GATHER`` after the first unwritten one, then at
 most once per ``SPACING``; as soon as no device is starting, at once. A supervisor that
 dies during a start therefore leaves a file at most ``SPACING`` behind (plus a loop turn);

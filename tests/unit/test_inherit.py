@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from procdevices.devices import runtime as rt
+from procdevices.devices.channel import Channel
 from procdevices.devices.inherit import FollowingFd, InheritedFd, receive_job, send_job
-from procdevices.devices.launch import SPAWN
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def listening() -> Iterator[socket.socket]:
 
 
 def test_the_descriptors_follow_the_job_and_the_sender_keeps_its_own(listening: socket.socket) -> None:
-    supervisor_end, worker_end = SPAWN.Pipe(duplex=True)
+    supervisor_end, worker_end = Channel.pair()
     endpoint = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
     try:
         send_job(supervisor_end, rt.Job(b"device", "ipc://ctl", listeners={endpoint: InheritedFd(listening.fileno())}))
@@ -45,7 +45,7 @@ def test_the_descriptors_follow_the_job_and_the_sender_keeps_its_own(listening: 
 
 
 def test_a_job_without_listeners_travels_alone() -> None:
-    supervisor_end, worker_end = SPAWN.Pipe(duplex=True)
+    supervisor_end, worker_end = Channel.pair()
     try:
         send_job(supervisor_end, rt.Job(b"device", "ipc://ctl"))
         supervisor_end.send("next")
@@ -58,7 +58,7 @@ def test_a_job_without_listeners_travels_alone() -> None:
 
 def test_descriptors_that_never_come_end_the_wait() -> None:
     """A job that announces descriptors, then a closed pipe: the worker stops waiting."""
-    supervisor_end, worker_end = SPAWN.Pipe(duplex=True)
+    supervisor_end, worker_end = Channel.pair()
     try:
         supervisor_end.send(rt.Job(b"device", "ipc://ctl", listeners={"tcp://127.0.0.1:1": FollowingFd(0)}))
         supervisor_end.close()

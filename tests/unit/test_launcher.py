@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import pytest
 
+from procdevices.devices.channel import Channel
 from procdevices.devices.launch import PendingStart
 from procdevices.supervisor.launcher import ProcessLauncher
 
@@ -29,7 +28,7 @@ class _Pool:
         self.idle = idle
         self.taken: list[str] = []
         self.refills = 0
-        self.ends: list[Connection] = []
+        self.ends: list[Channel] = []
 
     def take(
         self,
@@ -59,22 +58,22 @@ class _Pool:
         pass
 
 
-def _pending(ends: list[Connection], label: str) -> PendingStart:
-    parent, child = multiprocessing.Pipe()
+def _pending(ends: list[Channel], label: str) -> PendingStart:
+    parent, child = Channel.pair()
     ends += [parent, child]
     process: Any = _Me()
     return PendingStart(process, parent, label)
 
 
 @pytest.fixture
-def ends() -> Iterator[list[Connection]]:
-    opened: list[Connection] = []
+def ends() -> Iterator[list[Channel]]:
+    opened: list[Channel] = []
     yield opened
     for end in opened:
         end.close()
 
 
-def test_a_warm_worker_is_used_when_the_pool_has_one(ends: list[Connection]) -> None:
+def test_a_warm_worker_is_used_when_the_pool_has_one(ends: list[Channel]) -> None:
     pool = _Pool(idle=1)
     pool.ends = ends
     spawned: list[str] = []
@@ -94,8 +93,9 @@ def test_a_warm_worker_is_used_when_the_pool_has_one(ends: list[Connection]) -> 
         launcher.close()
 
 
-def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Connection]) -> None:
+def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Channel]) -> None:
     pool = _Pool(idle=0)
+    pool.ends = ends
     launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label, listeners=None: _pending(ends, label))
     try:
         launcher.refill()  # at first the pool is empty: fill it
@@ -112,8 +112,9 @@ def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Connection]) -> N
         launcher.close()
 
 
-def test_a_new_pool_size_tops_the_pool_up_at_the_next_refill(ends: list[Connection]) -> None:
+def test_a_new_pool_size_tops_the_pool_up_at_the_next_refill(ends: list[Channel]) -> None:
     pool = _Pool(idle=0)
+    pool.ends = ends
     launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label, listeners=None: _pending(ends, label))
     try:
         launcher.refill()

@@ -1,4 +1,4 @@
-"""state.json during a start: changes gathered, not one write (two fsyncs) per spawn and ready
+"""state.json during a start: changes gathered, not one write per spawn and ready
 (statekeeper.py); at once when no device is starting, and when leaving."""
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from procdevices import runlayout
@@ -369,6 +368,8 @@ def parse_memory_size(value: object, key: str) -> int:
             f"invalid memory size '{show(value)}': expected a number with an optional unit "
             f"({one_of(MEMORY_UNIT_NAMES)}), e.g. '256MiB'",
         )
+    from decimal import Decimal  # exact for "1.5MiB"; imported only where a size is written as text
+
     return int(Decimal(match.group(1)) * multiplier)
 
 
