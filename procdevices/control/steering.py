@@ -1,7 +1,7 @@
 """Talking to libzmq's steerable proxy through its control socket.
 
-Every forwarding device runs ``zmq_proxy_steerable`` with a REP control socket on an inproc
-address; the device's control loop holds the DEALER peer (:class:`ProxySteering`), and never
+Every forwarding device runs ``zmq_proxy_steerable``, or a C loop that speaks its protocol
+(devices/cloop.py), with a REP control socket on an inproc address; the device's control loop holds the DEALER peer (:class:`ProxySteering`), and never
 waits on it: a loop blocked by backpressure must not silence the control loop. REP is
 chosen on purpose: libzmq 4.3.5 answers every command on any socket type while libzmq master
 answers only on REP, so with REP both answer, and the envelope the DEALER adds is stripped

@@ -1,10 +1,16 @@
-/* The monitored queue's steerable loop in C: procdevices.devices._mqloop.
+/* The steerable forwarding loop in C: procdevices.devices._mqloop.
  *
  * The same loop as monitored_queue_steerable's Python fallback (monitoredqueuedevice.py),
  * run with the GIL released: pyzmq's monitored_queue semantics (a prefix + message copy of
  * every message to the monitor, sent before the message; the first two frames swapped when
  * both sides are ROUTER; in and out may be one socket) and libzmq's steerable control
  * protocol (PAUSE, RESUME, TERMINATE, STATISTICS, anything else: one empty frame).
+ *
+ * With raw_capture it is libzmq's proxy instead (every other device, cloop.py): the monitor
+ * gets a plain copy of every frame, as libzmq's capture socket does. One zmq_poll per batch
+ * where libzmq's proxy makes two, over the sockets that can be readable only (a PUSH out is
+ * not polled): 0.77x the proxy thread's CPU per 64 B message of zmq_proxy without a control
+ * socket, with one (docs/performance.md).
  *
  * No libzmq header and no link to libzmq: pyzmq's wheels ship neither zmq.h nor a libzmq to
  * link against (they bundle their own copy). The few declarations needed are written out
@@ -83,6 +89,7 @@ typedef struct {
     const char *prefix[2];
     size_t prefix_len[2];
     int swap_ids;
+    int raw_capture; /* mon gets plain frame copies (libzmq's capture), no prefix */
     long batch;
     int check_signals; /* the loop runs in the main thread: Python's handlers run there */
     uint64_t *counters;
@@ -203,7 +210,16 @@ relay(loop_t *L, void *source, void *target, int side, int src_at, int dst_at)
                 return rc;
             size += zmq.msg_size(&L->frames[n]);
         } while (zmq.msg_more(&L->frames[n++]));
-        if (L->mon != NULL) {
+        if (L->mon != NULL && L->raw_capture) {
+            /* libzmq's capture: the frames as they are, no prefix, never swapped */
+            for (i = 0; i < n; i++) {
+                if (zmq.msg_copy(&L->copy, &L->frames[i]) < 0)
+                    return zmq.errno_();
+                if ((rc = send_frame(L, &L->copy, L->mon, i + 1 < n ? ZMQ_SNDMORE : 0)) != 0)
+                    return rc;
+            }
+        }
+        else if (L->mon != NULL) {
             /* The copy first: once a peer has the message, the monitor has its copy. */
             rc = send_bytes(L, L->mon, L->prefix[side], L->prefix_len[side], ZMQ_SNDMORE);
             if (rc != 0)
@@ -274,14 +290,14 @@ command(loop_t *L, int *paused, int *skip)
  * from each readable side; until TERMINATE (TERMINATED), an error (its errno) or a signal
  * handler's exception (RAISED). */
 static int
-serve(loop_t *L)
+serve(loop_t *L, int poll_out)
 {
     zmq_pollitem_t items[3];
     int n = 0, out_at = -1, ctrl_at = -1, paused = 0, rc;
     memset(items, 0, sizeof(items));
     items[n].socket = L->in;
     items[n++].events = ZMQ_POLLIN;
-    if (L->out != L->in) {
+    if (L->out != L->in && poll_out) {
         out_at = n;
         items[n].socket = L->out;
         items[n++].events = ZMQ_POLLIN;
@@ -340,13 +356,15 @@ serve(loop_t *L)
 
 PyDoc_STRVAR(run_doc,
 "run(in_handle, out_handle, mon_handle, ctrl_handle, in_prefix, out_prefix, swap_ids,\n"
-"    batch, counters, check_signals) -> int\n\n"
+"    batch, counters, check_signals, raw_capture=False, poll_out=True) -> int\n\n"
 "Run the steerable monitored queue on libzmq socket handles (pyzmq's Socket.underlying;\n"
 "0 for no monitor or no control socket) with the GIL released. counters: a writable\n"
 "buffer of eight native uint64, added to as messages are relayed (frontend frames in,\n"
 "bytes in, frames out, bytes out, then the backend). check_signals: run Python's signal\n"
 "handlers when a call is interrupted, and within 50 ms of a signal that came while the\n"
-"loop ran its own code (for the main thread).\n"
+"loop ran its own code (for the main thread). raw_capture: the monitor gets a plain copy\n"
+"of every frame (libzmq's capture; the prefixes are not sent). poll_out: False when the\n"
+"out socket can never be readable (PUSH, PUB): the loop then never polls it.\n"
 "Returns 0 after TERMINATE, else the errno of the libzmq call that failed; raises what a\n"
 "signal handler raised.");
 
@@ -356,15 +374,15 @@ mqloop_run(PyObject *self, PyObject *args)
     unsigned long long in, out, mon, ctrl;
     const char *in_prefix, *out_prefix;
     Py_ssize_t in_len, out_len;
-    int swap_ids, check, rc;
+    int swap_ids, check, rc, raw_capture = 0, poll_out = 1;
     long batch;
     Py_buffer counters;
     loop_t L;
     size_t i;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "KKKKy#y#plw*p:run", &in, &out, &mon, &ctrl, &in_prefix, &in_len,
-                          &out_prefix, &out_len, &swap_ids, &batch, &counters, &check))
+    if (!PyArg_ParseTuple(args, "KKKKy#y#plw*p|pp:run", &in, &out, &mon, &ctrl, &in_prefix, &in_len,
+                          &out_prefix, &out_len, &swap_ids, &batch, &counters, &check, &raw_capture, &poll_out))
         return NULL;
     if (zmq_lib == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "bind() has not found libzmq");
@@ -392,6 +410,7 @@ mqloop_run(PyObject *self, PyObject *args)
     L.prefix[1] = out_prefix;
     L.prefix_len[1] = (size_t)out_len;
     L.swap_ids = swap_ids;
+    L.raw_capture = raw_capture;
     L.batch = batch;
     L.check_signals = check;
     L.counters = (uint64_t *)counters.buf;
@@ -408,7 +427,7 @@ mqloop_run(PyObject *self, PyObject *args)
     L.ts = PyEval_SaveThread();
     L.last_check_ns = now_ns();
     L.ran = 1; /* a signal may have come since Python last looked */
-    rc = serve(&L);
+    rc = serve(&L, poll_out);
     PyEval_RestoreThread(L.ts);
 
     /* A message cut short by an error or an exception is dropped here. */

@@ -1,4 +1,4 @@
-"""The monitored queue's steerable loop in C (_mqloop.c); see monitoredqueuedevice.py."""
+"""The steerable forwarding loop in C (_mqloop.c); see cloop.py and monitoredqueuedevice.py."""
 
 from array import array
 
@@ -14,5 +14,7 @@ def run(
     batch: int,
     counters: array[int],
     check_signals: bool,
+    raw_capture: bool = False,
+    poll_out: bool = True,
     /,
 ) -> int: ...

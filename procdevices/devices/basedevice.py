@@ -25,14 +25,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import wait as wait_for
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import zmq
 from zmq import ENOTSOCK, ETERM, QUEUE, ZMQError
 
-from procdevices.control.steering import PauseCommands
-from procdevices.devices import contexts, drain
+from procdevices.control.steering import PAUSE, RESUME, PauseCommands
+from procdevices.devices import cloop, contexts, drain
 from procdevices.devices import runtime as rt
 from procdevices.devices.drain import GracefulStop
 from procdevices.devices.roles import RecordedSetup, role_methods
@@ -193,7 +192,16 @@ class Device(RecordedSetup, GracefulStop, Tapped):
     def _pause_commands(self) -> PauseCommands | None:
         """The commands that pause and resume this device's loop; None: libzmq's proxy, whose
         PAUSE and RESUME depend on the libzmq version (measured when first needed)."""
+        if self._loop() == "c":
+            return PauseCommands(pause=PAUSE, resume=RESUME)  # our loop: never swapped
         return None
+
+    def _loop(self) -> Literal["c", "libzmq"]:
+        """The loop that forwards (cloop.py): the C loop where it is available, except for a
+        device whose user has a ctrl socket of their own (ProxySteerable): that socket talks
+        to libzmq's proxy verbatim, PAUSE and RESUME as the libzmq version has them, as it
+        would under pyzmq."""
+        return "libzmq" if "ctrl" in self._role_sockets else cloop.proxy_loop()
 
     def _blocking_side(self) -> str | None:
         """The one socket whose send can block libzmq's loop, if only one can (for PING's
@@ -229,8 +237,9 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         runtime = self._runtime
         control = runtime.proxy_control if runtime is not None else None
         switch = self._tap_switch
+        proxy = self._proxy()
         if mons is not None or switch is None or control is None:
-            zmq.proxy_steerable(ins, outs, mons if mons is not None else self._tap_capture, control)
+            proxy(ins, outs, mons if mons is not None else self._tap_capture, control)
             return
         # The tap's capture only while a reader is connected (steering.CaptureSwitch): each
         # switch leaves the proxy with TERMINATE and enters it again on the same sockets,
@@ -239,10 +248,33 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         while True:
             capture = self._tap_capture if switch.wanted else None
             switch.entering(capture is not None, switched)
-            zmq.proxy_steerable(ins, outs, capture, control)
+            proxy(ins, outs, capture, control)
             switched = switch.switch_asked()
             if not switched:
                 return
+
+    def _proxy(self) -> Callable[[Socket, Socket, Socket | None, Socket | None], None]:
+        """libzmq's steerable proxy, or the C loop with its semantics (cloop.py)."""
+        if self._loop() == "libzmq":
+
+            def libzmq_loop(ins: Socket, outs: Socket, capture: Socket | None, control: Socket | None) -> None:
+                zmq.proxy_steerable(ins, outs, capture, control)
+
+            return libzmq_loop
+
+        def c_loop(ins: Socket, outs: Socket, capture: Socket | None, control: Socket | None) -> None:
+            # Counters from zero at every entry, as libzmq's: a capture switch carries the
+            # totals across entries itself (steering.ProxySteering.carry).
+            cloop.run(
+                ins,
+                outs,
+                capture,
+                control,
+                cloop.new_counters(),
+                poll_out=drain.receives(int(outs.getsockopt(zmq.TYPE))),
+            )
+
+        return c_loop
 
     def run_with(self, runtime: rt.DeviceRuntime) -> None:
         """Run in a device process's worker, with the runtime it made (runtime.run_in_worker):
@@ -288,6 +320,7 @@ class Device(RecordedSetup, GracefulStop, Tapped):
             "out_type": self.out_type,
             "endpoints": self._runtime.endpoints if self._runtime is not None else {},
             "tap": self._tap_entry(),
+            "loop": self._loop() if type(self).steerable else None,
         }
 
     def start(self) -> None:
@@ -458,6 +491,7 @@ class ProcessDevice(BackgroundDevice):
     def start(self) -> None:
         # Parent-side modules, imported here so that the device process never loads them.
         import tempfile
+        from multiprocessing.connection import wait as wait_for
 
         from procdevices.devices import launch
 

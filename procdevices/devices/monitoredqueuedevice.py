@@ -17,26 +17,21 @@ microsecond of CPU more per message than pyzmq's C loop (docs/performance.md has
 from __future__ import annotations
 
 import array
-import logging
 import os
 import struct
-import sys
-import threading
-from collections.abc import Iterator
-from types import ModuleType
 from typing import Any, ClassVar, Literal
 
 import zmq
 
 from procdevices.control import steering as steer
+from procdevices.devices import cloop
+
+# Re-exported: what `--version` and the tests ask of the monitored queue's loop.
+from procdevices.devices.cloop import C_LOOP_LIBZMQ as C_LOOP_LIBZMQ
+from procdevices.devices.cloop import C_LOOP_UNAVAILABLE as C_LOOP_UNAVAILABLE
 from procdevices.devices.proxydevice import ProcessProxy, Proxy, ProxyBase, ThreadProxy
 
 Socket = zmq.Socket[bytes]
-
-# Messages relayed from one socket before the loop polls again: the control socket and the
-# other direction are served at least this often, and one poll is paid per batch, not per
-# message.
-BATCH = 512
 
 _STATISTICS = struct.Struct("=8Q")
 
@@ -45,85 +40,11 @@ _STATISTICS = struct.Struct("=8Q")
 LOOP_ENV = "PROCDEVICES_MQ_LOOP"
 
 
-def _mapped_libzmqs(maps: str = "/proc/self/maps") -> list[str]:
-    """The libzmq files mapped into this process (from ``maps``, a /proc/PID/maps file),
-    sorted; [] where that file cannot be read."""
-    try:
-        with open(maps) as lines:
-            mapped = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in lines) if len(fields) == 6}
-    except OSError:
-        return []
-    return sorted(path for path in mapped if os.path.basename(path).startswith("libzmq"))
-
-
-def _distinct_files(paths: list[str]) -> list[str]:
-    """``paths`` less those naming a file already named (same device and inode: a hard link,
-    a symbolic link), first name kept; a path that cannot be stat'ed counts as distinct."""
-    seen: set[tuple[int, int] | str] = set()
-    distinct = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            key: tuple[int, int] | str = (stat.st_dev, stat.st_ino)
-        except OSError:
-            key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            distinct.append(path)
-    return distinct
-
-
-def _libzmq_candidates(mapped: list[str]) -> Iterator[str]:
-    """Where pyzmq's libzmq may be found, best first: pyzmq's backend extension (dlsym on it
-    searches its dependencies, the libzmq it was linked with, bundled or the system's), then
-    every libzmq ``mapped`` into this process."""
-    backend = sys.modules.get(zmq.backend.Socket.__module__)
-    backend_file = getattr(backend, "__file__", None)
-    if backend_file:
-        yield backend_file
-    yield from mapped
-
-
-def _load_c_loop(maps: str = "/proc/self/maps") -> tuple[ModuleType | None, str]:
-    """The C loop bound to pyzmq's libzmq and the file of that libzmq; or None and why not."""
-    try:
-        from procdevices.devices import _mqloop
-    except ImportError as e:
-        return None, f"the extension procdevices.devices._mqloop is not built ({e})"
-    mapped = _mapped_libzmqs(maps)
-    distinct = _distinct_files(mapped)
-    if len(distinct) > 1:
-        # Two libzmqs in one process (a second copy loaded by another extension or by
-        # ctypes): dlsym could resolve the loop's calls in one while pyzmq's sockets live in
-        # the other, and a socket handed to the wrong libzmq is memory corruption, not an
-        # error. The Python loop only ever calls pyzmq's own.
-        return None, f"{len(distinct)} distinct libzmq files are mapped ({', '.join(distinct)})"
-    wanted = zmq.zmq_version_info()
-    errors = []
-    for path in _libzmq_candidates(mapped):
-        try:
-            libzmq, version = _mqloop.bind(path)
-        except (OSError, RuntimeError) as e:
-            errors.append(str(e))
-            continue
-        if version != wanted:
-            return None, f"{libzmq} is libzmq {version}, pyzmq runs {wanted}"
-        return _mqloop, os.path.realpath(libzmq)
-    return None, "pyzmq's libzmq was not found: " + ("; ".join(errors) or "no candidate")
-
-
-_c_loop, _c_loop_about = _load_c_loop()
-#: The libzmq file the C loop drives (the one pyzmq loaded), or None: the C loop is unavailable.
-C_LOOP_LIBZMQ: str | None = _c_loop_about if _c_loop is not None else None
-#: Why the C loop is unavailable, or None.
-C_LOOP_UNAVAILABLE: str | None = None if _c_loop is not None else _c_loop_about
-
-
 def monitored_queue_loop() -> Literal["c", "python"]:
     """Which loop :func:`monitored_queue_steerable` runs, in this process, now: ``"c"``
     when the C extension was built and found pyzmq's libzmq, unless ``PROCDEVICES_MQ_LOOP``
     is ``python``; else ``"python"``."""
-    if _c_loop is None or os.environ.get(LOOP_ENV) == "python":
+    if not cloop.available() or os.environ.get(LOOP_ENV) == "python":
         return "python"
     return "c"
 
@@ -134,12 +55,11 @@ def loop_text() -> str:
 
 
 def _why_python() -> str:
-    return f"{LOOP_ENV}=python" if _c_loop is not None else str(C_LOOP_UNAVAILABLE)
+    return f"{LOOP_ENV}=python" if cloop.available() else str(C_LOOP_UNAVAILABLE)
 
 
-def new_counters() -> array.array[int]:
-    """Eight zeroed counters for :func:`monitored_queue_steerable` (its STATISTICS)."""
-    return array.array("Q", bytes(_STATISTICS.size))
+#: Eight zeroed counters for :func:`monitored_queue_steerable` (its STATISTICS).
+new_counters = cloop.new_counters
 
 
 def monitored_queue_steerable(
@@ -172,29 +92,11 @@ def monitored_queue_steerable(
             raise zmq.ZMQError(zmq.ENOTSOCK)  # as pyzmq's own calls on a closed socket
     swap_ids = in_socket.type == zmq.ROUTER and out_socket.type == zmq.ROUTER
     if monitored_queue_loop() == "c":
-        _run_c_loop(in_socket, out_socket, mon_socket, control, in_prefix, out_prefix, swap_ids, counters)
+        cloop.run(
+            in_socket, out_socket, mon_socket, control, counters, prefixes=(in_prefix, out_prefix), swap_ids=swap_ids
+        )
     else:
         _run_python_loop(in_socket, out_socket, mon_socket, control, in_prefix, out_prefix, swap_ids, counters)
-
-
-def _run_c_loop(
-    in_socket: Socket,
-    out_socket: Socket,
-    mon_socket: Socket | None,
-    control: Socket | None,
-    in_prefix: bytes,
-    out_prefix: bytes,
-    swap_ids: bool,
-    counters: array.array[int],
-) -> None:
-    assert _c_loop is not None
-    handles = [sock.underlying if sock is not None else 0 for sock in (in_socket, out_socket, mon_socket, control)]
-    # Python's signal handlers only ever run in the main thread: elsewhere the loop need not
-    # take the GIL to look for them.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    errno = _c_loop.run(*handles, in_prefix, out_prefix, swap_ids, BATCH, counters, in_main_thread)
-    if errno:
-        raise {zmq.EAGAIN: zmq.Again, zmq.ETERM: zmq.ContextTerminated}.get(errno, zmq.ZMQError)(errno)
 
 
 def _run_python_loop(
@@ -251,7 +153,7 @@ def _relay(
     src_at: int,
     dst_at: int,
 ) -> None:
-    """Forward up to BATCH messages from ``source``. Written with the sockets' own recv, get
+    """Forward up to cloop.BATCH messages from ``source``. Written with the sockets' own recv, get
     and send rather than recv_multipart/send_multipart: those are Python loops with checks,
     and this is the per-message path (it roughly halves the Python work per message)."""
     recv, more, send = source.recv, source.get, target.send
@@ -259,7 +161,7 @@ def _relay(
     noblock, sndmore, rcvmore, again = zmq.NOBLOCK, zmq.SNDMORE, zmq.RCVMORE, zmq.Again
     frames = size = 0
     try:
-        for _ in range(BATCH):
+        for _ in range(cloop.BATCH):
             try:
                 msg = [recv(noblock)]
             except again:
@@ -319,11 +221,14 @@ class MonitoredQueueBase(ProxyBase):
         self._out_prefix = out_prefix
 
     def _describe(self) -> dict[str, Any]:
-        return {**ProxyBase._describe(self), "mq_loop": monitored_queue_loop()}
+        loop = monitored_queue_loop()
+        return {**ProxyBase._describe(self), "mq_loop": loop, "loop": loop}
 
     def _forward(self, ins: Socket, outs: Socket, mons: Socket | None) -> None:
         if monitored_queue_loop() == "python":
             # Not silent: the Python loop forwards at about 0.64x the C loop's rate.
+            import logging  # here: the device process imports logging only to say this
+
             logging.getLogger("procdevices").warning(
                 "monitored queue: running the slower Python loop (%s)", _why_python()
             )

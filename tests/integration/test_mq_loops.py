@@ -24,6 +24,7 @@ import pytest
 import zmq
 from support.devices import c_toolchain, recv_within
 
+from procdevices.devices import cloop
 from procdevices.devices import monitoredqueuedevice as mq
 from procdevices.devices.monitoredqueuedevice import monitored_queue_steerable, new_counters
 
@@ -440,7 +441,7 @@ def test_a_signal_ends_a_loop_that_never_waits(mq_loop: str, zmq_ctx: Context) -
         try:
             # The loop is spinning once the counters move (read without the loop's help).
             for _ in range(500):
-                if counters[0] > 10 * mq.BATCH:
+                if counters[0] > 10 * cloop.BATCH:
                     spinning.set()
                     break
                 loop_ended.wait(0.01)
@@ -466,7 +467,7 @@ def test_a_signal_ends_a_loop_that_never_waits(mq_loop: str, zmq_ctx: Context) -
             helper.join(10)
     assert not helper.is_alive()
     assert failures == []
-    assert counters[0] == counters[6] > 10 * mq.BATCH
+    assert counters[0] == counters[6] > 10 * cloop.BATCH
     assert counters[1] == counters[0] * len(b"round and round")
 
 
@@ -523,7 +524,7 @@ def test_a_second_libzmq_in_the_process_refuses_the_c_loop(tmp_path: Path) -> No
     assert mq.C_LOOP_LIBZMQ is not None
     link = tmp_path / "libzmq-link.so"
     link.symlink_to(mq.C_LOOP_LIBZMQ)
-    assert mq._distinct_files([mq.C_LOOP_LIBZMQ, str(link)]) == [mq.C_LOOP_LIBZMQ]
+    assert cloop._distinct_files([mq.C_LOOP_LIBZMQ, str(link)]) == [mq.C_LOOP_LIBZMQ]
     copy = tmp_path / "libzmq-copy.so.5"
     copy.write_bytes(Path(mq.C_LOOP_LIBZMQ).read_bytes())
     script = (
