@@ -9,8 +9,8 @@
  * With raw_capture it is libzmq's proxy instead (every other device, cloop.py): the monitor
  * gets a plain copy of every frame, as libzmq's capture socket does. One zmq_poll per batch
  * where libzmq's proxy makes two, over the sockets that can be readable only (a PUSH out is
- * not polled): 0.77x the proxy thread's CPU per 64 B message of zmq_proxy without a control
- * socket, with one (docs/performance.md).
+ * not polled): 0.77-0.86x the loop thread's CPU per 64 B message of zmq_proxy without a
+ * control socket, with one (scripts/bench/loop_cost.c, docs/performance.md).
  *
  * No libzmq header and no link to libzmq: pyzmq's wheels ship neither zmq.h nor a libzmq to
  * link against (they bundle their own copy). The few declarations needed are written out

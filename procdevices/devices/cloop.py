@@ -6,9 +6,10 @@ One extension serves two loops:
   control socket; its fallback where the C loop is unavailable is a Python loop;
 - **every other device's** (basedevice.py): libzmq's steerable proxy, same semantics (the
   capture gets a plain copy of every frame, STATISTICS counts frames as libzmq does), at
-  0.77x the CPU per 64 B message of ``zmq_proxy`` itself: libzmq's proxy polls every socket
-  twice per loop turn, readable or not (a PUSH out never is), and pays a system call per
-  socket per poll; this loop polls once, only what can be readable. Where the C loop is
+  0.77-0.86x the CPU per 64 B message of ``zmq_proxy`` itself (scripts/bench/loop_cost.c):
+  libzmq's proxy polls every socket twice per loop turn, readable or not (a PUSH out never
+  is), and pays a system call per socket per poll; this loop polls once, only what can be
+  readable. A device then spends half of pyzmq's device's CPU per 64 B message. Where the C loop is
   unavailable, or ``PROCDEVICES_PROXY_LOOP=libzmq``, libzmq's ``zmq_proxy_steerable`` runs.
 
 The loop drives pyzmq's sockets through the very libzmq that made them: it resolves libzmq's
