@@ -2,13 +2,16 @@
  * message path): docs/performance.md, "Per-message cost".
  *
  * One process: a C sender thread (PUSH) -> the loop (PULL in, PUSH out) in its own thread ->
- * the C receiver (PULL) in the main thread, over ipc. Three loops run in turn, each round in
+ * the C receiver (PULL) in the main thread, over ipc. Four loops run in turn, each round in
  * another order, and the loop thread's CPU time per message is printed (pthread_getcpuclockid),
  * with the rate, then the medians and their ratios to the first:
  *
  *   proxy          zmq_proxy without a control socket: what pyzmq's devices run
  *   proxy+control  zmq_proxy_steerable with an inproc REP control socket: libzmq's steerable
  *                  proxy, what procdevices' devices ran before the C loop
+ *   +capture       the same with a capture PUB (bound over ipc, no subscriber): what a
+ *                  supervised device's tap cost it before the capture was switched off
+ *                  while no tap reads (session 5)
  *   poll+control   the structure of procdevices' C loop (_mqloop.c relay/serve): one
  *                  zmq_poll per batch over the sockets that can be readable (in, control; a
  *                  PUSH out is not), up to 512 messages relayed per batch
@@ -59,9 +62,9 @@ int zmq_msg_send(zmq_msg_t *, void *, int);
 int zmq_msg_more(const zmq_msg_t *);
 int zmq_msg_close(zmq_msg_t *);
 
-enum { REQ = 3, REP = 4, PULL = 7, PUSH = 8, LINGER = 17, DONTWAIT = 1, SNDMORE = 2, POLLIN = 1 };
-enum { PROXY, PROXY_CONTROL, POLL_CONTROL, LOOPS };
-static const char *NAMES[LOOPS] = {"proxy", "proxy+control", "poll+control"};
+enum { PUB = 1, REQ = 3, REP = 4, PULL = 7, PUSH = 8, LINGER = 17, SNDHWM = 23, DONTWAIT = 1, SNDMORE = 2, POLLIN = 1 };
+enum { PROXY, PROXY_CONTROL, PROXY_CAPTURE, POLL_CONTROL, LOOPS };
+static const char *NAMES[LOOPS] = {"proxy", "proxy+control", "+capture", "poll+control"};
 static const long N = 2000000;
 
 struct run {
@@ -116,22 +119,30 @@ static void poll_loop(void *in, void *out, void *ctl) {
 static void *device(void *arg) {
     struct run *r = arg;
     char ep[256];
-    int zero = 0;
+    int zero = 0, hwm = 1000;
     void *in = zmq_socket(r->ctx, PULL), *out = zmq_socket(r->ctx, PUSH), *ctl = zmq_socket(r->ctx, REP);
+    void *cap = NULL;
     endpoint(ep, r, "in");
     zmq_bind(in, ep);
     endpoint(ep, r, "out");
     zmq_bind(out, ep);
-    zmq_bind(ctl, "inproc://ctl"); /* every loop has one; only two use it */
+    zmq_bind(ctl, "inproc://ctl"); /* every loop has one; the proxy alone does not use it */
+    if (r->loop == PROXY_CAPTURE) { /* as tapsocket.capture_socket: a PUB that drops past its HWM */
+        cap = zmq_socket(r->ctx, PUB);
+        zmq_setsockopt(cap, SNDHWM, &hwm, sizeof hwm);
+        endpoint(ep, r, "tap");
+        zmq_bind(cap, ep);
+    }
     if (r->loop == POLL_CONTROL)
         poll_loop(in, out, ctl);
     else /* until TERMINATE, or the context's shutdown without a control socket */
-        zmq_proxy_steerable(in, out, NULL, r->loop == PROXY_CONTROL ? ctl : NULL);
-    void *all[] = {in, out, ctl};
-    for (int i = 0; i < 3; i++) {
-        zmq_setsockopt(all[i], LINGER, &zero, sizeof zero);
-        zmq_close(all[i]);
-    }
+        zmq_proxy_steerable(in, out, cap, r->loop == PROXY ? NULL : ctl);
+    void *all[] = {in, out, ctl, cap};
+    for (int i = 0; i < 4; i++)
+        if (all[i] != NULL) {
+            zmq_setsockopt(all[i], LINGER, &zero, sizeof zero);
+            zmq_close(all[i]);
+        }
     return NULL;
 }
 
