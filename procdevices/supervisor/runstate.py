@@ -404,7 +404,9 @@ class RunDir:
             "supervisor": {"pid": me.pid, "create_time": me.create_time()},
             "devices": devices,
         }
-        self._write_atomically(json.dumps(state, indent=1).encode())
+        # Compact: json's C encoder runs only without indent, ~5x faster; a reader who wants
+        # it indented has `python -m json.tool`.
+        self._write_atomically(json.dumps(state, separators=(",", ":")).encode())
 
     def _write_atomically(self, data: bytes) -> None:
         # No fsync, of the file or of the directory: the state file serves the next `up` after
