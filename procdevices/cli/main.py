@@ -166,12 +166,13 @@ def version_text() -> str:
         ours = version("procdevices")
     except PackageNotFoundError:
         ours = "unknown"
+    from procdevices.devices.cloop import proxy_loop_text
     from procdevices.devices.monitoredqueuedevice import loop_text
 
     python = ".".join(map(str, sys.version_info[:3]))
     return (
         f"procdevices {ours} (pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, Python {python}; "
-        f"monitored-queue loop: {loop_text()})"
+        f"forwarding loop: {proxy_loop_text()}; monitored-queue loop: {loop_text()})"
     )
 
 
@@ -214,7 +215,7 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         epilog=examples(prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action=_Version, help="show the versions (and the monitored-queue loop) and exit")
+    parser.add_argument("--version", action=_Version, help="show the versions (and the forwarding loops) and exit")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}

@@ -126,6 +126,13 @@ def proxy_loop() -> Literal["c", "libzmq"]:
     return "c"
 
 
+def proxy_loop_text() -> str:
+    """Which loop, and why not the C one: ``c``, or ``libzmq (REASON)``."""
+    if proxy_loop() == "c":
+        return "c"
+    return f"libzmq ({PROXY_LOOP_ENV}=libzmq)" if _c_loop is not None else f"libzmq ({C_LOOP_UNAVAILABLE})"
+
+
 def new_counters() -> array.array[int]:
     """Eight zeroed counters for :func:`run` (its STATISTICS answers)."""
     return array.array("Q", bytes(64))

@@ -16,6 +16,7 @@ import zmq
 from support.cli import CLI, RUN_DIR, Up, describe, write_topology
 
 from procdevices import ProcessMonitoredQueue, ProcessProxy
+from procdevices.devices import cloop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,9 +36,19 @@ out = { bind = ["ipc://pipe-out"] }
 WARNING = "monitored queue runs the slower Python loop"
 
 
+def test_version_names_the_forwarding_loop_libzmqs_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(cloop.PROXY_LOOP_ENV, "libzmq")
+    result = subprocess.run([*CLI, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, describe(result)
+    expected = "PROCDEVICES_PROXY_LOOP=libzmq" if cloop.C_LOOP_UNAVAILABLE is None else cloop.C_LOOP_UNAVAILABLE
+    assert f"; forwarding loop: libzmq ({expected}); monitored-queue loop:" in result.stdout, result.stdout
+
+
 def test_version_names_the_loop_and_why_not_c(mq_loop: str, tmp_path: Path) -> None:
     result = subprocess.run([*CLI, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, describe(result)
+    # The other devices' loop (cloop.py): C wherever the monitored queue's C loop could run.
+    assert ("; forwarding loop: c;" in result.stdout) == (cloop.C_LOOP_UNAVAILABLE is None), result.stdout
     if mq_loop == "c":
         assert result.stdout.rstrip().endswith("; monitored-queue loop: c)"), result.stdout
     else:
