@@ -80,7 +80,8 @@ def up(args: argparse.Namespace) -> int:
     run_dir = RunDir(topology.supervisor.run_dir)
     try:
         run_dir.validate(c.name for c in topology.instances())
-        with run_dir.locked(upgrade.inherited_lock_fd()) as lock:
+        handed_lock = upgrade.inherited_lock_fd()  # set only in an upgrade's new image
+        with run_dir.locked(handed_lock) as lock:
             # What the previous supervisor of this run dir left running: adopted, or stopped
             # when the file no longer names it (supervisor/adoption.py).
             inventory = take_inventory(run_dir)
@@ -117,6 +118,7 @@ def up(args: argparse.Namespace) -> int:
                 inventory=inventory,
                 lock_fd=lock.fileno(),
                 preflight=_preflight(args),
+                reexecuted=handed_lock is not None,
             )
     except (MetricsUnavailable, ControlUnavailable) as e:
         print(f"procdevices: {e}", file=sys.stderr)

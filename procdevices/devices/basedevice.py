@@ -79,8 +79,8 @@ class Device(RecordedSetup, GracefulStop, Tapped):
 
     Subclassing: the socket roles of a class are ``socket_roles`` (each with pyzmq's four
     recording methods, made by :func:`~procdevices.devices.roles.role_methods`).
-    ``steerable`` says whether ``run_device`` forwards with ``zmq.proxy_steerable`` on the
-    runtime's control socket (through ``_forward``), which is what lets the control loop
+    ``steerable`` says whether ``run_device`` forwards with the steerable-proxy protocol (the
+    C loop, cloop.py, or ``zmq.proxy_steerable``) on the runtime's control socket (through ``_forward``), which is what lets the control loop
     pause, resume, count and probe the loop. A subclass that defines its own ``run_device``
     is taken as not steerable unless it declares ``steerable = True`` itself.
     """
@@ -237,9 +237,8 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         runtime = self._runtime
         control = runtime.proxy_control if runtime is not None else None
         switch = self._tap_switch
-        proxy = self._proxy()
         if mons is not None or switch is None or control is None:
-            proxy(ins, outs, mons if mons is not None else self._tap_capture, control)
+            self._loop_once(ins, outs, mons if mons is not None else self._tap_capture, control)
             return
         # The tap's capture only while a reader is connected (steering.CaptureSwitch): each
         # switch leaves the proxy with TERMINATE and enters it again on the same sockets,
@@ -248,33 +247,20 @@ class Device(RecordedSetup, GracefulStop, Tapped):
         while True:
             capture = self._tap_capture if switch.wanted else None
             switch.entering(capture is not None, switched)
-            proxy(ins, outs, capture, control)
+            self._loop_once(ins, outs, capture, control)
             switched = switch.switch_asked()
             if not switched:
                 return
 
-    def _proxy(self) -> Callable[[Socket, Socket, Socket | None, Socket | None], None]:
-        """libzmq's steerable proxy, or the C loop with its semantics (cloop.py)."""
+    def _loop_once(self, ins: Socket, outs: Socket, capture: Socket | None, control: Socket | None) -> None:
+        """Forward until TERMINATE: libzmq's steerable proxy, or the C loop with its semantics
+        (cloop.py)."""
         if self._loop() == "libzmq":
-
-            def libzmq_loop(ins: Socket, outs: Socket, capture: Socket | None, control: Socket | None) -> None:
-                zmq.proxy_steerable(ins, outs, capture, control)
-
-            return libzmq_loop
-
-        def c_loop(ins: Socket, outs: Socket, capture: Socket | None, control: Socket | None) -> None:
-            # Counters from zero at every entry, as libzmq's: a capture switch carries the
-            # totals across entries itself (steering.ProxySteering.carry).
-            cloop.run(
-                ins,
-                outs,
-                capture,
-                control,
-                cloop.new_counters(),
-                poll_out=drain.receives(int(outs.getsockopt(zmq.TYPE))),
-            )
-
-        return c_loop
+            zmq.proxy_steerable(ins, outs, capture, control)
+            return
+        # Counters from zero at every entry, as libzmq's: a capture switch carries the totals
+        # across entries itself (steering.ProxySteering.carry).
+        cloop.run(ins, outs, capture, control, cloop.new_counters())
 
     def run_with(self, runtime: rt.DeviceRuntime) -> None:
         """Run in a device process's worker, with the runtime it made (runtime.run_in_worker):

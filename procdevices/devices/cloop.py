@@ -29,6 +29,8 @@ from typing import Literal
 
 import zmq
 
+from procdevices.devices import drain
+
 Socket = zmq.Socket[bytes]
 
 # Messages relayed from one socket before the loop polls again: the control socket and the
@@ -147,18 +149,19 @@ def run(
     *,
     prefixes: tuple[bytes, bytes] | None = None,
     swap_ids: bool = False,
-    poll_out: bool = True,
 ) -> None:
     """Run the C loop until TERMINATE (returns) or an error of libzmq (raises its
     ``zmq.ZMQError``). ``prefixes``: the monitored queue's, sent before each copy to
-    ``mon_socket``; None: libzmq's capture (plain copies). ``poll_out``: False when the out
-    socket can never be readable."""
+    ``mon_socket``; None: libzmq's capture (plain copies)."""
     assert _c_loop is not None
     handles = [sock.underlying if sock is not None else 0 for sock in (in_socket, out_socket, mon_socket, control)]
     in_prefix, out_prefix = prefixes if prefixes is not None else (b"", b"")
     # Python's signal handlers only ever run in the main thread: elsewhere the loop need not
     # take the GIL to look for them.
     in_main_thread = threading.current_thread() is threading.main_thread()
+    # An out socket that can never be readable (PUSH, PUB) is not polled: each poll of an
+    # idle socket is a system call (scripts/bench/loop_cost.c).
+    poll_out = drain.receives(int(out_socket.getsockopt(zmq.TYPE)))
     errno = _c_loop.run(
         *handles,
         in_prefix,

@@ -15,7 +15,7 @@ its sockets again and:
 
 :class:`GracefulStop` is that stop path as ``Device`` runs it (a mixin: the LINGER cap
 applied at setup, the drain, the bounded close); the functions below it are the drain.
-This runs once per stop, never per message: the forwarding path is libzmq's alone.
+This runs once per stop, never per message: the forwarding path is the loop's alone.
 """
 
 from __future__ import annotations

@@ -57,13 +57,11 @@ def process_context(start_method: str) -> Any:
     raise ValueError(f"start method {start_method!r}: expected one of {', '.join(START_METHODS)}")
 
 
-def _parent_pid(start_method: str) -> int | None:
-    # Every device follows the launching process by pid (a pidfd), not by multiprocessing's
-    # parent sentinel: a forked-by-the-server child's sentinel is the pipe its job came
-    # through, which reads EOF as soon as the job is written; a spawned child's is a pipe
-    # that `up` closes when it re-executes itself for an upgrade (same pid, still alive).
-    del start_method
-    return os.getpid()
+# Every device follows the launching process by its pid (a pidfd: Job.parent_pid), under
+# every start method, not by multiprocessing's parent sentinel: a forked-by-the-server
+# child's sentinel is the pipe its job came through, which reads EOF as soon as the job is
+# written; a spawned child's is a pipe that `up` closes when it re-executes itself for an
+# upgrade (same pid, still alive).
 
 
 # -- starting a device process without re-running the user's main script -----------------
@@ -224,7 +222,7 @@ def spawn_device(
     socket it takes over."""
     context = process_context(start_method)
     parent_end, child_end = Channel.pair()
-    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, _parent_pid(start_method), listeners)
+    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listeners)
     process = (process_class or context.Process)(
         target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
     )
@@ -281,11 +279,10 @@ class WorkerPool:
         self._released: list[BaseProcess] = []
 
     def refill(self) -> None:
-        for worker in self._idle:
-            if not worker.process.is_alive():
-                worker.conn.close()  # it died while idle
-                worker.process.join(0)
-        self._idle = [w for w in self._idle if not w.conn.closed]
+        for worker in [w for w in self._idle if not w.process.is_alive()]:
+            self._idle.remove(worker)  # it died while idle
+            worker.conn.close()
+            worker.process.join(0)
         while len(self._idle) < self.size:
             parent_end, child_end = Channel.pair()
             process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
@@ -312,7 +309,7 @@ class WorkerPool:
             return None
         while self._idle:
             worker = self._idle.pop(0)
-            job = rt.Job(pickled_device, control_endpoint, None, log_path, _parent_pid(self.start_method), listeners)
+            job = rt.Job(pickled_device, control_endpoint, None, log_path, os.getpid(), listeners)
             try:
                 inherit.send_job(worker.conn, job)  # the descriptors over the pipe, not the resource sharer
             except OSError:

@@ -81,7 +81,7 @@ class Tapped:
 
     _tap_capture: Socket | None = None  # the capture socket made for the tap, if any
     _tap_switch: CaptureSwitch | None = None  # switches _tap_capture on and off (steering.py)
-    # Whether the device's ``_forward`` re-enters libzmq's proxy for a CaptureSwitch.
+    # Whether the device's ``_forward`` re-enters its forwarding loop for a CaptureSwitch.
     _switches_capture: bool = True
     _tap_info: dict[str, Any] | None = None  # INFO's "tap" entry
     _sockets: list[Socket]
@@ -96,7 +96,7 @@ class Tapped:
     def _open_tap(self, control_endpoint: str, ctx: zmq.Context[Socket]) -> str | None:
         """Bind the tap endpoint of the device whose control socket is ``control_endpoint``:
         on the PUB mon socket when the device has one (the tap sees what the monitor sees),
-        else on a PUB capture socket of its own in ``ctx``, handed to libzmq's proxy in
+        else on a PUB capture socket of its own in ``ctx``, handed to the forwarding loop in
         ``_forward``. Returns the endpoint bound; None: the device runs without a tap (INFO's
         ``tap`` entry says why)."""
         endpoint = tap_endpoint(control_endpoint)

@@ -69,6 +69,7 @@ def run_supervisor(
     inventory: adoption.Inventory | None = None,
     lock_fd: int | None = None,
     preflight: list[str] | None = None,
+    reexecuted: bool = False,
 ) -> int:
     """Start every device and supervise until asked to stop; returns the exit code.
 
@@ -81,12 +82,13 @@ def run_supervisor(
     ``inventory``: what the previous supervisor of the run dir left (adoption.py): its
     devices that still run are adopted, not started again. ``lock_fd`` (the run dir's lock)
     and ``preflight`` (the command that checks a newly installed version) make ``upgrade``
-    possible (upgrade.py)."""
+    possible (upgrade.py); ``reexecuted``: this is an upgrade's new image."""
     log = log or to_logger()
     clock = time.monotonic
     loop = EventLoop(clock, log)
-    # Children already: an upgrade's exec kept the old image's (upgrade.py).
-    inherited = upgrade.children()
+    # Children already: an upgrade's exec kept the old image's (upgrade.py). Asked only then:
+    # psutil finds children by reading every process of the host.
+    inherited = upgrade.children() if reexecuted else set()
     listeners = Listeners()
     devicelogs.prepare(run_dir.path)
     rotation = devicelogs.Rotation(topology.supervisor.device_log_max_bytes, topology.supervisor.device_log_backups)

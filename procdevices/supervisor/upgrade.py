@@ -1,8 +1,9 @@
 """``procdevices upgrade`` (and SIGUSR2 to ``up``): ``up`` re-executes itself with the
 procdevices now installed, and its devices never notice.
 
-    UPGRADE / SIGUSR2 ──► preflight: ``python -m procdevices check`` run by the code now
-                          installed, on this topology (in the background: the loop goes on)
+    UPGRADE / SIGUSR2 ──► preflight: the code now installed imports what ``up`` runs on,
+                          then ``check``s this topology (cli/serve.py ``_PREFLIGHT``; in the
+                          background: the loop goes on)
                               │ fails: nothing changes; logged, ``supervisor.upgrade`` says why
                               ▼ passes
                           state.json written, the run dir's lock kept open across exec,
