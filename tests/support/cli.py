@@ -648,6 +648,10 @@ def accepts_connections(endpoint: str) -> bool:
             probe.connect(target)
         except (FileNotFoundError, ConnectionRefusedError):
             return False
+        except BlockingIOError:
+            # EAGAIN from a unix socket's connect: it listens, and its accept queue is full for
+            # now (a probe per message fills it faster than libzmq accepts). Not a refusal.
+            return True
     return True
 
 
