@@ -20,7 +20,6 @@ of the sockets in the worker and the launch of a background device.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import threading
 import time
@@ -471,7 +470,9 @@ class ProcessDevice(BackgroundDevice):
     """A Device run in a background process started with the *spawn* method, so it never
     inherits the parent's threads, sockets or context. See Device for details."""
 
-    _launch_class = multiprocessing.get_context("spawn").Process
+    # None: procdevices' own spawn (devices/spawnproc.py). A multiprocessing Process class
+    # set here (as on pyzmq's ProcessDevice) starts the device with it instead.
+    _launch_class = None
     context_factory = zmq.Context
 
     def start(self) -> None:

@@ -7,6 +7,11 @@ not pay (docs/performance.md). A device needs a tenth of it: pickled objects, fr
 end of a socketpair; and, for a warm worker, the listening descriptors that follow its job
 (inherit.py).
 
+An end is a bare descriptor read and written with ``os``: a device process that only reads its
+job and reports ready never imports ``socket`` (its enum classes, ``selectors``: ~4 ms of CPU
+per device). ``socket`` comes in for making a pair and for passing descriptors, which only the
+launcher and a warm worker do.
+
 The framing is ``Connection``'s (a 4-byte big-endian signed length, then the bytes; -1 and an
 8-byte length for 2 GiB and more), so either end may be read by a ``Connection`` while
 debugging; nothing here relies on that.
@@ -16,9 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import struct
-from multiprocessing import reduction
 from typing import Any
 
 _SHORT = struct.Struct("!i")
@@ -27,36 +30,42 @@ _BIG = 0x7FFFFFFF
 
 
 class Channel:
-    """One end of a launcher-device pipe (a stream socketpair)."""
+    """One end of a launcher-device pipe (a stream socketpair), which it owns."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
+        import socket  # the launcher's side
+
         a, b = socket.socketpair()
-        return cls(a), cls(b)
+        return cls(a.detach()), cls(b.detach())
 
     def fileno(self) -> int:
         """For ``multiprocessing.connection.wait`` and ``select``; -1 once closed."""
-        return self.sock.fileno()
+        return self.fd
 
     @property
     def closed(self) -> bool:
-        return self.sock.fileno() < 0
+        return self.fd < 0
 
     def close(self) -> None:
-        self.sock.close()
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
     def send(self, obj: object) -> None:
         """Send one object; OSError (EPIPE, ECONNRESET) when the other end is gone."""
         data = pickle.dumps(obj)
         n = len(data)
         header = _SHORT.pack(n) if n <= _BIG else _SHORT.pack(-1) + _LONG.pack(n)
-        # One sendall for a small message: the reader never wakes for a header alone.
-        self.sock.sendall(header + data if n < 65536 else header)
-        if n >= 65536:
-            self.sock.sendall(data)
+        # One write for a small message: the reader never wakes for a header alone.
+        if n < 65536:
+            self._write_all(header + data)
+        else:
+            self._write_all(header)
+            self._write_all(data)
 
     def recv(self) -> Any:
         """The next object; EOFError when the other end closed first."""
@@ -71,16 +80,22 @@ class Channel:
 
         # poll, not select: a supervisor of many devices has descriptors past FD_SETSIZE.
         poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
+        poller.register(self.fd, select.POLLIN)
         return bool(poller.poll(timeout * 1000))
 
     def send_fds(self, fds: list[int]) -> None:
         """Descriptors in one SCM_RIGHTS message (the receiver gets its own duplicates)."""
-        socket.send_fds(self.sock, [b"F"], fds)
+        import socket
+
+        with socket.socket(fileno=os.dup(self.fd)) as sock:
+            socket.send_fds(sock, [b"F"], fds)
 
     def recv_fds(self, count: int) -> list[int]:
         """The descriptors of one :meth:`send_fds`; EOFError if fewer than ``count`` came."""
-        _, fds, flags, _ = socket.recv_fds(self.sock, 1, count)
+        import socket
+
+        with socket.socket(fileno=os.dup(self.fd)) as sock:
+            _, fds, flags, _ = socket.recv_fds(sock, 1, count)
         if flags & socket.MSG_CTRUNC or len(fds) != count:
             for fd in fds:
                 _close_quietly(fd)
@@ -92,20 +107,27 @@ class Channel:
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = self.sock.recv_into(view[got:])
+            k = os.readv(self.fd, [view[got:]])
             if k == 0:
                 raise EOFError("the other end of the channel closed")
             got += k
         return bytes(buf)
 
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
     def __reduce__(self) -> tuple[Any, tuple[Any]]:
-        # Pickled into a process being started (spawn's pass_fds, the fork server's descriptor
-        # passing): the child gets a duplicate of this end.
-        return _rebuild, (reduction.DupFd(self.sock.fileno()),)
+        # Pickled into a process that multiprocessing starts (the fork server's descriptor
+        # passing, its spawn's pass_fds): the child gets a duplicate of this end.
+        from multiprocessing import reduction
+
+        return _rebuild, (reduction.DupFd(self.fd),)
 
 
 def _rebuild(duplicate: Any) -> Channel:
-    return Channel(socket.socket(fileno=duplicate.detach()))
+    return Channel(duplicate.detach())
 
 
 def _close_quietly(fd: int) -> None:

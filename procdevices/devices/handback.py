@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+# socket is imported where it is used: every device process imports this module, and only one
+# that hands its sockets back (rarely) needs socket's ~4 ms of import.
 
 # The whole exchange (connect and send) must end within this: it runs in the control loop,
 # which serves nothing else meanwhile.
@@ -42,6 +47,8 @@ def encode_header(pid: int, endpoints: list[str]) -> bytes:
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int]:
     """The (pid, uid) of the process at the other end of a connected unix socket."""
+    import socket
+
     pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     return pid, uid
 
@@ -57,6 +64,8 @@ def hand_back(
     header = encode_header(os.getpid(), endpoints)
     if len(header) > MAX_HEADER:
         raise HandbackFailed(f"the handback header is {len(header)} bytes: more than {MAX_HEADER}")
+    import socket
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:

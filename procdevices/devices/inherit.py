@@ -5,12 +5,14 @@ to every generation of the device: a restart never meets "Address already in use
 that connects while the device restarts waits in the kernel's backlog instead of being
 refused, and a ``tcp://...:*`` endpoint keeps its port.
 
-Two ways in, both without a round trip:
+Three ways in, all without a round trip:
 
-- **A new process** (spawn, fork server): :class:`InheritedFd` travels inside the job that
-  starts it; multiprocessing duplicates the descriptor for the child as it pickles the job
-  (``pass_fds`` at spawn, the fork server's own descriptor passing) and the child gets a
-  plain int.
+- **A new interpreter** (spawn, devices/spawnproc.py): the descriptors are kept open across
+  its exec (``pass_fds``), so they have the same numbers there, and the job names them by
+  number (:func:`kept_across_exec`).
+- **A fork of the fork server**: :class:`InheritedFd` travels inside the job that starts it;
+  multiprocessing duplicates the descriptor for the child as it pickles the job (the fork
+  server's own descriptor passing) and the child gets a plain int.
 - **A warm worker**, already running, idle on its pipe (a socketpair): the job carries
   :class:`FollowingFd` placeholders and the descriptors follow it on that same pipe in one
   ``SCM_RIGHTS`` message (:func:`send_job`, :func:`receive_job`). Pickling an
@@ -21,7 +23,6 @@ Two ways in, both without a round trip:
 
 from __future__ import annotations
 
-from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, TypeVar
 
 if TYPE_CHECKING:
@@ -38,12 +39,20 @@ class InheritedFd:
         self.fd = fd
 
     def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        from multiprocessing import reduction  # the parent's side: it is starting the process
+
         return _rebuild, (reduction.DupFd(self.fd),)
 
 
 def _rebuild(duplicate: Any) -> int:
     fd: int = duplicate.detach()
     return fd
+
+
+def kept_across_exec(listeners: dict[str, InheritedFd] | None) -> dict[str, int]:
+    """The listeners of a job for a new interpreter that keeps their descriptors open across
+    its exec: the same numbers."""
+    return {endpoint: inherited.fd for endpoint, inherited in (listeners or {}).items()}
 
 
 class FollowingFd(NamedTuple):

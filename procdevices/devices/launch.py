@@ -8,7 +8,6 @@ needs to start, which is what makes a supervised restart near-instant.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import multiprocessing
 import os
 import pickle
@@ -22,28 +21,23 @@ from typing import Any, NamedTuple
 
 from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
+from procdevices.devices.boot import PRELOAD, run_worker
 from procdevices.devices.channel import Channel
+from procdevices.devices.spawnproc import SpawnedProcess
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
 
 #: The start methods a device process may be made with. spawn: a fresh interpreter per
-#: device. forkserver: a fresh interpreter (the fork server) that has imported only pyzmq and
-#: procdevices, and never created a zmq.Context or a thread, forks each device: the child
-#: inherits nothing it could trip over, at the cost of a fork instead of an interpreter.
+#: device (devices/spawnproc.py). forkserver: a fresh interpreter (the fork server) that has
+#: imported only pyzmq and procdevices, and never created a zmq.Context or a thread, forks each
+#: device: the child inherits nothing it could trip over, at the cost of a fork instead of an
+#: interpreter.
 START_METHODS = ("spawn", "forkserver")
 
-#: What the fork server imports before it forks anything: the modules of every device class
-#: the supervisor builds, and of the device process's entry point. None of them creates a
-#: zmq.Context or starts a thread at import (tests/integration/test_device_start_methods.py checks).
-FORKSERVER_PRELOAD = [
-    "zmq",
-    "procdevices.devices.runtime",
-    "procdevices.devices.basedevice",
-    "procdevices.devices.proxydevice",
-    "procdevices.devices.proxysteerabledevice",
-    "procdevices.devices.monitoredqueuedevice",
-]
+#: What the fork server imports before it forks anything (and a warm worker while it waits):
+#: boot.PRELOAD.
+FORKSERVER_PRELOAD = PRELOAD
 
 
 def process_context(start_method: str) -> Any:
@@ -142,14 +136,16 @@ TERMINAL_SIGNALS = rt.IGNORED_SIGNALS
 
 
 @contextlib.contextmanager
-def terminal_signals_blocked() -> Iterator[None]:
+def terminal_signals_blocked(*, tracker: bool = True) -> Iterator[None]:
     """Start processes inside this block: they start with TERMINAL_SIGNALS blocked (a signal
     mask survives fork and exec), until process_main ignores and unblocks them. In this
-    thread the signals wait meanwhile, and are handled once the block ends."""
-    # multiprocessing starts its resource tracker with the first process, and *unblocks*
-    # SIGINT in this thread when it has: start it before blocking, or that first process
-    # would start unprotected.
-    resource_tracker.ensure_running()
+    thread the signals wait meanwhile, and are handled once the block ends. ``tracker``:
+    the processes are multiprocessing's, which start its resource tracker."""
+    if tracker:
+        # multiprocessing starts its resource tracker with the first process, and *unblocks*
+        # SIGINT in this thread when it has: start it before blocking, or that first process
+        # would start unprotected.
+        resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
     try:
         yield
@@ -220,11 +216,32 @@ def spawn_device(
     ``log_path``: a file that receives everything the process writes to fds 1 and 2.
     ``listeners``: endpoint → :class:`~procdevices.devices.inherit.InheritedFd` of a listening
     socket it takes over."""
-    context = process_context(start_method)
     parent_end, child_end = Channel.pair()
+    name = f"procdevices-{label}"
+    if start_method == "spawn" and process_class is None and not needs_main(pickled_device):
+        listening = inherit.kept_across_exec(listeners)
+        job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listening or None)
+        process: BaseProcess = SpawnedProcess(child_end.fileno(), "device", pass_fds=listening.values(), name=name)
+        process.daemon = daemon
+        try:
+            with terminal_signals_blocked(tracker=False):
+                process.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        try:
+            parent_end.send(sys.path)  # boot.main: the first message
+            parent_end.send(job)
+        except OSError:
+            pass  # it is gone already: PendingStart.result() says how it ended
+        return PendingStart(process, parent_end, label, cleanup_dir)
+    # multiprocessing's own spawn (a class in __main__, a process class of the caller's), or
+    # the fork server.
     job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listeners)
-    process = (process_class or context.Process)(
-        target=rt.process_main, args=(child_end, job), name=f"procdevices-{label}"
+    process = (process_class or process_context(start_method).Process)(
+        target=rt.process_main, args=(child_end, job), name=name
     )
     process.daemon = daemon
     hint = None
@@ -244,28 +261,9 @@ class _Worker(NamedTuple):
     conn: Channel
 
 
-#: What an idle warm worker imports while it waits: the modules a supervised device's
-#: unpickling and run need (its class, the runtime), so that none is imported on a restart's
-#: critical path. The same list as the fork server's: neither makes a context or a thread.
-POOL_PRELOAD = FORKSERVER_PRELOAD
-
-
 def pool_worker_main(conn: Channel) -> None:
-    """Entry point of a warm worker: import what a device needs, then wait on ``conn`` for a
-    job (and the listening descriptors that follow it, inherit.send_job) and run it. Exits
-    quietly if the pipe closes first: the pool was released, or its supervisor died."""
-    # As process_main does for a device: these signals are the supervisor's business.
-    for signum in TERMINAL_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    for module in POOL_PRELOAD:
-        importlib.import_module(module)
-    # Its device's control thread too: a restart then does not wait for a thread to start.
-    rt.prestart_control_thread()
-    try:
-        job = inherit.receive_job(conn)
-    except (EOFError, OSError):
-        os._exit(0)
-    rt.process_main(conn, job)
+    """Entry point of a warm worker started by multiprocessing (the fork server): boot.run_worker."""
+    run_worker(conn)
 
 
 class WorkerPool:
@@ -285,14 +283,32 @@ class WorkerPool:
             worker.process.join(0)
         while len(self._idle) < self.size:
             parent_end, child_end = Channel.pair()
-            process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
-            process.daemon = True
-            # A pooled worker gets only devices the supervisor built from procdevices' own
-            # classes: the supervisor's __main__ is nothing it needs.
-            with main_left_out(), terminal_signals_blocked():
-                process.start()
-            child_end.close()
+            try:
+                process = self._start_worker(parent_end, child_end)
+            except BaseException:
+                parent_end.close()
+                raise
+            finally:
+                child_end.close()
             self._idle.append(_Worker(process, parent_end))
+
+    def _start_worker(self, parent_end: Channel, child_end: Channel) -> BaseProcess:
+        name = "procdevices-worker"
+        if self.start_method == "spawn":
+            process: BaseProcess = SpawnedProcess(child_end.fileno(), "worker", name=name)
+            process.daemon = True
+            with terminal_signals_blocked(tracker=False):
+                process.start()
+            with contextlib.suppress(OSError):  # gone already: the next refill replaces it
+                parent_end.send(sys.path)  # boot.main: the first message
+            return process
+        process = self._context.Process(target=pool_worker_main, args=(child_end,), name=name)
+        process.daemon = True
+        # A pooled worker gets only devices the supervisor built from procdevices' own
+        # classes: the supervisor's __main__ is nothing it needs.
+        with main_left_out(), terminal_signals_blocked():
+            process.start()
+        return process
 
     def take(
         self,

@@ -21,11 +21,9 @@ import enum
 import os
 import pickle
 import signal
-import socket as pysocket
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from multiprocessing import parent_process
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 import zmq
@@ -551,10 +549,11 @@ def process_main(conn: Channel, job: Job | None) -> None:
             _exit_now(0)  # the pool was closed, or its supervisor died, before any job came
         assert isinstance(job, Job)
     adopt_listeners(job.listeners)
-    wake_r, wake_w = pysocket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    # A pipe, not a socketpair: a device process never needs the socket module.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     # A handler (not SIG_DFL) so SIGTERM only wakes the control loop: a stop like any other.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     sentinel, watched_pid = _parent_sentinel(job.parent_pid)
@@ -563,7 +562,7 @@ def process_main(conn: Channel, job: Job | None) -> None:
         PipeReporter(conn),
         whole_process=True,
         parent_sentinel=sentinel,
-        signal_fd=wake_r.fileno(),
+        signal_fd=wake_r,
         cleanup_dir=job.cleanup_dir,
         orphan_grace=orphans.grace_from_env(),
         run_token=os.environ.get(orphans.RUN_TOKEN_ENV),
@@ -637,6 +636,8 @@ def _parent_sentinel(parent_pid: int | None = None) -> tuple[int | None, int | N
             _exit_now(0)  # the launcher is gone already: nobody to run the device for
         except OSError:
             pass  # no pidfds (Linux < 5.3): multiprocessing's sentinel, as far as it goes
+    from multiprocessing import parent_process  # a process that multiprocessing started
+
     parent = parent_process()
     return (parent.sentinel, parent.pid) if parent is not None else (None, None)
 

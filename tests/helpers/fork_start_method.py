@@ -41,7 +41,8 @@ def main() -> int:
         "exitcode": dev.exitcode,
     }
     print(json.dumps(result), flush=True)
-    spawned = any("multiprocessing.spawn" in part and "spawn_main" in part for part in cmdline)
+    # A fresh interpreter: procdevices' own spawn (devices/spawnproc.py), not a fork.
+    spawned = any("procdevices.devices.boot" in part for part in cmdline)
     ok = result["forwarded"] and spawned and dev.exitcode == 0 and result["start_method"] == "fork"
     return 0 if ok else 1
 

@@ -56,7 +56,8 @@ def test_spawn_even_when_the_parent_chose_fork(helper_script: Callable[[str], st
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["start_method"] == "fork"
     assert result["forwarded"] is True
-    assert any("multiprocessing.spawn" in part and "spawn_main" in part for part in result["cmdline"])
+    # A fresh interpreter running procdevices' own spawn entry point (devices/spawnproc.py).
+    assert any("procdevices.devices.boot" in part for part in result["cmdline"])
     assert result["exitcode"] == 0
 
 

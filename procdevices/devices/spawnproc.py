@@ -1,0 +1,91 @@
+"""Spawning a device process: a fresh interpreter that runs devices/boot.py, not
+multiprocessing's spawn entry point.
+
+multiprocessing's spawn starts ``python -c 'from multiprocessing.spawn import spawn_main; ...'``
+and that child imports multiprocessing's context, process, reduction (``socket``,
+``selectors``), util and spawn modules, and the resource tracker's, to unpickle a process
+object: ~37 M instructions, ~10 ms of CPU and ~0.4 MiB of private memory per device, before
+its device does anything (docs/performance.md, "Session 7"). Its parent also starts
+multiprocessing's resource tracker, one more interpreter, which a device never uses.
+
+Here the child is started the same way (``_posixsubprocess.fork_exec`` through
+``multiprocessing.util.spawnv_passfds``, the parent's interpreter flags, ``close_fds`` with
+only the named descriptors kept) but runs boot.main, which reads its job from its channel.
+The parent still gets a multiprocessing process object (:class:`SpawnedProcess`: pid,
+sentinel, ``join``, ``kill``, ``exitcode``, ``daemon``, in ``active_children()``), so
+everything that waits for, signals or reaps a device process is unchanged.
+
+A device whose class lives in the parent's ``__main__`` still goes through multiprocessing's
+spawn (launch.py), which knows how to re-run that script first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from multiprocessing import popen_fork, spawn, util
+from multiprocessing.process import BaseProcess
+from subprocess import _args_from_interpreter_flags  # type: ignore[attr-defined]  # as multiprocessing's spawn
+from typing import Literal
+
+Role = Literal["device", "worker"]
+
+# procdevices' own directory goes at the end of the child's sys.path: the child finds it
+# where the parent did even when only the parent's sys.path names it (a checkout put there by
+# a script), and never ahead of the standard library.
+_HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = f"import sys; sys.path.append({_HOME!r}); from procdevices.devices.boot import main; main()"
+
+
+def command_line(channel_fd: int, role: Role) -> list[str]:
+    """The child's argv: the parent's interpreter and flags (``-X``, ``-W``, ``-O``, ``-I``...,
+    as multiprocessing passes them), boot.main, its channel and role."""
+    return [spawn.get_executable(), *_args_from_interpreter_flags(), "-c", _BOOT, str(channel_fd), role]
+
+
+class _Popen(popen_fork.Popen):
+    """multiprocessing's Popen interface (poll, wait, terminate, kill, close, sentinel) over a
+    spawned interpreter; popen_fork.Popen has all of it but the start."""
+
+    method = "spawn"
+
+    def _launch(self, process_obj: SpawnedProcess) -> None:
+        # The sentinel: the child holds the write end, which closes when it exits.
+        parent_r, child_w = os.pipe()
+        try:
+            keep = sorted({process_obj.channel_fd, child_w, *process_obj.pass_fds})
+            argv = command_line(process_obj.channel_fd, process_obj.role)
+            self.pid = util.spawnv_passfds(os.fsencode(argv[0]), argv, keep)
+        except BaseException:
+            os.close(parent_r)
+            raise
+        finally:
+            os.close(child_w)
+        self.sentinel = parent_r
+        self.finalizer = util.Finalize(self, os.close, (parent_r,))
+
+
+class SpawnedProcess(BaseProcess):
+    """A device process (or warm worker) started by :func:`command_line`. ``channel_fd``: the
+    child's end of its channel; ``pass_fds``: more descriptors it keeps, under the same
+    numbers (its listening sockets, inherit.kept_across_exec)."""
+
+    _start_method = "spawn"
+
+    def __init__(self, channel_fd: int, role: Role, *, pass_fds: Iterable[int] = (), name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.channel_fd = channel_fd
+        self.role = role
+        self.pass_fds = tuple(pass_fds)
+
+    @staticmethod
+    def _Popen(process_obj: BaseProcess) -> _Popen:
+        assert isinstance(process_obj, SpawnedProcess)
+        # As multiprocessing's spawn refuses: a process that is itself being started by
+        # multiprocessing (re-running its parent's __main__: a script that starts devices at
+        # module level, unguarded) must not start more, or each would start more again.
+        spawn._check_not_importing_main()  # type: ignore[attr-defined]
+        return _Popen(process_obj)
+
+
+__all__ = ["SpawnedProcess", "command_line"]
