@@ -23,7 +23,7 @@ from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
 from procdevices.devices.boot import PRELOAD, run_worker
 from procdevices.devices.channel import Channel
-from procdevices.devices.spawnproc import SpawnedProcess
+from procdevices.devices.spawnproc import SpawnedProcess, start_worker
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -136,16 +136,15 @@ TERMINAL_SIGNALS = rt.IGNORED_SIGNALS
 
 
 @contextlib.contextmanager
-def terminal_signals_blocked(*, tracker: bool = True) -> Iterator[None]:
-    """Start processes inside this block: they start with TERMINAL_SIGNALS blocked (a signal
-    mask survives fork and exec), until process_main ignores and unblocks them. In this
-    thread the signals wait meanwhile, and are handled once the block ends. ``tracker``:
-    the processes are multiprocessing's, which start its resource tracker."""
-    if tracker:
-        # multiprocessing starts its resource tracker with the first process, and *unblocks*
-        # SIGINT in this thread when it has: start it before blocking, or that first process
-        # would start unprotected.
-        resource_tracker.ensure_running()
+def terminal_signals_blocked() -> Iterator[None]:
+    """Start multiprocessing's processes inside this block: they start with TERMINAL_SIGNALS
+    blocked (a signal mask survives fork and exec), until process_main ignores and unblocks
+    them. In this thread the signals wait meanwhile, and are handled once the block ends.
+    (spawnproc.SpawnedProcess does the same by itself.)"""
+    # multiprocessing starts its resource tracker with the first process, and *unblocks*
+    # SIGINT in this thread when it has: start it before blocking, or that first process
+    # would start unprotected.
+    resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
     try:
         yield
@@ -224,8 +223,7 @@ def spawn_device(
         process: BaseProcess = SpawnedProcess(child_end.fileno(), "device", pass_fds=listening.values(), name=name)
         process.daemon = daemon
         try:
-            with terminal_signals_blocked(tracker=False):
-                process.start()
+            process.start()
         except BaseException:
             parent_end.close()
             raise
@@ -282,33 +280,26 @@ class WorkerPool:
             worker.conn.close()
             worker.process.join(0)
         while len(self._idle) < self.size:
-            parent_end, child_end = Channel.pair()
-            try:
-                process = self._start_worker(parent_end, child_end)
-            except BaseException:
-                parent_end.close()
-                raise
-            finally:
-                child_end.close()
-            self._idle.append(_Worker(process, parent_end))
+            process, conn = self._start_worker()
+            self._idle.append(_Worker(process, conn))
 
-    def _start_worker(self, parent_end: Channel, child_end: Channel) -> BaseProcess:
-        name = "procdevices-worker"
+    def _start_worker(self) -> tuple[BaseProcess, Channel]:
         if self.start_method == "spawn":
-            process: BaseProcess = SpawnedProcess(child_end.fileno(), "worker", name=name)
+            return start_worker()
+        parent_end, child_end = Channel.pair()
+        try:
+            process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
             process.daemon = True
-            with terminal_signals_blocked(tracker=False):
+            # A pooled worker gets only devices the supervisor built from procdevices' own
+            # classes: the supervisor's __main__ is nothing it needs.
+            with main_left_out(), terminal_signals_blocked():
                 process.start()
-            with contextlib.suppress(OSError):  # gone already: the next refill replaces it
-                parent_end.send(sys.path)  # boot.main: the first message
-            return process
-        process = self._context.Process(target=pool_worker_main, args=(child_end,), name=name)
-        process.daemon = True
-        # A pooled worker gets only devices the supervisor built from procdevices' own
-        # classes: the supervisor's __main__ is nothing it needs.
-        with main_left_out(), terminal_signals_blocked():
-            process.start()
-        return process
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return process, parent_end
 
     def take(
         self,

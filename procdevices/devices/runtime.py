@@ -55,7 +55,8 @@ Context = zmq.Context[Socket]
 #: Signals meant for ``up`` that reach its devices too when sent to the process group or to a
 #: systemd unit's every process (``systemctl kill``, supervisord's ``stopasgroup``): Ctrl-C and a
 #: terminal hangup (the supervisor decides how its devices stop), SIGUSR1 and SIGUSR2 (leave,
-#: upgrade: the supervisor's own business; their default action would end the device).
+#: upgrade: the supervisor's own business; their default action would end the device). A device
+#: process starts with them blocked (launch.py, spawnproc.py) and ignores them (process_main).
 IGNORED_SIGNALS = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})
 
 # The records a device process needs are NamedTuples, not dataclasses: importing
@@ -636,9 +637,10 @@ def _parent_sentinel(parent_pid: int | None = None) -> tuple[int | None, int | N
             _exit_now(0)  # the launcher is gone already: nobody to run the device for
         except OSError:
             pass  # no pidfds (Linux < 5.3): multiprocessing's sentinel, as far as it goes
-    from multiprocessing import parent_process  # a process that multiprocessing started
-
-    parent = parent_process()
+    # A process that multiprocessing started (the fork server's) has its parent's sentinel;
+    # one that procdevices spawned never imports multiprocessing, and has none.
+    started_by = sys.modules.get("multiprocessing.process")
+    parent = started_by.parent_process() if started_by is not None else None
     return (parent.sentinel, parent.pid) if parent is not None else (None, None)
 
 

@@ -21,12 +21,18 @@ spawn (launch.py), which knows how to re-run that script first.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 from collections.abc import Iterable
 from multiprocessing import popen_fork, spawn, util
 from multiprocessing.process import BaseProcess
 from subprocess import _args_from_interpreter_flags  # type: ignore[attr-defined]  # as multiprocessing's spawn
 from typing import Literal
+
+from procdevices.devices.channel import Channel
+from procdevices.devices.runtime import IGNORED_SIGNALS
 
 Role = Literal["device", "worker"]
 
@@ -78,6 +84,17 @@ class SpawnedProcess(BaseProcess):
         self.role = role
         self.pass_fds = tuple(pass_fds)
 
+    def start(self) -> None:
+        """Start the process with IGNORED_SIGNALS blocked (a signal mask survives fork and
+        exec) until it ignores them (boot.py, runtime.process_main): a new interpreter spends
+        ~30 ms before its first line, where any of them would end it. In this thread they
+        wait meanwhile, and are handled once the start is done."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED_SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
     @staticmethod
     def _Popen(process_obj: BaseProcess) -> _Popen:
         assert isinstance(process_obj, SpawnedProcess)
@@ -88,4 +105,22 @@ class SpawnedProcess(BaseProcess):
         return _Popen(process_obj)
 
 
-__all__ = ["SpawnedProcess", "command_line"]
+def start_worker() -> tuple[SpawnedProcess, Channel]:
+    """A warm worker (boot.run_worker), started now and told its launcher's ``sys.path``; the
+    launcher's end of its channel."""
+    parent_end, child_end = Channel.pair()
+    try:
+        process = SpawnedProcess(child_end.fileno(), "worker", name="procdevices-worker")
+        process.daemon = True
+        process.start()
+    except BaseException:
+        parent_end.close()
+        raise
+    finally:
+        child_end.close()
+    with contextlib.suppress(OSError):  # gone already: whoever takes it sees it dead
+        parent_end.send(sys.path)  # boot.main: the first message
+    return process, parent_end
+
+
+__all__ = ["SpawnedProcess", "command_line", "start_worker"]
