@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,25 +181,31 @@ def upgrade(args: argparse.Namespace) -> int:
         before = request(args, SupervisorCommand.STATUS, on_behalf="upgrade")["supervisor"]
         request(args, SupervisorCommand.UPGRADE)
 
-        def outcome() -> tuple[bool, dict[str, Any]] | None:
+        def outcome() -> tuple[str, Any] | None:
+            """("upgraded" or "failed", its status), ("stopped", why); None: not yet."""
             status = waiter.status(timeout=1.0)
             if status is None:
-                return None  # re-executing: nobody answers for a moment
+                # Re-executing (same pid): nobody answers for a moment. A pid gone has stopped.
+                return None if _running(before["pid"]) else ("stopped", "the supervisor stopped before it re-executed")
             now = status["supervisor"]
             if now["started"] != before["started"]:
-                return True, status
+                return "upgraded", status
             attempt = now.get("upgrade") or {}
-            # Failed, and not the failure of an earlier attempt.
-            if attempt.get("state") == "failed" and attempt != before.get("upgrade"):
-                return False, status
+            if attempt != before.get("upgrade"):  # not an earlier attempt's outcome
+                if attempt.get("state") == "failed":
+                    return "failed", status
+                if attempt.get("state") == "cancelled":
+                    return "stopped", "cancelled: the supervisor is stopping (down, SIGTERM or SIGUSR1)"
             return None
 
         result = waiter.wait(outcome, UPGRADE_TIMEOUT)
     if result is None:
         raise _fail(f"upgrade: no outcome within {UPGRADE_TIMEOUT:g}s", exitcodes.EXIT_FAILED)
-    upgraded, status = result
+    kind, status = result
+    if kind == "stopped":
+        raise _fail(f"upgrade: {status}", exitcodes.EXIT_FAILED)
     now = status["supervisor"]
-    if not upgraded:
+    if kind == "failed":
         raise _fail(f"upgrade: {now['upgrade']['error']}", exitcodes.EXIT_FAILED)
     if now["pid"] != before["pid"]:
         # Another `up` answers: the new image failed after its exec and an outer supervisor
@@ -214,6 +221,16 @@ def upgrade(args: argparse.Namespace) -> int:
         f"(was {before['version']}); {now['adopted']} device process(es) adopted, {running} running"
     )
     return exitcodes.EXIT_OK
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's: it exists
+    return True
 
 
 def events(args: argparse.Namespace) -> int:

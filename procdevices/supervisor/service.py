@@ -139,6 +139,7 @@ def run_supervisor(
             watcher=loop,
             log=log,
             notify=sd_notify,
+            wanted=lambda: not (supervisor.shutting_down or supervisor.leaving),
         )
     server = RequestServer(launcher.ctx, run_dir.control_endpoint, CommandHandlers(supervisor), log, publish)
     metrics_address = metrics or topology.supervisor.metrics

@@ -70,6 +70,7 @@ class Upgrader:
         log: Log,
         notify: Callable[[str], object] = lambda message: None,
         execv: Callable[[str, list[str]], Any] = os.execv,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.preflight = list(preflight)
         self.command = list(command)
@@ -79,6 +80,10 @@ class Upgrader:
         self.log = log
         self.notify = notify
         self.execv = execv
+        # False once the supervisor stops or leaves (`down`, SIGTERM, SIGUSR1) while the
+        # preflight runs: re-executing then would start the topology again, or adopt devices
+        # that are being stopped.
+        self.wanted = wanted
         self.state: dict[str, Any] = {"state": "idle", "attempt": 0}
         self._check: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
@@ -116,6 +121,10 @@ class Upgrader:
         if code != 0:
             last = errors.splitlines()[-1] if errors else f"exit code {code}"
             self._failed(f"the new version's check failed ({last}); still running the old one")
+            return
+        if not self.wanted():
+            self.state = {"state": "cancelled", "attempt": self.state["attempt"]}
+            self.log("upgrade cancelled: the supervisor is stopping")
             return
         self._exec()
 
