@@ -22,7 +22,7 @@ import psutil
 
 from procdevices.devices.runtime import ReadyInfo
 from procdevices.errors import DeviceExitedEarly
-from procdevices.supervisor.launcher import Resources, resources_of
+from procdevices.supervisor.launcher import Resources, resources_of, rss_of
 
 
 class AdoptedProcess:
@@ -102,8 +102,7 @@ class AdoptedProcess:
         return self._create_time
 
     def rss(self) -> int | None:
-        resources = self.resources()
-        return resources.rss if resources is not None else None
+        return rss_of(self._ps)
 
     def resources(self) -> Resources | None:
         return resources_of(self._ps)

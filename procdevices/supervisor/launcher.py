@@ -173,12 +173,7 @@ class SpawnedDevice:
         return self._create_time
 
     def rss(self) -> int | None:
-        if self._ps is None:
-            return None
-        try:
-            return int(self._ps.memory_info().rss)
-        except psutil.Error:
-            return None
+        return rss_of(self._ps)
 
     def resources(self) -> Resources | None:
         return resources_of(self._ps)
@@ -192,6 +187,18 @@ def _disown_children() -> None:
     children = getattr(multiprocessing.process, "_children", None)
     if isinstance(children, set):
         children.clear()
+
+
+def rss_of(ps: psutil.Process | None) -> int | None:
+    """The resident memory of ``ps`` now (the health check's memory_limit), without touching
+    its CPU measurement: resources_of's cpu_percent(None) would begin a new window at every
+    health check, and `status` and the metrics would show the CPU of the last instant only."""
+    if ps is None:
+        return None
+    try:
+        return int(ps.memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 def resources_of(ps: psutil.Process | None) -> Resources | None:
