@@ -117,7 +117,7 @@ class Supervisor:
         self._spawn_waiting()
         if not self.shutting_down and not any(c.state in (State.QUEUED, State.STARTING) for c in self.children):
             # Spawning idle workers competes for CPU with starting devices: wait for them.
-            self.launcher.refill()
+            self.launcher.refill(now)
 
     def flush(self) -> None:
         """Write state.json if it is behind and due (statekeeper.py); leaving, at once."""

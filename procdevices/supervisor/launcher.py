@@ -24,7 +24,7 @@ import zmq
 from procdevices.control.aclient import ControlChannel, ControlRouter
 from procdevices.devices import runtime as rt
 from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
-from procdevices.supervisor import devicelogs
+from procdevices.supervisor import devicelogs, policy
 from procdevices.supervisor.listeners import Listeners
 
 
@@ -85,8 +85,9 @@ class Launcher(Protocol):
 
     def connect(self, control_endpoint: str) -> ControlChannel: ...
 
-    def refill(self) -> None:
-        """Top up the warm pool, if a worker was handed out since the last refill."""
+    def refill(self, now: float) -> None:
+        """Top up the warm pool, if a worker was handed out since the last refill (the first
+        time, policy.FIRST_POOL_FILL_DELAY after the first call)."""
         ...
 
     def resize(self, size: int) -> None:
@@ -262,6 +263,7 @@ class ProcessLauncher:
         self.pool: PoolLike = pool if pool is not None else WorkerPool(pool_size, start_method=start_method)
         self._spawn: Spawn = spawn if spawn is not None else functools.partial(spawn_device, start_method=start_method)
         self._pool_short = True  # empty at first; after that, only a hand-out makes it short
+        self._first_fill_at: float | None = None  # set by the first refill call
         self.controls = ControlRouter(self.ctx)
 
     def launch(self, pickled_device: bytes, control_endpoint: str, label: str) -> DeviceProcess:
@@ -291,8 +293,10 @@ class ProcessLauncher:
     def connect(self, control_endpoint: str) -> ControlChannel:
         return self.controls.connect(control_endpoint)
 
-    def refill(self) -> None:
-        if self._pool_short:
+    def refill(self, now: float) -> None:
+        if self._first_fill_at is None:
+            self._first_fill_at = now + policy.FIRST_POOL_FILL_DELAY
+        if self._pool_short and now >= self._first_fill_at:
             self._pool_short = False
             self.pool.refill()
 

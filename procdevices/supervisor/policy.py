@@ -358,6 +358,11 @@ STARTS_PER_CPU = 16
 # Processes started per turn of the supervisor's loop.
 LAUNCHES_PER_TURN = 8
 
+# Seconds the warm pool waits, once the devices of `up`'s first start are all up, before it is
+# first filled: its workers' interpreters (~50 ms of CPU each) would otherwise compete with the
+# devices' first messages (docs/performance.md). Later refills follow each hand-out at once.
+FIRST_POOL_FILL_DELAY = 0.5
+
 
 def max_starting(cpus: int | None) -> int:
     """How many devices may be starting at once on a machine with ``cpus`` CPUs."""

@@ -165,7 +165,7 @@ class FakeLauncher:
         self.controls[control_endpoint] = control
         return control
 
-    def refill(self) -> None:
+    def refill(self, now: float) -> None:
         self.refills += 1
 
     def release(self) -> None:

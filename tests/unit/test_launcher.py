@@ -12,6 +12,7 @@ import pytest
 from procdevices.devices.channel import Channel
 from procdevices.devices.launch import PendingStart
 from procdevices.supervisor.launcher import ProcessLauncher
+from procdevices.supervisor.policy import FIRST_POOL_FILL_DELAY
 
 
 class _Me:
@@ -98,15 +99,17 @@ def test_the_pool_is_refilled_only_after_a_hand_out(ends: list[Channel]) -> None
     pool.ends = ends
     launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label, listeners=None: _pending(ends, label))
     try:
-        launcher.refill()  # at first the pool is empty: fill it
-        launcher.refill()
+        launcher.refill(100.0)  # at first the pool is empty: fill it, once the start has settled
+        assert pool.refills == 0
+        launcher.refill(100.0 + FIRST_POOL_FILL_DELAY)
+        launcher.refill(101.0)
         assert pool.refills == 1
         launcher.launch(b"", "ipc://x", "a")  # spawned: the pool is not short
-        launcher.refill()
+        launcher.refill(102.0)
         assert pool.refills == 1
         pool.idle = 1
-        launcher.launch(b"", "ipc://y", "b")  # handed out: refill
-        launcher.refill()
+        launcher.launch(b"", "ipc://y", "b")  # handed out: refill at once
+        launcher.refill(102.0)
         assert pool.refills == 2
     finally:
         launcher.close()
@@ -117,13 +120,14 @@ def test_a_new_pool_size_tops_the_pool_up_at_the_next_refill(ends: list[Channel]
     pool.ends = ends
     launcher = ProcessLauncher(1, pool=pool, spawn=lambda p, e, label, listeners=None: _pending(ends, label))
     try:
-        launcher.refill()
+        launcher.refill(0.0)
+        launcher.refill(FIRST_POOL_FILL_DELAY)
         assert pool.refills == 1
-        launcher.refill()  # full and nothing handed out: nothing to do
+        launcher.refill(10.0)  # full and nothing handed out: nothing to do
         assert pool.refills == 1
         launcher.resize(3)  # a reload raised pool_size
         assert pool.size == 3
-        launcher.refill()
+        launcher.refill(10.0)
         assert pool.refills == 2, "the pool was not topped up to its new size"
     finally:
         launcher.close()
