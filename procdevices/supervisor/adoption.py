@@ -145,6 +145,7 @@ def adopt(
         with HandbackServer(path) as handback:
             payload = {"token": inventory.token, "pid": os.getpid(), "handback": path}
             answers = _exchange(payload, asked, router, handback, timeout, clock)
+            result.lines += handback.rejected  # who sent what it should not have, and why
             for name, (candidate, control) in asked.items():
                 answer = answers.get(name)
                 process = _follow(candidate.proc) if answer is not None else None
