@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +173,8 @@ def down(args: argparse.Namespace) -> int:
 
 # An upgrade checks the new version, then re-executes `up`, which adopts every device again.
 UPGRADE_TIMEOUT = 120.0
+# How long `upgrade` waits for another `up` once the one it asked has exited.
+UPGRADE_GONE_GRACE = 5.0
 
 
 def upgrade(args: argparse.Namespace) -> int:
@@ -181,12 +184,21 @@ def upgrade(args: argparse.Namespace) -> int:
         before = request(args, SupervisorCommand.STATUS, on_behalf="upgrade")["supervisor"]
         request(args, SupervisorCommand.UPGRADE)
 
+        gone_at: list[float] = []
+
         def outcome() -> tuple[str, Any] | None:
             """("upgraded" or "failed", its status), ("stopped", why); None: not yet."""
             status = waiter.status(timeout=1.0)
             if status is None:
-                # Re-executing (same pid): nobody answers for a moment. A pid gone has stopped.
-                return None if _running(before["pid"]) else ("stopped", "the supervisor stopped before it re-executed")
+                # Re-executing (same pid): nobody answers for a moment. Its pid gone, it
+                # stopped, or its new image failed after the exec and an outer supervisor
+                # (systemd, supervisord) starts `up` again: give that one time to answer.
+                if _running(before["pid"]):
+                    return None
+                gone_at.append(time.monotonic())
+                if gone_at[-1] - gone_at[0] < UPGRADE_GONE_GRACE:
+                    return None
+                return "stopped", f"supervisor {before['pid']} exited before it ran the new version: see its log"
             now = status["supervisor"]
             if now["started"] != before["started"]:
                 return "upgraded", status

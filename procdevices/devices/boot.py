@@ -1,11 +1,11 @@
 """The first code of a device process that procdevices spawns itself (devices/spawnproc.py):
 a fresh interpreter, started as
 
-    python [the parent's interpreter flags] -c 'from procdevices.devices.boot import main; main()' FD ROLE
+    python [the parent's flags] -c '...; from procdevices.devices.boot import main; main()' FD ROLE DAEMON
 
 FD is its end of the channel to its launcher (devices/channel.py), kept open across the exec.
-The first message on it is the launcher's ``sys.path``, which the child takes, as
-multiprocessing's spawn does: a device's class is found where its launcher found it. ROLE
+The first message on it is the launcher's ``sys.path`` and ``sys.argv``, which the child takes,
+as multiprocessing's spawn does: a device's class is found where its launcher found it. ROLE
 ``device``: it reads its job and runs the device at once. ROLE ``worker``: a warm worker of the
 pool, it imports what a device needs (:data:`PRELOAD`) and starts its control thread, then
 waits for a job and the listening descriptors that follow it (inherit.py).
@@ -37,14 +37,23 @@ PRELOAD = [
 ]
 
 
+#: Whether this is a daemonic device process (spawnproc refuses it children, as
+#: multiprocessing does); set by main.
+DAEMONIC = False
+
+
 def main() -> None:
-    conn = Channel(int(sys.argv[1]))
+    global DAEMONIC
+    fd, role, daemon = sys.argv[1:4]
+    DAEMONIC = daemon == "daemon"
+    conn = Channel(int(fd))
     try:
-        path = conn.recv()
+        path, argv = conn.recv()
     except (EOFError, OSError):
         os._exit(0)  # its launcher died before it said anything: nobody to run a device for
     sys.path[:] = path
-    if sys.argv[2] == "worker":
+    sys.argv[:] = argv
+    if role == "worker":
         run_worker(conn)
     else:
         run_device(conn)

@@ -22,7 +22,10 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -41,6 +44,21 @@ class Channel:
 
         a, b = socket.socketpair()
         return cls(a.detach()), cls(b.detach())
+
+    @classmethod
+    def to_child(cls, start: Callable[[Channel], T]) -> tuple[T, Channel]:
+        """A new pair, one end for a process being started: ``start(child_end)`` starts it (the
+        child gets its own duplicate, so this end is closed here either way); what ``start``
+        returned, and the other end, closed too when the start failed."""
+        parent_end, child_end = cls.pair()
+        try:
+            started = start(child_end)
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return started, parent_end
 
     def fileno(self) -> int:
         """For ``multiprocessing.connection.wait`` and ``select``; -1 once closed."""

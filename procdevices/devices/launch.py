@@ -23,7 +23,7 @@ from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
 from procdevices.devices.boot import PRELOAD, run_worker
 from procdevices.devices.channel import Channel
-from procdevices.devices.spawnproc import SpawnedProcess, start_worker
+from procdevices.devices.spawnproc import start_process
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -38,6 +38,12 @@ START_METHODS = ("spawn", "forkserver")
 #: What the fork server imports before it forks anything (and a warm worker while it waits):
 #: boot.PRELOAD.
 FORKSERVER_PRELOAD = PRELOAD
+
+
+# A frozen application (PyInstaller and the like) has no interpreter that runs `-c`:
+# multiprocessing's spawn knows how to start one (multiprocessing.freeze_support), spawnproc
+# does not.
+_FROZEN = bool(getattr(sys, "frozen", False))
 
 
 def process_context(start_method: str) -> Any:
@@ -215,43 +221,39 @@ def spawn_device(
     ``log_path``: a file that receives everything the process writes to fds 1 and 2.
     ``listeners``: endpoint → :class:`~procdevices.devices.inherit.InheritedFd` of a listening
     socket it takes over."""
-    parent_end, child_end = Channel.pair()
     name = f"procdevices-{label}"
-    if start_method == "spawn" and process_class is None and not needs_main(pickled_device):
+    if start_method == "spawn" and process_class is None and not needs_main(pickled_device) and not _FROZEN:
         listening = inherit.kept_across_exec(listeners)
+        process, conn = start_process("device", name=name, daemon=daemon, pass_fds=listening.values())
         job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listening or None)
-        process: BaseProcess = SpawnedProcess(child_end.fileno(), "device", pass_fds=listening.values(), name=name)
-        process.daemon = daemon
         try:
-            process.start()
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        try:
-            parent_end.send(sys.path)  # boot.main: the first message
-            parent_end.send(job)
+            conn.send(job)
         except OSError:
-            pass  # it is gone already: PendingStart.result() says how it ended
-        return PendingStart(process, parent_end, label, cleanup_dir)
+            pass  # gone already: PendingStart.result() says how it ended
+        except BaseException:
+            conn.close()  # it exits on the closed pipe
+            raise
+        return PendingStart(process, conn, label, cleanup_dir)
     # multiprocessing's own spawn (a class in __main__, a process class of the caller's), or
     # the fork server.
-    job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listeners)
-    process = (process_class or process_context(start_method).Process)(
-        target=rt.process_main, args=(child_end, job), name=name
-    )
-    process.daemon = daemon
-    hint = None
-    with terminal_signals_blocked():
-        if needs_main(pickled_device):
-            hint = main_hint(label)
-            process.start()
-        else:
-            with main_left_out():
+    hint = main_hint(label) if needs_main(pickled_device) else None
+
+    def start(child_end: Channel) -> BaseProcess:
+        job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listeners)
+        process: BaseProcess = (process_class or process_context(start_method).Process)(
+            target=rt.process_main, args=(child_end, job), name=name
+        )
+        process.daemon = daemon
+        with terminal_signals_blocked():
+            if hint is not None:
                 process.start()
-    child_end.close()
-    return PendingStart(process, parent_end, label, cleanup_dir, hint)
+            else:
+                with main_left_out():
+                    process.start()
+        return process
+
+    started, conn = Channel.to_child(start)
+    return PendingStart(started, conn, label, cleanup_dir, hint)
 
 
 class _Worker(NamedTuple):
@@ -284,22 +286,20 @@ class WorkerPool:
             self._idle.append(_Worker(process, conn))
 
     def _start_worker(self) -> tuple[BaseProcess, Channel]:
-        if self.start_method == "spawn":
-            return start_worker()
-        parent_end, child_end = Channel.pair()
-        try:
-            process = self._context.Process(target=pool_worker_main, args=(child_end,), name="procdevices-worker")
+        name = "procdevices-worker"
+        if self.start_method == "spawn" and not _FROZEN:
+            return start_process("worker", name=name)
+
+        def start(child_end: Channel) -> BaseProcess:
+            process: BaseProcess = self._context.Process(target=pool_worker_main, args=(child_end,), name=name)
             process.daemon = True
             # A pooled worker gets only devices the supervisor built from procdevices' own
             # classes: the supervisor's __main__ is nothing it needs.
             with main_left_out(), terminal_signals_blocked():
                 process.start()
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        return process, parent_end
+            return process
+
+        return Channel.to_child(start)
 
     def take(
         self,

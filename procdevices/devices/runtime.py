@@ -636,9 +636,10 @@ def _parent_sentinel(parent_pid: int | None = None) -> tuple[int | None, int | N
         except ProcessLookupError:
             _exit_now(0)  # the launcher is gone already: nobody to run the device for
         except OSError:
-            pass  # no pidfds (Linux < 5.3): multiprocessing's sentinel, as far as it goes
+            pass  # no pidfds (Linux < 5.3): multiprocessing's sentinel, where there is one
     # A process that multiprocessing started (the fork server's) has its parent's sentinel;
-    # one that procdevices spawned never imports multiprocessing, and has none.
+    # one that procdevices spawned never imports multiprocessing: without pidfds (which `up`
+    # needs anyway to adopt devices) it does not notice its parent's death.
     started_by = sys.modules.get("multiprocessing.process")
     parent = started_by.parent_process() if started_by is not None else None
     return (parent.sentinel, parent.pid) if parent is not None else (None, None)

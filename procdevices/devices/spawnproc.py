@@ -21,7 +21,6 @@ spawn (launch.py), which knows how to re-run that script first.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -36,20 +35,29 @@ from procdevices.devices.runtime import IGNORED_SIGNALS
 
 Role = Literal["device", "worker"]
 
-# procdevices' own directory goes at the end of the child's sys.path: the child finds it
-# where the parent did even when only the parent's sys.path names it (a checkout put there by
-# a script), and never ahead of the standard library.
+# The child imports boot from the very procdevices its parent runs: the directory that holds
+# it goes first on the child's path, or a `procdevices` in the current directory (a checkout),
+# first on a `-c` interpreter's path, would be imported instead. boot.main then puts the
+# parent's whole sys.path in place, before anything else is imported.
 _HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BOOT = f"import sys; sys.path.append({_HOME!r}); from procdevices.devices.boot import main; main()"
+_BOOT = f"import sys; sys.path.insert(0, {_HOME!r}); from procdevices.devices.boot import main; main()"
 
 
-def command_line(channel_fd: int, role: Role) -> list[str]:
+def command_line(channel_fd: int, role: Role, *, daemon: bool) -> list[str]:
     """The child's argv: the parent's interpreter and flags (``-X``, ``-W``, ``-O``, ``-I``...,
-    as multiprocessing passes them), boot.main, its channel and role."""
-    return [spawn.get_executable(), *_args_from_interpreter_flags(), "-c", _BOOT, str(channel_fd), role]
+    as multiprocessing passes them), boot.main, its channel, role and whether it is daemonic."""
+    return [
+        os.fsdecode(spawn.get_executable()),
+        *_args_from_interpreter_flags(),
+        "-c",
+        _BOOT,
+        str(channel_fd),
+        role,
+        "daemon" if daemon else "-",
+    ]
 
 
-class _Popen(popen_fork.Popen):
+class _SpawnPopen(popen_fork.Popen):
     """multiprocessing's Popen interface (poll, wait, terminate, kill, close, sentinel) over a
     spawned interpreter; popen_fork.Popen has all of it but the start."""
 
@@ -60,7 +68,7 @@ class _Popen(popen_fork.Popen):
         parent_r, child_w = os.pipe()
         try:
             keep = sorted({process_obj.channel_fd, child_w, *process_obj.pass_fds})
-            argv = command_line(process_obj.channel_fd, process_obj.role)
+            argv = command_line(process_obj.channel_fd, process_obj.role, daemon=bool(process_obj.daemon))
             self.pid = util.spawnv_passfds(os.fsencode(argv[0]), argv, keep)
         except BaseException:
             os.close(parent_r)
@@ -87,7 +95,7 @@ class SpawnedProcess(BaseProcess):
     def start(self) -> None:
         """Start the process with IGNORED_SIGNALS blocked (a signal mask survives fork and
         exec) until it ignores them (boot.py, runtime.process_main): a new interpreter spends
-        ~30 ms before its first line, where any of them would end it. In this thread they
+        tens of milliseconds before its first line, where any of them would end it. In this thread they
         wait meanwhile, and are handled once the start is done."""
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED_SIGNALS)
         try:
@@ -96,31 +104,42 @@ class SpawnedProcess(BaseProcess):
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     @staticmethod
-    def _Popen(process_obj: BaseProcess) -> _Popen:
+    def _Popen(process_obj: BaseProcess) -> _SpawnPopen:
         assert isinstance(process_obj, SpawnedProcess)
-        # As multiprocessing's spawn refuses: a process that is itself being started by
-        # multiprocessing (re-running its parent's __main__: a script that starts devices at
-        # module level, unguarded) must not start more, or each would start more again.
+        # As multiprocessing refuses, so that a module that starts devices when it is imported
+        # does not start them again in every device process that imports it, each waiting on
+        # the next: no child for a daemonic device process (boot.DAEMONIC; daemon is the
+        # default), nor for one that multiprocessing is starting (re-running its parent's
+        # __main__: a script that starts devices at module level, unguarded).
+        boot = sys.modules.get("procdevices.devices.boot")
+        if boot is not None and boot.DAEMONIC:
+            raise RuntimeError("daemonic processes are not allowed to have children (a device process started one)")
         spawn._check_not_importing_main()  # type: ignore[attr-defined]
-        return _Popen(process_obj)
+        return _SpawnPopen(process_obj)
 
 
-def start_worker() -> tuple[SpawnedProcess, Channel]:
-    """A warm worker (boot.run_worker), started now and told its launcher's ``sys.path``; the
-    launcher's end of its channel."""
-    parent_end, child_end = Channel.pair()
-    try:
-        process = SpawnedProcess(child_end.fileno(), "worker", name="procdevices-worker")
-        process.daemon = True
+def start_process(
+    role: Role, *, name: str, daemon: bool = True, pass_fds: Iterable[int] = ()
+) -> tuple[SpawnedProcess, Channel]:
+    """A device process (``device``) or warm worker (``worker``), started now and told its
+    launcher's ``sys.path`` and ``sys.argv`` (boot.main's first message, as multiprocessing's
+    spawn passes them); the launcher's end of its channel."""
+
+    def start(child_end: Channel) -> SpawnedProcess:
+        process = SpawnedProcess(child_end.fileno(), role, pass_fds=pass_fds, name=name)
+        process.daemon = daemon
         process.start()
+        return process
+
+    process, conn = Channel.to_child(start)
+    try:
+        conn.send((sys.path, sys.argv))
+    except OSError:
+        pass  # gone already: whoever waits for it sees how it ended
     except BaseException:
-        parent_end.close()
+        conn.close()  # it exits on the closed pipe
         raise
-    finally:
-        child_end.close()
-    with contextlib.suppress(OSError):  # gone already: whoever takes it sees it dead
-        parent_end.send(sys.path)  # boot.main: the first message
-    return process, parent_end
+    return process, conn
 
 
-__all__ = ["SpawnedProcess", "command_line", "start_worker"]
+__all__ = ["SpawnedProcess", "command_line", "start_process"]

@@ -265,7 +265,7 @@ class Supervisor:
 
     def upgrade(self) -> dict[str, Any]:
         """Re-execute with the procdevices now installed, keeping every device (upgrade.py)."""
-        if self.upgrader is None or self.shutting_down:
+        if self.upgrader is None or self.shutting_down or self.leaving:
             raise ProtocolError(ErrorCode.REFUSED, "this supervisor cannot upgrade now")
         return self.upgrader.begin()
 

@@ -1,0 +1,170 @@
+"""procdevices' own spawn (devices/spawnproc.py, devices/boot.py) where it differs from
+multiprocessing's and a user could notice: which procdevices the child imports, the parent's
+sys.path and argv in the child, the interpreter flags, nested starts, and no descriptor left
+behind by a start that failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from procdevices.devices.channel import Channel
+
+# Starts a device of procdevices' own class, forwards nothing, stops it; prints what the
+# device process was started with.
+START_ONE = """
+import json, sys
+import psutil, zmq
+from procdevices import ProcessDevice
+
+def main():
+    dev = ProcessDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
+    dev.bind_in("tcp://127.0.0.1:*")
+    dev.start()
+    try:
+        print(json.dumps({"pid": dev.pid, "cmdline": psutil.Process(dev.pid).cmdline()}))
+    finally:
+        dev.stop()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _run(script: Path, cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *flags, str(script)], cwd=cwd, capture_output=True, text=True, timeout=50, check=False
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_procdevices_in_the_current_directory_does_not_replace_the_parents(short_tmp: Path) -> None:
+    # A `-c` interpreter has the current directory first on its path: a checkout's
+    # `procdevices` there must not be what the device process imports.
+    cwd = short_tmp / "checkout"
+    (cwd / "procdevices").mkdir(parents=True)
+    (cwd / "procdevices" / "__init__.py").write_text("raise ImportError('the procdevices of the cwd was imported')\n")
+    script = short_tmp / "start_one.py"
+    script.write_text(START_ONE)
+    done = _run(script, cwd)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["pid"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_interpreter_flags_reach_the_device_process(short_tmp: Path) -> None:
+    script = short_tmp / "start_one.py"
+    script.write_text(START_ONE)
+    done = _run(script, short_tmp, "-O", "-X", "dev")
+    assert done.returncode == 0, done.stderr
+    cmdline = json.loads(done.stdout.splitlines()[-1])["cmdline"]
+    assert "-O" in cmdline and "dev" in cmdline and any("procdevices.devices.boot" in a for a in cmdline), cmdline
+
+
+# Imported (not run): starts a device of its own class at import, as some scripts do. The
+# device process imports this module to find the class, and would start one more there, and
+# so on: it must be refused at once, as multiprocessing refuses a daemonic process children.
+NESTED = """
+import zmq
+from procdevices import ProcessDevice
+
+class Nested(ProcessDevice):
+    '''Exists only in this module, which starts one when it is imported.'''
+
+dev = Nested(zmq.QUEUE, zmq.PULL, zmq.PUSH)
+dev.bind_in("tcp://127.0.0.1:*")
+dev.start_timeout = 40.0
+dev.start()
+"""
+
+IMPORT_NESTED = """
+import json, sys
+sys.path.insert(0, sys.argv[1])  # the module is found only through this, as in the device
+try:
+    import nested_at_import
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+else:
+    nested_at_import.dev.stop()
+    print(json.dumps({"error": None}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_module_that_starts_a_device_at_import_is_refused_in_the_device(short_tmp: Path) -> None:
+    modules = short_tmp / "modules"
+    modules.mkdir()
+    (modules / "nested_at_import.py").write_text(NESTED)
+    script = short_tmp / "import_nested.py"
+    script.write_text(IMPORT_NESTED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(modules)], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    # The device process found the module through the parent's sys.path, and refused there.
+    assert result["error"] == "DeviceStartError", result
+    assert "daemonic processes are not allowed to have children" in result["message"], result
+
+
+# A device class whose module, each time it is imported, writes down the sys.argv of the
+# process importing it: the script's own, then the device process's (which imports it to find
+# the class, once boot.main has set its argv and path).
+ARGV_PROBE = """
+import json, os, sys
+from procdevices import ProcessDevice
+
+with open(os.path.join(os.path.dirname(__file__), f"argv-{os.getpid()}.json"), "w") as f:
+    json.dump(sys.argv, f)
+
+class Probe(ProcessDevice):
+    pass
+"""
+
+START_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import zmq
+from argv_probe import Probe
+
+def main():
+    dev = Probe(zmq.QUEUE, zmq.PULL, zmq.PUSH)
+    dev.bind_in("tcp://127.0.0.1:*")
+    dev.start()
+    print(dev.pid)
+    dev.stop()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_device_process_has_the_parents_argv_and_path(short_tmp: Path) -> None:
+    modules = short_tmp / "modules"
+    modules.mkdir()
+    (modules / "argv_probe.py").write_text(ARGV_PROBE)
+    script = short_tmp / "start_probe.py"
+    script.write_text(START_PROBE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(modules), "alpha"], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[-1])
+    assert json.loads((modules / f"argv-{pid}.json").read_text()) == [str(script), str(modules), "alpha"]
+
+
+def test_a_failed_start_leaves_no_descriptor_open() -> None:
+    before = set(os.listdir("/proc/self/fd"))
+
+    def start(child_end: Channel) -> None:
+        raise OSError("no process today")
+
+    with pytest.raises(OSError, match="no process today"):
+        Channel.to_child(start)
+    assert set(os.listdir("/proc/self/fd")) == before
