@@ -168,3 +168,52 @@ def test_a_failed_start_leaves_no_descriptor_open() -> None:
     with pytest.raises(OSError, match="no process today"):
         Channel.to_child(start)
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+# Starts a device with an inheritable descriptor open, then reads what the running device
+# process holds and has loaded.
+INSIDE = """
+import json, os, sys
+import zmq
+from procdevices import ProcessDevice
+
+def main():
+    marker = os.open(sys.argv[1], os.O_RDONLY)
+    os.set_inheritable(marker, True)  # what a careless caller leaves open for its children
+    dev = ProcessDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
+    dev.bind_in("tcp://127.0.0.1:*")
+    dev.start()
+    try:
+        fds = []
+        for fd in os.listdir(f"/proc/{dev.pid}/fd"):
+            try:
+                fds.append(os.readlink(f"/proc/{dev.pid}/fd/{fd}"))
+            except OSError:
+                pass
+        with open(f"/proc/{dev.pid}/maps") as f:
+            maps = f.read()
+    finally:
+        dev.stop()
+    print(json.dumps({"fds": fds, "maps": maps}))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_device_process_inherits_no_stray_descriptor_and_loads_no_socket_module(short_tmp: Path) -> None:
+    marker = short_tmp / "marker"
+    marker.write_text("x")
+    script = short_tmp / "inside.py"
+    script.write_text(INSIDE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(marker)], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    inside = json.loads(done.stdout.splitlines()[-1])
+    assert str(marker) not in inside["fds"], "the device inherited a descriptor nobody gave it"
+    # Extension modules show in the process's mappings: multiprocessing's spawn would have
+    # loaded both (docs/performance.md, "Session 7").
+    loaded = {Path(line.split()[-1]).name.split(".")[0] for line in inside["maps"].splitlines() if ".so" in line}
+    assert not loaded & {"_socket", "_multiprocessing"}, sorted(loaded)
