@@ -85,8 +85,9 @@ def should_restart(policy: RestartPolicy, exit_code: int | None, *, requested_st
     """Whether the policy wants a child restarted after it exited.
 
     ``exit_code`` is the process return code: 0 is a clean exit, > 0 an error
-    exit, < 0 death by signal, and ``None`` means the supervisor killed it as
-    unhealthy (hung, over its memory limit). Only 0 counts as success.
+    exit, < 0 death by signal, and ``None`` no code: the supervisor killed it as
+    unhealthy (hung, over its memory limit), or it was not this supervisor's child
+    (adopted). Only 0 counts as success.
     """
     if requested_stop:
         # The operator asked for it to go down; restarting would undo that.
@@ -169,7 +170,7 @@ class ExitDecision:
     reason: str
 
 
-def _describe_exit(exit_code: int | None, unhealthy: bool = True) -> str:
+def _describe_exit(exit_code: int | None, *, unhealthy: bool) -> str:
     if exit_code is None:
         # Not ours to reap (an adopted device after a supervisor crash): the code is unknown.
         return "was killed as unhealthy" if unhealthy else "exited (exit code unknown: not this supervisor's child)"
@@ -196,15 +197,17 @@ def decide_after_exit(
     stable_after: float,
     history: RestartHistory,
     failures: int,
-    unhealthy: bool = True,
+    unhealthy: bool,
 ) -> ExitDecision:
     """Combine policy, failure streak, intensity and backoff into one decision.
 
     When the device stays down (a requested stop or the policy says no) the
     failure streak ends, so ``failures`` goes back to 0 and the restart
-    history is left untouched: neither was a restart.
+    history is left untouched: neither was a restart. ``unhealthy``: the supervisor killed it
+    (hung, over its memory limit); with ``exit_code`` None and not unhealthy, the code is
+    unknown (an adopted device, not this supervisor's child).
     """
-    what = _describe_exit(exit_code, unhealthy)
+    what = _describe_exit(exit_code, unhealthy=unhealthy)
     if requested_stop:
         return ExitDecision("EXIT_FINAL", 0.0, history, 0, f"{what}; stopped on request")
     if not should_restart(policy, exit_code, requested_stop=False):

@@ -248,6 +248,7 @@ def test_a_requested_stop_decides_no_delay() -> None:
         stable_after=10.0,
         history=policy.RestartHistory(),
         failures=3,
+        unhealthy=False,
     )
     assert (decision.event_name, decision.delay, decision.failures) == ("EXIT_FINAL", 0.0, 0)
     assert decision.reason == "exited with code 1; stopped on request"
@@ -321,7 +322,7 @@ def test_replaced_instances_keep_their_device(tmp_path: Path) -> None:
     ],
 )
 def test_how_an_exit_is_told_in_a_decision(code: int | None, text: str) -> None:
-    assert policy._describe_exit(code) == text
+    assert policy._describe_exit(code, unhealthy=code is None) == text
 
 
 def test_status_of_a_restarted_then_stopped_device(two: Harness) -> None:

@@ -204,6 +204,7 @@ def decide(
         stable_after=10.0,
         history=history,
         failures=failures,
+        unhealthy=exit_code is None,
     )
 
 
