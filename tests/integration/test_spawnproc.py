@@ -42,6 +42,19 @@ def _run(script: Path, cwd: Path, *flags: str) -> subprocess.CompletedProcess[st
     )
 
 
+def _with_module(short_tmp: Path, name: str, module: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``short_tmp/modules`` (holding ``module`` as ``name``) as its first
+    argument: a directory only the script's own sys.path names."""
+    modules = short_tmp / "modules"
+    modules.mkdir()
+    (modules / f"{name}.py").write_text(module)
+    path = short_tmp / "script.py"
+    path.write_text(script)
+    return subprocess.run(
+        [sys.executable, str(path), str(modules), *args], capture_output=True, text=True, timeout=50, check=False
+    )
+
+
 @pytest.mark.timeout(60)
 def test_a_procdevices_in_the_current_directory_does_not_replace_the_parents(short_tmp: Path) -> None:
     # A `-c` interpreter has the current directory first on its path: a checkout's
@@ -97,14 +110,7 @@ else:
 
 @pytest.mark.timeout(60)
 def test_a_module_that_starts_a_device_at_import_is_refused_in_the_device(short_tmp: Path) -> None:
-    modules = short_tmp / "modules"
-    modules.mkdir()
-    (modules / "nested_at_import.py").write_text(NESTED)
-    script = short_tmp / "import_nested.py"
-    script.write_text(IMPORT_NESTED)
-    done = subprocess.run(
-        [sys.executable, str(script), str(modules)], capture_output=True, text=True, timeout=50, check=False
-    )
+    done = _with_module(short_tmp, "nested_at_import", NESTED, IMPORT_NESTED)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     # The device process found the module through the parent's sys.path, and refused there.
@@ -146,17 +152,12 @@ if __name__ == "__main__":
 
 @pytest.mark.timeout(60)
 def test_the_device_process_has_the_parents_argv_and_path(short_tmp: Path) -> None:
-    modules = short_tmp / "modules"
-    modules.mkdir()
-    (modules / "argv_probe.py").write_text(ARGV_PROBE)
-    script = short_tmp / "start_probe.py"
-    script.write_text(START_PROBE)
-    done = subprocess.run(
-        [sys.executable, str(script), str(modules), "alpha"], capture_output=True, text=True, timeout=50, check=False
-    )
+    done = _with_module(short_tmp, "argv_probe", ARGV_PROBE, START_PROBE, "alpha")
     assert done.returncode == 0, done.stderr
     pid = int(done.stdout.split()[-1])
-    assert json.loads((modules / f"argv-{pid}.json").read_text()) == [str(script), str(modules), "alpha"]
+    modules = short_tmp / "modules"
+    expected = [str(short_tmp / "script.py"), str(modules), "alpha"]
+    assert json.loads((modules / f"argv-{pid}.json").read_text()) == expected
 
 
 def test_a_failed_start_leaves_no_descriptor_open() -> None:
