@@ -184,7 +184,7 @@ def upgrade(args: argparse.Namespace) -> int:
         before = request(args, SupervisorCommand.STATUS, on_behalf="upgrade")["supervisor"]
         request(args, SupervisorCommand.UPGRADE)
 
-        gone_at: list[float] = []
+        gone_since: list[float] = []  # when its pid was first seen gone
 
         def outcome() -> tuple[str, Any] | None:
             """("upgraded" or "failed", its status), ("stopped", why); None: not yet."""
@@ -195,8 +195,8 @@ def upgrade(args: argparse.Namespace) -> int:
                 # (systemd, supervisord) starts `up` again: give that one time to answer.
                 if _running(before["pid"]):
                     return None
-                gone_at.append(time.monotonic())
-                if gone_at[-1] - gone_at[0] < UPGRADE_GONE_GRACE:
+                gone_since[:] = gone_since or [time.monotonic()]
+                if time.monotonic() - gone_since[0] < UPGRADE_GONE_GRACE:
                     return None
                 return "stopped", f"supervisor {before['pid']} exited before it ran the new version: see its log"
             now = status["supervisor"]

@@ -11,7 +11,6 @@ import contextlib
 import multiprocessing
 import os
 import pickle
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from procdevices.devices import inherit
 from procdevices.devices import runtime as rt
 from procdevices.devices.boot import PRELOAD, run_worker
 from procdevices.devices.channel import Channel
-from procdevices.devices.spawnproc import start_process
+from procdevices.devices.spawnproc import signals_blocked, start_process
 from procdevices.errors import DeviceError, DeviceExitedEarly, DeviceStartError
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -40,10 +39,12 @@ START_METHODS = ("spawn", "forkserver")
 FORKSERVER_PRELOAD = PRELOAD
 
 
-# A frozen application (PyInstaller and the like) has no interpreter that runs `-c`:
-# multiprocessing's spawn knows how to start one (multiprocessing.freeze_support), spawnproc
-# does not.
-_FROZEN = bool(getattr(sys, "frozen", False))
+def spawns_itself(start_method: str) -> bool:
+    """Whether procdevices starts the processes of ``start_method`` itself (spawnproc.py), not
+    multiprocessing. Not in a frozen application (PyInstaller and the like): it has no
+    interpreter that runs `-c`, and only multiprocessing's spawn knows how to start one
+    (multiprocessing.freeze_support)."""
+    return start_method == "spawn" and not getattr(sys, "frozen", False)
 
 
 def process_context(start_method: str) -> Any:
@@ -134,28 +135,16 @@ def main_hint(label: str) -> str:
     )
 
 
-#: What a terminal sends its whole foreground process group (Ctrl-C, hangup), and the
-#: supervisor's own SIGUSR1 and SIGUSR2 (runtime.IGNORED_SIGNALS). A device process ignores
-#: them (runtime.process_main), but only from its first line of Python: a new interpreter
-#: spends ~0.1 s before that, where any of them kills it.
-TERMINAL_SIGNALS = rt.IGNORED_SIGNALS
-
-
 @contextlib.contextmanager
 def terminal_signals_blocked() -> Iterator[None]:
-    """Start multiprocessing's processes inside this block: they start with TERMINAL_SIGNALS
-    blocked (a signal mask survives fork and exec), until process_main ignores and unblocks
-    them. In this thread the signals wait meanwhile, and are handled once the block ends.
-    (spawnproc.SpawnedProcess does the same by itself.)"""
+    """spawnproc.signals_blocked, for multiprocessing's processes (SpawnedProcess blocks them
+    by itself)."""
     # multiprocessing starts its resource tracker with the first process, and *unblocks*
     # SIGINT in this thread when it has: start it before blocking, or that first process
     # would start unprotected.
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
-    try:
+    with signals_blocked():
         yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class PendingStart:
@@ -222,17 +211,10 @@ def spawn_device(
     ``listeners``: endpoint → :class:`~procdevices.devices.inherit.InheritedFd` of a listening
     socket it takes over."""
     name = f"procdevices-{label}"
-    if start_method == "spawn" and process_class is None and not needs_main(pickled_device) and not _FROZEN:
+    if spawns_itself(start_method) and process_class is None and not needs_main(pickled_device):
         listening = inherit.kept_across_exec(listeners)
-        process, conn = start_process("device", name=name, daemon=daemon, pass_fds=listening.values())
         job = rt.Job(pickled_device, control_endpoint, cleanup_dir, log_path, os.getpid(), listening or None)
-        try:
-            conn.send(job)
-        except OSError:
-            pass  # gone already: PendingStart.result() says how it ended
-        except BaseException:
-            conn.close()  # it exits on the closed pipe
-            raise
+        process, conn = start_process("device", name=name, daemon=daemon, pass_fds=listening.values(), job=job)
         return PendingStart(process, conn, label, cleanup_dir)
     # multiprocessing's own spawn (a class in __main__, a process class of the caller's), or
     # the fork server.
@@ -287,7 +269,7 @@ class WorkerPool:
 
     def _start_worker(self) -> tuple[BaseProcess, Channel]:
         name = "procdevices-worker"
-        if self.start_method == "spawn" and not _FROZEN:
+        if spawns_itself(self.start_method):
             return start_process("worker", name=name)
 
         def start(child_end: Channel) -> BaseProcess:

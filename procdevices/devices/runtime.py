@@ -533,22 +533,16 @@ class Job(NamedTuple):
         return self._replace(listeners=listeners)
 
 
-def process_main(conn: Channel, job: Job | None) -> None:
-    """Entry point of a device process. A pooled worker is started with ``job=None`` and
-    waits on ``conn`` for its device; it exits quietly if the pipe closes first."""
+def process_main(conn: Channel, job: Job) -> None:
+    """Entry point of a device process, once it has its job (boot.py reads it, or a warm
+    worker's; multiprocessing passes it to a fork of the fork server)."""
     # The supervisor's signals (IGNORED_SIGNALS) are not the device's business: it follows its
     # parent (the death sentinel) and its supervisor (control socket, SIGTERM).
     for signum in IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    # They were blocked from the fork on (launch.terminal_signals_blocked); ignored, they can
-    # be let through now (a pending one is discarded).
+    # They were blocked from the fork on (spawnproc.signals_blocked); ignored, they can be let
+    # through now (a pending one is discarded).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED_SIGNALS)
-    if job is None:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            _exit_now(0)  # the pool was closed, or its supervisor died, before any job came
-        assert isinstance(job, Job)
     adopt_listeners(job.listeners)
     # A pipe, not a socketpair: a device process never needs the socket module.
     wake_r, wake_w = os.pipe()

@@ -21,10 +21,11 @@ spawn (launch.py), which knows how to re-run that script first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from multiprocessing import popen_fork, spawn, util
 from multiprocessing.process import BaseProcess
 from subprocess import _args_from_interpreter_flags  # type: ignore[attr-defined]  # as multiprocessing's spawn
@@ -55,6 +56,20 @@ def command_line(channel_fd: int, role: Role, *, daemon: bool) -> list[str]:
         role,
         "daemon" if daemon else "-",
     ]
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Start processes inside this block: they start with IGNORED_SIGNALS blocked (a signal
+    mask survives fork and exec), until they ignore them (boot.run_worker,
+    runtime.process_main): a new interpreter spends tens of milliseconds before its first line,
+    where any of them would end it. In this thread the signals wait meanwhile, and are handled
+    once the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _SpawnPopen(popen_fork.Popen):
@@ -93,15 +108,8 @@ class SpawnedProcess(BaseProcess):
         self.pass_fds = tuple(pass_fds)
 
     def start(self) -> None:
-        """Start the process with IGNORED_SIGNALS blocked (a signal mask survives fork and
-        exec) until it ignores them (boot.py, runtime.process_main): a new interpreter spends
-        tens of milliseconds before its first line, where any of them would end it. In this thread they
-        wait meanwhile, and are handled once the start is done."""
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED_SIGNALS)
-        try:
+        with signals_blocked():
             super().start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     @staticmethod
     def _Popen(process_obj: BaseProcess) -> _SpawnPopen:
@@ -119,11 +127,12 @@ class SpawnedProcess(BaseProcess):
 
 
 def start_process(
-    role: Role, *, name: str, daemon: bool = True, pass_fds: Iterable[int] = ()
+    role: Role, *, name: str, daemon: bool = True, pass_fds: Iterable[int] = (), job: object = None
 ) -> tuple[SpawnedProcess, Channel]:
     """A device process (``device``) or warm worker (``worker``), started now and told its
     launcher's ``sys.path`` and ``sys.argv`` (boot.main's first message, as multiprocessing's
-    spawn passes them); the launcher's end of its channel."""
+    spawn passes them), then its ``job`` (a device's, boot.run_device; a worker gets its own
+    later, inherit.send_job); the launcher's end of its channel."""
 
     def start(child_end: Channel) -> SpawnedProcess:
         process = SpawnedProcess(child_end.fileno(), role, pass_fds=pass_fds, name=name)
@@ -134,6 +143,8 @@ def start_process(
     process, conn = Channel.to_child(start)
     try:
         conn.send((sys.path, sys.argv))
+        if job is not None:
+            conn.send(job)
     except OSError:
         pass  # gone already: whoever waits for it sees how it ended
     except BaseException:
@@ -142,4 +153,4 @@ def start_process(
     return process, conn
 
 
-__all__ = ["SpawnedProcess", "command_line", "start_process"]
+__all__ = ["SpawnedProcess", "command_line", "signals_blocked", "start_process"]
