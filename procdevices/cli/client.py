@@ -14,16 +14,10 @@ from typing import TYPE_CHECKING, Any
 from procdevices import exitcodes, runlayout
 from procdevices.cli import locate, render
 from procdevices.control.protocol import ErrorCode, SupervisorCommand
+from procdevices.exitcodes import CommandFailed
 
 if TYPE_CHECKING:
     from procdevices.control.waiter import SupervisorWaiter
-
-
-class CommandFailed(Exception):
-    """Ends a command with an exit code; the reason has been printed already."""
-
-    def __init__(self, code: int) -> None:
-        self.code = code
 
 
 def _fail(message: str, code: int) -> CommandFailed:

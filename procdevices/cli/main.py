@@ -8,16 +8,16 @@ or after the command. A bad option of a command prints that command's usage; a b
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from procdevices import exitcodes, logs
-from procdevices.cli import client, cluster, interrupts, serve, tap, top
+from procdevices.cli import interrupts
 from procdevices.supervisor.config import ConfigError
 from procdevices.supervisor.runstate import RunDirError
-from procdevices.web import command as web
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,10 +38,13 @@ def examples(prog: str) -> str:
 NAME_HELP = "device name (all its replicas) or replica name (NAME.N)"
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
+    """A row of the command table. ``handler`` names its function as "module:function" under
+    ``procdevices``: a command's module is imported only when that command runs, so that `up`
+    never loads what `tap`, `top`, `web` or the clients need."""
+
     name: str
-    handler: Handler
+    handler: str
     help: str
     name_arg: str | None = None  # "required" | "optional" | None
     json: bool = False
@@ -49,44 +52,71 @@ class Command:
 
 
 COMMANDS = (
-    Command("up", serve.up, "run the topology in the foreground until SIGTERM, SIGINT or `down`"),
-    Command("check", serve.check, "validate the topology and the run dir; start nothing (78 when invalid)"),
-    Command("status", client.status, "show every device process (exit 3 if one is FATAL)", "optional", json=True),
-    Command("stats", client.stats, "traffic counters of running devices", "optional", json=True),
-    Command("start", client.lifecycle, "start a stopped, exited or FATAL device", "required", wait=True),
-    Command("stop", client.lifecycle, "stop a device through its control socket", "required", wait=True),
-    Command("restart", client.lifecycle, "stop, then start a device", "required", wait=True),
-    Command("pause", client.steer, "pause forwarding (messages wait in queues)", "required"),
-    Command("resume", client.steer, "resume forwarding", "required"),
-    Command("logs", client.logs, "show a device process's own output (stdout and stderr)", "required"),
-    Command("reload", client.reload, "re-read the topology and apply the difference (SIGHUP to `up` does the same)"),
-    Command("scale", client.scale, "run N replicas of a device (the file is not changed)", "required", wait=True),
-    Command("down", client.down, "stop every device and the supervisor; returns once it has exited"),
+    Command("up", "cli.serve:up", "run the topology in the foreground until SIGTERM, SIGINT or `down`"),
+    Command("check", "cli.serve:check", "validate the topology and the run dir; start nothing (78 when invalid)"),
+    # status and the device commands reach a device on another host through its control
+    # endpoint; `status --all` asks every host (cli/cluster.py, docs/multihost.md).
+    Command(
+        "status", "cli.cluster:status", "show every device process (exit 3 if one is FATAL)", "optional", json=True
+    ),
+    Command("stats", "cli.client:stats", "traffic counters of running devices", "optional", json=True),
+    Command("start", "cli.client:lifecycle", "start a stopped, exited or FATAL device", "required", wait=True),
+    Command("stop", "cli.client:lifecycle", "stop a device through its control socket", "required", wait=True),
+    Command("restart", "cli.client:lifecycle", "stop, then start a device", "required", wait=True),
+    Command("pause", "cli.client:steer", "pause forwarding (messages wait in queues)", "required"),
+    Command("resume", "cli.client:steer", "resume forwarding", "required"),
+    Command("logs", "cli.client:logs", "show a device process's own output (stdout and stderr)", "required"),
+    Command(
+        "reload", "cli.client:reload", "re-read the topology and apply the difference (SIGHUP to `up` does the same)"
+    ),
+    Command("scale", "cli.client:scale", "run N replicas of a device (the file is not changed)", "required", wait=True),
+    Command("down", "cli.client:down", "stop every device and the supervisor; returns once it has exited"),
     Command(
         "upgrade",
-        client.upgrade,
+        "cli.client:upgrade",
         "re-execute `up` with the procdevices installed now, keeping every device (SIGUSR2 too)",
     ),
     Command(
-        "events", client.events, "follow the supervisor's events live (state changes, decisions, commands)", json=True
+        "events",
+        "cli.client:events",
+        "follow the supervisor's events live (state changes, decisions, commands)",
+        json=True,
     ),
-    Command("tap", tap.run, "print the messages passing through a running device (Ctrl-C to leave)", "required"),
-    Command("top", top.top, "a live, refreshing view of every device process (Ctrl-C to leave)", "optional"),
-    Command("web", web.run, "serve a live picture of the topology in the browser (read-only unless --allow-actions)"),
-    Command("run", serve.run, "run one device process in the foreground (supervisord's per-device mode)", "required"),
+    Command("tap", "cli.tap:run", "print the messages passing through a running device (Ctrl-C to leave)", "required"),
+    Command("top", "cli.top:top", "a live, refreshing view of every device process (Ctrl-C to leave)", "optional"),
     Command(
-        "supervisord-conf", serve.supervisord_conf, "print a supervisord [group], one [program] per device process"
+        "web",
+        "web.command:run",
+        "serve a live picture of the topology in the browser (read-only unless --allow-actions)",
     ),
-    Command("completion", lambda args: print_completion(args.shell), "print a shell completion script"),
+    Command(
+        "run", "cli.serve:run", "run one device process in the foreground (supervisord's per-device mode)", "required"
+    ),
+    Command(
+        "supervisord-conf",
+        "cli.serve:supervisord_conf",
+        "print a supervisord [group], one [program] per device process",
+    ),
+    Command("completion", "cli.main:completion", "print a shell completion script"),
     # Multi-host (docs/multihost.md)
-    Command("endpoints", cluster.endpoints, "every device's bound endpoints, as clients reach them", json=True),
-    Command("export", cluster.export, "print a systemd unit or supervisord program running `up --host NAME`"),
-    Command("keys", cluster.keys, "`keys generate DIR`: CURVE keys for the hosts' control endpoints"),
+    Command("endpoints", "cli.cluster:endpoints", "every device's bound endpoints, as clients reach them", json=True),
+    Command("export", "cli.cluster:export", "print a systemd unit or supervisord program running `up --host NAME`"),
+    Command("keys", "cli.cluster:keys", "`keys generate DIR`: CURVE keys for the hosts' control endpoints"),
 )
 
-# Multi-host: these reach a device on another host through its control endpoint, and
-# `status --all` asks every host (cli/cluster.py).
+# Device commands sent to the device's host when it is another one (cli/cluster.py).
 _ROUTED = ("stats", "start", "stop", "restart", "pause", "resume")
+
+
+def handler_of(command: str, path: str) -> Handler:
+    """The function a command runs, its module imported now."""
+    module, _, function = path.partition(":")
+    handler: Handler = getattr(importlib.import_module(f"procdevices.{module}"), function)
+    if command in _ROUTED:
+        from procdevices.cli import cluster
+
+        handler = cluster.routed(handler)
+    return handler
 
 
 def main(argv: list[str] | None = None, *, held: interrupts.Held | None = None) -> int:
@@ -105,7 +135,8 @@ def main(argv: list[str] | None = None, *, held: interrupts.Held | None = None) 
 
 
 def _main(argv: list[str] | None, held: interrupts.Held) -> int:
-    parser, commands = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, commands = build_parser(only=command_in(argv))
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "command", None) is None:
         held.release()
@@ -121,7 +152,7 @@ def _main(argv: list[str] | None, held: interrupts.Held) -> int:
         if args.command != "up":
             held.release()
         logs.configure(args.log_format, args.log_level)
-        code: int = args.handler(args)
+        code: int = handler_of(args.command, args.handler)(args)
         return code
     except ConfigError as e:
         print(f"procdevices: invalid configuration: {e}", file=sys.stderr)
@@ -129,7 +160,7 @@ def _main(argv: list[str] | None, held: interrupts.Held) -> int:
     except RunDirError as e:
         print(f"procdevices: {e}", file=sys.stderr)
         return exitcodes.EXIT_CONFIG
-    except client.CommandFailed as e:
+    except exitcodes.CommandFailed as e:
         return e.code
     except BrokenPipeError:
         # `procdevices status | head -1`: the reader left, which is not our failure. Python
@@ -207,7 +238,12 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument("--log-level", choices=logs.LEVELS, default=default("info"), help="least severe level logged")
 
 
-def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser(
+    prog: str | None = None, *, only: str | None = None
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser of every command, or with ``only`` of that command alone: a command line
+    that names its command is parsed exactly as by the whole parser, without building (and
+    importing the modules of) the two dozen others."""
     prog = prog or program_name()
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -220,6 +256,8 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}
     for command in COMMANDS:
+        if only is not None and command.name != only:
+            continue
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         _global_options(p, suppress=True)
         if command.name_arg == "required":
@@ -231,33 +269,129 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         if command.wait:
             p.add_argument("--no-wait", action="store_true", help="return once the supervisor accepted the command")
         p.set_defaults(handler=command.handler)
+        for add in _ARGUMENTS.get(command.name, ()):
+            add(p)
         commands[command.name] = p
-    conf = commands["supervisord-conf"]
-    conf.add_argument("-o", "--output", help="write to this file instead of stdout")
-    conf.add_argument(
+    return parser, commands
+
+
+# Global options that take a value: what may come before the command's name.
+_GLOBAL_VALUED = ("-c", "--config", "--run-dir", "--log-format", "--log-level")
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The command ``argv`` names when nothing but global options comes before it; None
+    otherwise (no command, ``--help``, an abbreviated or unknown option, a typo), and then the
+    whole parser is built, so that help and errors name every command."""
+    names = {command.name for command in COMMANDS}
+    tokens: Iterator[str] = iter(argv)
+    for token in tokens:
+        if token in names:
+            return token
+        if token in _GLOBAL_VALUED:
+            next(tokens, None)
+        elif not (
+            token.startswith(("--config=", "--run-dir=", "--log-format=", "--log-level="))
+            or (token.startswith("-c") and not token.startswith("--") and len(token) > 2)
+        ):
+            return None
+    return None
+
+
+# -- options of single commands: each function imports the module that owns them ------------
+
+
+def _supervisord_conf_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument(
         "--program",
         action="store_true",
         help="print instead the one-program file that runs `up` (supervisor.d/procdevices.conf)",
     )
-    commands["completion"].add_argument("shell", choices=("bash", "zsh", "tcsh"))
-    commands["scale"].add_argument("replicas", type=int, help="how many instances to run (1 to 64)")
-    commands["logs"].add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
-    commands["logs"].add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
-    serve.add_up_arguments(commands["up"])
-    cluster.add_host_argument(commands["up"], "run this host's devices only")
-    cluster.add_export_arguments(commands["export"])
-    cluster.add_keys_arguments(commands["keys"])
-    cluster.add_status_arguments(commands["status"])
-    cluster.add_host_argument(commands["status"], "with --all or NAME: the host this machine is")
-    commands["status"].set_defaults(handler=cluster.status)
-    for name in _ROUTED:
-        commands[name].set_defaults(handler=cluster.routed(commands[name].get_default("handler")))
-        cluster.add_host_argument(commands[name], "the host this machine is")
-    top.add_arguments(commands["top"])
-    tap.add_arguments(commands["tap"])
-    cluster.add_host_argument(commands["tap"], "the host this machine is")
-    web.add_arguments(commands["web"])
-    return parser, commands
+
+
+def _completion_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+
+
+def _scale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("replicas", type=int, help="how many instances to run (1 to 64)")
+
+
+def _logs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
+    p.add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
+
+
+def _up_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import cluster, serve
+
+    serve.add_up_arguments(p)
+    cluster.add_host_argument(p, "run this host's devices only")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import cluster
+
+    cluster.add_export_arguments(p)
+
+
+def _keys_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import cluster
+
+    cluster.add_keys_arguments(p)
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import cluster
+
+    cluster.add_status_arguments(p)
+    cluster.add_host_argument(p, "with --all or NAME: the host this machine is")
+
+
+def _routed_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import cluster
+
+    cluster.add_host_argument(p, "the host this machine is")
+
+
+def _top_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import top
+
+    top.add_arguments(p)
+
+
+def _tap_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.cli import cluster, tap
+
+    tap.add_arguments(p)
+    cluster.add_host_argument(p, "the host this machine is")
+
+
+def _web_arguments(p: argparse.ArgumentParser) -> None:
+    from procdevices.web import command as web
+
+    web.add_arguments(p)
+
+
+_ARGUMENTS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], ...]] = {
+    "supervisord-conf": (_supervisord_conf_arguments,),
+    "completion": (_completion_arguments,),
+    "scale": (_scale_arguments,),
+    "logs": (_logs_arguments,),
+    "up": (_up_arguments,),
+    "export": (_export_arguments,),
+    "keys": (_keys_arguments,),
+    "status": (_status_arguments,),
+    "top": (_top_arguments,),
+    "tap": (_tap_arguments,),
+    "web": (_web_arguments,),
+    **{name: (_routed_arguments,) for name in _ROUTED},
+}
+
+
+def completion(args: argparse.Namespace) -> int:
+    return print_completion(args.shell)
 
 
 def print_completion(shell: str) -> int:
