@@ -19,8 +19,6 @@ from pathlib import Path
 
 import zmq
 
-from procdevices.cluster import keys
-
 __all__ = ["ControlEndpoint", "ControlUnavailable", "open_control"]
 
 
@@ -48,6 +46,9 @@ class ServedControl:
     """The context, the authenticator thread and how to set up the request socket."""
 
     def __init__(self, spec: ControlEndpoint) -> None:
+        # Imported here, as zmq.auth below: only a host with a control endpoint loads them.
+        from procdevices.cluster import keys
+
         try:
             self.public, self.secret = keys.server_pair(spec.keys)
             admitted = keys.admitted_clients(spec.keys)

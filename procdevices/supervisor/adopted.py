@@ -17,18 +17,24 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-
-import psutil
+from typing import TYPE_CHECKING
 
 from procdevices.devices.runtime import ReadyInfo
 from procdevices.errors import DeviceExitedEarly
 from procdevices.supervisor.launcher import Resources, resources_of, rss_of
+
+# psutil (~8 ms of import) is imported by the functions that use it: `up` needs it only once its
+# first devices are spawned, and every millisecond before that delays them all.
+if TYPE_CHECKING:
+    import psutil
 
 
 class AdoptedProcess:
     """A :class:`~procdevices.supervisor.launcher.DeviceProcess` followed by a pidfd."""
 
     def __init__(self, proc: psutil.Process, pidfd: int) -> None:
+        import psutil
+
         self._ps: psutil.Process | None = proc
         self._pid: int = proc.pid
         self._pidfd: int | None = pidfd

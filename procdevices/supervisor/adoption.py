@@ -34,9 +34,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psutil
 import zmq
 
 from procdevices import runlayout
@@ -59,6 +58,11 @@ from procdevices.supervisor.runstate import (
     read_usable_state,
     stop_recorded,
 )
+
+# psutil (~8 ms of import) is imported by the functions that use it: `up` needs it only once its
+# first devices are spawned, and every millisecond before that delays them all.
+if TYPE_CHECKING:
+    import psutil
 
 # How long every device together has to answer ADOPT. They answer in parallel (256 devices:
 # ~0.3 s), but a crowd of devices on a loaded machine is slow, not gone (at load 30, 179 of 256
@@ -201,6 +205,8 @@ def _exchange(
 
 
 def _follow(proc: psutil.Process) -> AdoptedProcess | None:
+    import psutil
+
     try:
         return AdoptedProcess.open(proc)
     except (ProcessLookupError, psutil.Error, OSError):

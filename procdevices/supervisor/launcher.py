@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psutil
 import zmq
 
 from procdevices.control.aclient import ControlChannel, ControlRouter
@@ -26,6 +25,11 @@ from procdevices.devices import runtime as rt
 from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
 from procdevices.supervisor import devicelogs, policy
 from procdevices.supervisor.listeners import Listeners
+
+# psutil (~8 ms of import) is imported by the functions that use it: `up` needs it only once its
+# first devices are spawned, and every millisecond before that delays them all.
+if TYPE_CHECKING:
+    import psutil
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class SpawnedDevice:
     """A :class:`DeviceProcess` backed by a multiprocessing process and psutil."""
 
     def __init__(self, pending: PendingStart) -> None:
+        import psutil
+
         self._pending: PendingStart | None = pending
         self._process = pending.process
         try:
@@ -194,6 +200,8 @@ def rss_of(ps: psutil.Process | None) -> int | None:
     """The resident memory of ``ps`` now (the health check's memory_limit), without touching
     its CPU measurement: resources_of's cpu_percent(None) would begin a new window at every
     health check, and `status` and the metrics would show the CPU of the last instant only."""
+    import psutil
+
     if ps is None:
         return None
     try:
@@ -204,6 +212,8 @@ def rss_of(ps: psutil.Process | None) -> int | None:
 
 def resources_of(ps: psutil.Process | None) -> Resources | None:
     """What psutil says about ``ps`` now; None once it is gone (or was never seen)."""
+    import psutil
+
     if ps is None:
         return None
     try:

@@ -32,15 +32,18 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-import psutil
+from typing import IO, TYPE_CHECKING, Any
 
 from procdevices import runlayout
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command
 from procdevices.errors import DeviceError
 from procdevices.supervisor.config import IPC_PATH_MAX
+
+# psutil (~8 ms of import) is imported by the functions that use it: `up` needs it only once its
+# first devices are spawned, and every millisecond before that delays them all.
+if TYPE_CHECKING:
+    import psutil
 
 RUN_TOKEN_ENV = "PROCDEVICES_RUN_TOKEN"
 
@@ -398,6 +401,8 @@ class RunDir:
         ``token`` defaults to the one issue_run_token() set; without one, the next ``up`` can
         verify no process and leaves them all alone. StateWriteError on failure: the caller
         (the supervisor) logs it and goes on."""
+        import psutil
+
         me = psutil.Process()
         state = {
             "token": token if token is not None else current_run_token(),
@@ -489,6 +494,8 @@ def identify(pid: int, create_time: float, token: str | None) -> psutil.Process 
     """The process with this pid, only if it is verifiably the device recorded: ours (same
     uid), the very process (same create time), alive (not a zombie), and of that run (it
     carries ``token`` in its environment). None otherwise, and always None without a token."""
+    import psutil
+
     if not token:
         return None
     try:
@@ -556,6 +563,8 @@ def stop_recorded(
     """Stop the recorded devices that are verifiably of run ``token`` (identify()): through
     their control socket, else SIGTERM, then SIGKILL past ``stop_timeout``; returns what was
     done. Anything not verifiably ours is left alone."""
+    import psutil
+
     done: list[str] = []
     leftovers: list[psutil.Process] = []
     for record in records:
@@ -618,6 +627,8 @@ def _listening(path: Path) -> bool:
 
 def wait_gone(pid: int, timeout: float) -> bool:
     """True once ``pid`` has exited (a zombie has: only its parent has yet to reap it)."""
+    import psutil
+
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -39,8 +39,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psutil
-
 from procdevices.control.protocol import ErrorCode, ProtocolError
 from procdevices.logs import Log
 from procdevices.supervisor.loop import Watcher
@@ -201,6 +199,8 @@ def inherited_lock_fd() -> int | None:
 
 def children() -> set[int]:
     """The pids of this process's children right now."""
+    import psutil
+
     try:
         return {p.pid for p in psutil.Process().children()}
     except psutil.Error:

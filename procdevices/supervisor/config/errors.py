@@ -9,7 +9,6 @@ a device name or an endpoint can never reach a terminal raw or split a line.
 from __future__ import annotations
 
 import datetime
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -130,6 +129,8 @@ def show(value: object) -> str:
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
+    import difflib  # only a misspelt name pays for it
+
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{matches[0]}'?" if matches else ""
 
