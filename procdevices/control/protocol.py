@@ -131,7 +131,8 @@ class DeviceStats(NamedTuple):
         if not isinstance(value, dict):
             return None
         values = [value.get(name) for name in cls._fields]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        # type() is int: JSON's integers are exactly int, and a bool (an int) fails the same test.
+        if not all(type(v) is int and v >= 0 for v in values):
             return None
         return cls(*values)  # type: ignore[arg-type]  # checked just above
 
