@@ -34,6 +34,9 @@ def test_version(tmp_path: Path) -> None:
     result = run("--version", cwd=tmp_path)
     assert result.returncode == 0, describe(result)
     assert result.stdout.startswith("procdevices ") and "pyzmq" in result.stdout and "libzmq" in result.stdout
+    # The installed metadata's version is the package's own (pyproject.toml reads it from
+    # procdevices.__version__: one owner).
+    assert result.stdout.startswith(f"procdevices {procdevices.__version__} "), result.stdout
 
 
 def test_a_bare_call_prints_a_short_help(tmp_path: Path) -> None:
