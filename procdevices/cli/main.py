@@ -275,8 +275,10 @@ def build_parser(
     return parser, commands
 
 
-# Global options that take a value: what may come before the command's name.
+# Global options that take a value (_global_options; tests/unit/test_cli_parser.py checks the
+# two agree): what may come before the command's name, as "-c FILE", "--config=FILE", "-cFILE".
 _GLOBAL_VALUED = ("-c", "--config", "--run-dir", "--log-format", "--log-level")
+_GLOBAL_JOINED = tuple(f"{option}=" for option in _GLOBAL_VALUED if option.startswith("--"))
 
 
 def command_in(argv: list[str]) -> str | None:
@@ -291,7 +293,7 @@ def command_in(argv: list[str]) -> str | None:
         if token in _GLOBAL_VALUED:
             next(tokens, None)
         elif not (
-            token.startswith(("--config=", "--run-dir=", "--log-format=", "--log-level="))
+            token.startswith(_GLOBAL_JOINED)
             or (token.startswith("-c") and not token.startswith("--") and len(token) > 2)
         ):
             return None

@@ -128,10 +128,28 @@ def up(args: argparse.Namespace) -> int:
         return exitcodes.EXIT_NOT_RUNNING
 
 
-# The new code imports everything `up` runs on (the supervisor's service pulls in the rest),
-# then checks the topology and the run dir as `check` does.
+#: What `up` imports: its command line's modules, and those up() below imports (the
+#: supervisor's service pulls in the rest). The upgrade's preflight imports them all;
+#: tests/unit/test_up_imports.py checks what they bring along.
+UP_MODULES = (
+    "procdevices.cli.main",
+    "procdevices.cli.serve",
+    "procdevices.cli.cluster",
+    "procdevices.cluster.control",
+    "procdevices.devices.orphans",
+    "procdevices.supervisor.upgrade",
+    "procdevices.supervisor.adoption",
+    "procdevices.supervisor.metricserror",
+    "procdevices.supervisor.runstate",
+    "procdevices.supervisor.service",
+)
+
+# The new code imports everything `up` runs on and builds `up`'s parser (its options come from
+# cli/serve.py and cli/cluster.py), then checks the topology and the run dir as `check` does.
 _PREFLIGHT = (
-    "import sys; import procdevices.supervisor.service; from procdevices.cli.main import main; "
+    "import importlib, sys; from procdevices.cli import serve; "
+    "[importlib.import_module(name) for name in serve.UP_MODULES]; "
+    "from procdevices.cli.main import build_parser, main; build_parser(only='up'); "
     "sys.exit(main(['check', *sys.argv[1:]]))"
 )
 

@@ -91,11 +91,22 @@ def test_an_upgrade_under_traffic_runs_the_new_code_and_loses_nothing(up: Up, pa
     up.wait_until(lambda: not _zombies(up.pid) or None, 20, "no zombie child of up")
 
 
+# Broken where only `up` looks (the command line still works, as after a bad release): a
+# module of the supervisor, or `up`'s own options (cli/main.py builds only the parser of the
+# command given, so `check` alone would not see them).
+BREAKAGES = {
+    "supervisor": ("supervisor/adoption.py", "this is not python\n"),
+    "up-options": ("cli/serve.py", "\n\ndef add_up_arguments(parser):\n    raise RuntimeError('broken')\n"),
+}
+
+
 @pytest.mark.timeout(90)
-def test_a_new_version_that_cannot_start_changes_nothing(up: Up, package: Path, zmq_ctx: Ctx) -> None:
+@pytest.mark.parametrize("broken", sorted(BREAKAGES))
+def test_a_new_version_that_cannot_start_changes_nothing(up: Up, package: Path, zmq_ctx: Ctx, broken: str) -> None:
     before = up.status()
-    # Broken where only `up` looks (the command line still works, as after a bad release).
-    (package / "supervisor" / "adoption.py").write_text("this is not python\n")
+    path, text = BREAKAGES[broken]
+    module = package / path
+    module.write_text(text if text.startswith("this") else module.read_text() + text)
     result = up.cli("upgrade", timeout=60)
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()

@@ -65,6 +65,18 @@ def test_every_handler_and_option_module_resolves() -> None:
     for command in main.COMMANDS:
         assert callable(main.handler_of(command.name, command.handler))
         assert commands[command.name].get_default("handler") == command.handler
+    # The device commands go to the device's host (cli/cluster.py).
+    assert main.handler_of("stats", "cli.client:stats").__qualname__ == "routed.<locals>.run"
+    assert main.handler_of("logs", "cli.client:logs").__qualname__ == "logs"
+
+
+def test_the_global_options_before_a_command_are_the_parsers() -> None:
+    # command_in skips their values: an option added to _global_options but not there would
+    # only cost the whole parser, but it must not go unnoticed.
+    parser = argparse.ArgumentParser(add_help=False)
+    main._global_options(parser, suppress=False)
+    valued = {option for action in parser._actions if action.nargs != 0 for option in action.option_strings}
+    assert valued == set(main._GLOBAL_VALUED)
 
 
 def test_a_bad_option_of_the_command_is_reported_by_its_parser(capsys: pytest.CaptureFixture[str]) -> None:

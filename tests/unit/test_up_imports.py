@@ -9,8 +9,14 @@ metrics.py only when ``metrics``, ``--metrics`` or ``metrics_socket`` asks for a
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 from support.imports import imported_by
+
+from procdevices.cli.serve import UP_MODULES
 
 #: Modules `up` must not import before its first spawn: every millisecond of its CPU there
 #: delays every device (a second core idles meanwhile). The other commands' modules (cli/main.py
@@ -30,20 +36,8 @@ LATER = (
 #: Modules `up` must not import while no metrics server is configured.
 METRICS_ONLY = ("prometheus_client", "http.server", "wsgiref", "procdevices.supervisor.metrics")
 
-# What `python -m procdevices up` imports: the command line, then (inside cli/serve.py's up())
-# the modules it imports when it runs the supervisor.
-UP_PATH = [
-    "procdevices.cli.main",
-    "procdevices.cli.serve",
-    "procdevices.cli.cluster",
-    "procdevices.cluster.control",
-    "procdevices.devices.orphans",
-    "procdevices.supervisor.upgrade",
-    "procdevices.supervisor.adoption",
-    "procdevices.supervisor.metricserror",
-    "procdevices.supervisor.runstate",
-    "procdevices.supervisor.service",
-]
+# What `python -m procdevices up` imports: one list, the upgrade preflight's (cli/serve.py).
+UP_PATH = list(UP_MODULES)
 
 
 @pytest.mark.timeout(60)
@@ -67,3 +61,26 @@ def test_up_imports_nothing_it_needs_only_later() -> None:
 def test_the_later_modules_exist() -> None:
     # A misspelt name above would make the test before it pass for nothing.
     imported_by(list(LATER))
+
+
+# `up`'s command line as the entry point parses it: the parser of `up` alone, and its handler.
+_PARSE_UP = """
+import importlib, json, sys
+main = importlib.import_module("procdevices.cli.main")
+argv = ["-c", "topology.toml", "up", "--host", "a"]
+command = main.command_in(argv)
+parser, _ = main.build_parser(only=command)
+args = parser.parse_args(argv)
+main.handler_of(args.command, args.handler)
+print(json.dumps([command, sorted(sys.modules)]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_parsing_ups_command_line_imports_nothing_it_needs_only_later() -> None:
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", _PARSE_UP], capture_output=True, text=True, check=True, timeout=50
+    )
+    command, modules = json.loads(out.stdout)
+    assert command == "up"
+    assert sorted(set(modules).intersection(LATER)) == []
