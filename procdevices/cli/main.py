@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from procdevices import exitcodes, logs
 from procdevices.cli import interrupts
@@ -108,10 +108,16 @@ COMMANDS = (
 _ROUTED = ("stats", "start", "stop", "restart", "pause", "resume")
 
 
+def _resolve(path: str) -> Callable[..., Any]:
+    """The function named "module:function" under procdevices, its module imported now."""
+    module, _, function = path.partition(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(f"procdevices.{module}"), function)
+    return found
+
+
 def handler_of(command: str, path: str) -> Handler:
     """The function a command runs, its module imported now."""
-    module, _, function = path.partition(":")
-    handler: Handler = getattr(importlib.import_module(f"procdevices.{module}"), function)
+    handler: Handler = _resolve(path)
     if command in _ROUTED:
         from procdevices.cli import cluster
 
@@ -300,7 +306,8 @@ def command_in(argv: list[str]) -> str | None:
     return None
 
 
-# -- options of single commands: each function imports the module that owns them ------------
+# -- options of single commands: main.py's own, or (_lazy) the owning module's, imported only
+# -- when that command's parser is built ------------------------------------------------------
 
 
 def _supervisord_conf_arguments(p: argparse.ArgumentParser) -> None:
@@ -325,70 +332,33 @@ def _logs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="then print what the device appends")
 
 
-def _up_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import cluster, serve
+def _lazy(path: str, *args: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The option adder ``path`` ("module:function" under procdevices) with ``args``, its
+    module imported only when the parser of its command is built."""
 
-    serve.add_up_arguments(p)
-    cluster.add_host_argument(p, "run this host's devices only")
+    def add(p: argparse.ArgumentParser) -> None:
+        _resolve(path)(p, *args)
 
-
-def _export_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import cluster
-
-    cluster.add_export_arguments(p)
+    return add
 
 
-def _keys_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import cluster
-
-    cluster.add_keys_arguments(p)
-
-
-def _status_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import cluster
-
-    cluster.add_status_arguments(p)
-    cluster.add_host_argument(p, "with --all or NAME: the host this machine is")
-
-
-def _routed_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import cluster
-
-    cluster.add_host_argument(p, "the host this machine is")
-
-
-def _top_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import top
-
-    top.add_arguments(p)
-
-
-def _tap_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.cli import cluster, tap
-
-    tap.add_arguments(p)
-    cluster.add_host_argument(p, "the host this machine is")
-
-
-def _web_arguments(p: argparse.ArgumentParser) -> None:
-    from procdevices.web import command as web
-
-    web.add_arguments(p)
-
-
+_HOST = "cli.cluster:add_host_argument"
 _ARGUMENTS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], ...]] = {
     "supervisord-conf": (_supervisord_conf_arguments,),
     "completion": (_completion_arguments,),
     "scale": (_scale_arguments,),
     "logs": (_logs_arguments,),
-    "up": (_up_arguments,),
-    "export": (_export_arguments,),
-    "keys": (_keys_arguments,),
-    "status": (_status_arguments,),
-    "top": (_top_arguments,),
-    "tap": (_tap_arguments,),
-    "web": (_web_arguments,),
-    **{name: (_routed_arguments,) for name in _ROUTED},
+    "up": (_lazy("cli.serve:add_up_arguments"), _lazy(_HOST, "run this host's devices only")),
+    "export": (_lazy("cli.cluster:add_export_arguments"),),
+    "keys": (_lazy("cli.cluster:add_keys_arguments"),),
+    "status": (
+        _lazy("cli.cluster:add_status_arguments"),
+        _lazy(_HOST, "with --all or NAME: the host this machine is"),
+    ),
+    "top": (_lazy("cli.top:add_arguments"),),
+    "tap": (_lazy("cli.tap:add_arguments"), _lazy(_HOST, "the host this machine is")),
+    "web": (_lazy("web.command:add_arguments"),),
+    **{name: (_lazy(_HOST, "the host this machine is"),) for name in _ROUTED},
 }
 
 
