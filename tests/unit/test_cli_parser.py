@@ -90,7 +90,8 @@ def test_a_bad_option_of_the_command_is_reported_by_its_parser(capsys: pytest.Ca
 
 def _namespace(argv: list[str]) -> argparse.Namespace:
     parser, _ = main.build_parser(prog="procdevices", only=main.command_in(argv))
-    return parser.parse_args(argv)
+    parsed: argparse.Namespace = parser.parse_args(argv)
+    return parsed
 
 
 def test_options_before_and_after_the_command_agree() -> None:
