@@ -380,6 +380,14 @@ class DeviceRuntime:
             finally:
                 if steering is not None:
                     steering.close()
+                if self.control_endpoint.startswith("inproc://"):
+                    # libzmq frees an inproc name only when its reaper thread gets to the closed
+                    # socket, later; a thread device started again at once binds the same name
+                    # (EADDRINUSE on a busy machine). unbind frees it now, in this thread.
+                    try:
+                        control.unbind(self.control_endpoint)
+                    except zmq.ZMQError:
+                        pass  # its context is being terminated: the name goes with it
                 # A short linger lets the answer to STOP leave before the socket goes.
                 control.close(linger=200)
                 wake_rx.close(linger=0)
