@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -174,23 +173,27 @@ UPGRADE_GONE_GRACE = 5.0
 def upgrade(args: argparse.Namespace) -> int:
     """Re-execute `up` with the procdevices installed now (same pid; every device keeps
     running and is adopted again); returns once it runs again, or with the reason it did not."""
+    import psutil  # here: the other commands need none of it
+
     with _waiter(args) as waiter:
         before = request(args, SupervisorCommand.STATUS, on_behalf="upgrade")["supervisor"]
         request(args, SupervisorCommand.UPGRADE)
 
-        gone_since: list[float] = []  # when its pid was first seen gone
+        gone_since: float | None = None  # when its pid was first seen gone
 
         def outcome() -> tuple[str, Any] | None:
             """("upgraded" or "failed", its status), ("stopped", why); None: not yet."""
+            nonlocal gone_since
             status = waiter.status(timeout=1.0)
             if status is None:
                 # Re-executing (same pid): nobody answers for a moment. Its pid gone, it
                 # stopped, or its new image failed after the exec and an outer supervisor
                 # (systemd, supervisord) starts `up` again: give that one time to answer.
-                if _running(before["pid"]):
+                if psutil.pid_exists(before["pid"]):
                     return None
-                gone_since[:] = gone_since or [time.monotonic()]
-                if time.monotonic() - gone_since[0] < UPGRADE_GONE_GRACE:
+                if gone_since is None:
+                    gone_since = time.monotonic()
+                if time.monotonic() - gone_since < UPGRADE_GONE_GRACE:
                     return None
                 return "stopped", f"supervisor {before['pid']} exited before it ran the new version: see its log"
             now = status["supervisor"]
@@ -227,16 +230,6 @@ def upgrade(args: argparse.Namespace) -> int:
         f"(was {before['version']}); {now['adopted']} device process(es) adopted, {running} running"
     )
     return exitcodes.EXIT_OK
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's: it exists
-    return True
 
 
 def events(args: argparse.Namespace) -> int:

@@ -362,8 +362,9 @@ STARTS_PER_CPU = 16
 LAUNCHES_PER_TURN = 8
 
 # Seconds the warm pool waits, once the devices of `up`'s first start are all up, before it is
-# first filled (at the loop's next turn after that: within a second): its workers' interpreters (~50 ms of CPU each) would otherwise compete with the
-# devices' first messages (docs/performance.md). Later refills follow each hand-out at once.
+# first filled (at the loop's next turn after that: within a second): its workers' interpreters
+# (~50 ms of CPU each) would otherwise compete with the devices' first messages
+# (docs/performance.md). Later refills follow each hand-out at once.
 FIRST_POOL_FILL_DELAY = 0.5
 
 
