@@ -33,9 +33,10 @@ HARMLESS = (
     "distutils-precedence.pth",
     # virtualenv: mends distutils' and setuptools' install paths inside a virtualenv.
     "_virtualenv.pth",
-    # procdevices' own editable install: its finder finds procdevices, which a device process
-    # imports from its launcher's directory without it (spawnproc._HOME).
-    "__editable__.procdevices-",
+    # procdevices' own editable install (setuptools names it after the distribution): its
+    # finder finds procdevices, which a device process imports from its launcher's directory
+    # without it (spawnproc._HOME).
+    f"__editable__.{__name__.partition('.')[0]}-",
 )
 
 # What site runs of a .pth file: each line that starts so (site.addpackage).
