@@ -40,6 +40,11 @@ def print_report(res: dict[str, Any]) -> None:
         f"procdevices bench ({meta['profile']}): {meta['cpu_model']}, {meta['nproc']} cpus, "
         f"Python {meta['python']}, pyzmq {meta['pyzmq']}, libzmq {meta['libzmq']}"
     )
+    if meta.get("procdevices_install") == "editable":
+        p(
+            "NOTE: procdevices is an editable install here: pyzmq's spawned devices import its finder"
+            " (~6 ms each), procdevices' skip site; for start-up figures, compare in a regular install"
+        )
     if meta["profile"] == "quick":
         p(
             f"QUICK: {res['profile']['reps']} reps, fewer messages, start-up N={list(res['profile']['startup_ns'])}, "
@@ -188,6 +193,24 @@ def print_report(res: dict[str, Any]) -> None:
     p(f"wall time {res['meta']['wall_s']:.0f}s; JSON: {res['meta']['json']}")
 
 
+def procdevices_install() -> str:
+    """How the procdevices that runs here is installed: ``editable``, ``regular``, or
+    ``unknown`` (not installed: found on sys.path only). An editable install's ``.pth`` makes
+    every interpreter's site import its finder (pathlib, re, urllib.parse: ~6 ms): pyzmq's
+    spawned devices pay it, procdevices' skip site (devices/siteskip.py), which favours
+    procdevices by that much in the start-up phase."""
+    import importlib.metadata
+    import json
+
+    try:
+        direct_url = importlib.metadata.distribution("procdevices").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+    if direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"):
+        return "editable"
+    return "regular"
+
+
 def machine_meta() -> dict[str, Any]:
     model = platform.processor() or "?"
     with contextlib.suppress(OSError):
@@ -215,6 +238,7 @@ def machine_meta() -> dict[str, Any]:
         "libzmq": zmq.zmq_version(),
         "psutil": psutil.__version__,
         "procdevices": procdevices.__version__,
+        "procdevices_install": procdevices_install(),
         # the loop procdevices' monitored queues run here (their processes inherit the environment)
         "mq_loop": monitored_queue_loop(),
         "commit": commit,
