@@ -1,13 +1,11 @@
 """The first code of a device process that procdevices spawns itself (devices/spawnproc.py):
 a fresh interpreter, started as
 
-    python [the parent's flags] [-S] -c '...; from procdevices.devices.boot import main; main()' FD ROLE DAEMON
+    python [the parent's flags] -c '...; from procdevices.devices.boot import main; main()' FD ROLE DAEMON
 
 FD is its end of the channel to its launcher (devices/channel.py), kept open across the exec.
 The first message on it is the launcher's ``sys.path`` and ``sys.argv``, which the child takes,
-as multiprocessing's spawn does: a device's class is found where its launcher found it. With
-``-S`` (devices/siteskip.py: its launcher's site did nothing else a device needs), it also takes
-its launcher's ``sys.prefix`` and ``sys.exec_prefix``, and the builtins site would have added. ROLE
+as multiprocessing's spawn does: a device's class is found where its launcher found it. ROLE
 ``device``: it reads its job and runs the device at once. ROLE ``worker``: a warm worker of the
 pool, it imports what a device needs (:data:`PRELOAD`) and starts its control thread, then
 waits for a job and the listening descriptors that follow it (inherit.py).
@@ -50,30 +48,15 @@ def main() -> None:
     DAEMONIC = daemon == "daemon"
     conn = Channel(int(fd))
     try:
-        path, argv, prefixes = conn.recv()
+        path, argv = conn.recv()
     except (EOFError, OSError):
         os._exit(0)  # its launcher died before it said anything: nobody to run a device for
     sys.path[:] = path
     sys.argv[:] = argv
-    if prefixes is not None and sys.flags.no_site:
-        as_site_would(*prefixes)
     if role == "worker":
         run_worker(conn)
     else:
         run_device(conn)
-
-
-def as_site_would(prefix: str, exec_prefix: str) -> None:
-    """What a device could see of the site this interpreter skipped (siteskip.py): the
-    launcher's prefixes (a venv's, which site sets) and the builtins site adds (``exit``,
-    ``quit``, ``help``, ``copyright``, ``credits``, ``license``). Imported with -S, site only
-    defines its functions."""
-    import site
-
-    sys.prefix, sys.exec_prefix = prefix, exec_prefix
-    site.setquit()
-    site.setcopyright()
-    site.sethelper()
 
 
 def run_device(conn: Channel) -> None:

@@ -31,7 +31,6 @@ from multiprocessing.process import BaseProcess
 from subprocess import _args_from_interpreter_flags  # type: ignore[attr-defined]  # as multiprocessing's spawn
 from typing import Literal
 
-from procdevices.devices import siteskip
 from procdevices.devices.channel import Channel
 from procdevices.devices.runtime import IGNORED_SIGNALS
 
@@ -47,12 +46,10 @@ _BOOT = f"import sys; sys.path.insert(0, {_HOME!r}); from procdevices.devices.bo
 
 def command_line(channel_fd: int, role: Role, *, daemon: bool) -> list[str]:
     """The child's argv: the parent's interpreter and flags (``-X``, ``-W``, ``-O``, ``-I``...,
-    as multiprocessing passes them), ``-S`` where the child may skip site (siteskip.py),
-    boot.main, its channel, role and whether it is daemonic."""
+    as multiprocessing passes them), boot.main, its channel, role and whether it is daemonic."""
     return [
         os.fsdecode(spawn.get_executable()),
         *_args_from_interpreter_flags(),
-        *siteskip.flags(),
         "-c",
         _BOOT,
         str(channel_fd),
@@ -134,7 +131,7 @@ def start_process(
 ) -> tuple[SpawnedProcess, Channel]:
     """A device process (``device``) or warm worker (``worker``), started now and told its
     launcher's ``sys.path`` and ``sys.argv`` (boot.main's first message, as multiprocessing's
-    spawn passes them) and prefixes (siteskip.launcher_prefixes), then its ``job`` (a device's, boot.run_device; a worker gets its own
+    spawn passes them), then its ``job`` (a device's, boot.run_device; a worker gets its own
     later, inherit.send_job); the launcher's end of its channel."""
 
     def start(child_end: Channel) -> SpawnedProcess:
@@ -145,7 +142,7 @@ def start_process(
 
     process, conn = Channel.to_child(start)
     try:
-        conn.send((sys.path, sys.argv, siteskip.launcher_prefixes()))
+        conn.send((sys.path, sys.argv))
         if job is not None:
             conn.send(job)
     except OSError:

@@ -42,8 +42,8 @@ def print_report(res: dict[str, Any]) -> None:
     )
     if meta.get("procdevices_install") == "editable":
         p(
-            "NOTE: procdevices is an editable install here: pyzmq's spawned devices import its finder"
-            " (~6 ms each), procdevices' skip site; for start-up figures, compare in a regular install"
+            "NOTE: procdevices is an editable install here: every device process, pyzmq's and procdevices',"
+            " imports its finder (~6 ms each); for start-up ratios, compare in a regular install"
         )
     if meta["profile"] == "quick":
         p(
@@ -194,21 +194,21 @@ def print_report(res: dict[str, Any]) -> None:
 
 
 def procdevices_install() -> str:
-    """How the procdevices that runs here is installed: ``editable``, ``regular``, or
-    ``unknown`` (not installed: found on sys.path only). An editable install's ``.pth`` makes
-    every interpreter's site import its finder (pathlib, re, urllib.parse: ~6 ms): pyzmq's
-    spawned devices pay it, procdevices' skip site (devices/siteskip.py), which favours
-    procdevices by that much in the start-up phase."""
+    """How the procdevices distribution of this environment is installed: ``editable``,
+    ``regular``, or ``unknown`` (none installed, or its record unreadable). It is the installed
+    distribution that counts, whichever procdevices is imported: an editable install's ``.pth``
+    makes the ``site`` of every interpreter started here import its finder (pathlib, re,
+    urllib.parse: ~6 ms of CPU), pyzmq's device processes and procdevices' alike, which pulls
+    the start-up ratios towards 1 (docs/performance.md, "Session 9")."""
     import importlib.metadata
     import json
 
     try:
         direct_url = importlib.metadata.distribution("procdevices").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
+        editable = bool(direct_url) and json.loads(direct_url).get("dir_info", {}).get("editable") is True
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
         return "unknown"
-    if direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"):
-        return "editable"
-    return "regular"
+    return "editable" if editable else "regular"
 
 
 def machine_meta() -> dict[str, Any]:

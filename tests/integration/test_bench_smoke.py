@@ -30,10 +30,11 @@ def test_a_tiny_restart_phase_runs_through_bench_py(short_tmp: Path) -> None:
     results = json.loads(out.read_text())
     assert results["errors"] == [] and results["meta"]["leftover_children"] == []
     assert list(results["meta"]["phases"]) == ["restart"]
-    # The suite runs where the README's command installed procdevices: editable. The note says
-    # that start-up figures taken there favour procdevices (docs/performance.md, "Session 9").
-    assert results["meta"]["procdevices_install"] == "editable"
-    assert "NOTE: procdevices is an editable install here" in done.stdout
+    # The JSON says how procdevices is installed, and the report warns of an editable install,
+    # whose finder every device process imports (docs/performance.md, "Session 9").
+    install = results["meta"]["procdevices_install"]
+    assert install in ("editable", "regular", "unknown")
+    assert ("NOTE: procdevices is an editable install here" in done.stdout) == (install == "editable")
     restart = results["restart"]
     assert "RESTART" in done.stdout and "own_sockets = false" in done.stdout
     for setting in ("own_sockets", "own_sockets_false"):

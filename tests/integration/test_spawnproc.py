@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,23 +42,16 @@ def _run(script: Path, cwd: Path, *flags: str) -> subprocess.CompletedProcess[st
     )
 
 
-def _with_module(
-    short_tmp: Path, name: str, module: str, script: str, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def _with_module(short_tmp: Path, name: str, module: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with ``short_tmp/modules`` (holding ``module`` as ``name``) as its first
-    argument: a directory only the script's own sys.path names; ``env`` adds to its environment."""
+    argument: a directory only the script's own sys.path names."""
     modules = short_tmp / "modules"
     modules.mkdir()
     (modules / f"{name}.py").write_text(module)
     path = short_tmp / "script.py"
     path.write_text(script)
     return subprocess.run(
-        [sys.executable, str(path), str(modules), *args],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-        env={**os.environ, **(env or {})},
+        [sys.executable, str(path), str(modules), *args], capture_output=True, text=True, timeout=50, check=False
     )
 
 
@@ -226,86 +218,3 @@ def test_a_device_process_inherits_no_stray_descriptor_and_loads_no_socket_modul
     # loaded both (docs/performance.md, "Session 7").
     loaded = {Path(line.split()[-1]).name.split(".")[0] for line in inside["maps"].splitlines() if ".so" in line}
     assert not loaded & {"_socket", "_multiprocessing"}, sorted(loaded)
-
-
-# A device class whose module writes down, in each process that imports it, what that process
-# could see of `site` (siteskip.py): the launcher's, then the device process's.
-SITE_PROBE = """
-import builtins, json, os, sys
-from procdevices import ProcessDevice
-
-seen = {
-    "no_site": sys.flags.no_site,
-    "path": sys.path,
-    "prefix": sys.prefix,
-    "exec_prefix": sys.exec_prefix,
-    "builtins": sorted(n for n in ("exit", "quit", "help", "copyright", "credits", "license") if hasattr(builtins, n)),
-    "sitecustomize": "sitecustomize" in sys.modules,
-}
-with open(os.path.join(os.path.dirname(__file__), f"site-{os.getpid()}.json"), "w") as f:
-    json.dump(seen, f)
-
-class SiteProbe(ProcessDevice):
-    pass
-"""
-
-START_SITE_PROBE = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import zmq
-from procdevices.devices import siteskip
-from site_probe import SiteProbe
-
-def main():
-    dev = SiteProbe(zmq.QUEUE, zmq.PULL, zmq.PUSH)
-    dev.bind_in("tcp://127.0.0.1:*")
-    dev.start()
-    print(json.dumps({"pid": dev.pid, "skippable": siteskip.skippable()}))
-    dev.stop()
-
-if __name__ == "__main__":
-    main()
-"""
-
-
-def _site_seen(modules: Path, device_pid: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What the launcher and its device process saw (SITE_PROBE)."""
-    seen = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in modules.glob("site-*.json")}
-    assert len(seen) == 2 and device_pid in seen, sorted(seen)
-    device = seen.pop(device_pid)
-    return seen.popitem()[1], device
-
-
-@pytest.mark.timeout(60)
-def test_a_device_process_without_site_sees_what_site_would_have_given_it(short_tmp: Path) -> None:
-    done = _with_module(short_tmp, "site_probe", SITE_PROBE, START_SITE_PROBE)
-    assert done.returncode == 0, done.stderr
-    started = json.loads(done.stdout.splitlines()[-1])
-    launcher, device = _site_seen(short_tmp / "modules", started["pid"])
-    # This project's own environment has only setuptools' and its own editable install's .pth
-    # files (siteskip.HARMLESS): its device processes skip site.
-    assert started["skippable"], "the project's venv runs a .pth file siteskip does not know"
-    assert launcher["no_site"] == 0 and device["no_site"] == 1
-    for what in ("path", "prefix", "exec_prefix", "builtins"):
-        assert device[what] == launcher[what], what
-    assert device["builtins"] == ["copyright", "credits", "exit", "help", "license", "quit"]
-
-
-SITECUSTOMIZE = """
-import os, sys
-open(os.path.join(os.path.dirname(__file__), f"sitecustomize-{os.getpid()}"), "w").close()
-"""
-
-
-@pytest.mark.timeout(60)
-def test_a_launcher_whose_site_ran_a_sitecustomize_keeps_site_in_its_device_processes(short_tmp: Path) -> None:
-    custom = short_tmp / "custom"
-    custom.mkdir()
-    (custom / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    done = _with_module(short_tmp, "site_probe", SITE_PROBE, START_SITE_PROBE, env={"PYTHONPATH": str(custom)})
-    assert done.returncode == 0, done.stderr
-    started = json.loads(done.stdout.splitlines()[-1])
-    assert not started["skippable"]
-    _, device = _site_seen(short_tmp / "modules", started["pid"])
-    assert device["no_site"] == 0 and device["sitecustomize"]
-    assert (custom / f"sitecustomize-{started['pid']}").exists(), "site did not run in the device process"
