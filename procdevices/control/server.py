@@ -505,8 +505,12 @@ class ControlServer:
         if self.orphaned_at is None:
             self._adopt_again(adoption, reply)
             return
+        pidfd_open = getattr(os, "pidfd_open", None)  # absent from a Python built before Linux 5.3
+        if pidfd_open is None:
+            reply.error(ErrorCode.FAILED, "adopt: this Python has no os.pidfd_open to watch the adopter with")
+            return
         try:
-            sentinel = os.pidfd_open(adoption.pid)
+            sentinel = pidfd_open(adoption.pid)
         except ProcessLookupError:
             reply.error(ErrorCode.REFUSED, f"adopt: no process {adoption.pid}")
             return

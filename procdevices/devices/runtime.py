@@ -630,11 +630,13 @@ def _exit_now(code: int) -> NoReturn:
 
 def _parent_sentinel(parent_pid: int | None = None) -> tuple[int | None, int | None]:
     """What tells the device that its parent died, and that parent's pid (None: unknown)."""
-    if parent_pid is not None:
+    # A Python built against headers older than Linux 5.3 has no os.pidfd_open at all.
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if parent_pid is not None and pidfd_open is not None:
         try:
             # Readable when that process exits. Opened at once, so the pid cannot have been
             # reused: the launcher is waiting for this process's ready report.
-            return os.pidfd_open(parent_pid), parent_pid
+            return pidfd_open(parent_pid), parent_pid
         except ProcessLookupError:
             _exit_now(0)  # the launcher is gone already: nobody to run the device for
         except OSError:
