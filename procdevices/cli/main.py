@@ -284,7 +284,8 @@ def build_parser(
 # Global options that take a value (_global_options; tests/unit/test_cli_parser.py checks the
 # two agree): what may come before the command's name, as "-c FILE", "--config=FILE", "-cFILE".
 _GLOBAL_VALUED = ("-c", "--config", "--run-dir", "--log-format", "--log-level")
-_GLOBAL_JOINED = tuple(f"{option}=" for option in _GLOBAL_VALUED if option.startswith("--"))
+# ... and the starts of the forms with the value joined on: "--config=", "-c".
+_GLOBAL_JOINED = tuple(f"{option}=" if option.startswith("--") else option for option in _GLOBAL_VALUED)
 
 
 def command_in(argv: list[str]) -> str | None:
@@ -298,10 +299,7 @@ def command_in(argv: list[str]) -> str | None:
             return token
         if token in _GLOBAL_VALUED:
             next(tokens, None)
-        elif not (
-            token.startswith(_GLOBAL_JOINED)
-            or (token.startswith("-c") and not token.startswith("--") and len(token) > 2)
-        ):
+        elif not token.startswith(_GLOBAL_JOINED):
             return None
     return None
 

@@ -26,8 +26,7 @@ from procdevices.devices.launch import PendingStart, WorkerPool, spawn_device
 from procdevices.supervisor import devicelogs, policy
 from procdevices.supervisor.listeners import Listeners
 
-# psutil (~8 ms of import) is imported by the functions that use it: `up` needs it only once its
-# first devices are spawned, and every millisecond before that delays them all.
+# psutil is imported where it is used: not on `up`'s way to its first spawn (test_up_imports.py).
 if TYPE_CHECKING:
     import psutil
 

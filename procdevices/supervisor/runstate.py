@@ -40,8 +40,7 @@ from procdevices.control.protocol import Command
 from procdevices.errors import DeviceError
 from procdevices.supervisor.config import IPC_PATH_MAX
 
-# psutil (~8 ms of import) is imported by the functions that use it: `up` needs it only once its
-# first devices are spawned, and every millisecond before that delays them all.
+# psutil is imported where it is used: not on `up`'s way to its first spawn (test_up_imports.py).
 if TYPE_CHECKING:
     import psutil
 

@@ -95,8 +95,8 @@ def test_an_upgrade_under_traffic_runs_the_new_code_and_loses_nothing(up: Up, pa
 # module of the supervisor, or `up`'s own options (cli/main.py builds only the parser of the
 # command given, so `check` alone would not see them).
 BREAKAGES = {
-    "supervisor": ("supervisor/adoption.py", "this is not python\n"),
-    "up-options": ("cli/serve.py", "\n\ndef add_up_arguments(parser):\n    raise RuntimeError('broken')\n"),
+    "supervisor": ("supervisor/adoption.py", "replace", "this is not python\n"),
+    "up-options": ("cli/serve.py", "append", "\n\ndef add_up_arguments(parser):\n    raise RuntimeError('broken')\n"),
 }
 
 
@@ -104,9 +104,9 @@ BREAKAGES = {
 @pytest.mark.parametrize("broken", sorted(BREAKAGES))
 def test_a_new_version_that_cannot_start_changes_nothing(up: Up, package: Path, zmq_ctx: Ctx, broken: str) -> None:
     before = up.status()
-    path, text = BREAKAGES[broken]
+    path, how, text = BREAKAGES[broken]
     module = package / path
-    module.write_text(text if text.startswith("this") else module.read_text() + text)
+    module.write_text(text if how == "replace" else module.read_text() + text)
     result = up.cli("upgrade", timeout=60)
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()

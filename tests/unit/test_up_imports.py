@@ -9,12 +9,8 @@ metrics.py only when ``metrics``, ``--metrics`` or ``metrics_socket`` asks for a
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from support.imports import imported_by
+from support.imports import imported_by, probe
 
 from procdevices.cli.serve import UP_MODULES
 
@@ -78,9 +74,6 @@ print(json.dumps([command, sorted(sys.modules)]))
 
 @pytest.mark.timeout(60)
 def test_parsing_ups_command_line_imports_nothing_it_needs_only_later() -> None:
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", _PARSE_UP], capture_output=True, text=True, check=True, timeout=50
-    )
-    command, modules = json.loads(out.stdout)
+    command, modules = probe(_PARSE_UP)
     assert command == "up"
     assert sorted(set(modules).intersection(LATER)) == []
