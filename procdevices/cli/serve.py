@@ -146,10 +146,14 @@ UP_MODULES = (
 
 # The new code imports everything `up` runs on and builds `up`'s parser (its options come from
 # cli/serve.py and cli/cluster.py), then checks the topology and the run dir as `check` does.
+# "New" may be older than this code (a roll-back): where it has no UP_MODULES, it imports its
+# service as versions did then, and its `check` builds every command's parser, `up`'s included.
 _PREFLIGHT = (
     "import importlib, sys; from procdevices.cli import serve; "
-    "[importlib.import_module(name) for name in serve.UP_MODULES]; "
-    "from procdevices.cli.main import build_parser, main; build_parser(only='up'); "
+    "listed = getattr(serve, 'UP_MODULES', None); "
+    "[importlib.import_module(name) for name in listed or ['procdevices.supervisor.service']]; "
+    "from procdevices.cli.main import build_parser, main; "
+    "listed and build_parser(only='up'); "
     "sys.exit(main(['check', *sys.argv[1:]]))"
 )
 

@@ -91,6 +91,20 @@ def test_an_upgrade_under_traffic_runs_the_new_code_and_loses_nothing(up: Up, pa
     up.wait_until(lambda: not _zombies(up.pid) or None, 20, "no zombie child of up")
 
 
+@pytest.mark.timeout(120)
+def test_an_older_version_without_up_modules_is_upgraded_to(up: Up, package: Path) -> None:
+    # A roll-back: the version installed now predates serve.UP_MODULES, which this `up`'s
+    # preflight reads from it (session 7's cli/serve.py had none).
+    serve = package / "cli" / "serve.py"
+    text = serve.read_text()
+    start = text.index("UP_MODULES = (")
+    serve.write_text(text[:start] + text[text.index(")\n", start) + 2 :])
+    _set_version(package, "99.0")
+    result = up.cli("upgrade", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert up.status()["supervisor"]["version"] == "99.0"
+
+
 # Broken where only `up` looks (the command line still works, as after a bad release): a
 # module of the supervisor, or `up`'s own options (cli/main.py builds only the parser of the
 # command given, so `check` alone would not see them).
