@@ -146,3 +146,41 @@ def test_a_device_adopted_by_a_process_that_dies_is_orphaned_again(short_tmp: Pa
         alive = wait_gone([device], GRACE + 2.0)
         assert not alive, "the device outlived its adopter by more than orphan_grace + 2 s"
         up.assert_nothing_left(5.0)
+
+
+@pytest.mark.timeout(60)
+def test_adopt_on_a_python_without_pidfd_open_is_refused_with_one_line(
+    short_tmp: Path, zmq_ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every process of this `up` runs on a Python without os.pidfd_open (a sitecustomize takes
+    # it away). A forked device still sees its fork server die after `up`, so it is orphaned,
+    # but it has nothing to watch an adopter with.
+    custom = short_tmp / "custom"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text("import os\ndel os.pidfd_open\n")
+    monkeypatch.setenv("PYTHONPATH", str(custom))
+    config = write_topology(short_tmp, PIPE, pool_size=0, orphan_grace=GRACE)
+    config.write_text(config.read_text().replace("[supervisor]\n", '[supervisor]\nstart_method = "forkserver"\n', 1))
+    with Up(config) as up:
+        device, endpoint = _device(up)
+        token = _token(up)
+        _kill_supervisor(up)
+        client = ControlClient(endpoint, zmq_ctx)
+        try:
+            deadline = time.monotonic() + 10.0
+            while True:  # until the device has seen its fork server go (it is then an orphan)
+                try:
+                    client.request(Command.ADOPT, 2.0, {"token": token, "pid": os.getpid()})
+                except DeviceError as e:
+                    if "supervisor is alive" in str(e) and time.monotonic() < deadline:
+                        continue
+                    assert "this Python has no os.pidfd_open" in str(e), e
+                    break
+                pytest.fail("adopted without a pidfd to watch the adopter with")
+        finally:
+            client.close()
+        alive = wait_gone([device], GRACE + 2.0)
+        assert not alive, "the orphan outlived orphan_grace + 2 s"
+        log = (short_tmp / "run" / "logs" / "pipe.log").read_text()
+        assert "control loop error" not in log and "Traceback" not in log, log
+        up.assert_nothing_left(5.0)
