@@ -18,6 +18,7 @@ sockets, starts the control loop, reports readiness, then runs the forwarding lo
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import pickle
 import signal
@@ -593,6 +594,11 @@ def process_main(conn: Channel, job: Job) -> None:
             )
         )
         raise SystemExit(1) from None
+    # Start-up is over (boot.main paused the collector; a fork server's child had it running):
+    # what exists now lives as long as the process. Frozen, no collection walks it again, and
+    # a fork server's child does not write to the pages it shares with the server.
+    gc.freeze()
+    gc.enable()
     code = run_in_worker(device, runtime)
     conn.close()
     _exit_now(code)
