@@ -16,6 +16,7 @@ read here can make the supervisor signal or connect to anything.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,6 @@ def fingerprint(instance: DeviceConfig, process_fields: tuple[str, ...]) -> str:
     """What the process of ``instance`` (as the file writes it) runs: a digest of the fields
     a reload restarts a device for. Equal digests: the adopted process runs what the file
     asks; different: it is restarted, as a reload would."""
-    import hashlib  # here, not at the top: it loads OpenSSL, which `up` needs only after its first spawns
-
     text = repr(tuple((f, getattr(instance, f)) for f in process_fields))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
