@@ -1,5 +1,5 @@
 import sys
 
-from procdevices.cli import main
+from procdevices.cli import console
 
-sys.exit(main())
+sys.exit(console())

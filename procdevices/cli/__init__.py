@@ -1,4 +1,4 @@
-"""The command line: ``main`` is the ``procdevices`` entry point.
+"""The command line: ``console`` is the ``procdevices`` script, ``main`` the same from Python.
 
 It holds SIGINT, SIGTERM and SIGHUP (``interrupts.py``) before it imports the commands: a
 Ctrl-C while they are still importing is then acted on once, by the command, instead of
@@ -8,29 +8,43 @@ from __future__ import annotations
 
 import gc
 import importlib
+from types import ModuleType
 
 from procdevices.cli import interrupts
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The cyclic collector is paused while the commands import: that makes modules and
+    """Run a command in this process (``argv``: ``sys.argv[1:]`` when None); its exit code."""
+    held = interrupts.hold()
+    code: int = _commands().main(argv, held=held)
+    return code
+
+
+def console() -> int:
+    """The ``procdevices`` script and ``python -m procdevices``: :func:`main`, in a process of
+    its own."""
+    # The cyclic collector is paused while the command table imports: that makes modules and
     # classes, which live as long as the process, and the passes over them would find nothing
-    # to free (~2.5% of `up`'s CPU before its first spawn, docs/performance.md). Frozen once
-    # loaded, they are never walked again. (A caller that turned the collector off keeps it so.)
-    collecting = gc.isenabled()
+    # to free (docs/performance.md, "Session 10"). Frozen once imported, they are never walked
+    # again. Only here: from Python, main() leaves the caller's collector and objects alone.
     gc.disable()
     held = interrupts.hold()
+    commands = _commands()
+    gc.freeze()
+    gc.enable()
+    code: int = commands.main(None, held=held)
+    return code
+
+
+def _commands() -> ModuleType:
+    """procdevices.cli.main, imported now."""
     commands = importlib.import_module("procdevices.cli.main")
-    if collecting:
-        gc.freeze()
-        gc.enable()
     # Importing the submodule ``main`` rebinds this package's attribute of that name to it;
     # ``procdevices.cli.main`` stays the entry point.
     globals()["main"] = _entry
-    code: int = commands.main(argv, held=held)
-    return code
+    return commands
 
 
 _entry = main
 
-__all__ = ["main"]
+__all__ = ["console", "main"]

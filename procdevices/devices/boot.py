@@ -18,7 +18,6 @@ before its first line of work: ~10 ms of CPU and ~0.4 MiB of private memory per 
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
@@ -45,11 +44,6 @@ DAEMONIC = False
 
 def main() -> None:
     global DAEMONIC
-    # The cyclic collector is paused until the device is loaded (runtime.process_main resumes
-    # it): start-up makes nothing but modules, classes and the device, which live as long as
-    # the process, and the passes over them would find nothing to free (~2% of a device
-    # process's start, docs/performance.md).
-    gc.disable()
     fd, role, daemon = sys.argv[1:4]
     DAEMONIC = daemon == "daemon"
     conn = Channel(int(fd))
@@ -59,23 +53,24 @@ def main() -> None:
         os._exit(0)  # its launcher died before it said anything: nobody to run a device for
     sys.path[:] = path
     sys.argv[:] = argv
+    # spawnproc's command line paused the cyclic collector (runtime.process_main resumes it).
     if role == "worker":
-        run_worker(conn)
+        run_worker(conn, resume_collector=True)
     else:
-        run_device(conn)
+        run_device(conn, resume_collector=True)
 
 
-def run_device(conn: Channel) -> None:
+def run_device(conn: Channel, *, resume_collector: bool = False) -> None:
     from procdevices.devices import runtime as rt
 
     try:
         job = conn.recv()
     except (EOFError, OSError):
         os._exit(0)
-    rt.process_main(conn, job)
+    rt.process_main(conn, job, resume_collector=resume_collector)
 
 
-def run_worker(conn: Channel) -> None:
+def run_worker(conn: Channel, *, resume_collector: bool = False) -> None:
     """A warm worker: import what a device needs, then wait on ``conn`` for a job (and the
     listening descriptors that follow it, inherit.send_job) and run it. Exits quietly if the
     pipe closes first: the pool was released, or its supervisor died."""
@@ -99,4 +94,4 @@ def run_worker(conn: Channel) -> None:
         job = inherit.receive_job(conn)
     except (EOFError, OSError):
         os._exit(0)
-    rt.process_main(conn, job)
+    rt.process_main(conn, job, resume_collector=resume_collector)

@@ -542,9 +542,18 @@ class Job(NamedTuple):
         return self._replace(listeners=listeners)
 
 
-def process_main(conn: Channel, job: Job) -> None:
+def process_main(conn: Channel, job: Job, *, resume_collector: bool = False) -> None:
     """Entry point of a device process, once it has its job (boot.py reads it, or a warm
-    worker's; multiprocessing passes it to a fork of the fork server)."""
+    worker's; multiprocessing passes it to a fork of the fork server). ``resume_collector``:
+    the cyclic collector was on before the process paused it (spawnproc's command line)."""
+    # Loading the device (its class's module, while it is unpickled) is the end of the start:
+    # it and the imports before it make objects that live as long as the process, and
+    # collections over them would find nothing to free (docs/performance.md, "Session 10").
+    # So the collector is paused until the device is loaded (here, for a fork server's child
+    # and multiprocessing's spawn), then what exists is frozen, never walked again, and it
+    # runs as it did before: a user's own gc.disable() stays.
+    collecting = resume_collector or gc.isenabled()
+    gc.disable()
     # The supervisor's signals (IGNORED_SIGNALS) are not the device's business: it follows its
     # parent (the death sentinel) and its supervisor (control socket, SIGTERM).
     for signum in IGNORED_SIGNALS:
@@ -594,11 +603,10 @@ def process_main(conn: Channel, job: Job) -> None:
             )
         )
         raise SystemExit(1) from None
-    # Start-up is over (boot.main paused the collector; a fork server's child had it running):
-    # what exists now lives as long as the process. Frozen, no collection walks it again, and
-    # a fork server's child does not write to the pages it shares with the server.
+    # Frozen, what a fork server's child shares with the server is not written by collections.
     gc.freeze()
-    gc.enable()
+    if collecting:
+        gc.enable()
     code = run_in_worker(device, runtime)
     conn.close()
     _exit_now(code)
