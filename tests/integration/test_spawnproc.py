@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.scripts import FORWARD_ONE, run_script
 
 from procdevices.devices.channel import Channel
 
@@ -228,51 +229,12 @@ del os.pidfd_open
 open(os.path.join(os.path.dirname(__file__), f"no-pidfd-{os.getpid()}"), "w").close()
 """
 
-FORWARD_ONE = """
-import json, sys
-import zmq
-from procdevices import ProcessDevice
-
-def main():
-    dev = ProcessDevice(zmq.QUEUE, zmq.PULL, zmq.PUSH)
-    port_in = dev.bind_in_to_random_port("tcp://127.0.0.1")
-    port_out = dev.bind_out_to_random_port("tcp://127.0.0.1")
-    dev.start()
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    push.connect(f"tcp://127.0.0.1:{port_in}")
-    pull.connect(f"tcp://127.0.0.1:{port_out}")
-    pull.setsockopt(zmq.RCVTIMEO, 20_000)
-    push.send(b"through")
-    got = pull.recv()
-    for s in (push, pull):
-        s.close(0)
-    ctx.term()
-    dev.stop()
-    print(json.dumps({"pid": dev.pid, "got": got.decode(), "exitcode": dev.launcher.exitcode}))
-
-if __name__ == "__main__":
-    main()
-"""
-
 
 @pytest.mark.timeout(60)
 def test_a_python_without_pidfd_open_still_runs_and_stops_a_device(short_tmp: Path) -> None:
     # docs/devices.md: without pidfds a device does not notice its parent's death, and runs.
-    custom = short_tmp / "custom"
-    custom.mkdir()
-    (custom / "sitecustomize.py").write_text(NO_PIDFD)
-    script = short_tmp / "forward_one.py"
-    script.write_text(FORWARD_ONE)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(custom)},
-    )
+    done = run_script(short_tmp, FORWARD_ONE, str(short_tmp), "procdevices:ProcessDevice", sitecustomize=NO_PIDFD)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["got"] == "through" and result["exitcode"] == 0, result
-    assert (custom / f"no-pidfd-{result['pid']}").exists(), "the device process had os.pidfd_open"
+    assert (short_tmp / "custom" / f"no-pidfd-{result['pid']}").exists(), "the device process had os.pidfd_open"

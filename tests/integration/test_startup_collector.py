@@ -8,12 +8,10 @@ days with the collector off would never free a reference cycle, and would grow."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.scripts import FORWARD_ONE, run_script
 
 # Run by every interpreter the test starts (its directory is on PYTHONPATH), before any code
 # of procdevices: records each collection that starts, and whether procdevices was imported
@@ -48,57 +46,15 @@ class GcProbe(ProcessDevice):
         super().run_with(runtime)
 """
 
-FORWARD_ONE = """
-import sys
-sys.path.insert(0, sys.argv[1])  # the probe's module, found by the device through this too
-import zmq
-from gc_probe import GcProbe
-
-def main():
-    dev = GcProbe(zmq.QUEUE, zmq.PULL, zmq.PUSH)
-    port_in = dev.bind_in_to_random_port("tcp://127.0.0.1")
-    port_out = dev.bind_out_to_random_port("tcp://127.0.0.1")
-    dev.start()
-    try:
-        ctx = zmq.Context()
-        push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-        push.connect(f"tcp://127.0.0.1:{port_in}")
-        pull.connect(f"tcp://127.0.0.1:{port_out}")
-        pull.setsockopt(zmq.RCVTIMEO, 20_000)
-        push.send(b"through")
-        assert pull.recv() == b"through"
-        for s in (push, pull):
-            s.close(0)
-        ctx.term()
-    finally:
-        dev.stop()
-    print(dev.pid)
-
-if __name__ == "__main__":
-    main()
-"""
-
 
 @pytest.mark.timeout(60)
 def test_a_device_process_imports_with_the_collector_paused_and_runs_with_it(short_tmp: Path) -> None:
     modules = short_tmp / "modules"
     modules.mkdir()
     (modules / "gc_probe.py").write_text(GC_PROBE)
-    custom = short_tmp / "custom"
-    custom.mkdir()
-    (custom / "sitecustomize.py").write_text(RECORD_COLLECTIONS)
-    script = short_tmp / "forward_one.py"
-    script.write_text(FORWARD_ONE)
-    done = subprocess.run(
-        [sys.executable, str(script), str(modules)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(custom)},
-    )
+    done = run_script(short_tmp, FORWARD_ONE, str(modules), "gc_probe:GcProbe", sitecustomize=RECORD_COLLECTIONS)
     assert done.returncode == 0, done.stderr
-    pid = int(done.stdout.split()[-1])
+    pid = json.loads(done.stdout.splitlines()[-1])["pid"]
     state = json.loads((modules / f"gc-{pid}.json").read_text())
     assert state["at_import"] is False, "the device class's module was imported with the collector running"
     assert state["during_start"] == 0, "collections walked the device process's imports (pyzmq, the runtime)"
@@ -136,11 +92,7 @@ if __name__ == "__main__":
 
 @pytest.mark.timeout(60)
 def test_a_device_process_keeps_a_collector_its_program_turned_off(short_tmp: Path) -> None:
-    script = short_tmp / "own_choice.py"
-    script.write_text(OWN_CHOICE)
-    done = subprocess.run(
-        [sys.executable, str(script), str(short_tmp)], capture_output=True, text=True, timeout=50, check=False
-    )
+    done = run_script(short_tmp, OWN_CHOICE, str(short_tmp))
     assert done.returncode == 0, done.stderr
     state = json.loads((short_tmp / f"gc-{int(done.stdout.split()[-1])}.json").read_text())
     assert state["running"] is False, "the device process turned on a collector its program had turned off"
@@ -180,11 +132,7 @@ out = {{ type = "PUSH", connect = ["ipc://{run_dir}/o"] }}
 def _entry(short_tmp: Path, entry: str) -> dict[str, int | bool]:
     topology = short_tmp / "topology.toml"
     topology.write_text(TOPOLOGY.format(run_dir=short_tmp / "run"))
-    script = short_tmp / "entry.py"
-    script.write_text(ENTRY)
-    done = subprocess.run(
-        [sys.executable, str(script), entry, str(topology)], capture_output=True, text=True, timeout=50, check=False
-    )
+    done = run_script(short_tmp, ENTRY, entry, str(topology))
     assert done.returncode == 0, done.stderr
     state: dict[str, int | bool] = json.loads(done.stdout.splitlines()[-1])
     assert state["code"] == 0, (state, done.stderr)
