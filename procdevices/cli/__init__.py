@@ -6,10 +6,10 @@ ending in a KeyboardInterrupt traceback. So this module imports nothing heavy.""
 
 from __future__ import annotations
 
-import gc
 import importlib
 from types import ModuleType
 
+from procdevices import collector
 from procdevices.cli import interrupts
 
 
@@ -23,15 +23,12 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> int:
     """The ``procdevices`` script and ``python -m procdevices``: :func:`main`, in a process of
     its own."""
-    # The cyclic collector is paused while the command table imports: that makes modules and
-    # classes, which live as long as the process, and the passes over them would find nothing
-    # to free (docs/performance.md, "Session 10"). Frozen once imported, they are never walked
-    # again. Only here: from Python, main() leaves the caller's collector and objects alone.
-    gc.disable()
+    # Collections wait while the command table imports (procdevices/collector.py says why).
+    # Only here: from Python, main() leaves its caller's collector and objects alone.
+    paused = collector.pause()
     held = interrupts.hold()
     commands = _commands()
-    gc.freeze()
-    gc.enable()
+    collector.resume(paused)
     code: int = commands.main(None, held=held)
     return code
 
@@ -40,7 +37,7 @@ def _commands() -> ModuleType:
     """procdevices.cli.main, imported now."""
     commands = importlib.import_module("procdevices.cli.main")
     # Importing the submodule ``main`` rebinds this package's attribute of that name to it;
-    # ``procdevices.cli.main`` stays the entry point.
+    # the attribute stays the function main.
     globals()["main"] = _entry
     return commands
 

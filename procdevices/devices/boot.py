@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 
+from procdevices.collector import Thresholds
 from procdevices.devices.channel import Channel
 
 #: What a warm worker imports while it waits, and the fork server before it forks anything:
@@ -42,7 +43,10 @@ PRELOAD = [
 DAEMONIC = False
 
 
-def main() -> None:
+def main(paused: Thresholds | None = None) -> None:
+    """``paused``: the collector's thresholds before spawnproc's command line paused it (None
+    from the command line of a procdevices from before the pause, still running after an
+    upgrade was installed: the device then pauses once it has its job)."""
     global DAEMONIC
     fd, role, daemon = sys.argv[1:4]
     DAEMONIC = daemon == "daemon"
@@ -53,27 +57,27 @@ def main() -> None:
         os._exit(0)  # its launcher died before it said anything: nobody to run a device for
     sys.path[:] = path
     sys.argv[:] = argv
-    # spawnproc's command line paused the cyclic collector (runtime.process_main resumes it).
     if role == "worker":
-        run_worker(conn, resume_collector=True)
+        run_worker(conn, paused)
     else:
-        run_device(conn, resume_collector=True)
+        run_device(conn, paused)
 
 
-def run_device(conn: Channel, *, resume_collector: bool = False) -> None:
+def run_device(conn: Channel, paused: Thresholds | None = None) -> None:
     from procdevices.devices import runtime as rt
 
     try:
         job = conn.recv()
     except (EOFError, OSError):
         os._exit(0)
-    rt.process_main(conn, job, resume_collector=resume_collector)
+    rt.process_main(conn, job, paused=paused)
 
 
-def run_worker(conn: Channel, *, resume_collector: bool = False) -> None:
+def run_worker(conn: Channel, paused: Thresholds | None = None) -> None:
     """A warm worker: import what a device needs, then wait on ``conn`` for a job (and the
     listening descriptors that follow it, inherit.send_job) and run it. Exits quietly if the
-    pipe closes first: the pool was released, or its supervisor died."""
+    pipe closes first: the pool was released, or its supervisor died. ``paused``: as for
+    :func:`main`; None for a fork server's worker, whose collections run until its job."""
     import importlib
     import signal
 
@@ -94,4 +98,4 @@ def run_worker(conn: Channel, *, resume_collector: bool = False) -> None:
         job = inherit.receive_job(conn)
     except (EOFError, OSError):
         os._exit(0)
-    rt.process_main(conn, job, resume_collector=resume_collector)
+    rt.process_main(conn, job, paused=paused)

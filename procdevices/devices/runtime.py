@@ -18,7 +18,6 @@ sockets, starts the control loop, reports readiness, then runs the forwarding lo
 from __future__ import annotations
 
 import enum
-import gc
 import os
 import pickle
 import signal
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 import zmq
 
-from procdevices import runlayout
+from procdevices import collector, runlayout
 from procdevices.control.server import (
     MAX_CONTROL_MESSAGE,
     WAKE_DEAD,
@@ -542,18 +541,12 @@ class Job(NamedTuple):
         return self._replace(listeners=listeners)
 
 
-def process_main(conn: Channel, job: Job, *, resume_collector: bool = False) -> None:
+def process_main(conn: Channel, job: Job, *, paused: collector.Thresholds | None = None) -> None:
     """Entry point of a device process, once it has its job (boot.py reads it, or a warm
-    worker's; multiprocessing passes it to a fork of the fork server). ``resume_collector``:
-    the cyclic collector was on before the process paused it (spawnproc's command line)."""
-    # Loading the device (its class's module, while it is unpickled) is the end of the start:
-    # it and the imports before it make objects that live as long as the process, and
-    # collections over them would find nothing to free (docs/performance.md, "Session 10").
-    # So the collector is paused until the device is loaded (here, for a fork server's child
-    # and multiprocessing's spawn), then what exists is frozen, never walked again, and it
-    # runs as it did before: a user's own gc.disable() stays.
-    collecting = resume_collector or gc.isenabled()
-    gc.disable()
+    worker's; multiprocessing passes it to a fork of the fork server). ``paused``: the
+    collector's thresholds before spawnproc's command line paused it; None: paused here."""
+    # Collections wait until the device is loaded (procdevices/collector.py says why).
+    thresholds = paused if paused is not None else collector.pause()
     # The supervisor's signals (IGNORED_SIGNALS) are not the device's business: it follows its
     # parent (the death sentinel) and its supervisor (control socket, SIGTERM).
     for signum in IGNORED_SIGNALS:
@@ -603,10 +596,8 @@ def process_main(conn: Channel, job: Job, *, resume_collector: bool = False) -> 
             )
         )
         raise SystemExit(1) from None
-    # Frozen, what a fork server's child shares with the server is not written by collections.
-    gc.freeze()
-    if collecting:
-        gc.enable()
+    # Frozen too, what a fork server's child shares with the server is not written by collections.
+    collector.resume(thresholds)
     code = run_in_worker(device, runtime)
     conn.close()
     _exit_now(code)

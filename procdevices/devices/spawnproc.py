@@ -39,12 +39,13 @@ Role = Literal["device", "worker"]
 # The child imports boot from the very procdevices its parent runs: the directory that holds
 # it goes first on the child's path, or a `procdevices` in the current directory (a checkout),
 # first on a `-c` interpreter's path, would be imported instead. boot.main then puts the
-# parent's whole sys.path in place, before anything else is imported. The cyclic collector
-# is paused from the first statement until the device is loaded (runtime.process_main says why).
+# parent's whole sys.path in place, before anything else is imported. Collections are paused
+# from the first statement (procdevices/collector.py, whose pause() is spelled out here: importing
+# it would import procdevices first) until runtime.process_main has loaded the device.
 _HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
-    f"import gc; gc.disable(); import sys; sys.path.insert(0, {_HOME!r}); "
-    "from procdevices.devices.boot import main; main()"
+    "import gc; paused = gc.get_threshold(); gc.set_threshold(0); "
+    f"import sys; sys.path.insert(0, {_HOME!r}); from procdevices.devices.boot import main; main(paused)"
 )
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.scripts import FORWARD_ONE, run_script
+from support.scripts import FORWARD_ONE, custom_dir, run_script
 
 from procdevices.devices.channel import Channel
 
@@ -237,4 +237,4 @@ def test_a_python_without_pidfd_open_still_runs_and_stops_a_device(short_tmp: Pa
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["got"] == "through" and result["exitcode"] == 0, result
-    assert (short_tmp / "custom" / f"no-pidfd-{result['pid']}").exists(), "the device process had os.pidfd_open"
+    assert (custom_dir(short_tmp) / f"no-pidfd-{result['pid']}").exists(), "the device process had os.pidfd_open"

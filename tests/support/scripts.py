@@ -43,18 +43,28 @@ if __name__ == "__main__":
 """
 
 
+def custom_dir(short_tmp: Path) -> Path:
+    """Where :func:`run_script` puts the sitecustomize (and what it writes beside itself)."""
+    return short_tmp / "custom"
+
+
 def run_script(
-    short_tmp: Path, script: str, *args: str, sitecustomize: str | None = None
+    short_tmp: Path,
+    script: str,
+    *args: str,
+    sitecustomize: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (written to ``short_tmp/script.py``) with ``args``; its output as text."""
+    """Run ``script`` (written to ``short_tmp/script.py``) with ``args``, and ``env`` added to
+    the environment; its output as text."""
     path = short_tmp / "script.py"
     path.write_text(script)
-    env = dict(os.environ)
+    environment = {**os.environ, **(env or {})}
     if sitecustomize is not None:
-        custom = short_tmp / "custom"
+        custom = custom_dir(short_tmp)
         custom.mkdir()
         (custom / "sitecustomize.py").write_text(sitecustomize)
-        env["PYTHONPATH"] = str(custom)
+        environment["PYTHONPATH"] = str(custom)
     return subprocess.run(
-        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=50, check=False, env=env
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=50, check=False, env=environment
     )
