@@ -22,7 +22,10 @@ procdevices changes. Per kill, each step's time after the SIGKILL (ms):
   ready_read  the supervisor has read the report (Supervisor.on_report returned)
 
 Each line of the trace adds a few microseconds to the step it ends; the figures are for
-comparing steps and settings, beside bench.py's uninstrumented restart phase.
+comparing steps and settings, beside bench.py's uninstrumented restart phase. The worker's
+steps (job, built, ready_sent) are traced only in workers that multiprocessing starts (the
+fork server, or code from before session 7): procdevices now spawns its warm workers itself,
+fresh interpreters that never import this module, and those steps show "-".
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def traced_process_main(conn: Any, job: Any) -> None:
 
 def traced_up() -> None:
     """`procdevices up` with the supervisor's steps traced (argv: up -c FILE)."""
-    from procdevices.cli import main
+    from procdevices import cli
     from procdevices.devices import launch
     from procdevices.devices import runtime as rt
     from procdevices.supervisor import core
@@ -110,7 +113,9 @@ def traced_up() -> None:
         launch.pool_worker_main = traced_pool_worker_main
     else:
         rt.process_main = traced_process_main
-    sys.exit(main(sys.argv[1:]))
+    # The script's own entry where there is one (since session 10: `up` as the script runs it).
+    entry = getattr(cli, "console", None) or cli.main
+    sys.exit(entry())
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -126,8 +131,9 @@ def steps_of_kill(trace: list[tuple[float, str]], t_kill: float, t_next: float) 
 
 
 def run(kills: int, own_sockets: bool, tmp: str) -> list[dict[str, float]]:
-    import bench
     import zmq
+    from bench.devices import Supervised
+    from bench.restart import one_kill
 
     trace_path = os.path.join(tmp, "trace")
     os.environ[TRACE_ENV] = trace_path
@@ -144,7 +150,7 @@ def run(kills: int, own_sockets: bool, tmp: str) -> list[dict[str, float]]:
         + f'in = {{ type = "PULL", bind = ["ipc://{tmp}/ri"] }}\n'
         + f'out = {{ type = "PUSH", bind = ["ipc://{tmp}/ro"] }}\n'
     )
-    sup = bench.Supervised(tmp, topology)
+    sup = Supervised(tmp, topology)
     sup.up_argv = [sys.executable, "-c", "import restart_steps; restart_steps.traced_up()", "up", "-c", sup.path]
     ctx = zmq.Context()
     ctx.setsockopt(zmq.RECONNECT_IVL, 1)
@@ -160,7 +166,7 @@ def run(kills: int, own_sockets: bool, tmp: str) -> list[dict[str, float]]:
         pull.connect(f"ipc://{tmp}/ro")
         for _ in range(kills):
             time.sleep(stable + 0.2)
-            done.append(bench.one_kill(sup, f"ipc://{sup.run_dir}/ctl/r.sock", push, pull, [], ping_ctx, 2))
+            done.append(one_kill(sup, f"ipc://{sup.run_dir}/ctl/r.sock", push, pull, [], ping_ctx, 2))
     finally:
         sup.close()
         push.close(0)
@@ -200,10 +206,9 @@ def main() -> int:
             at = [r[step] for r in rows if step in r]
             prev = AFTER.get(step, STEPS[i - 1] if i else None)
             alone = [r[step] - r[prev] for r in rows if step in r and prev in r] if prev else at
+            step_alone = f"{statistics.median(alone):5.2f}" if alone else "    -"
             cells.append(
-                f"{statistics.median(at):>9.2f} (step {statistics.median(alone):5.2f}, worst {max(at):6.2f})"
-                if at
-                else f"{'-':>34}"
+                f"{statistics.median(at):>9.2f} (step {step_alone}, worst {max(at):6.2f})" if at else f"{'-':>34}"
             )
         print(f"{step:<12}" + "".join(f"{c:>34}" for c in cells))
     return 0
