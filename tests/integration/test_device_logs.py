@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from support.devices import run_and_stop, stop_through
 
 from procdevices import ProcessDevice
-from procdevices.control.client import ControlClient
-from procdevices.control.protocol import Command
 from procdevices.devices import launch
 from procdevices.supervisor.launcher import ProcessLauncher
 
@@ -45,24 +44,6 @@ def _device(short_tmp: Path) -> bytes:
     return launch.pickle_device(dev)
 
 
-def _run_and_stop(pending: launch.PendingStart, control: str) -> None:
-    try:
-        assert wait(pending.waitables(), 20), "the device was not ready in time"
-        pending.result()
-        client = ControlClient(control)
-        try:
-            client.request(Command.STOP, 5.0)
-        finally:
-            client.close()
-        pending.process.join(10)
-        assert pending.process.exitcode == 0
-    finally:
-        if pending.process.is_alive():
-            pending.process.kill()
-            pending.process.join()
-        pending.conn.close()
-
-
 def _expect_output(log: Path) -> None:
     text = log.read_text()
     for line in ("python stdout line", "python stderr line", "raw fd 1", "raw fd 2", "C stdout line"):
@@ -73,7 +54,7 @@ def test_spawned_device_writes_everything_to_its_log(short_tmp: Path) -> None:
     log = short_tmp / "device.log"
     control = f"ipc://{short_tmp}/ctl"
     pending = launch.spawn_device(_device(short_tmp), control, label="talking", log_path=str(log))
-    _run_and_stop(pending, control)
+    run_and_stop(pending, control)
     _expect_output(log)
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
 
@@ -88,7 +69,7 @@ def test_the_log_is_appended_to_by_a_pooled_worker(short_tmp: Path) -> None:
         pool.refill()
         pending = pool.take(_device(short_tmp), control, label="talking", log_path=str(log))
         assert pending is not None
-        _run_and_stop(pending, control)
+        run_and_stop(pending, control)
     finally:
         pool.close()
     assert log.read_text().startswith("an earlier run\n")
@@ -101,7 +82,7 @@ def test_an_unusable_log_path_does_not_keep_the_device_from_running(
     control = f"ipc://{short_tmp}/ctl"
     missing = short_tmp / "no-such-dir" / "device.log"
     pending = launch.spawn_device(_device(short_tmp), control, label="talking", log_path=str(missing))
-    _run_and_stop(pending, control)
+    run_and_stop(pending, control)
     assert "cannot open the device's log" in capfd.readouterr().err
     assert not missing.exists()
 
@@ -118,11 +99,7 @@ def test_the_supervisors_launcher_passes_the_log_path(short_tmp: Path) -> None:
         assert report is not None
         assert wait([report, device.sentinel], 20), "the device was not ready in time"
         device.read_report()
-        client = ControlClient(control)
-        try:
-            client.request(Command.STOP, 5.0)
-        finally:
-            client.close()
+        stop_through(control)
         assert wait([device.sentinel], 10), "the device did not stop"
     finally:
         if not wait([device.sentinel], 0):

@@ -12,16 +12,14 @@ from __future__ import annotations
 import gc
 import json
 import sys
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import pytest
 import zmq
+from support.devices import run_and_stop
 from support.scripts import FORWARD_ONE, custom_dir, run_script
 
 from procdevices import ProcessDevice
-from procdevices.control.client import ControlClient
-from procdevices.control.protocol import Command
 from procdevices.devices import launch, spawnproc
 
 # Run first by every interpreter the test starts (its directory is on PYTHONPATH): counts the
@@ -173,21 +171,7 @@ def test_a_device_runs_with_collections_however_its_process_started(
         else:
             pending = launch.spawn_device(pickled, control, label="gc", log_path=str(log))
         assert pending is not None
-        try:
-            assert wait(pending.waitables(), 20), "the device was not ready in time"
-            pending.result()
-            client = ControlClient(control)
-            try:
-                client.request(Command.STOP, 5.0)
-            finally:
-                client.close()
-            pending.process.join(10)
-            assert pending.process.exitcode == 0
-        finally:
-            if pending.process.is_alive():
-                pending.process.kill()
-                pending.process.join()
-            pending.conn.close()
+        run_and_stop(pending, control)
     finally:
         pool.close()
     line = next(line for line in log.read_text().splitlines() if line.startswith("gc "))

@@ -45,3 +45,33 @@ def c_toolchain() -> tuple[bool, str]:
     compiler = shutil.which(cc[0]) if cc else None
     headers = Path(sysconfig.get_paths()["include"], "Python.h")
     return compiler is not None and headers.is_file(), f"compiler {cc[:1]} at {compiler}; {headers}"
+
+
+def run_and_stop(pending: Any, control: str) -> None:
+    """Wait until the device of ``pending`` (a launch.PendingStart) is ready, stop it through
+    its control socket at ``control``, and check that its process ended cleanly."""
+    from multiprocessing.connection import wait
+
+    try:
+        assert wait(pending.waitables(), 20), "the device was not ready in time"
+        pending.result()
+        stop_through(control)
+        pending.process.join(10)
+        assert pending.process.exitcode == 0
+    finally:
+        if pending.process.is_alive():
+            pending.process.kill()
+            pending.process.join()
+        pending.conn.close()
+
+
+def stop_through(control: str) -> None:
+    """Ask the device whose control socket is ``control`` to stop."""
+    from procdevices.control.client import ControlClient
+    from procdevices.control.protocol import Command
+
+    client = ControlClient(control)
+    try:
+        client.request(Command.STOP, 5.0)
+    finally:
+        client.close()
