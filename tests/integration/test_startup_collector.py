@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import zmq
+from support.cli import write_topology
 from support.devices import run_and_stop
 from support.scripts import FORWARD_ONE, custom_dir, run_script
+from support.topologies import STREAMER
 
 from procdevices import ProcessDevice
 from procdevices.devices import launch, spawnproc
@@ -189,23 +191,6 @@ code = main(["check", "-c", sys.argv[2]])
 print(json.dumps({"code": code, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
 """
 
-TOPOLOGY = """
-[supervisor]
-run_dir = "{run_dir}"
-
-[devices.s]
-kind = "streamer"
-in = {{ type = "PULL", connect = ["ipc://{run_dir}/i"] }}
-out = {{ type = "PUSH", connect = ["ipc://{run_dir}/o"] }}
-"""
-
-
-def _topology(short_tmp: Path) -> Path:
-    topology = short_tmp / "topology.toml"
-    topology.write_text(TOPOLOGY.format(run_dir=short_tmp / "run"))
-    return topology
-
-
 # `python -m procdevices` and the installed script; reports from the process's exit.
 CHECK_FROM_THE_COMMAND_LINE = """
 import runpy, sys
@@ -225,7 +210,7 @@ def test_the_command_line_imports_its_commands_with_collections_paused(short_tmp
         short_tmp,
         CHECK_FROM_THE_COMMAND_LINE,
         script,
-        str(_topology(short_tmp)),
+        str(write_topology(short_tmp, STREAMER)),
         sitecustomize=RECORD_COLLECTIONS,
         env={"STARTED_BY": "procdevices.cli.main"},  # in sys.modules from its import's first line
     )
@@ -239,7 +224,7 @@ def test_the_command_line_imports_its_commands_with_collections_paused(short_tmp
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("caller", ["on", "off"])
 def test_main_from_python_leaves_the_callers_collector_and_objects_alone(short_tmp: Path, caller: str) -> None:
-    done = run_script(short_tmp, ENTRY, caller, str(_topology(short_tmp)))
+    done = run_script(short_tmp, ENTRY, caller, str(write_topology(short_tmp, STREAMER)))
     assert done.returncode == 0, done.stderr
     state = json.loads(done.stdout.splitlines()[-1])
     assert state == {"code": 0, "enabled": caller == "on", "frozen": 0}, state
