@@ -14,8 +14,8 @@ peer without an admitted client key gets no connection, so no answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import zmq
 
@@ -26,8 +26,7 @@ class ControlUnavailable(Exception):
     """The control endpoint cannot be served (keys missing, address not bindable)."""
 
 
-@dataclass(frozen=True)
-class ControlEndpoint:
+class ControlEndpoint(NamedTuple):
     endpoint: str  # tcp://HOST:PORT
     keys: Path  # [cluster] keys
 

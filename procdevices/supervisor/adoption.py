@@ -33,8 +33,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import zmq
 
@@ -70,14 +69,12 @@ if TYPE_CHECKING:
 ADOPT_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     record: DeviceRecord
     proc: psutil.Process
 
 
-@dataclass(frozen=True)
-class Inventory:
+class Inventory(NamedTuple):
     """What state.json says the previous supervisor left, checked against the processes."""
 
     token: str | None
@@ -101,8 +98,7 @@ def take_inventory(run_dir: RunDir) -> Inventory:
     return Inventory(state.token, tuple(alive), tuple(gone), tuple(lines))
 
 
-@dataclass
-class Taken:
+class Taken(NamedTuple):
     """One adopted device: its process, control channel and handed-back sockets."""
 
     record: DeviceRecord
@@ -112,10 +108,12 @@ class Taken:
     orphaned_for: float | None
 
 
-@dataclass
 class Adoption:
-    taken: dict[str, Taken] = field(default_factory=dict)
-    lines: list[str] = field(default_factory=list)  # what was done, for the log
+    __slots__ = ("taken", "lines")
+
+    def __init__(self) -> None:
+        self.taken: dict[str, Taken] = {}
+        self.lines: list[str] = []  # what was done, for the log
 
     def unclaimed_sockets(self) -> list[socket.socket]:
         return [s for t in self.taken.values() for s in t.sockets.values()]

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from procdevices.supervisor import policy
 from procdevices.supervisor.config import DeviceConfig
@@ -37,8 +36,7 @@ def fingerprint(instance: DeviceConfig, process_fields: tuple[str, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class Books:
+class Books(NamedTuple):
     """Books as read back: each field None where state.json had nothing usable."""
 
     restarts: int | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from procdevices.control.aclient import ControlChannel
@@ -24,51 +23,92 @@ from procdevices.supervisor.states import PROCESS_STATES, Event, State, next_sta
 from procdevices.supervisor.traffic import Traffic
 
 
-@dataclass
 class StopProgress:
-    requested_at: float
-    term_sent: bool = False
-    kill_sent: bool = False
+    """How far a requested stop has gone: control socket, then SIGTERM, then SIGKILL."""
+
+    __slots__ = ("requested_at", "term_sent", "kill_sent")
+
+    def __init__(self, requested_at: float) -> None:
+        self.requested_at = requested_at
+        self.term_sent = False
+        self.kill_sent = False
 
     @property
     def stopped_by(self) -> str:
         return "SIGKILL" if self.kill_sent else "SIGTERM" if self.term_sent else "control socket"
 
 
-@dataclass
 class Child:
-    config: DeviceConfig
-    device_name: str  # the [devices.NAME] this instance belongs to
-    control_endpoint: str
-    pickled: bytes
-    # What its process runs, as the file wrote it (books.fingerprint): an adopting supervisor
-    # restarts an adopted process whose fingerprint differs from the file's.
-    fingerprint: str = ""
-    state: State = State.STOPPED
-    process: DeviceProcess | None = None
-    control: ControlChannel | None = None
-    spawned_at: float = 0.0
-    ready_at: float | None = None
-    ever_ready: bool = False
-    endpoints: dict[str, list[str]] = field(default_factory=dict)
-    mq_loop: str | None = None  # as its process reported when ready (ReadyInfo)
-    # restart bookkeeping
-    restarts: int = 0
-    failures: int = 0
-    history: policy.RestartHistory = field(default_factory=policy.RestartHistory)
-    retry_at: float | None = None
-    restart_after_stop: bool = False
-    last_exit: str = ""
-    # the current run
-    stop: StopProgress | None = None
-    unhealthy: str | None = None  # why we killed it, when we did
-    liveness: Liveness = field(default_factory=Liveness)  # its probes' findings (health.py)
-    traffic: Traffic = field(default_factory=Traffic)  # across restarts, read on the probe tick
-    # A reload removes this instance once its process is gone, starting the successor if any.
-    retiring: bool = False
-    successor: Child | None = field(default=None, repr=False)
-    # Told of every transition (old, new, event): the event stream and metrics hang here.
-    observer: Callable[[Child, State, State, Event], None] | None = field(default=None, repr=False, compare=False)
+    """A plain class, not a dataclass (supervisor/__init__.py says why). Two children are equal
+    only when they are the same object: a child is a process's record, not a value."""
+
+    __slots__ = (
+        "config",
+        "device_name",
+        "control_endpoint",
+        "pickled",
+        "fingerprint",
+        "state",
+        "process",
+        "control",
+        "spawned_at",
+        "ready_at",
+        "ever_ready",
+        "endpoints",
+        "mq_loop",
+        "restarts",
+        "failures",
+        "history",
+        "retry_at",
+        "restart_after_stop",
+        "last_exit",
+        "stop",
+        "unhealthy",
+        "liveness",
+        "traffic",
+        "retiring",
+        "successor",
+        "observer",
+    )
+
+    def __init__(
+        self, config: DeviceConfig, device_name: str, control_endpoint: str, pickled: bytes, fingerprint: str = ""
+    ) -> None:
+        self.config = config
+        self.device_name = device_name  # the [devices.NAME] this instance belongs to
+        self.control_endpoint = control_endpoint
+        self.pickled = pickled
+        # What its process runs, as the file wrote it (books.fingerprint): an adopting supervisor
+        # restarts an adopted process whose fingerprint differs from the file's.
+        self.fingerprint = fingerprint
+        self.state = State.STOPPED
+        self.process: DeviceProcess | None = None
+        self.control: ControlChannel | None = None
+        self.spawned_at = 0.0
+        self.ready_at: float | None = None
+        self.ever_ready = False
+        self.endpoints: dict[str, list[str]] = {}
+        self.mq_loop: str | None = None  # as its process reported when ready (ReadyInfo)
+        # restart bookkeeping
+        self.restarts = 0
+        self.failures = 0
+        self.history = policy.RestartHistory()
+        self.retry_at: float | None = None
+        self.restart_after_stop = False
+        self.last_exit = ""
+        # the current run
+        self.stop: StopProgress | None = None
+        self.unhealthy: str | None = None  # why we killed it, when we did
+        self.liveness = Liveness()  # its probes' findings (health.py)
+        self.traffic = Traffic()  # across restarts, read on the probe tick
+        # A reload removes this instance once its process is gone, starting the successor if any.
+        self.retiring = False
+        self.successor: Child | None = None
+        # Told of every transition (old, new, event): the event stream and metrics hang here.
+        self.observer: Callable[[Child, State, State, Event], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Child({self.name!r}, {self.state.name}, pid={self.pid})"
 
     @property
     def name(self) -> str:

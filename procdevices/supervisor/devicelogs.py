@@ -29,9 +29,8 @@ import os
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from procdevices import runlayout
 from procdevices.logs import Log
@@ -47,8 +46,7 @@ RATE_MEMORY = 0.9  # per look, how much of a log's last growth rate is still bel
 _shifting = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Rotation:
+class Rotation(NamedTuple):
     max_bytes: int = MAX_BYTES
     backups: int = BACKUPS
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from procdevices.supervisor.config import DeviceConfig, Topology
 from procdevices.supervisor.policy import max_starting
@@ -43,8 +43,7 @@ class DescriptorLimit(Exception):
     """The topology needs more descriptors than the open-file limit allows; one line."""
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     processes: int
     needed: int
 

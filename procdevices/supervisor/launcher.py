@@ -13,10 +13,9 @@ import contextlib
 import functools
 import multiprocessing.process
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import zmq
 
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     import psutil
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(NamedTuple):
     """What psutil says about a device process right now."""
 
     rss: int | None

@@ -16,7 +16,6 @@ name, IPv6, abstract or wildcard ipc, other transports), the device binds as bef
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ipaddress
 import os
 import socket
@@ -44,10 +43,9 @@ class Listeners:
         def owned(role: str, spec: SocketSpec | None) -> SocketSpec | None:
             if spec is None:
                 return None
-            return dataclasses.replace(spec, bind=tuple(self._own(instance.name, role, e) for e in spec.bind))
+            return spec._replace(bind=tuple(self._own(instance.name, role, e) for e in spec.bind))
 
-        return dataclasses.replace(
-            instance,
+        return instance._replace(
             in_=owned("in", instance.in_) or instance.in_,
             out=owned("out", instance.out),
             mon=owned("mon", instance.mon),

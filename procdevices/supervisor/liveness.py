@@ -7,13 +7,12 @@ process and schedules its first probe). Everything else only reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from procdevices.supervisor import policy
 
 
-@dataclass
-class Blocked:
+class Blocked(NamedTuple):
     """The device's forwarding loop waits on a full peer (backpressure), as its last
     answered probe said."""
 
@@ -27,13 +26,15 @@ def next_slot(now: float, interval: float) -> float:
     return (int(now // interval) + 1) * interval
 
 
-@dataclass
 class Liveness:
-    probe: policy.ProbeState = field(default_factory=policy.ProbeState)
-    due: float | None = None  # when the next probe is due
-    in_flight: bool = False  # a PING is out and not answered yet
-    blocked: Blocked | None = None
-    paused: bool = False  # as the process's last answered PING said
+    __slots__ = ("probe", "due", "in_flight", "blocked", "paused")
+
+    def __init__(self) -> None:
+        self.probe = policy.ProbeState()
+        self.due: float | None = None  # when the next probe is due
+        self.in_flight = False  # a PING is out and not answered yet
+        self.blocked: Blocked | None = None
+        self.paused = False  # as the process's last answered PING said
 
     def schedule(self, now: float, interval: float) -> None:
         self.due = next_slot(now, interval)

@@ -20,8 +20,7 @@ import signal
 import socket as pysocket
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import zmq
 
@@ -62,8 +61,7 @@ class Supervised(Protocol):
     def flush(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class _Watch:
+class _Watch(NamedTuple):
     on_event: OnEvent
     # A quiet event (a probe answer) changes no timer, so with many devices most wake-ups
     # skip the walk over every child.

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "REAP_MARGIN",
@@ -47,34 +46,45 @@ class RestartPolicy(enum.Enum):
     NEVER = "never"
 
 
-@dataclass(frozen=True)
-class Backoff:
+# The records here are NamedTuples, as on the rest of `up`'s path (supervisor/__init__.py says why).
+
+
+class _BackoffFields(NamedTuple):
+    initial: float
+    max: float
+    factor: float
+
+
+class Backoff(_BackoffFields):
     """Exponential delay between restarts: initial, initial*factor, ... capped at max."""
 
-    initial: float = 0.05
-    max: float = 5.0
-    factor: float = 2.0
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
+    def __new__(cls, initial: float = 0.05, max: float = 5.0, factor: float = 2.0) -> Backoff:  # noqa: A002
         # Checked here so a bad config fails at load time, not at the first crash.
-        if self.initial < 0 or self.max < 0:
-            raise ValueError(f"backoff delays must be >= 0, got initial={self.initial} max={self.max}")
-        if self.factor < 1:
-            raise ValueError(f"backoff factor must be >= 1, got {self.factor}")
+        if initial < 0 or max < 0:
+            raise ValueError(f"backoff delays must be >= 0, got initial={initial} max={max}")
+        if factor < 1:
+            raise ValueError(f"backoff factor must be >= 1, got {factor}")
+        return super().__new__(cls, initial, max, factor)
 
 
-@dataclass(frozen=True)
-class Intensity:
+class _IntensityFields(NamedTuple):
+    max_restarts: int
+    within: float
+
+
+class Intensity(_IntensityFields):
     """Give up when more than ``max_restarts`` restarts happen within ``within`` seconds."""
 
-    max_restarts: int = 5
-    within: float = 30.0
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if self.max_restarts < 0:
-            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
-        if self.within <= 0:
-            raise ValueError(f"intensity window must be > 0 seconds, got {self.within}")
+    def __new__(cls, max_restarts: int = 5, within: float = 30.0) -> Intensity:
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
+        if within <= 0:
+            raise ValueError(f"intensity window must be > 0 seconds, got {within}")
+        return super().__new__(cls, max_restarts, within)
 
 
 # --------------------------------------------------------------------------
@@ -120,8 +130,7 @@ def backoff_delay(backoff: Backoff, consecutive_failures: int) -> float:
     return min(backoff.max, delay)
 
 
-@dataclass(frozen=True)
-class RestartHistory:
+class RestartHistory(NamedTuple):
     """Monotonic times of recent restarts, oldest first, trimmed to the intensity window."""
 
     times: tuple[float, ...] = ()
@@ -155,8 +164,7 @@ def consecutive_failures_after_exit(previous: int, run_seconds: float, stable_af
 ExitEventName = Literal["EXIT_RESTART", "EXIT_FINAL", "FAIL"]
 
 
-@dataclass(frozen=True)
-class ExitDecision:
+class ExitDecision(NamedTuple):
     """What to do after an exit; ``event_name`` is a ``states.Event`` member name.
 
     ``history`` and ``failures`` are the values the supervisor should keep for
@@ -327,8 +335,7 @@ def memory_exceeded(rss_bytes: int, limit: int | None) -> bool:
     return limit is not None and rss_bytes > limit
 
 
-@dataclass(frozen=True)
-class ProbeState:
+class ProbeState(NamedTuple):
     """Consecutive failed liveness probes of one child."""
 
     consecutive_failures: int = 0

@@ -16,10 +16,8 @@ that one is restarted under its new name).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from procdevices.control.protocol import ErrorCode, ProtocolError
 from procdevices.supervisor import fdplan
@@ -45,21 +43,22 @@ def runs_the_same(a: DeviceConfig, b: DeviceConfig) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in PROCESS_FIELDS)
 
 
-@dataclass(frozen=True)
-class Instance:
+class Instance(NamedTuple):
     device: str  # the [devices.NAME] it belongs to
     config: DeviceConfig  # the instance's own config (replica expanded)
 
 
-@dataclass
 class Plan:
-    unchanged: list[str] = field(default_factory=list)
-    updated: list[Instance] = field(default_factory=list)  # same process, new supervision settings
-    restarted: list[Instance] = field(default_factory=list)  # a new process with the new config
-    stopped: list[str] = field(default_factory=list)
-    started: list[Instance] = field(default_factory=list)
-    # A new instance that binds what a stopped one holds starts once that one has exited.
-    handovers: list[tuple[str, Instance]] = field(default_factory=list)
+    __slots__ = ("unchanged", "updated", "restarted", "stopped", "started", "handovers")
+
+    def __init__(self) -> None:
+        self.unchanged: list[str] = []
+        self.updated: list[Instance] = []  # same process, new supervision settings
+        self.restarted: list[Instance] = []  # a new process with the new config
+        self.stopped: list[str] = []
+        self.started: list[Instance] = []
+        # A new instance that binds what a stopped one holds starts once that one has exited.
+        self.handovers: list[tuple[str, Instance]] = []
 
     def summary(self) -> dict[str, list[str]]:
         return {
@@ -139,8 +138,8 @@ def scaled(topology: Topology, device: str, replicas: int) -> Topology:
     names = [d.name for d in topology.devices]
     if device not in names:
         raise ProtocolError(ErrorCode.NO_SUCH_DEVICE, f"no device named {device!r} (devices: {', '.join(names)})")
-    devices = tuple(dataclasses.replace(d, replicas=replicas) if d.name == device else d for d in topology.devices)
-    result = dataclasses.replace(topology, devices=devices)
+    devices = tuple(d._replace(replicas=replicas) if d.name == device else d for d in topology.devices)
+    result = topology._replace(devices=devices)
     try:
         result = rules.validate(result)
     except ConfigError as e:
@@ -188,7 +187,7 @@ def apply(result: Plan, supervisor: Changes, make_child: ChildFactory) -> dict[s
         child = supervisor.child_named(instance.config.name)
         # The new supervision settings; the process's own fields stay as the child resolved them.
         kept = {f: getattr(child.config, f) for f in PROCESS_FIELDS}
-        child.reconfigure(dataclasses.replace(instance.config, **kept))
+        child.reconfigure(instance.config._replace(**kept))
     for name, successor in restarted:
         supervisor.replace(supervisor.child_named(name), successor)
     for name in result.stopped:
@@ -200,13 +199,15 @@ def apply(result: Plan, supervisor: Changes, make_child: ChildFactory) -> dict[s
     return result.summary()
 
 
-@dataclass
 class SupervisorChanges:
     """What a reload changes in ``[supervisor]``, by each key's ``on_reload``."""
 
-    refused: list[str] = field(default_factory=list)  # a reload that changes these changes nothing
-    live: list[str] = field(default_factory=list)  # the supervisor applies these at once
-    next_up: list[str] = field(default_factory=list)  # read once at `up`: reported, not applied
+    __slots__ = ("refused", "live", "next_up")
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []  # a reload that changes these changes nothing
+        self.live: list[str] = []  # the supervisor applies these at once
+        self.next_up: list[str] = []  # read once at `up`: reported, not applied
 
 
 def supervisor_changes(old: SupervisorConfig, new: SupervisorConfig) -> SupervisorChanges:

@@ -30,9 +30,8 @@ import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from procdevices import runlayout
 from procdevices.control.client import ControlClient
@@ -104,8 +103,7 @@ def current_run_token() -> str | None:
 # -- the state file ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DeviceRecord:
+class DeviceRecord(NamedTuple):
     name: str
     pid: int
     create_time: float
@@ -113,13 +111,12 @@ class DeviceRecord:
     # What an adopting supervisor resumes from (supervisor/adoption.py): the [devices.NAME]
     # the instance belongs to, what its process runs (a fingerprint of the file's instance),
     # and its bookkeeping (restarts, history, traffic, listening sockets), checked there.
-    device: str | None = None
-    fingerprint: str | None = None
-    books: dict[str, Any] = field(default_factory=dict)
+    device: str | None
+    fingerprint: str | None
+    books: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RunState:
+class RunState(NamedTuple):
     token: str | None
     devices: tuple[DeviceRecord, ...]
 
@@ -178,11 +175,8 @@ def _one_line(e: BaseException) -> str:
 # -- the run directory ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunDir:
+class RunDir(NamedTuple):
     path: Path
-    # Where a failed state write is reported instead of raised (the supervisor goes on without
-    # its state file); each distinct failure once, and once when writing works again.
 
     @property
     def control_endpoint(self) -> str:

@@ -8,7 +8,6 @@ Topology ──child_factory──► [Child] ──► Supervisor ◄── Eve
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -50,7 +49,7 @@ def child_factory(run_dir: RunDir, listeners: Listeners, log: Log) -> ChildFacto
         except OSError as e:
             # The device will try itself, and report the failure as a setup error (FATAL).
             log(f"{instance.name}: {e}; the device will bind by itself", device=instance.name, level=logging.WARNING)
-            instance = dataclasses.replace(instance, own_sockets=False)
+            instance = instance._replace(own_sockets=False)
         endpoint = run_dir.device_control_endpoint(instance.name)
         return Child(instance, device, endpoint, pickle_device(build_device(instance, endpoint)), fingerprint)
 

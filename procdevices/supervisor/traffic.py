@@ -10,7 +10,6 @@ times are passed in.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 COUNTERS = (
     "front_msgs_in",
@@ -39,11 +38,16 @@ def parse_counters(value: object) -> dict[str, int] | None:
     return counters
 
 
-@dataclass
 class Traffic:
-    ended: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    current: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    samples: deque[tuple[float, dict[str, int]]] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))
+    """A device's counters across its processes: those of the ended ones, the current one's,
+    and recent samples of the totals for the rates."""
+
+    __slots__ = ("ended", "current", "samples")
+
+    def __init__(self, ended: dict[str, int] | None = None) -> None:
+        self.ended = dict.fromkeys(COUNTERS, 0) if ended is None else ended
+        self.current = dict.fromkeys(COUNTERS, 0)
+        self.samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW)
 
     def observe(self, counters: dict[str, int], now: float) -> None:
         """The current process reported ``counters`` at ``now``."""

@@ -299,9 +299,7 @@ def sockets_from_topology(
         if device is None:
             continue
         if int(index) >= device.replicas:
-            import dataclasses
-
-            device = dataclasses.replace(device, replicas=int(index) + 1)
+            device = device._replace(replicas=int(index) + 1)
         instance = device.replica(int(index))
         found[name] = {
             role: SocketTopology(spec.type_name, tuple(spec.bind), tuple(spec.connect), instance.host)

@@ -9,7 +9,6 @@ like a Child or Liveness field, on a variable that holds a Child (``child``, ``s
 from __future__ import annotations
 
 import ast
-import dataclasses
 from pathlib import Path
 
 from support.astwrites import attribute_writes
@@ -19,8 +18,8 @@ from procdevices.supervisor.liveness import Liveness
 
 PACKAGE = Path(__file__).resolve().parents[2] / "procdevices"
 OWNERS = {PACKAGE / "supervisor" / "child.py", PACKAGE / "supervisor" / "liveness.py"}
-CHILD_FIELDS = {f.name for f in dataclasses.fields(Child)}
-LIVENESS_FIELDS = {f.name for f in dataclasses.fields(Liveness)}
+CHILD_FIELDS = set(Child.__slots__)
+LIVENESS_FIELDS = set(Liveness.__slots__)
 CHILD_NAMES = {"child", "successor", "c"}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +174,9 @@ def test_this_host_by_name_by_address_or_an_error_naming_the_choices(tmp_path: P
         this_host(topology, "z")
     with pytest.raises(HostChoiceError, match=r"none of them has an address of this machine.*\(a, b, c\)"):
         this_host(topology, None)  # no 10.77.0.x here
-    local = dataclasses.replace(
-        topology, hosts=(dataclasses.replace(topology.hosts[0], address="127.0.0.1"), *topology.hosts[1:])
-    )
+    local = topology._replace(hosts=(topology.hosts[0]._replace(address="127.0.0.1"), *topology.hosts[1:]))
     assert this_host(local, None) == local.hosts[0]
-    both = dataclasses.replace(local, hosts=(local.hosts[0], dataclasses.replace(local.hosts[1], address="127.0.0.1")))
+    both = local._replace(hosts=(local.hosts[0], local.hosts[1]._replace(address="127.0.0.1")))
     with pytest.raises(HostChoiceError, match="a, b all have an address of this machine"):
         this_host(both, None)
 

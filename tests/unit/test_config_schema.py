@@ -4,7 +4,6 @@ them must match the code: SETTINGS, DeviceConfig's defaults, KIND_TABLE, policy.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -124,17 +123,16 @@ def test_doc_lists_the_keys_allowed_in_defaults() -> None:
 
 
 def test_model_defaults_are_the_table_defaults() -> None:
-    fields = {f.name: f for f in dataclasses.fields(DeviceConfig)}
+    defaults = DeviceConfig._field_defaults
     for setting in DEVICE_SETTINGS:
         if setting.group is None:
-            assert fields[setting.path].default == setting.default, setting.path
+            assert defaults[setting.path] == setting.default, setting.path
         else:
             group_default = GROUP_TYPES[setting.group]()
             assert getattr(group_default, setting.field) == setting.default, setting.path
-            assert fields[setting.group].default == group_default, setting.group
-    supervisor_fields = {f.name: f for f in dataclasses.fields(SupervisorConfig)}
+            assert defaults[setting.group] == group_default, setting.group
     pool_size = next(s for s in SETTINGS if s.path == "pool_size")
-    assert supervisor_fields["pool_size"].default == pool_size.default
+    assert SupervisorConfig._field_defaults["pool_size"] == pool_size.default
 
 
 def test_doc_backoff_sequence_is_policy_backoff_delay() -> None:

@@ -5,7 +5,6 @@ written against a mutant that survived scripts/mutation.sh."""
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ def test_a_metrics_change_is_reported_not_applied_and_the_new_file_is_the_refere
     }
     first = topology({"pipe": binds, "other": {}}, tmp_path)
     second = topology({"pipe": {"replicas": 2, **binds}, "other": {}}, tmp_path)
-    second = dataclasses.replace(second, supervisor=dataclasses.replace(second.supervisor, metrics="127.0.0.1:0"))
+    second = second._replace(supervisor=second.supervisor._replace(metrics="127.0.0.1:0"))
     files = [first]
     harness = Harness(first, load=lambda path: files[0]).start()
     files[0] = second

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def test_a_shared_endpoint_stays_open_until_its_last_owner_goes(short_tmp: Path)
     (one,) = topology({"pipe": {}}, short_tmp).instances()
     listeners = Listeners()
     listeners.own(one)
-    renamed = dataclasses.replace(one, name="pipe.0")
+    renamed = one._replace(name="pipe.0")
     listeners.own(renamed)  # a reload hands pipe's addresses to pipe.0
     listeners.release("pipe")
     assert listeners.for_instance("pipe.0"), "the successor lost its sockets"

@@ -18,7 +18,7 @@ from procdevices.supervisor.config.settings import split_host_port
 from procdevices.supervisor.launcher import DeviceProcess
 from procdevices.supervisor.metrics import Metrics, start_metrics
 from procdevices.supervisor.metricserror import MetricsUnavailable
-from procdevices.supervisor.traffic import COUNTERS
+from procdevices.supervisor.traffic import COUNTERS, Traffic
 
 
 class FakeUsage:
@@ -170,10 +170,13 @@ def test_a_device_that_cannot_be_read_is_left_out_of_one_scrape_only(
     metrics, scrape = wired(two)
     two.ready("a", "b")
 
-    def broken() -> dict[str, int]:
-        raise RuntimeError("mid-update")
+    class Unreadable(Traffic):
+        __slots__ = ()
 
-    monkeypatch.setattr(two.child("a").traffic, "totals", broken)
+        def totals(self) -> dict[str, int]:
+            raise RuntimeError("mid-update")
+
+    monkeypatch.setattr(two.child("a"), "traffic", Unreadable())
     text = prometheus_client.generate_latest(metrics.registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     up = {s.labels["instance"]: s.value for s in families["procdevices_device_up"].samples}

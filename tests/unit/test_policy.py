@@ -5,8 +5,6 @@ The clock is plain floats: no sleeps, no processes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from procdevices.supervisor.policy import (
@@ -43,7 +41,7 @@ def test_restart_policy_values_match_config_spelling() -> None:
 def test_defaults_and_frozen() -> None:
     assert Backoff() == Backoff(initial=0.05, max=5.0, factor=2.0)
     assert Intensity() == Intensity(max_restarts=5, within=30.0)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         Backoff().initial = 1.0  # type: ignore[misc]
 
 

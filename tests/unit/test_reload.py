@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import signal
 from pathlib import Path
@@ -251,12 +250,12 @@ def resolving_ports(instance: DeviceConfig, device: str) -> Child:
     def resolve(spec: SocketSpec | None) -> SocketSpec | None:
         if spec is None:
             return None
-        return dataclasses.replace(
-            spec, bind=tuple(e.replace(":*", f":{next(ports)}") if e.endswith(":*") else e for e in spec.bind)
+        return spec._replace(
+            bind=tuple(e.replace(":*", f":{next(ports)}") if e.endswith(":*") else e for e in spec.bind)
         )
 
-    resolved = dataclasses.replace(
-        instance, in_=resolve(instance.in_) or instance.in_, out=resolve(instance.out), mon=resolve(instance.mon)
+    resolved = instance._replace(
+        in_=resolve(instance.in_) or instance.in_, out=resolve(instance.out), mon=resolve(instance.mon)
     )
     return make_child(resolved, device)
 
@@ -298,7 +297,7 @@ def test_every_device_setting_says_what_a_reload_of_it_means() -> None:
     from procdevices.supervisor.config import settings
 
     classified = settings.device_field_on_reload()
-    fields = sorted(f.name for f in dataclasses.fields(DeviceConfig))
+    fields = sorted(DeviceConfig._fields)
     assert sorted(classified) == fields, "a DeviceConfig field without a settings row or STRUCTURE_ON_RELOAD entry"
     unclassified = sorted(name for name, how in classified.items() if how is None)
     assert unclassified == [], f"settings rows without (or with disagreeing) on_reload: {unclassified}"
@@ -321,14 +320,14 @@ def test_a_supervisor_key_read_once_at_up_is_reported_not_applied(tmp_path: Path
     from procdevices.supervisor import reload
 
     old = topology({"a": {}}, tmp_path).supervisor
-    new = dataclasses.replace(old, device_log_backups=7, start_method=StartMethod.FORKSERVER, pool_size=5)
+    new = old._replace(device_log_backups=7, start_method=StartMethod.FORKSERVER, pool_size=5)
     changes = reload.supervisor_changes(old, new)
     assert (changes.next_up, changes.live, changes.refused) == (
         ["device_log_backups", "start_method"],
         ["pool_size"],
         [],
     )
-    moved = reload.supervisor_changes(old, dataclasses.replace(old, run_dir=tmp_path / "elsewhere"))
+    moved = reload.supervisor_changes(old, old._replace(run_dir=tmp_path / "elsewhere"))
     assert moved.refused == ["run_dir"]
 
 

@@ -1,6 +1,7 @@
 """What `up` imports before it runs a device: not the metrics server's libraries unless a
 metrics server is configured (docs/performance.md, "Session 5"); nothing that only other
-commands use, or that `up` needs only once its first devices are spawned ("Session 8").
+commands use, or that `up` needs only once its first devices are spawned ("Session 8"); no
+``dataclasses`` at all ("Session 11").
 
 prometheus_client brings http.server, wsgiref, urllib.request, email and ssl: ~0.1 s of
 `up`'s CPU at every start, paid before its first device is spawned. service.py imports
@@ -29,6 +30,10 @@ LATER = (
     "zmq.auth",
 )
 
+#: Modules nothing on `up`'s path imports at all: ``dataclasses`` and what it brings (~6 ms),
+#: and the ~0.6 ms each of its records costs to create (supervisor/__init__.py).
+HEAVY = ("dataclasses", "inspect", "ast", "dis")
+
 #: Modules `up` must not import while no metrics server is configured.
 METRICS_ONLY = ("prometheus_client", "http.server", "wsgiref", "procdevices.supervisor.metrics")
 
@@ -54,6 +59,11 @@ def test_up_imports_nothing_it_needs_only_later() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_up_imports_no_dataclasses() -> None:
+    assert sorted(imported_by(UP_PATH).intersection(HEAVY)) == []
+
+
+@pytest.mark.timeout(60)
 def test_the_later_modules_exist() -> None:
     # A misspelt name above would make the test before it pass for nothing.
     imported_by(list(LATER))
@@ -76,7 +86,7 @@ print(json.dumps([command, sorted(sys.modules)]))
 def test_parsing_ups_command_line_imports_nothing_it_needs_only_later() -> None:
     command, modules = probe(_PARSE_UP)
     assert command == "up"
-    assert sorted(set(modules).intersection(LATER)) == []
+    assert sorted(set(modules).intersection(LATER + HEAVY)) == []
 
 
 def test_up_modules_names_every_module_up_imports_itself() -> None:

@@ -3,12 +3,12 @@
 Everything is validated here, completely, before the supervisor starts a single
 process: a :class:`ConfigError` names the file, the dotted key path of the
 offending value and the reason, on one printable line. The result is a tree of
-frozen dataclasses.
+NamedTuples (supervisor/__init__.py says why not dataclasses).
 
 Modules, one job each:
 
 - ``errors``: ConfigError, key paths, one-line escaping;
-- ``model``: the dataclasses (Topology, DeviceConfig, SocketSpec, ...);
+- ``model``: the records (Topology, DeviceConfig, SocketSpec, ...);
 - ``settings``: THE table of scalar settings (types, ranges, defaults, scope);
 - ``kinds``: THE table of device kinds (also read by ``build.py``);
 - ``sockets``: a socket table and its options;

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from procdevices import runlayout
 from procdevices.supervisor.config.errors import Invalid, expected, join_key, show
@@ -89,8 +89,7 @@ def check_expanded(expanded: str, template: str, key: str, *, bind: bool) -> Non
 # Binds across the topology
 
 
-@dataclass(frozen=True)
-class _Bind:
+class _Bind(NamedTuple):
     """One expanded bind endpoint and where it comes from."""
 
     endpoint: str

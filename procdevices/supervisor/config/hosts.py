@@ -20,7 +20,6 @@ connection hanging (libzmq has no keepalive of its own by default).
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import pathlib
@@ -365,8 +364,8 @@ def resolve_references(
                     )
                     if o not in present
                 )
-            changes[_field(role)] = dataclasses.replace(spec, connect=tuple(connect), sockopts=sockopts)
-        resolved.append(dataclasses.replace(device, **changes) if changes else device)
+            changes[_field(role)] = spec._replace(connect=tuple(connect), sockopts=sockopts)
+        resolved.append(device._replace(**changes) if changes else device)
     return tuple(resolved), tuple(references)
 
 
@@ -398,8 +397,8 @@ def unresolve_references(
                     + [text]
                     + [e for e in connect[where:] if e not in ref.endpoints]
                 )
-            changes[_field(role)] = dataclasses.replace(spec, connect=tuple(connect))
-        result.append(dataclasses.replace(device, **changes) if changes else device)
+            changes[_field(role)] = spec._replace(connect=tuple(connect))
+        result.append(device._replace(**changes) if changes else device)
     return tuple(result), kept
 
 
@@ -517,7 +516,7 @@ def select_host(topology: Topology, host: HostConfig | None) -> Topology:
     """The part of ``topology`` one host runs: its devices (None: the whole topology)."""
     if host is None:
         return topology
-    return dataclasses.replace(topology, devices=tuple(d for d in topology.devices if d.host == host.name))
+    return topology._replace(devices=tuple(d for d in topology.devices if d.host == host.name))
 
 
 def host_of(topology: Topology, device: str) -> HostConfig | None:

@@ -7,7 +7,7 @@ yet, a new :class:`Factory` member and its branch in ``build.py``).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import zmq
 
@@ -31,8 +31,7 @@ class Factory(enum.Enum):
     MONITORED_QUEUE = "monitored_queue"  # ProcessMonitoredQueue
 
 
-@dataclass(frozen=True)
-class KindSpec:
+class KindSpec(NamedTuple):
     name: str
     in_type: str  # default socket types, as SOCKET_TYPE_NAMES
     out_type: str

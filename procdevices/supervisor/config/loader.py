@@ -1,5 +1,5 @@
 """Load a topology: walk the TOML tables, using the settings and kinds tables,
-the socket parser and the cross-field rules, and build the dataclasses.
+the socket parser and the cross-field rules, and build the records (model.py).
 
 Everything is validated before the supervisor starts a single process. The
 only side effect is the libzmq trial (a throw-away socket in a private
@@ -8,7 +8,6 @@ context, see ``libzmq_trial``); no process is started, no file written.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import re
@@ -287,9 +286,7 @@ class _Loader:
 
         if spec.subscribe_all and in_spec.type == zmq.SUB:
             if not any(opt == zmq.SocketOption.SUBSCRIBE for opt, _ in in_spec.sockopts):
-                in_spec = dataclasses.replace(
-                    in_spec, sockopts=in_spec.sockopts + ((int(zmq.SocketOption.SUBSCRIBE), b""),)
-                )
+                in_spec = in_spec._replace(sockopts=in_spec.sockopts + ((int(zmq.SocketOption.SUBSCRIBE), b""),))
 
         prefixes: dict[str, bytes] = {}
         for pname in ("in_prefix", "out_prefix"):
@@ -325,4 +322,4 @@ class _Loader:
     def socket(self, value: object, prefix: str, default_type: str) -> SocketSpec:
         value, curve = hosts.take_curve(value, prefix, self.cluster)  # `curve = "server"`: multi-host
         spec = parse_socket(value, prefix, default_type, os.fspath(self.base_dir), self.trial)
-        return dataclasses.replace(spec, sockopts=spec.sockopts + curve) if curve else spec
+        return spec._replace(sockopts=spec.sockopts + curve) if curve else spec

@@ -1,4 +1,5 @@
-"""The validated topology: a tree of frozen dataclasses, nothing else.
+"""The validated topology: a tree of NamedTuples, nothing else (supervisor/__init__.py says
+why not dataclasses).
 
 Defaults here must equal the rows of ``settings.SETTINGS``; a test holds them
 together (``tests/unit/test_config_schema.py``).
@@ -6,12 +7,10 @@ together (``tests/unit/test_config_schema.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import functools
 import pathlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import zmq
 
@@ -44,8 +43,7 @@ BackoffPolicy = Backoff
 REPLICA = "{replica}"
 
 
-@dataclass(frozen=True)
-class SocketSpec:
+class SocketSpec(NamedTuple):
     """One socket of a device."""
 
     type: int
@@ -62,15 +60,13 @@ class SocketSpec:
 
     def _for_replica(self, index: int) -> SocketSpec:
         value = str(index)
-        return dataclasses.replace(
-            self,
+        return self._replace(
             bind=tuple(ep.replace(REPLICA, value) for ep in self.bind),
             connect=tuple(ep.replace(REPLICA, value) for ep in self.connect),
         )
 
 
-@dataclass(frozen=True)
-class ProbeSpec:
+class ProbeSpec(NamedTuple):
     """Liveness probing: ``failures`` consecutive failed probes mark a device hung."""
 
     interval: float = 1.0
@@ -78,8 +74,7 @@ class ProbeSpec:
     failures: int = 3
 
 
-@dataclass(frozen=True)
-class DeviceConfig:
+class DeviceConfig(NamedTuple):
     name: str
     kind: str
     in_: SocketSpec
@@ -117,8 +112,7 @@ class DeviceConfig:
         def expand(spec: SocketSpec | None) -> SocketSpec | None:
             return None if spec is None else spec._for_replica(index)
 
-        return dataclasses.replace(
-            self,
+        return self._replace(
             name=self.instance_name(index),
             in_=self.in_._for_replica(index),
             out=expand(self.out),
@@ -132,13 +126,8 @@ class DeviceConfig:
         return f"{self.name}.{index}" if self.replicas > 1 else self.name
 
     def instances(self) -> tuple[DeviceConfig, ...]:
-        return self._instances
-
-    @functools.cached_property
-    def _instances(self) -> tuple[DeviceConfig, ...]:
-        # Kept once made: `up` asks for them several times while it starts (checks, fd plan,
-        # stale sockets, children), and each replica is a dataclasses.replace (~0.1 ms). Not a
-        # field: no part of equality, and a frozen dataclass's cached_property still works.
+        # Made again at each call (`up` asks several times while it starts: checks, fd plan,
+        # stale sockets, children): a replica is a few _replace calls, microseconds each.
         return tuple(self.replica(i) for i in range(self.replicas))
 
 
@@ -149,8 +138,7 @@ class StartMethod(enum.Enum):
     FORKSERVER = "forkserver"
 
 
-@dataclass(frozen=True)
-class SupervisorConfig:
+class SupervisorConfig(NamedTuple):
     run_dir: pathlib.Path
     pool_size: int = 2
     metrics: str | None = None  # "HOST:PORT" to serve Prometheus metrics on; None: off
@@ -165,8 +153,7 @@ class SupervisorConfig:
         return runlayout.supervisor_endpoint(self.run_dir)
 
 
-@dataclass(frozen=True)
-class HostConfig:
+class HostConfig(NamedTuple):
     """``[hosts.NAME]``: one machine of a multi-host topology (docs/multihost.md)."""
 
     name: str
@@ -174,15 +161,13 @@ class HostConfig:
     control: str | None = None  # tcp endpoint where this host's supervisor serves other hosts
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(NamedTuple):
     """``[cluster]``: what every host shares."""
 
     keys: pathlib.Path | None = None  # the directory `procdevices keys generate` wrote
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """One ``"@DEVICE.ROLE"`` in a connect list, and what it resolved to."""
 
     device: str  # the connecting device
@@ -192,8 +177,7 @@ class Reference:
     endpoints: tuple[str, ...]  # every endpoint the target binds, as seen from the connecting host
 
 
-@dataclass(frozen=True)
-class Topology:
+class Topology(NamedTuple):
     source: str
     supervisor: SupervisorConfig
     devices: tuple[DeviceConfig, ...]

@@ -26,7 +26,6 @@ with exactly the message ``check`` gives for a file that asks for it. The rules:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import stat
@@ -65,7 +64,7 @@ def validate(topology: Topology) -> Topology:
             )
     except Invalid as exc:
         raise ConfigError(topology.source, exc.key, exc.reason) from None
-    return dataclasses.replace(topology, devices=devices, references=kept + references)
+    return topology._replace(devices=devices, references=kept + references)
 
 
 def check(

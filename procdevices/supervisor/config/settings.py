@@ -9,7 +9,7 @@ merging of defaults, and the keyword arguments of ``DeviceConfig``. The table
 in docs/configuration.md is checked against it (tests/unit/test_config_schema.py).
 
 Recipe, a new device setting: add a row (with its ``on_reload``), add the field (same
-default) to ``DeviceConfig`` (or to its sub-table's dataclass), use it, document it.
+default) to ``DeviceConfig`` (or to its sub-table's record), use it, document it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from procdevices import runlayout
 from procdevices.supervisor.config.errors import Invalid, as_table, check_keys, expected, one_of, show, suggest
@@ -78,8 +77,7 @@ class Scope(enum.Enum):
     DEVICE = "device"  # in a device, or in [supervisor.defaults]
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     path: str  # "stop_timeout", or "group.field" inside a sub-table
     value_type: ValueType
     default: object  # None: no default (unset means "off")
@@ -197,7 +195,7 @@ SETTINGS: tuple[Setting, ...] = (
 DEVICE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope is Scope.DEVICE)
 SUPERVISOR_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope is Scope.SUPERVISOR)
 
-#: The dataclass each sub-table becomes in DeviceConfig.
+#: The record each sub-table becomes in DeviceConfig.
 GROUP_TYPES: dict[str, type[Any]] = {"backoff": BackoffPolicy, "intensity": Intensity, "probe": ProbeSpec}
 
 #: Keys a device (or [supervisor.defaults]) may hold because of the table, in table order.
@@ -389,8 +387,7 @@ def _memory(setting: Setting, value: object, key: str) -> int:
 # A table of settings: parse, merge, turn into DeviceConfig fields.
 
 
-@dataclass(frozen=True)
-class Values:
+class Values(NamedTuple):
     """The settings one table sets explicitly (by path), and the sub-tables it contains."""
 
     prefix: str
@@ -433,7 +430,7 @@ def group_origin(group: str, defaults: Values, device: Values) -> str:
 
 
 def device_fields(resolved: Mapping[str, object]) -> dict[str, Any]:
-    """DeviceConfig keyword arguments from resolved settings (sub-tables as their dataclasses)."""
+    """DeviceConfig keyword arguments from resolved settings (sub-tables as their records)."""
     fields: dict[str, Any] = {}
     grouped: dict[str, dict[str, object]] = {group: {} for group in GROUP_TYPES}
     for setting in DEVICE_SETTINGS:
