@@ -8,6 +8,7 @@ or after the command. A bad option of a command prints that command's usage; a b
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -244,6 +245,25 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument("--log-level", choices=logs.LEVELS, default=default("info"), help="least severe level logged")
 
 
+def terminal_columns() -> int:
+    """The width help is written to, as argparse reads it (``shutil.get_terminal_size``:
+    ``$COLUMNS``, else the terminal on stdout, else 80). Read here because argparse's formatter
+    imports shutil for it, and shutil bz2 and lzma: ~3 ms of every command's start, `up`'s
+    before its first device (docs/performance.md, "Session 11")."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    if sys.__stdout__ is None:
+        return 80
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (ValueError, OSError):  # not a terminal, or closed
+        return 80
+
+
 def build_parser(
     prog: str | None = None, *, only: str | None = None
 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -251,11 +271,12 @@ def build_parser(
     that names its command is parsed exactly as by the whole parser, without building (and
     importing the modules of) the two dozen others."""
     prog = prog or program_name()
+    width = terminal_columns() - 2  # as argparse's formatter takes it
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run ZeroMQ devices from a TOML topology, keep them alive, steer them.",
         epilog=examples(prog),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=functools.partial(argparse.RawDescriptionHelpFormatter, width=width),
     )
     parser.add_argument("--version", action=_Version, help="show the versions (and the forwarding loops) and exit")
     _global_options(parser, suppress=False)
@@ -264,7 +285,12 @@ def build_parser(
     for command in COMMANDS:
         if only is not None and command.name != only:
             continue
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            formatter_class=functools.partial(argparse.HelpFormatter, width=width),
+        )
         _global_options(p, suppress=True)
         if command.name_arg == "required":
             p.add_argument("name", help=NAME_HELP)

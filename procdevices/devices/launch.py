@@ -14,7 +14,7 @@ import pickle
 import sys
 import threading
 from collections.abc import Iterator
-from multiprocessing import resource_tracker, spawn
+from multiprocessing import spawn
 from multiprocessing.process import BaseProcess
 from typing import Any, NamedTuple
 
@@ -141,7 +141,9 @@ def terminal_signals_blocked() -> Iterator[None]:
     by itself)."""
     # multiprocessing starts its resource tracker with the first process, and *unblocks*
     # SIGINT in this thread when it has: start it before blocking, or that first process
-    # would start unprotected.
+    # would start unprotected. Imported here: a device spawnproc starts never needs it.
+    from multiprocessing import resource_tracker
+
     resource_tracker.ensure_running()
     with signals_blocked():
         yield

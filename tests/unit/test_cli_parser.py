@@ -96,3 +96,15 @@ def _namespace(argv: list[str]) -> argparse.Namespace:
 
 def test_options_before_and_after_the_command_agree() -> None:
     assert _namespace(["-c", "a.toml", "up"]).config == _namespace(["up", "-c", "a.toml"]).config == "a.toml"
+
+
+@pytest.mark.parametrize("columns", ["57", "200", "", "0", "-3", "wide"])
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    # The parsers size their formatters themselves (main.terminal_columns), so that argparse
+    # does not import shutil: the help must be what argparse's own sizing writes.
+    monkeypatch.setenv("COLUMNS", columns)
+    parser, commands = main.build_parser("procdevices", only="up")
+    ours = parser.format_help(), commands["up"].format_help()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    commands["up"].formatter_class = argparse.HelpFormatter
+    assert ours == (parser.format_help(), commands["up"].format_help())

@@ -18,7 +18,8 @@ from procdevices.cli.serve import UP_MODULES
 #: Modules `up` must not import before its first spawn: every millisecond of its CPU there
 #: delays every device (a second core idles meanwhile). The other commands' modules (cli/main.py
 #: imports a command's module when it runs); psutil, which follows spawned devices; tempfile,
-#: difflib, zmq.auth: a run dir to create, a misspelt key, a host's CURVE keys.
+#: difflib, zmq.auth: a run dir to create, a misspelt key, a host's CURVE keys; shutil, which
+#: argparse's formatter imports to size itself unless told the width (cli/main.py).
 LATER = (
     "procdevices.cli.client",
     "procdevices.cli.tap",
@@ -28,6 +29,7 @@ LATER = (
     "tempfile",
     "difflib",
     "zmq.auth",
+    "shutil",
 )
 
 #: Modules nothing on `up`'s path imports at all: ``dataclasses`` and what it brings (~6 ms),
