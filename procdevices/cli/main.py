@@ -260,7 +260,7 @@ def terminal_columns() -> int:
         return 80
     try:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
-    except (ValueError, OSError):  # not a terminal, or closed
+    except (AttributeError, ValueError, OSError):  # no fileno, not a terminal, or closed
         return 80
 
 

@@ -132,8 +132,7 @@ class Metrics:
         )
         for child in supervisor.children:
             self.rtt.labels(*_labels(child))  # every instance has a histogram from the start
-        # Instances by id(): a Child is not hashable, and a successor after a reload is a new
-        # Child even under the same name.
+        # Instances by id(): a successor after a reload is a new Child even under the same name.
         self._seen = {id(c) for c in supervisor.children}
         self._rtt_labels = {_labels(c) for c in supervisor.children}
         self.collector = DeviceCollector(supervisor, self.usage, log)

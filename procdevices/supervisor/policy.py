@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import enum
 import signal
-from typing import Literal, NamedTuple
+from collections.abc import Iterable
+from typing import Any, Literal, NamedTuple, Self
 
 __all__ = [
     "REAP_MARGIN",
@@ -68,6 +69,10 @@ class Backoff(_BackoffFields):
             raise ValueError(f"backoff factor must be >= 1, got {factor}")
         return super().__new__(cls, initial, max, factor)
 
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]  # mypy sees a generic _cls
+        return cls(*iterable)  # checked: _replace (copy.replace on 3.13) builds through _make
+
 
 class _IntensityFields(NamedTuple):
     max_restarts: int
@@ -85,6 +90,10 @@ class Intensity(_IntensityFields):
         if within <= 0:
             raise ValueError(f"intensity window must be > 0 seconds, got {within}")
         return super().__new__(cls, max_restarts, within)
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]  # mypy sees a generic _cls
+        return cls(*iterable)
 
 
 # --------------------------------------------------------------------------

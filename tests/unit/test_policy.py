@@ -5,6 +5,8 @@ The clock is plain floats: no sleeps, no processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from procdevices.supervisor.policy import (
@@ -55,6 +57,21 @@ def test_backoff_rejects_nonsense(kwargs: dict[str, float]) -> None:
 def test_intensity_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Intensity(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda: Backoff()._replace(factor=0.5),
+        lambda: Backoff._make([-1.0, 5.0, 2.0]),
+        lambda: Intensity()._replace(within=0.0),
+        lambda: Intensity._make([-1, 30.0]),
+    ],
+)
+def test_a_changed_copy_is_checked_too(change: Callable[[], object]) -> None:
+    # As dataclasses.replace re-ran the checks when these were dataclasses.
+    with pytest.raises(ValueError):
+        change()
 
 
 # --- should_restart ------------------------------------------------------------
