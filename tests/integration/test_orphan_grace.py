@@ -4,7 +4,6 @@ cleanly. Real `up`, real device processes, real traffic."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from support.cli import Up, connect, recv_within, wait_gone, write_topology
+from support.cli import Up, connect, recorded_state, recv_within, wait_gone, write_topology
 
 from procdevices.control.client import ControlClient
 from procdevices.control.protocol import Command
@@ -48,7 +47,7 @@ def _device(up: Up) -> tuple[psutil.Process, str]:
 
 
 def _token(up: Up) -> str:
-    token = json.loads((up.directory / "run" / "state.json").read_text())["token"]
+    token = recorded_state(up.directory / "run", lambda state: "token" in state, "with the run's token")["token"]
     assert isinstance(token, str)
     return token
 

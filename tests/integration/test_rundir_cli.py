@@ -11,10 +11,11 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
-from support.cli import RUN_DIR, Up, cli, describe, write_topology
+from support.cli import RUN_DIR, Up, cli, describe, recorded_state, write_topology
 from support.topologies import PIPELINE
 from test_rundir_state import CORRUPT_STATES, start_sleep
 
@@ -56,6 +57,13 @@ def test_check_passes_and_up_runs_with_a_fresh_run_dir(config: Path) -> None:
 # -- corrupt state ----------------------------------------------------------------------------
 
 
+def _records(state: dict[str, Any], pid: int) -> bool:
+    """Whether a state file records the device ``pipe`` as process ``pid``."""
+    devices = state.get("devices")
+    record = devices.get("pipe") if isinstance(devices, dict) else None
+    return isinstance(record, dict) and record.get("pid") == pid
+
+
 @pytest.mark.parametrize("content", [c for _, c in CORRUPT_STATES], ids=[i for i, _ in CORRUPT_STATES])
 @pytest.mark.timeout(60)
 def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, content: bytes) -> None:
@@ -63,14 +71,14 @@ def test_up_starts_despite_a_corrupt_state_file_with_one_warning(config: Path, c
     run_dir.mkdir(mode=0o700)
     (run_dir / "state.json").write_bytes(content)
     with Up(config) as up:
-        up.wait_states()
+        pid = up.wait_states()["pipe"]["pid"]
         warnings = [line for line in up.log().splitlines() if "corrupt state file" in line]
         assert len(warnings) == 1 and warnings[0].split(" ", 1)[1].startswith(
             f"WARNING procdevices: ignoring corrupt state file {run_dir}/state.json: "
         ), up.log_tail()
         assert "Traceback" not in up.log()
         # The running supervisor has replaced it with its own, valid state.
-        recorded = json.loads((run_dir / "state.json").read_text())
+        recorded = recorded_state(run_dir, lambda state: _records(state, pid), f"naming pipe's pid {pid}")
         assert set(recorded["devices"]) == {"pipe"}
 
 
@@ -158,8 +166,7 @@ def test_up_stops_a_real_leftover_that_carries_the_recorded_token(config: Path) 
 def test_the_devices_carry_the_token_recorded_in_the_state_file(config: Path) -> None:
     with Up(config) as up:
         pid = up.wait_states()["pipe"]["pid"]
-        recorded = json.loads((config.parent / RUN_DIR / "state.json").read_text())
-        assert recorded["devices"]["pipe"]["pid"] == pid
+        recorded = recorded_state(config.parent / RUN_DIR, lambda state: _records(state, pid), f"naming pid {pid}")
         assert len(recorded["token"]) == 32
         assert psutil.Process(pid).environ()[RUN_TOKEN_ENV] == recorded["token"]
 

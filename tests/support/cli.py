@@ -272,6 +272,22 @@ def is_gone(proc: psutil.Process) -> bool:
         return True
 
 
+def recorded_state(run_dir: Path, holds: Callable[[Any], bool], what: str) -> dict[str, Any]:
+    """state.json once ``holds`` is true of it. The supervisor writes it at the end of a turn
+    of its loop (supervisor/statekeeper.py), maybe after the status that said RUNNING; it
+    replaces the file whole, so a read never sees half of one it wrote."""
+
+    def state() -> dict[str, Any] | None:
+        try:
+            found = json.loads((run_dir / "state.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None  # not written yet, or an earlier file (a test's corrupt one) not yet replaced
+        return found if isinstance(found, dict) and holds(found) else None
+
+    with FileChanges(run_dir) as changes:
+        return wait_for(state, 10.0, f"state.json {what}", wake=changes)
+
+
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait until every process has exited; returns those still running at the deadline. A
     zombie has exited: reaping it is its parent's job, and an orphan's parent (init, here a
