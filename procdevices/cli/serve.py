@@ -78,8 +78,9 @@ def up(args: argparse.Namespace) -> int:
     # The state file only serves clean-up after an unclean end: the supervisor logs a failed
     # write as a warning and goes on.
     run_dir = RunDir(topology.supervisor.run_dir)
+    instances = topology.instances()  # built at each call (model.py): once here
     try:
-        run_dir.validate(c.name for c in topology.instances())
+        run_dir.validate(c.name for c in instances)
         handed_lock = upgrade.inherited_lock_fd()  # set only in an upgrade's new image
         with run_dir.locked(handed_lock) as lock:
             # What the previous supervisor of this run dir left running: adopted, or stopped
@@ -93,7 +94,7 @@ def up(args: argparse.Namespace) -> int:
             ]
             stale += [
                 Path(e[len("ipc://") :])
-                for c in topology.instances()
+                for c in instances
                 for _, s in c.sockets()
                 for e in s.bind
                 if e.startswith("ipc://")

@@ -126,8 +126,9 @@ class DeviceConfig(NamedTuple):
         return f"{self.name}.{index}" if self.replicas > 1 else self.name
 
     def instances(self) -> tuple[DeviceConfig, ...]:
-        # Made again at each call (`up` asks several times while it starts: checks, fd plan,
-        # stale sockets, children): a replica is a few _replace calls, microseconds each.
+        # Made again at each call, not kept: a NamedTuple has no room for a cache, and a replica
+        # is a few _replace calls (~10 µs; 32 replicas 0.3 ms). `up` builds them three times
+        # before its first spawn (the fd plan, its own checks, the children).
         return tuple(self.replica(i) for i in range(self.replicas))
 
 
